@@ -1,0 +1,390 @@
+"""The forward passes every analysis shares: one captured clean run, then cheap replays.
+
+A clean run records, for every block, the residual stream entering it and the exact arguments
+the Hugging Face model passed to it (attention mask, position ids, rotary tables). Ablating a
+component in layer ``l`` then only replays blocks ``l..L-1`` from the recorded residual: layers
+below an ablated component are identical to the clean run, so running them again is waste. Only
+the prediction positions are unembedded (GPT-2's unembedding is about a third of a forward on
+short prompts). Several ablations of one layer can share a replay by stacking them along the
+batch dimension, which pays on a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..components import Component
+from ..models import CircuitModel
+from ..tasks import EncodedTask, Task, encode_task
+
+HookFn = Callable[[torch.Tensor, Any], Any]
+
+ABLATIONS = ("zero", "mean", "resample")
+
+
+def z_hook(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def mlp_out_hook(layer: int) -> str:
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def pattern_hook(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def component_hook(component: Component) -> str:
+    return z_hook(component.layer) if component.kind == "head" else mlp_out_hook(component.layer)
+
+
+class _StopAfterBlocks(Exception):
+    def __init__(self, output: Any) -> None:
+        super().__init__("stop after the last block")
+        self.output = output
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@dataclass
+class TaskTensors:
+    """A task encoded for one model, as tensors on the model's device."""
+
+    encoded: EncodedTask
+    tokens: torch.Tensor  # [n, seq]
+    positions: torch.Tensor  # [n]
+    correct: torch.Tensor  # [n]
+    distractor: torch.Tensor  # [n]
+    corrupted: torch.Tensor  # [m, seq]
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def task_tensors(model: CircuitModel, task: Task) -> TaskTensors:
+    """Encode and validate ``task`` for ``model`` (cached on the model per task fingerprint)."""
+    key = ("task_tensors", task.fingerprint())
+    cached = model_cache(model).get(key)
+    if cached is not None:
+        return cached
+    encoded = encode_task(task, model.tokenizer, masked=model.is_masked, max_length=model.n_ctx)
+    device = model.device
+    result = TaskTensors(
+        encoded=encoded,
+        tokens=torch.tensor(encoded.tokens, dtype=torch.long, device=device),
+        positions=torch.tensor(encoded.positions, dtype=torch.long, device=device),
+        correct=torch.tensor(encoded.correct_ids, dtype=torch.long, device=device),
+        distractor=torch.tensor(encoded.distractor_ids, dtype=torch.long, device=device),
+        corrupted=torch.tensor(encoded.corrupted_tokens, dtype=torch.long, device=device),
+    )
+    model_cache(model)[key] = result
+    return result
+
+
+def model_cache(model: CircuitModel) -> dict[Any, Any]:
+    """Per-model memo of derived tensors (encoded tasks, reference statistics, clean runs)."""
+    cache = model.__dict__.get("_analysis_cache")
+    if cache is None:
+        cache = {}
+        model.__dict__["_analysis_cache"] = cache
+    return cache
+
+
+@dataclass
+class Capture:
+    """What a clean run recorded: per-block inputs and call arguments, and cached hooks."""
+
+    resid_pre: list[torch.Tensor]
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+    final: torch.Tensor  # residual after the last block [batch, seq, d_model]
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    batch: int = 0
+
+
+def run_capture(
+    model: CircuitModel,
+    tokens: torch.Tensor,
+    *,
+    cache_names: Sequence[str] = (),
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    track_grad: bool = False,
+) -> Capture:
+    """Run the model's blocks once, recording what a later replay needs.
+
+    Stops after the last block: the caller unembeds only the positions it needs. With
+    ``track_grad`` the residual entering block 0 becomes a leaf that requires grad, so every
+    cached activation can ``retain_grad`` (used by the attribution screen).
+    """
+    bridge = model.bridge
+    blocks = list(bridge.blocks)
+    n_blocks = len(blocks)
+    resid: list[torch.Tensor | None] = [None] * n_blocks
+    calls: list[Any] = [None] * n_blocks
+    cache: dict[str, torch.Tensor] = {}
+
+    def make_pre(index: int) -> Callable[..., Any]:
+        def pre(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if args:
+                hidden = args[0]
+            else:
+                hidden = kwargs["hidden_states"]
+            replaced = None
+            if track_grad and index == 0:
+                hidden = hidden.detach().requires_grad_(True)
+                replaced = hidden
+            resid[index] = hidden
+            calls[index] = (tuple(args[1:]) if args else (), dict(kwargs))
+            if replaced is not None:
+                if args:
+                    return (replaced, *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": replaced}
+            return None
+
+        return pre
+
+    def stop(module: Any, args: Any, kwargs: Any, output: Any) -> Any:
+        raise _StopAfterBlocks(output)
+
+    def saver(name: str) -> HookFn:
+        def save(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            if track_grad and act.requires_grad:
+                act.retain_grad()
+            cache[name] = act
+            return act
+
+        return save
+
+    handles = [
+        block.register_forward_pre_hook(make_pre(i), with_kwargs=True)
+        for i, block in enumerate(blocks)
+    ]
+    handles.append(blocks[-1].register_forward_hook(stop, with_kwargs=True))
+    final: torch.Tensor | None = None
+    fwd_hooks = list(hooks) + [(name, saver(name)) for name in cache_names]
+    try:
+        with torch.set_grad_enabled(track_grad), bridge.hooks(fwd_hooks=fwd_hooks):
+            try:
+                bridge(tokens, use_cache=False)
+            except _StopAfterBlocks as stopped:
+                final = _first(stopped.output)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if final is None or any(r is None for r in resid):
+        raise RuntimeError(
+            f"{model.name}: the forward pass did not run through every block; this "
+            "architecture's blocks are not called the way pytest-circuits expects"
+        )
+    return Capture(
+        resid_pre=[r for r in resid if r is not None],
+        calls=calls,
+        final=final,
+        cache=cache,
+        batch=int(tokens.shape[0]),
+    )
+
+
+def _tile(value: Any, batch: int, reps: int) -> Any:
+    if reps == 1:
+        return value
+    if isinstance(value, torch.Tensor):
+        if value.dim() > 0 and value.shape[0] == batch and batch > 1:
+            return value.repeat(reps, *([1] * (value.dim() - 1)))
+        return value
+    if isinstance(value, tuple):
+        return tuple(_tile(v, batch, reps) for v in value)
+    if isinstance(value, list):
+        return [_tile(v, batch, reps) for v in value]
+    return value
+
+
+def replay(
+    model: CircuitModel,
+    capture: Capture,
+    start_layer: int,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    reps: int = 1,
+) -> torch.Tensor:
+    """Run blocks ``start_layer..L-1`` from the captured residual, with ``hooks`` active.
+
+    With ``reps > 1`` the batch is stacked ``reps`` times (copy-major: rows ``j*B..(j+1)*B`` are
+    copy ``j``), so ``reps`` different ablations can run in one pass. Returns the final residual.
+    """
+    bridge = model.bridge
+    blocks = list(bridge.blocks)
+    batch = capture.batch
+    hidden = capture.resid_pre[start_layer].detach()
+    if reps > 1:
+        hidden = hidden.repeat(reps, 1, 1)
+    with bridge.hooks(fwd_hooks=list(hooks)):
+        for index in range(start_layer, len(blocks)):
+            args, kwargs = capture.calls[index]
+            args = _tile(args, batch, reps)
+            kwargs = _tile(kwargs, batch, reps)
+            if "hidden_states" in kwargs:
+                out = blocks[index](**{**kwargs, "hidden_states": hidden})
+            else:
+                out = blocks[index](hidden, *args, **kwargs)
+            hidden = _first(out)
+    return hidden
+
+
+def prediction_logits(
+    model: CircuitModel, final: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """Logits at one position per prompt: the final norm and unembedding of those rows only."""
+    bridge = model.bridge
+    reps = final.shape[0] // positions.shape[0]
+    pos = positions.repeat(reps) if reps > 1 else positions
+    rows = final[torch.arange(final.shape[0], device=final.device), pos]
+    return bridge.unembed(bridge.ln_final(rows))
+
+
+def logit_differences(
+    logits: torch.Tensor, correct: torch.Tensor, distractor: torch.Tensor
+) -> torch.Tensor:
+    """Correct minus distractor logit per prompt ([reps * n] rows -> [reps * n])."""
+    reps = logits.shape[0] // correct.shape[0]
+    c = correct.repeat(reps) if reps > 1 else correct
+    d = distractor.repeat(reps) if reps > 1 else distractor
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return (logits[rows, c] - logits[rows, d]).float()
+
+
+@dataclass
+class CleanRun:
+    """The clean run of one model on one task, kept for replays."""
+
+    capture: Capture
+    logit_diff: torch.Tensor  # [n] float32
+    top1_correct: torch.Tensor  # [n] bool
+
+    @property
+    def mean_logit_diff(self) -> float:
+        return float(self.logit_diff.double().mean())
+
+
+def clean_run(model: CircuitModel, task: Task, *, cache_names: Sequence[str] = ()) -> CleanRun:
+    """Capture the clean run (memoised per model and task; extra hooks are cached on demand)."""
+    key = ("clean", task.fingerprint())
+    memo = model_cache(model)
+    existing: CleanRun | None = memo.get(key)
+    if existing is not None and all(n in existing.capture.cache for n in cache_names):
+        return existing
+    tensors = task_tensors(model, task)
+    names = set(cache_names) | (set(existing.capture.cache) if existing else set())
+    with torch.inference_mode(False), torch.no_grad():
+        capture = run_capture(model, tensors.tokens, cache_names=sorted(names))
+        logits = prediction_logits(model, capture.final, tensors.positions)
+    diffs = logit_differences(logits, tensors.correct, tensors.distractor)
+    run = CleanRun(
+        capture=capture, logit_diff=diffs, top1_correct=logits.argmax(-1) == tensors.correct
+    )
+    memo[key] = run
+    return run
+
+
+@dataclass
+class Reference:
+    """Activations on the corrupted reference prompts, for mean and resample ablation."""
+
+    z: list[torch.Tensor]  # per layer [m, seq, heads, d_head]
+    mlp_out: list[torch.Tensor]  # per layer [m, seq, d_model]
+
+    def mean_z(self, layer: int) -> torch.Tensor:
+        return self.z[layer].mean(0)
+
+    def mean_mlp(self, layer: int) -> torch.Tensor:
+        return self.mlp_out[layer].mean(0)
+
+
+def reference(model: CircuitModel, task: Task) -> Reference:
+    """Run the corrupted reference set once per model and task (memoised)."""
+    key = ("reference", task.fingerprint())
+    memo = model_cache(model)
+    if key in memo:
+        return memo[key]
+    tensors = task_tensors(model, task)
+    names = [z_hook(i) for i in range(model.n_layers)] + [
+        mlp_out_hook(i) for i in range(model.n_layers)
+    ]
+    with torch.no_grad():
+        capture = run_capture(model, tensors.corrupted, cache_names=names)
+    ref = Reference(
+        z=[capture.cache[z_hook(i)].detach() for i in range(model.n_layers)],
+        mlp_out=[capture.cache[mlp_out_hook(i)].detach() for i in range(model.n_layers)],
+    )
+    memo[key] = ref
+    return ref
+
+
+def replacement(
+    model: CircuitModel,
+    task: Task,
+    component: Component,
+    ablation: str,
+    *,
+    seed: int = 0,
+) -> torch.Tensor | None:
+    """The value an ablated component's activation is replaced with (None for zero).
+
+    Heads: a [seq, d_head] (mean) or [n, seq, d_head] (resample) slice for that head's z.
+    MLPs: [seq, d_model] or [n, seq, d_model].
+    """
+    if ablation == "zero":
+        return None
+    ref = reference(model, task)
+    if ablation == "mean":
+        if component.kind == "head":
+            return ref.mean_z(component.layer)[:, component.order]
+        return ref.mean_mlp(component.layer)
+    if ablation == "resample":
+        n = task_tensors(model, task).n_prompts
+        source = ref.z[component.layer] if component.kind == "head" else ref.mlp_out[component.layer]
+        generator = torch.Generator().manual_seed(seed)
+        picks = torch.randint(0, source.shape[0], (n,), generator=generator).to(source.device)
+        chosen = source[picks]
+        return chosen[:, :, component.order] if component.kind == "head" else chosen
+    raise ValueError(f"ablation {ablation!r} is not one of {', '.join(ABLATIONS)}")
+
+
+def ablation_hooks(
+    components: Sequence[Component],
+    values: Sequence[torch.Tensor | None],
+    batch: int,
+) -> list[tuple[str, HookFn]]:
+    """Hooks that ablate ``components[j]`` in copy ``j`` of a stacked batch.
+
+    A head is ablated by editing its own slice ``z[:, :, h]`` (attention-weighted values before
+    the output projection) and nothing else; an MLP by replacing its output.
+    """
+    reps = len(components)
+    by_hook: dict[str, list[tuple[int, Component, torch.Tensor | None]]] = {}
+    for j, (comp, value) in enumerate(zip(components, values, strict=True)):
+        by_hook.setdefault(component_hook(comp), []).append((j, comp, value))
+    hooks: list[tuple[str, HookFn]] = []
+    for name, edits in by_hook.items():
+
+        def edit(act: torch.Tensor, hook: Any, edits: Any = edits) -> torch.Tensor:
+            out = act.clone()
+            view = out.view(reps, batch, *out.shape[1:])
+            for j, comp, value in edits:
+                if comp.kind == "head":
+                    target = view[j, :, :, comp.order]
+                else:
+                    target = view[j]
+                if value is None:
+                    target.zero_()
+                else:
+                    target.copy_(value.to(target.dtype).expand_as(target))
+            return out
+
+        hooks.append((name, edit))
+    return hooks

@@ -1,0 +1,422 @@
+"""Loading teachers and students as TransformerLens 4 bridges: ``load_model`` and ``load_pair``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .components import Component, all_components
+from .errors import IncompatiblePairError, ModelLoadError, UnsupportedArchitectureError
+
+#: Architectures whose ablation path is tested, by Hugging Face class name -> (family, kind).
+SUPPORTED_ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "GPT2LMHeadModel": ("gpt2", "causal"),
+    "LlamaForCausalLM": ("llama", "causal"),
+}
+#: Families named in the paper that are planned but not wired yet, with what is missing.
+PLANNED_ARCHITECTURES: dict[str, str] = {
+    "BertForMaskedLM": "BERT (masked LM): planned, the [MASK]-position head is not wired yet",
+    "DistilBertForMaskedLM": "DistilBERT: TransformerLens 4.3 has no adapter for it yet",
+}
+
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model")
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
+
+
+@dataclass(eq=False)
+class CircuitModel:
+    """A loaded model with what the analyses need to know about it.
+
+    ``bridge`` is the TransformerLens 4 ``TransformerBridge`` (raw Hugging Face weights, no
+    compatibility-mode processing); ``hf_model`` is the Hugging Face model inside it.
+    """
+
+    name: str
+    bridge: Any
+    tokenizer: Any
+    architecture: str
+    family: str
+    kind: str  # "causal" or "masked"
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_model: int
+    n_ctx: int
+    n_params: int
+    device: str
+    dtype: str
+    processing: str = "raw"
+    source: str = ""
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def hf_model(self) -> Any:
+        return self.bridge.original_model
+
+    @property
+    def is_causal(self) -> bool:
+        return self.kind == "causal"
+
+    @property
+    def is_masked(self) -> bool:
+        return self.kind == "masked"
+
+    @property
+    def device_kind(self) -> str:
+        return self.device.split(":")[0]
+
+    @property
+    def weights_fingerprint(self) -> str:
+        """sha256 over the state dict (names, dtypes, shapes and bytes), computed once."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint_state_dict(self.hf_model.state_dict())
+        return self._fingerprint
+
+    def components(self, which: str = "all") -> list[Component]:
+        return all_components(self.n_layers, self.n_heads, which)
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data identity of the model, stored with every result."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "architecture": self.architecture,
+            "kind": self.kind,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "d_head": self.d_head,
+            "d_model": self.d_model,
+            "n_params": self.n_params,
+            "dtype": self.dtype,
+            "device_kind": self.device_kind,
+            "processing": self.processing,
+            "weights_sha256": self.weights_fingerprint,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"CircuitModel({self.name!r}, {self.architecture}, {self.n_layers}x{self.n_heads}, "
+            f"{self.n_params:,} params, {self.device}, {self.dtype})"
+        )
+
+
+@dataclass(eq=False)
+class ModelPair:
+    """A teacher and its distilled student, checked to be comparable."""
+
+    teacher: CircuitModel
+    student: CircuitModel
+    same_tokenizer: bool = True
+
+    @property
+    def compression(self) -> float:
+        """C = 1 - params_student / params_teacher."""
+        return 1.0 - self.student.n_params / self.teacher.n_params
+
+    @property
+    def name(self) -> str:
+        return f"{self.teacher.name} -> {self.student.name}"
+
+    def __repr__(self) -> str:
+        return f"ModelPair(teacher={self.teacher!r}, student={self.student!r})"
+
+
+def fingerprint_state_dict(state: dict[str, Any]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.view(-1).view(_byte_dtype()).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _byte_dtype() -> Any:
+    import torch
+
+    return torch.uint8
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"device {device!r} was requested but CUDA is not available on this machine "
+            "(torch.cuda.is_available() is False); use device='auto' or 'cpu', or run on a "
+            "GPU runner"
+        )
+    return device
+
+
+def resolve_dtype(dtype: Any) -> Any:
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).replace("torch.", "").lower()
+    if key not in _DTYPES:
+        raise ModelLoadError(
+            f"dtype {dtype!r} is not supported: use one of float32, float16, bfloat16"
+        )
+    return getattr(torch, _DTYPES[key])
+
+
+def _hub_cache_dir(cache_dir: str | os.PathLike[str] | None) -> str:
+    if cache_dir is not None:
+        return str(cache_dir)
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _check_local_dir(path: Path, *, need_tokenizer: bool) -> None:
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {str(path)!r} does not exist")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"model directory {str(path)!r} has no config.json: save the model there with "
+            "model.save_pretrained(directory)"
+        )
+    if not any((path / name).is_file() for name in _WEIGHT_FILES):
+        raise ModelLoadError(
+            f"model directory {str(path)!r} has no weights (looked for "
+            f"{', '.join(_WEIGHT_FILES)}): save them with model.save_pretrained(directory)"
+        )
+    if need_tokenizer and not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"model directory {str(path)!r} has no tokenizer files (looked for "
+            f"{', '.join(_TOKENIZER_FILES)}): save them with tokenizer.save_pretrained(directory)"
+            " or pass tokenizer=<directory with the tokenizer files>"
+        )
+
+
+def _architecture_of(config: Any, source: str) -> tuple[str, str, str]:
+    archs = list(getattr(config, "architectures", None) or [])
+    arch = archs[0] if archs else type(config).__name__
+    if arch not in SUPPORTED_ARCHITECTURES:
+        supported = ", ".join(
+            f"{family} ({name})" for name, (family, _) in SUPPORTED_ARCHITECTURES.items()
+        )
+        planned = PLANNED_ARCHITECTURES.get(arch)
+        extra = f" ({planned})" if planned else ""
+        raise UnsupportedArchitectureError(
+            f"{source}: architecture {arch!r} is not supported{extra}. Supported families: "
+            f"{supported}."
+        )
+    family, kind = SUPPORTED_ARCHITECTURES[arch]
+    return arch, family, kind
+
+
+def _load_config(source: str, revision: str | None, cache_dir: Any, is_hub: bool) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, revision=revision, cache_dir=cache_dir)
+    except (OSError, ValueError) as exc:
+        if not is_hub:
+            raise ModelLoadError(f"could not read the config in {source!r}: {exc}") from exc
+        offline = _offline()
+        raise ModelLoadError(
+            f"model {source!r} could not be loaded from the Hugging Face hub or its cache "
+            f"(cache directory: {_hub_cache_dir(cache_dir)}; HF_HUB_OFFLINE="
+            f"{'1' if offline else 'unset'}). "
+            + (
+                "Offline mode only reads the cache: download the model once on a machine "
+                f"with network (huggingface-cli download {source}) into that cache, or pass a "
+                "local directory. "
+                if offline
+                else "Check the id and the network, or pass a local directory. "
+            )
+            + f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+
+
+def load_model(
+    source: Any,
+    *,
+    device: str | None = "auto",
+    dtype: Any = None,
+    revision: str | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+) -> CircuitModel:
+    """Load a model for circuit analysis.
+
+    ``source`` may be a hub id (``"openai-community/gpt2"``; the Hugging Face cache and
+    ``HF_HUB_OFFLINE`` are honoured), a local Hugging Face directory, ``"zoo:NAME"`` for the
+    bundled tiny models, or an already-built Hugging Face model together with ``tokenizer``
+    (a directory the tokenizer was saved to). Weights stay raw (no TransformerLens processing).
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+
+    hf_model = None
+    if not isinstance(source, (str, os.PathLike)):
+        if not hasattr(source, "config") or not hasattr(source, "state_dict"):
+            raise ModelLoadError(
+                f"cannot load a model from {type(source).__name__}: pass a hub id, a local "
+                "directory, 'zoo:NAME', or a Hugging Face model with tokenizer=<directory>"
+            )
+        if tokenizer is None:
+            raise ModelLoadError(
+                "an in-memory Hugging Face model needs tokenizer=<directory>: TransformerLens "
+                "only accepts a tokenizer loaded from disk (tokenizer.save_pretrained(dir))"
+            )
+        hf_model = source
+        config = source.config
+        label = name or getattr(config, "_name_or_path", None) or type(source).__name__
+        location = None
+        is_hub = False
+    else:
+        text = os.fspath(source)
+        if text.startswith("zoo:"):
+            from .zoo import zoo_path
+
+            try:
+                location = str(zoo_path(text[4:]))
+            except ValueError as exc:
+                raise ModelLoadError(str(exc)) from exc
+            is_hub = False
+        elif Path(text).expanduser().exists() or text.startswith((".", "/", "~")):
+            location = str(Path(text).expanduser())
+            is_hub = False
+        else:
+            location = text
+            is_hub = True
+        if not is_hub:
+            _check_local_dir(Path(location), need_tokenizer=tokenizer is None)
+        label = name or text
+        config = _load_config(location, revision, cache_dir, is_hub)
+    arch, family, kind = _architecture_of(config, label)
+
+    tok_source = os.fspath(tokenizer) if tokenizer is not None else location
+    try:
+        tok = AutoTokenizer.from_pretrained(tok_source, revision=revision, cache_dir=cache_dir)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{label}: the tokenizer could not be loaded from {tok_source!r} ({exc}); save it "
+            "with tokenizer.save_pretrained(directory) or pass tokenizer=<directory>"
+        ) from exc
+
+    if hf_model is None:
+        from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+        auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
+        try:
+            hf_model = auto.from_pretrained(
+                location,
+                revision=revision,
+                cache_dir=cache_dir,
+                dtype=torch_dtype,
+                attn_implementation="eager",
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{label}: the weights could not be loaded ({exc})") from exc
+    hf_model = hf_model.to(device=torch_device, dtype=torch_dtype)
+    hf_model.eval()
+    for param in hf_model.parameters():
+        param.requires_grad_(False)
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(
+        location or label, hf_model=hf_model, tokenizer=tok, device=torch_device, dtype=torch_dtype
+    )
+    bridge.eval()
+    cfg = bridge.cfg
+    n_params = sum(p.numel() for p in {id(p): p for p in hf_model.parameters()}.values())
+    return CircuitModel(
+        name=label,
+        bridge=bridge,
+        tokenizer=bridge.tokenizer if bridge.tokenizer is not None else tok,
+        architecture=arch,
+        family=family,
+        kind=kind,
+        n_layers=int(cfg.n_layers),
+        n_heads=int(cfg.n_heads),
+        d_head=int(cfg.d_head),
+        d_model=int(cfg.d_model),
+        n_ctx=int(cfg.n_ctx),
+        n_params=int(n_params),
+        device=str(torch_device),
+        dtype=str(torch_dtype).replace("torch.", ""),
+        source=str(location or label),
+    )
+
+
+def load_pair(
+    teacher: Any,
+    student: Any,
+    *,
+    allow_different_tokenizers: bool = False,
+    **kwargs: Any,
+) -> ModelPair:
+    """Load (or accept already-loaded) teacher and student and check they can be compared.
+
+    Checks: same tokenizer vocabulary (attention-pattern similarity compares the same token
+    positions), the same weight processing, one device and one dtype. Keyword arguments go to
+    :func:`load_model` for both.
+    """
+    t = teacher if isinstance(teacher, CircuitModel) else load_model(teacher, **kwargs)
+    s = student if isinstance(student, CircuitModel) else load_model(student, **kwargs)
+    if t.processing != s.processing:
+        raise IncompatiblePairError(
+            f"teacher {t.name} uses {t.processing!r} weights but student {s.name} uses "
+            f"{s.processing!r}: load both the same way (pytest-circuits uses raw weights)"
+        )
+    if t.device != s.device:
+        raise IncompatiblePairError(
+            f"teacher is on {t.device} but student is on {s.device}: load both with the same "
+            "device="
+        )
+    if t.dtype != s.dtype:
+        raise IncompatiblePairError(
+            f"teacher is {t.dtype} but student is {s.dtype}: load both with the same dtype="
+        )
+    same = t.tokenizer.get_vocab() == s.tokenizer.get_vocab()
+    if not same and not allow_different_tokenizers:
+        tv, sv = t.tokenizer.get_vocab(), s.tokenizer.get_vocab()
+        differing = len(set(tv.items()) ^ set(sv.items()))
+        raise IncompatiblePairError(
+            f"teacher {t.name} and student {s.name} have different tokenizers (vocabulary "
+            f"sizes {len(tv)} and {len(sv)}, {differing} entries differ). Attention-pattern "
+            "similarity (similarity='paper') compares the same token positions, so it needs "
+            "one tokenizer. Matching by ablation effect still works across tokenizers: load "
+            "with allow_different_tokenizers=True and compare with matching='causal'."
+        )
+    return ModelPair(teacher=t, student=s, same_tokenizer=same)
