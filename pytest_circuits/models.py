@@ -279,7 +279,6 @@ def load_model(
     bundled tiny models, or an already-built Hugging Face model together with ``tokenizer``
     (a directory the tokenizer was saved to). Weights stay raw (no TransformerLens processing).
     """
-    import torch
     from transformers import AutoTokenizer
 
     torch_device = resolve_device(device)

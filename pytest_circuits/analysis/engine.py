@@ -347,7 +347,8 @@ def replacement(
         return ref.mean_mlp(component.layer)
     if ablation == "resample":
         n = task_tensors(model, task).n_prompts
-        source = ref.z[component.layer] if component.kind == "head" else ref.mlp_out[component.layer]
+        layer = component.layer
+        source = ref.z[layer] if component.kind == "head" else ref.mlp_out[layer]
         generator = torch.Generator().manual_seed(seed)
         picks = torch.randint(0, source.shape[0], (n,), generator=generator).to(source.device)
         chosen = source[picks]
