@@ -1,0 +1,86 @@
+"""Analysis results memoised in the session and on disk, keyed by what determines them.
+
+The key covers the models' weight fingerprints, the task's fingerprint, every method setting
+and the library versions, so a changed model or setting can never be served a stale result.
+Disk entries are pickles written atomically (temporary file + ``os.replace``), so parallel
+xdist workers computing the same entry never leave a torn file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_memory: dict[str, Any] = {}
+_settings: dict[str, Any] = {"directory": None, "enabled": True}
+_stats = {"memory_hits": 0, "disk_hits": 0, "misses": 0}
+
+
+def configure(directory: str | os.PathLike[str] | None, enabled: bool = True) -> None:
+    """Set the on-disk cache directory (None: memory only) and whether caching is on at all."""
+    _settings["directory"] = Path(directory) if directory is not None else None
+    _settings["enabled"] = bool(enabled)
+    if not enabled:
+        _memory.clear()
+
+
+def stats() -> dict[str, int]:
+    return dict(_stats)
+
+
+def cache_key(kind: str, parts: dict[str, Any]) -> str:
+    from .analysis.fingerprint import library_versions
+
+    payload = {"kind": kind, "parts": parts, "versions": library_versions()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cached(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -> T:
+    """Return the memoised result for ``parts`` or compute, store and return it."""
+    if not _settings["enabled"]:
+        _stats["misses"] += 1
+        return compute()
+    key = cache_key(kind, parts)
+    if key in _memory:
+        _stats["memory_hits"] += 1
+        return _memory[key]
+    directory: Path | None = _settings["directory"]
+    path = directory / f"{kind}-{key[:32]}.pkl" if directory is not None else None
+    if path is not None and path.is_file():
+        try:
+            with path.open("rb") as handle:
+                value = pickle.load(handle)
+        except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError):
+            value = None  # unreadable entry (older code, torn copy): recompute it
+        if value is not None:
+            _stats["disk_hits"] += 1
+            _memory[key] = value
+            return value
+    _stats["misses"] += 1
+    value = compute()
+    _memory[key] = value
+    if path is not None:
+        _write_atomic(path, value)
+    return value
+
+
+def _write_atomic(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
