@@ -66,6 +66,7 @@ class CircuitModel:
     processing: str = "raw"
     source: str = ""
     _fingerprint: str | None = field(default=None, repr=False)
+    _hf_state: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def hf_model(self) -> Any:
@@ -87,7 +88,8 @@ class CircuitModel:
     def weights_fingerprint(self) -> str:
         """sha256 over the state dict (names, dtypes, shapes and bytes), computed once."""
         if self._fingerprint is None:
-            self._fingerprint = fingerprint_state_dict(self.hf_model.state_dict())
+            state = self._hf_state if self._hf_state is not None else self.hf_model.state_dict()
+            self._fingerprint = fingerprint_state_dict(state)
         return self._fingerprint
 
     def components(self, which: str = "all") -> list[Component]:
@@ -238,28 +240,55 @@ def _architecture_of(config: Any, source: str) -> tuple[str, str, str]:
     return arch, family, kind
 
 
-def _load_config(source: str, revision: str | None, cache_dir: Any, is_hub: bool) -> Any:
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+
+
+def _hub_error(source: str, cache_dir: Any, exc: BaseException) -> ModelLoadError:
+    offline = _offline()
+    advice = (
+        "Offline mode only reads the cache: download the model once on a machine with network "
+        f"(huggingface-cli download {source}) into that cache, or pass a local directory."
+        if offline
+        else "Check the id and the network, or pass a local directory."
+    )
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    return ModelLoadError(
+        f"model {source!r} could not be loaded from the Hugging Face hub or its cache (cache "
+        f"directory: {_hub_cache_dir(cache_dir)}; HF_HUB_OFFLINE={'1' if offline else 'unset'})"
+        f". {advice} ({type(exc).__name__}: {first_line})"
+    )
+
+
+def _resolve_hub(source: str, revision: str | None, cache_dir: Any) -> str:
+    """The local snapshot directory of a hub model: from the cache, downloaded if allowed.
+
+    Everything afterwards loads from that directory, so the model, its tokenizer and
+    TransformerLens all read the same files and nothing asks the network twice.
+    """
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(
+            source, revision=revision, cache_dir=cache_dir, allow_patterns=_HUB_PATTERNS
+        )
+        if not any((Path(folder) / name).is_file() for name in _WEIGHT_FILES):
+            # older repositories ship only PyTorch pickles
+            folder = snapshot_download(
+                source, revision=revision, cache_dir=cache_dir,
+                allow_patterns=_HUB_PATTERNS + ["pytorch_model*.bin"],
+            )
+    except Exception as exc:  # hub errors are many types (offline, 404, gated, network)
+        raise _hub_error(source, cache_dir, exc) from exc
+    return str(folder)
+
+
+def _load_config(location: str) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(source, revision=revision, cache_dir=cache_dir)
+        return AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as exc:
-        if not is_hub:
-            raise ModelLoadError(f"could not read the config in {source!r}: {exc}") from exc
-        offline = _offline()
-        raise ModelLoadError(
-            f"model {source!r} could not be loaded from the Hugging Face hub or its cache "
-            f"(cache directory: {_hub_cache_dir(cache_dir)}; HF_HUB_OFFLINE="
-            f"{'1' if offline else 'unset'}). "
-            + (
-                "Offline mode only reads the cache: download the model once on a machine "
-                f"with network (huggingface-cli download {source}) into that cache, or pass a "
-                "local directory. "
-                if offline
-                else "Check the id and the network, or pass a local directory. "
-            )
-            + f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from exc
+        raise ModelLoadError(f"could not read the config in {location!r}: {exc}") from exc
 
 
 def load_model(
@@ -300,7 +329,6 @@ def load_model(
         config = source.config
         label = name or getattr(config, "_name_or_path", None) or type(source).__name__
         location = None
-        is_hub = False
     else:
         text = os.fspath(source)
         if text.startswith("zoo:"):
@@ -310,22 +338,18 @@ def load_model(
                 location = str(zoo_path(text[4:]))
             except ValueError as exc:
                 raise ModelLoadError(str(exc)) from exc
-            is_hub = False
         elif Path(text).expanduser().exists() or text.startswith((".", "/", "~")):
             location = str(Path(text).expanduser())
-            is_hub = False
         else:
-            location = text
-            is_hub = True
-        if not is_hub:
-            _check_local_dir(Path(location), need_tokenizer=tokenizer is None)
+            location = _resolve_hub(text, revision, cache_dir)
+        _check_local_dir(Path(location), need_tokenizer=tokenizer is None)
         label = name or text
-        config = _load_config(location, revision, cache_dir, is_hub)
+        config = _load_config(location)
     arch, family, kind = _architecture_of(config, label)
 
     tok_source = os.fspath(tokenizer) if tokenizer is not None else location
     try:
-        tok = AutoTokenizer.from_pretrained(tok_source, revision=revision, cache_dir=cache_dir)
+        tok = AutoTokenizer.from_pretrained(tok_source)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"{label}: the tokenizer could not be loaded from {tok_source!r} ({exc}); save it "
@@ -339,8 +363,6 @@ def load_model(
         try:
             hf_model = auto.from_pretrained(
                 location,
-                revision=revision,
-                cache_dir=cache_dir,
                 dtype=torch_dtype,
                 attn_implementation="eager",
             )
@@ -351,6 +373,12 @@ def load_model(
     for param in hf_model.parameters():
         param.requires_grad_(False)
 
+    # Count and fingerprint the Hugging Face weights before the bridge wraps the modules (it
+    # adds split q/k/v views of fused weights that are not parameters of the model).
+    unique = {id(p): p for p in hf_model.parameters()}
+    n_params = sum(p.numel() for p in unique.values())
+    hf_state = dict(hf_model.state_dict())
+
     from transformer_lens.model_bridge import TransformerBridge
 
     bridge = TransformerBridge.boot_transformers(
@@ -358,11 +386,10 @@ def load_model(
     )
     bridge.eval()
     cfg = bridge.cfg
-    n_params = sum(p.numel() for p in {id(p): p for p in hf_model.parameters()}.values())
     return CircuitModel(
         name=label,
         bridge=bridge,
-        tokenizer=bridge.tokenizer if bridge.tokenizer is not None else tok,
+        tokenizer=tok,
         architecture=arch,
         family=family,
         kind=kind,
@@ -375,6 +402,7 @@ def load_model(
         device=str(torch_device),
         dtype=str(torch_dtype).replace("torch.", ""),
         source=str(location or label),
+        _hf_state=hf_state,
     )
 
 

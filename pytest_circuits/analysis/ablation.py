@@ -23,7 +23,11 @@ DEFAULT_MARGIN = 0.1
 
 @dataclass(frozen=True)
 class ComponentEffect:
-    """What ablating one component did to the task metric (mean logit difference)."""
+    """What ablating one component did to the task metric (mean logit difference).
+
+    ``drop = 100 - retained`` as the paper reports single components (a head can cost 104%);
+    brittleness statistics clamp it to [0, 100] (``m_i``), see :attr:`SweepResult.clamped_drops`.
+    """
 
     name: str
     kind: str
@@ -71,7 +75,13 @@ class SweepResult:
 
     @property
     def drops(self) -> np.ndarray:
+        """``100 - retained`` per component, unclamped."""
         return np.array([e.drop for e in self.effects], dtype=float)
+
+    @property
+    def clamped_drops(self) -> np.ndarray:
+        """The paper's brittleness drops ``m_i = 100 - clamp(retained_i, 0, 100)``."""
+        return metrics.drops_from_retained(np.array([e.retained for e in self.effects]))
 
     @property
     def influences(self) -> np.ndarray:
@@ -84,7 +94,7 @@ class SweepResult:
         raise KeyError(f"{name} was not part of this sweep (swept: {', '.join(self.names)})")
 
     def brittleness(self, **kwargs: Any) -> metrics.BrittlenessSummary:
-        return metrics.brittleness_summary(self.names, self.drops, **kwargs)
+        return metrics.brittleness_summary(self.names, self.clamped_drops, **kwargs)
 
     def worst(self, k: int = 5) -> list[ComponentEffect]:
         return sorted(self.effects, key=lambda e: -e.drop)[:k]
@@ -316,7 +326,7 @@ def sweep(
     values = np.array([ablated[c] for c in chosen], dtype=float)
     _check_finite(values, f"{model.name}: ablated metrics on task '{task.name}'")
     kept = metrics.retained(clean, values)
-    drops = metrics.drops_from_retained(kept)
+    drops = 100.0 - kept
     infl = metrics.influence(clean, values)
     effects = [
         ComponentEffect(

@@ -202,6 +202,8 @@ def _tile(value: Any, batch: int, reps: int) -> Any:
         return tuple(_tile(v, batch, reps) for v in value)
     if isinstance(value, list):
         return [_tile(v, batch, reps) for v in value]
+    if isinstance(value, dict):
+        return {k: _tile(v, batch, reps) for k, v in value.items()}
     return value
 
 
