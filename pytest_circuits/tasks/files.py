@@ -1,0 +1,435 @@
+"""Custom task files (.yaml/.yml/.json/.jsonl): loading with line-numbered errors, and saving.
+
+YAML or JSON (one document)::
+
+    name: my-task                 # required
+    description: what it tests    # optional
+    position: auto                # optional: auto | last | mask
+    seed: 0                       # optional: integer or null
+    prompts:                      # required, at least one
+      - prompt: "Van done in 1. Hat done in 2. Ring done in 3. Desk done in 4. Sun done in"
+        correct: " 5"             # quote answers: YAML drops a leading space and reads 5 as int
+        distractor: " 4"
+    corrupted:                    # required, at least one; same template and token length
+      - "Van done in 7. Hat done in 2. Ring done in 11. Desk done in 4. Sun done in"
+
+JSONL: one JSON object per line; an optional first line is a header
+``{"name": ..., "description": ..., "position": ..., "seed": ...}`` (the name defaults to the file
+stem); every other line is either ``{"prompt": ..., "correct": ..., "distractor": ...}`` or
+``{"corrupted": ...}``. Blank lines are skipped.
+
+Every problem raises :class:`TaskError` as ``FILE:LINE: problem. Fix: ...``. See ``SCHEMA.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .task import POSITION_RULES, Task, TaskError
+
+__all__ = ["TASK_FILE_SUFFIXES", "load_task_file", "save_task_file"]
+
+TASK_FILE_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json", ".jsonl")
+
+_TOP_KEYS = ("name", "description", "position", "seed", "prompts", "corrupted")
+_HEADER_KEYS = ("name", "description", "position", "seed")
+_PROMPT_KEYS = ("prompt", "correct", "distractor")
+
+
+@dataclass
+class _Loc:
+    """A parsed value with the 1-based line it starts on (None when unknown)."""
+
+    value: Any
+    line: int | None
+    key_lines: dict[str, int | None] | None = None
+
+    def key_line(self, key: str) -> int | None:
+        """The line of a mapping key (the value's line when unknown)."""
+        if self.key_lines and key in self.key_lines:
+            return self.key_lines[key]
+        return self.value[key].line if isinstance(self.value, dict) else self.line
+
+
+class _Reporter:
+    """Builds ``FILE:LINE: problem. Fix: ...`` errors for one file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def error(self, line: int | None, problem: str, fix: str = "") -> TaskError:
+        where = f"{self.path}:{line}" if line is not None else str(self.path)
+        text = f"{where}: {problem}"
+        if fix:
+            text += f". Fix: {fix}"
+        return TaskError(text)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, dict):
+        return "mapping"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
+
+
+def _suggest(key: str, allowed: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{hint}allowed keys: {', '.join(allowed)}"
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _yaml_tree(text: str, rep: _Reporter) -> _Loc:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise rep.error(None, "the file is empty", "write a task (see SCHEMA.md)")
+        return _yaml_node(node, loader, rep)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise rep.error(line, f"not valid YAML ({problem})", "correct the syntax") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_node(node: yaml.Node, loader: yaml.SafeLoader, rep: _Reporter) -> _Loc:
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        mapping: dict[str, _Loc] = {}
+        key_lines: dict[str, int | None] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            key_line = key_node.start_mark.line + 1
+            if not isinstance(key, str):
+                raise rep.error(key_line, f"key {key!r} is not a string", "use a named key")
+            if key in mapping:
+                raise rep.error(key_line, f"duplicate key {key!r}", "keep only one")
+            mapping[key] = _yaml_node(value_node, loader, rep)
+            key_lines[key] = key_line
+            if value_node.value == "":  # an empty value: point at its key
+                mapping[key].line = key_line
+        return _Loc(mapping, line, key_lines)
+    if isinstance(node, yaml.SequenceNode):
+        return _Loc([_yaml_node(item, loader, rep) for item in node.value], line)
+    return _Loc(loader.construct_object(node, deep=True), line)
+
+
+def _plain_tree(value: Any, line: int | None) -> _Loc:
+    if isinstance(value, dict):
+        return _Loc({k: _plain_tree(v, line) for k, v in value.items()}, line)
+    if isinstance(value, list):
+        return _Loc([_plain_tree(v, line) for v in value], line)
+    return _Loc(value, line)
+
+
+def _strip(loc: _Loc) -> Any:
+    if isinstance(loc.value, dict):
+        return {k: _strip(v) for k, v in loc.value.items()}
+    if isinstance(loc.value, list):
+        return [_strip(v) for v in loc.value]
+    return loc.value
+
+
+def _json_tree(text: str, rep: _Reporter) -> _Loc:
+    if not text.strip():
+        raise rep.error(None, "the file is empty", "write a task (see SCHEMA.md)")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise rep.error(exc.lineno, f"not valid JSON ({exc.msg})", "correct the syntax") from None
+    # JSON is (nearly) YAML: compose it again to learn line numbers; fall back to none.
+    try:
+        tree = _yaml_tree(text, rep)
+        if _strip(tree) == data:
+            return tree
+    except TaskError:
+        pass
+    return _plain_tree(data, None)
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+def _expect_str(loc: _Loc, what: str, rep: _Reporter, *, example: str) -> str:
+    if not isinstance(loc.value, str):
+        raise rep.error(
+            loc.line,
+            f"{what} must be a string, got {_kind(loc.value)} {loc.value!r}",
+            f"quote it, e.g. {example}",
+        )
+    return loc.value
+
+
+def _header_fields(fields: dict[str, _Loc], rep: _Reporter) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "name" in fields:
+        name = _expect_str(fields["name"], "'name'", rep, example='name: "my-task"')
+        if not name.strip():
+            raise rep.error(fields["name"].line, "'name' is empty", "give the task a name")
+        out["name"] = name
+    if "description" in fields:
+        out["description"] = _expect_str(
+            fields["description"], "'description'", rep, example='description: "what it tests"'
+        )
+    if "position" in fields:
+        loc = fields["position"]
+        if loc.value not in POSITION_RULES:
+            raise rep.error(
+                loc.line,
+                f"'position' must be one of {', '.join(POSITION_RULES)}, got {loc.value!r}",
+                "use auto (last token for causal models, [MASK] for masked models)",
+            )
+        out["position"] = loc.value
+    if "seed" in fields:
+        loc = fields["seed"]
+        bad = isinstance(loc.value, bool) or not isinstance(loc.value, int)
+        if loc.value is not None and bad:
+            raise rep.error(
+                loc.line,
+                f"'seed' must be an integer or null, got {_kind(loc.value)} {loc.value!r}",
+                "write e.g. seed: 0, or remove the key",
+            )
+        out["seed"] = loc.value
+    return out
+
+
+def _prompt_record(loc: _Loc, what: str, rep: _Reporter) -> tuple[str, str, str]:
+    if not isinstance(loc.value, dict):
+        raise rep.error(
+            loc.line,
+            f"{what} must be a mapping with prompt, correct and distractor, "
+            f"got {_kind(loc.value)} {loc.value!r}",
+            'write {prompt: "...", correct: " 5", distractor: " 4"}',
+        )
+    for key in loc.value:
+        if key not in _PROMPT_KEYS:
+            raise rep.error(
+                loc.key_line(key), f"unknown key {key!r} in {what}", _suggest(key, _PROMPT_KEYS)
+            )
+    for key in _PROMPT_KEYS:
+        if key not in loc.value:
+            raise rep.error(
+                loc.line,
+                f"{what} is missing {key!r}",
+                f"add {key} (every prompt needs prompt, correct and distractor)",
+            )
+    prompt = _expect_str(loc.value["prompt"], f"{what}: 'prompt'", rep, example='"... done in"')
+    correct = _expect_str(loc.value["correct"], f"{what}: 'correct'", rep, example='" 5"')
+    distractor = _expect_str(
+        loc.value["distractor"], f"{what}: 'distractor'", rep, example='" 4"'
+    )
+    if not prompt.strip():
+        raise rep.error(loc.value["prompt"].line, f"{what} has an empty prompt", "write a prompt")
+    for key, answer in (("correct", correct), ("distractor", distractor)):
+        if not answer.strip():
+            raise rep.error(
+                loc.value[key].line, f"{what} has an empty {key!r}", 'quote the answer, e.g. " 5"'
+            )
+    if correct == distractor:
+        raise rep.error(
+            loc.value["distractor"].line,
+            f"{what}: correct and distractor are both {correct!r}",
+            "the distractor must be a different, wrong answer",
+        )
+    return prompt, correct, distractor
+
+
+def _build(rep: _Reporter, header: dict[str, Any], records: list[tuple[str, str, str]],
+           corrupted: list[str]) -> Task:
+    try:
+        return Task(
+            name=header["name"],
+            prompts=tuple(r[0] for r in records),
+            correct=tuple(r[1] for r in records),
+            distractors=tuple(r[2] for r in records),
+            corrupted=tuple(corrupted),
+            position=header.get("position", "auto"),
+            seed=header.get("seed"),
+            description=header.get("description", ""),
+        )
+    except TaskError as exc:
+        raise rep.error(None, str(exc)) from None
+
+
+def _task_from_document(root: _Loc, rep: _Reporter) -> Task:
+    if not isinstance(root.value, dict):
+        raise rep.error(
+            root.line,
+            f"the top level must be a mapping, got {_kind(root.value)}",
+            "write name:, prompts: and corrupted: keys (see SCHEMA.md)",
+        )
+    fields: dict[str, _Loc] = root.value
+    for key in fields:
+        if key not in _TOP_KEYS:
+            raise rep.error(root.key_line(key), f"unknown key {key!r}", _suggest(key, _TOP_KEYS))
+    for key in ("name", "prompts", "corrupted"):
+        if key not in fields:
+            raise rep.error(root.line, f"missing required key {key!r}", f"add {key}:")
+    header = _header_fields(fields, rep)
+    prompts = fields["prompts"]
+    if not isinstance(prompts.value, list) or not prompts.value:
+        raise rep.error(
+            prompts.line,
+            f"'prompts' must be a non-empty list, got {_kind(prompts.value)} {prompts.value!r}",
+            'list items like - {prompt: "...", correct: " 5", distractor: " 4"}',
+        )
+    records = [
+        _prompt_record(item, f"prompts[{index}]", rep) for index, item in enumerate(prompts.value)
+    ]
+    corrupted_loc = fields["corrupted"]
+    if not isinstance(corrupted_loc.value, list) or not corrupted_loc.value:
+        raise rep.error(
+            corrupted_loc.line,
+            f"'corrupted' must be a non-empty list of prompts, got {_kind(corrupted_loc.value)}",
+            "list reference prompts of the same template with the key words randomised",
+        )
+    corrupted = [
+        _expect_str(item, f"corrupted[{index}]", rep, example='"Van done in 7. ..."')
+        for index, item in enumerate(corrupted_loc.value)
+    ]
+    return _build(rep, header, records, corrupted)
+
+
+def _task_from_jsonl(text: str, rep: _Reporter) -> Task:
+    header: dict[str, Any] = {"name": rep.path.stem}
+    records: list[tuple[str, str, str]] = []
+    corrupted: list[str] = []
+    seen_record = False
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise rep.error(
+                number, f"not valid JSON ({exc.msg})", "one JSON object per line"
+            ) from None
+        if not isinstance(value, dict):
+            raise rep.error(
+                number,
+                f"each line must be a JSON object, got {_kind(value)}",
+                'write {"prompt": ..., "correct": ..., "distractor": ...} or {"corrupted": ...}',
+            )
+        loc = _plain_tree(value, number)
+        keys = set(value)
+        if "corrupted" in keys:
+            if keys != {"corrupted"}:
+                extra = sorted(keys - {"corrupted"})
+                raise rep.error(
+                    number,
+                    f"a corrupted line has extra keys {extra}",
+                    'put only {"corrupted": "..."} on a corrupted line',
+                )
+            corrupted.append(
+                _expect_str(loc.value["corrupted"], "'corrupted'", rep, example='"Van done in 7."')
+            )
+            seen_record = True
+        elif keys & set(_PROMPT_KEYS) or not keys & set(_HEADER_KEYS):
+            records.append(_prompt_record(loc, f"prompt on line {number}", rep))
+            seen_record = True
+        else:
+            unknown = sorted(keys - set(_HEADER_KEYS))
+            if unknown:
+                raise rep.error(number, f"unknown key {unknown[0]!r}", _suggest(
+                    unknown[0], _HEADER_KEYS + _PROMPT_KEYS + ("corrupted",)))
+            if seen_record:
+                raise rep.error(
+                    number,
+                    "a header line (name/description/position/seed) after prompt lines",
+                    "move the header to the first line",
+                )
+            header.update(_header_fields(loc.value, rep))
+            seen_record = True
+    if not records:
+        raise rep.error(
+            None,
+            "no prompt lines",
+            'add lines like {"prompt": "...", "correct": " 5", "distractor": " 4"}',
+        )
+    if not corrupted:
+        raise rep.error(
+            None,
+            "no corrupted reference lines; mean ablation needs them",
+            'add lines like {"corrupted": "..."} with the same template and token length',
+        )
+    return _build(rep, header, records, corrupted)
+
+
+def load_task_file(path: str | os.PathLike[str]) -> Task:
+    """Load a task from a ``.yaml``/``.yml``/``.json``/``.jsonl`` file (schema: module docstring).
+
+    Raises :class:`TaskError` naming the file, the line and the fix for any problem.
+    """
+    file = Path(path)
+    rep = _Reporter(file)
+    suffix = file.suffix.lower()
+    if suffix not in TASK_FILE_SUFFIXES:
+        raise rep.error(
+            None,
+            f"unsupported task file type {file.suffix!r}",
+            f"use one of {', '.join(TASK_FILE_SUFFIXES)}",
+        )
+    if not file.is_file():
+        raise rep.error(None, "task file not found", "check the path")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise rep.error(None, f"not UTF-8 text ({exc.reason})", "save it as UTF-8") from None
+    if suffix == ".jsonl":
+        return _task_from_jsonl(text, rep)
+    tree = _json_tree(text, rep) if suffix == ".json" else _yaml_tree(text, rep)
+    return _task_from_document(tree, rep)
+
+
+def _document(task: Task) -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": task.name}
+    if task.description:
+        doc["description"] = task.description
+    doc["position"] = task.position
+    doc["seed"] = task.seed
+    doc["prompts"] = [
+        {"prompt": p, "correct": c, "distractor": d}
+        for p, c, d in zip(task.prompts, task.correct, task.distractors, strict=True)
+    ]
+    doc["corrupted"] = list(task.corrupted)
+    return doc
+
+
+def save_task_file(task: Task, path: str | os.PathLike[str]) -> Path:
+    """Write ``task`` in the task-file schema; the suffix picks YAML, JSON or JSONL."""
+    file = Path(path)
+    suffix = file.suffix.lower()
+    if suffix not in TASK_FILE_SUFFIXES:
+        raise TaskError(f"{file}: unsupported task file type; use {', '.join(TASK_FILE_SUFFIXES)}")
+    doc = _document(task)
+    if suffix == ".jsonl":
+        header = {key: doc[key] for key in _HEADER_KEYS if key in doc}
+        lines = [json.dumps(header, ensure_ascii=False)]
+        lines += [json.dumps(record, ensure_ascii=False) for record in doc["prompts"]]
+        lines += [json.dumps({"corrupted": c}, ensure_ascii=False) for c in doc["corrupted"]]
+        text = "\n".join(lines) + "\n"
+    elif suffix == ".json":
+        text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    else:
+        text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=1000)
+    file.write_text(text, encoding="utf-8")
+    return file
