@@ -73,6 +73,7 @@ def pair_report(
     pair = _pair(pair)
     task = _task(task, n_prompts, seed)
     parts = {
+        "names": [pair.teacher.name, pair.student.name],
         "teacher": pair.teacher.weights_fingerprint,
         "student": pair.student.weights_fingerprint,
         "task": task.fingerprint(),
@@ -113,6 +114,7 @@ def model_report(
 
     task = _task(task, n_prompts, seed)
     parts = {
+        "name": model.name,
         "model": model.weights_fingerprint,
         "task": task.fingerprint(),
         "components": components if isinstance(components, str) else sorted(components),
@@ -169,6 +171,7 @@ def _checks_table(checks: Sequence[MetricCheck]) -> str:
 
 def _finish(result: GateResult, headline: str, details: str) -> None:
     """Record the result, then raise with a table if any check failed."""
+    __tracebackhide__ = True
     failed = [c for c in result.checks if not c.passed]
     message = f"{headline}\n{_checks_table(result.checks)}"
     if details:
@@ -219,6 +222,7 @@ def assert_circuit_aligned(
     an influential teacher component's counterpart carries no influence. Returns the
     PairReport.
     """
+    __tracebackhide__ = True
     min_score = _check_threshold("min_score", min_score, 0.0, 1.0, what="an alignment score")
     if min_score is None:
         raise ValueError("assert_circuit_aligned needs min_score (a number in [0, 1])")
@@ -287,6 +291,7 @@ def assert_ablation_robust(
     severity) applies; given a model, that model is tested. Drops are percentage points of the
     clean metric (``100 - retained``, clamped to [0, 100]). Returns the student's ModelReport.
     """
+    __tracebackhide__ = True
     from .models import ModelPair
 
     max_severity = _check_threshold("max_severity", max_severity, 0.0, 1.0, what="a severity")
@@ -393,6 +398,7 @@ def assert_behavior_preserved(
 ) -> Any:
     """The student still does the task: its clean metric is >= ``min_retained`` percent of the
     teacher's. Returns the student's TaskPerformance."""
+    __tracebackhide__ = True
     from .analysis import require_valid_task, task_performance
 
     min_retained = _check_threshold(
@@ -458,6 +464,7 @@ def assert_mechanism_preserved(
     """Named teacher components (say a "similar member" head) keep an influential student
     counterpart: the matched student component has similarity >= ``min_similarity`` and its
     ablation costs >= ``min_influence`` points. Returns the PairReport."""
+    __tracebackhide__ = True
     from .components import Component
 
     if isinstance(components, str) or not components:

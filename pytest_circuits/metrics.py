@@ -382,11 +382,13 @@ def bootstrap_ci(
     ``numpy.random.default_rng(seed)``, take each resample's mean, and return the
     ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of those means. Resample
     indices are drawn in chunks of bounded size, so memory stays small for any N. The same
-    values, n_resamples and seed give the same interval. The interval is clipped to
+    values, n_resamples and seed give the same interval, in any order: the values are sorted
+    before resampling, so relabelling components (say, permuting a layer's heads) cannot move
+    the interval. The interval is clipped to
     [min(values), max(values)], where every resample mean lies, so a constant vector c gives
     exactly (c, c).
     """
-    value_array = _as_finite_vector(values, "values")
+    value_array = np.sort(_as_finite_vector(values, "values"))
     confidence = _finite_scalar(confidence, "confidence")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence}")

@@ -624,3 +624,16 @@ def test_metrics_module_does_not_import_torch() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.floats(min_value=0, max_value=100), min_size=2, max_size=40),
+    st.randoms(use_true_random=False),
+)
+def test_bootstrap_ci_does_not_depend_on_the_order_of_components(
+    values: list[float], shuffler: Any
+) -> None:
+    shuffled = list(values)
+    shuffler.shuffle(shuffled)
+    assert bootstrap_ci(shuffled, n_resamples=500) == bootstrap_ci(values, n_resamples=500)

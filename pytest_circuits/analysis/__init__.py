@@ -1,43 +1,45 @@
-"""The paper's measurements: ablation sweeps, brittleness, similarity, matching, alignment."""
+"""The paper's measurements: ablation sweeps, brittleness, similarity, matching, alignment.
 
-from .ablation import (
-    ComponentEffect,
-    SweepResult,
-    TaskPerformance,
-    logit_diff,
-    require_valid_task,
-    spearman,
-    sweep,
-    task_performance,
-)
-from .fingerprint import MethodFingerprint
-from .matching import Match
-from .report import (
-    Alignment,
-    Discarded,
-    MatchedPair,
-    ModelReport,
-    PairReport,
-    compare,
-    model_report,
-)
+Names load lazily, so importing a light submodule (``analysis.fingerprint``) does not import
+torch through this package.
+"""
 
-__all__ = [
-    "Alignment",
-    "ComponentEffect",
-    "Discarded",
-    "Match",
-    "MatchedPair",
-    "MethodFingerprint",
-    "ModelReport",
-    "PairReport",
-    "SweepResult",
-    "TaskPerformance",
-    "compare",
-    "logit_diff",
-    "model_report",
-    "require_valid_task",
-    "spearman",
-    "sweep",
-    "task_performance",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_LAZY = {
+    "ComponentEffect": "ablation",
+    "SweepResult": "ablation",
+    "TaskPerformance": "ablation",
+    "logit_diff": "ablation",
+    "require_valid_task": "ablation",
+    "spearman": "ablation",
+    "sweep": "ablation",
+    "task_performance": "ablation",
+    "MethodFingerprint": "fingerprint",
+    "Match": "matching",
+    "Alignment": "report",
+    "Discarded": "report",
+    "MatchedPair": "report",
+    "ModelReport": "report",
+    "PairReport": "report",
+    "compare": "report",
+    "model_report": "report",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_circuits.analysis' has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
