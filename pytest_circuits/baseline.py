@@ -1,0 +1,280 @@
+"""Baselines: gate results of the last accepted release, and the regression check against them.
+
+A baseline file is JSON with a header (format, version, dates, library versions) and one entry
+per :attr:`GateResult.key`. A result is compared metric by metric with its entry: for a metric a
+gate checks with ``>=`` a lower value is worse, for ``<=`` a higher one; a change in the worse
+direction beyond the tolerance is a regression and fails the test that measured it. An entry
+measured with a different method (any of ``METHOD_FIELDS`` of the fingerprint) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .recording import GateResult
+
+FORMAT = "pytest-circuits-baseline"
+VERSION = 1
+
+#: Default tolerances: scores and similarities live in [0, 1]; drops, retained percentages and
+#: influences are percentage points of the task metric.
+SCORE_TOLERANCE = 0.02
+POINTS_TOLERANCE = 2.0
+POINTS_METRICS = frozenset(
+    {"max_single_drop", "mean_drop", "worst5_mean", "behavior_retained", "student_influence"}
+)
+
+#: Which way is worse for metrics that a gate reports but did not check ("<=": higher is worse).
+#: Metrics in neither table (counts, teacher context, logit differences) are not compared.
+UNCHECKED_DIRECTIONS = {
+    "alignment": ">=",
+    "weighted_alignment": ">=",
+    "mean_similarity": ">=",
+    "similarity": ">=",
+    "student_influence": ">=",
+    "behavior_retained": ">=",
+    "severity": "<=",
+    "severity_increase": "<=",
+    "max_single_drop": "<=",
+    "mean_drop": "<=",
+    "worst5_mean": "<=",
+    "gini": "<=",
+}
+
+Tolerance = float | dict[str, float] | None
+
+
+class BaselineFileError(ValueError):
+    """The baseline file cannot be read or is not a pytest-circuits baseline."""
+
+
+def _base_name(metric: str) -> str:
+    """``L1H2.similarity`` -> ``similarity``: per-component metrics share their kind's rules."""
+    return metric.rsplit(".", 1)[-1]
+
+
+def default_tolerance(metric: str) -> float:
+    return POINTS_TOLERANCE if _base_name(metric) in POINTS_METRICS else SCORE_TOLERANCE
+
+
+def tolerance_for(metric: str, result: GateResult, override: Tolerance = None) -> float:
+    """The result's own tolerance, else the test's (marker/YAML), else the default."""
+    if metric in result.tolerances:
+        return float(result.tolerances[metric])
+    if isinstance(override, dict):
+        if metric in override:
+            return float(override[metric])
+    elif override is not None:
+        return float(override)
+    return default_tolerance(metric)
+
+
+def direction(metric: str, result: GateResult) -> str | None:
+    """``">="`` when lower is worse, ``"<="`` when higher is worse, None when not compared."""
+    for check in result.checks:
+        if check.metric == metric:
+            return check.op
+    return UNCHECKED_DIRECTIONS.get(metric, UNCHECKED_DIRECTIONS.get(_base_name(metric)))
+
+
+@dataclass
+class MetricDelta:
+    """One metric against its baseline value."""
+
+    metric: str
+    baseline: float
+    current: float
+    tolerance: float
+    op: str  # ">=" (lower is worse) or "<=" (higher is worse)
+
+    @property
+    def worse_by(self) -> float:
+        """How far the current value moved in the worse direction (negative: it improved)."""
+        change = self.current - self.baseline
+        return -change if self.op == ">=" else change
+
+    @property
+    def regressed(self) -> bool:
+        if self.current != self.current:  # NaN never passes
+            return True
+        return self.worse_by > self.tolerance + 1e-12
+
+
+@dataclass
+class BaselineCheck:
+    """The outcome of comparing one result with the baseline (or of recording it there)."""
+
+    key: str
+    status: str  # "ok" | "regressed" | "missing" | "refused" | "updated"
+    deltas: list[MetricDelta] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("regressed", "missing", "refused")
+
+    def delta(self, metric: str) -> MetricDelta | None:
+        return next((d for d in self.deltas if d.metric == metric), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BaselineCheck:
+        data = dict(data)
+        data["deltas"] = [MetricDelta(**d) for d in data.get("deltas", [])]
+        return cls(**data)
+
+
+def _now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def method_differences(current: dict[str, Any], stored: dict[str, Any]) -> list[str]:
+    """Method fields of two fingerprints that differ, as ``name: stored -> current``."""
+    from .analysis.fingerprint import METHOD_FIELDS
+
+    return [
+        f"{name}: baseline {stored.get(name)!r}, this run {current.get(name)!r}"
+        for name in METHOD_FIELDS
+        if stored.get(name) != current.get(name)
+    ]
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (for messages)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def update_command(path: str, nodeid: str) -> str:
+    return (
+        f"pytest {shlex.quote(nodeid)} --circuits-baseline={shlex.quote(str(path))} "
+        "--circuits-update-baseline"
+    )
+
+
+class Baseline:
+    """A baseline file's entries; ``check`` compares a result, ``updated`` merges new ones."""
+
+    def __init__(self, path: Path, entries: dict[str, dict[str, Any]] | None = None,
+                 header: dict[str, Any] | None = None) -> None:
+        self.path = path
+        self.shown = _shown(path)
+        self.entries = dict(entries or {})
+        self.header = dict(header or {})
+
+    @classmethod
+    def load(cls, path: Path) -> Baseline:
+        """Read ``path``; a file that does not exist yet is an empty baseline."""
+        if not path.exists():
+            return cls(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BaselineFileError(
+                f"baseline {path} cannot be read ({exc}); restore it from version control or "
+                "rewrite it with --circuits-update-baseline"
+            ) from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise BaselineFileError(
+                f"baseline {path} is not a pytest-circuits baseline (no \"format\": "
+                f"\"{FORMAT}\"); point --circuits-baseline at a file written by "
+                "--circuits-update-baseline"
+            )
+        if data.get("version") != VERSION:
+            raise BaselineFileError(
+                f"baseline {path} has format version {data.get('version')!r}; this "
+                f"pytest-circuits reads version {VERSION}: rewrite it with "
+                "--circuits-update-baseline"
+            )
+        entries = data.get("entries", {})
+        header = {k: v for k, v in data.items() if k != "entries"}
+        return cls(path, entries, header)
+
+    def check(self, result: GateResult, tolerance: Tolerance = None) -> BaselineCheck:
+        """Compare ``result`` with its entry: ok, regressed, missing or refused."""
+        entry = self.entries.get(result.key)
+        if entry is None:
+            return BaselineCheck(
+                result.key, "missing",
+                message=(
+                    f"no baseline entry for {result.key!r} in {self.shown}; record the current "
+                    f"values as the baseline with:\n  {update_command(self.shown, result.nodeid)}"
+                ),
+            )
+        differences = method_differences(result.fingerprint, entry.get("fingerprint", {}))
+        if differences:
+            return BaselineCheck(
+                result.key, "refused",
+                message=(
+                    f"baseline entry {result.key!r} in {self.shown} was measured with a different "
+                    "method, so the numbers are not comparable:\n    "
+                    + "\n    ".join(differences)
+                    + "\n  measure both the same way, or re-record the baseline with:\n  "
+                    + update_command(self.shown, result.nodeid)
+                ),
+            )
+        deltas = []
+        stored = entry.get("values", {})
+        for metric, current in result.values.items():
+            op = direction(metric, result)
+            if op is None or metric not in stored:
+                continue
+            deltas.append(MetricDelta(metric, float(stored[metric]), float(current),
+                                      tolerance_for(metric, result, tolerance), op))
+        regressed = [d for d in deltas if d.regressed]
+        if not regressed:
+            return BaselineCheck(result.key, "ok", deltas)
+        from .assertions import format_table
+
+        table = format_table(
+            ["metric", "baseline", "now", "change", "tolerance"],
+            [[d.metric, d.baseline, d.current, f"{d.current - d.baseline:+.4g}",
+              f"{d.tolerance:g} ({'lower' if d.op == '>=' else 'higher'} is worse)"]
+             for d in regressed],
+        )
+        return BaselineCheck(
+            result.key, "regressed", deltas,
+            message=(
+                f"regression against baseline {self.shown} for {result.key!r}:\n{table}\n"
+                "  if the change is intended, accept it with:\n  "
+                + update_command(self.shown, result.nodeid)
+            ),
+        )
+
+    def updated(self, results: list[GateResult], remove: set[str] = frozenset(),
+                versions: dict[str, str] | None = None) -> Baseline:
+        """A new baseline: these results replace their entries; keys in ``remove`` go."""
+        entries = {k: v for k, v in self.entries.items() if k not in remove}
+        for result in results:
+            entries[result.key] = entry_for(result)
+        header = {
+            "format": FORMAT,
+            "version": VERSION,
+            "created": self.header.get("created") or _now(),
+            "updated": _now(),
+            "versions": versions or {},
+        }
+        return Baseline(self.path, entries, header)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.header, "entries": dict(sorted(self.entries.items()))}
+
+
+def entry_for(result: GateResult) -> dict[str, Any]:
+    """What a baseline keeps of a result: its values, thresholds, method and models."""
+    return {
+        "values": dict(result.values),
+        "checks": {c.metric: {"op": c.op, "threshold": c.threshold} for c in result.checks},
+        "fingerprint": dict(result.fingerprint),
+        "models": dict(result.models),
+        "nodeid": result.nodeid,
+    }

@@ -1,0 +1,491 @@
+"""YAML gate files (``circuits.yaml``, ``circuits_*.yaml``): schema, validation and test items.
+
+Each gate in a file becomes one pytest item that runs the matching ``assert_*`` function; a
+mistake in the file is a collection error that names the file, the line and the fix. The schema
+is documented in ``GATES.md`` next to this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .fixtures import Value, closest, memo_of, model_source, resolve
+
+#: Suffixes of gate files (named ``circuits`` or ``circuits_*``).
+GATE_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+def is_gate_file(path: Path) -> bool:
+    """Whether pytest should collect ``path`` as a gate file."""
+    return path.suffix in GATE_FILE_SUFFIXES and (
+        path.stem == "circuits" or path.stem.startswith("circuits_")
+    )
+
+
+@dataclass(frozen=True)
+class GateKind:
+    """A gate kind: the assertion it runs and the keys its mapping accepts."""
+
+    function: str  # name in pytest_circuits.assertions
+    required: tuple[str, ...] = ()
+    one_of: tuple[str, ...] = ()  # at least one of these thresholds
+    optional: tuple[str, ...] = ()
+    takes_model: bool = False  # may run on a single model (``model:``) instead of a pair
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self.required + self.one_of + self.optional
+
+
+KINDS: dict[str, GateKind] = {
+    "circuit_aligned": GateKind(
+        "assert_circuit_aligned", required=("min_score",),
+        optional=("min_weighted_score", "method", "ablation", "similarity", "margin"),
+    ),
+    "ablation_robust": GateKind(
+        "assert_ablation_robust",
+        one_of=("max_severity", "max_single_drop", "max_mean_drop", "max_severity_increase"),
+        optional=("components", "ablation", "tolerance", "margin"), takes_model=True,
+    ),
+    "behavior_preserved": GateKind(
+        "assert_behavior_preserved", required=("min_retained",), optional=("margin",),
+    ),
+    "mechanism_preserved": GateKind(
+        "assert_mechanism_preserved", required=("components",),
+        optional=("min_similarity", "min_influence", "similarity", "method", "ablation",
+                  "margin"),
+    ),
+}
+
+#: Keys of a gate (besides its one kind key), and which of them ``defaults:`` may set.
+GATE_KEYS = ("name", "pair", "model", "task", "xfail", "marks", "n_prompts", "seed", "device",
+             "dtype", "baseline_tolerance")
+RUN_SETTINGS = ("pair", "model", "task", "n_prompts", "seed", "device", "dtype",
+                "baseline_tolerance")
+ANALYSIS_SETTINGS = ("method", "ablation", "similarity", "margin", "tolerance")
+DEFAULT_KEYS = RUN_SETTINGS + ANALYSIS_SETTINGS
+TOP_KEYS = ("pairs", "models", "defaults", "gates")
+NUMBERS = frozenset(
+    {"min_score", "min_weighted_score", "max_severity", "max_single_drop", "max_mean_drop",
+     "max_severity_increase", "min_retained", "min_similarity", "min_influence", "margin",
+     "tolerance"}
+)
+STRINGS = frozenset({"name", "pair", "model", "task", "xfail", "device", "dtype", "method",
+                     "ablation", "similarity"})
+
+
+class GateFileError(Exception):
+    """A gate file is malformed; the message starts with ``file:line:``."""
+
+
+# ----------------------------------------------------------------------------- YAML with lines
+
+
+class Node(dict):
+    """A YAML mapping that remembers its line and the line of each key's value."""
+
+    line: int
+    lines: dict[Any, int]
+
+
+class Items(list):
+    """A YAML sequence that remembers its line and the line of each item."""
+
+    line: int
+    lines: list[int]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode) -> Node:
+    loader.flatten_mapping(node)
+    data = Node()
+    data.line = node.start_mark.line + 1
+    data.lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if not isinstance(key, str):
+            raise GateFileError(f"{line}: key {key!r} must be a string")
+        if key in data:
+            raise GateFileError(
+                f"{line}: key {key!r} appears twice in this mapping (first on line "
+                f"{data.lines[key]}); keep one"
+            )
+        data[key] = loader.construct_object(value_node, deep=True)
+        data.lines[key] = line
+    return data
+
+
+def _sequence(loader: _Loader, node: yaml.SequenceNode) -> Items:
+    data = Items(loader.construct_object(child, deep=True) for child in node.value)
+    data.line = node.start_mark.line + 1
+    data.lines = [child.start_mark.line + 1 for child in node.value]
+    return data
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML into :class:`Node`/:class:`Items`; errors are ``GateFileError('LINE: ...')``."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        context = ""
+        if exc.context and exc.context_mark is not None:
+            context = f" ({exc.context} started on line {exc.context_mark.line + 1})"
+        raise GateFileError(f"{line}: invalid YAML: {exc.problem or exc}{context}") from None
+    except yaml.YAMLError as exc:
+        raise GateFileError(f"1: invalid YAML: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model named in a gate file: where to load it from and the name results carry."""
+
+    source: str  # absolute when it is a directory relative to the gate file
+    name: str  # as written in the file (stable across machines, part of baseline keys)
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """One validated gate: what to load, which assertion to run and with which arguments."""
+
+    name: str
+    kind: str
+    line: int
+    task: str
+    teacher: ModelRef | None  # None for a single-model gate
+    subject: ModelRef  # the student of a pair, or the single model
+    arguments: dict[str, Any] = field(default_factory=dict)  # to the assert_* function
+    n_prompts: int | None = None
+    seed: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    xfail: str | None = None
+    marks: tuple[str, ...] = ()
+
+
+class _Checker:
+    """Validation helpers that prefix each error with the file's line."""
+
+    def fail(self, line: int, message: str) -> GateFileError:
+        return GateFileError(f"{line}: {message}")
+
+    def mapping(self, value: Any, line: int, what: str) -> Node:
+        if not isinstance(value, Node):
+            raise self.fail(line, f"{what} must be a mapping (key: value lines), got "
+                                  f"{_kind(value)}")
+        return value
+
+    def keys(self, node: Node, allowed: tuple[str, ...], what: str) -> None:
+        for key in node:
+            if key not in allowed:
+                raise self.fail(
+                    node.lines[key],
+                    f"unknown key {key!r} in {what}{closest(key, allowed)}; allowed keys: "
+                    f"{', '.join(allowed)}",
+                )
+
+    def value(self, key: str, value: Any, line: int, what: str) -> Any:
+        """Check one setting or argument by its name's type."""
+        if key in NUMBERS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise self.fail(line, f"{what}: {key} must be a number, got {_kind(value)}")
+            return float(value)
+        if key in ("n_prompts", "seed"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.fail(line, f"{what}: {key} must be a whole number, got "
+                                      f"{_kind(value)}")
+            if key == "n_prompts" and value < 1:
+                raise self.fail(line, f"{what}: n_prompts must be at least 1, got {value}")
+            return value
+        if key in STRINGS:
+            if not isinstance(value, str) or not value.strip():
+                raise self.fail(line, f"{what}: {key} must be a non-empty string, got "
+                                      f"{_kind(value)}")
+            return value
+        if key == "components":
+            return self.components(value, line, what)
+        if key == "marks":
+            return tuple(self.string_list(value, line, f"{what}: marks"))
+        if key == "baseline_tolerance":
+            return self.tolerance(value, line, what)
+        raise AssertionError(f"no type rule for {key!r}")  # pragma: no cover
+
+    def string_list(self, value: Any, line: int, what: str) -> list[str]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(line, f"{what} must be a non-empty list of strings, got "
+                                  f"{_kind(value)}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                item_line = value.lines[index] if isinstance(value, Items) else line
+                raise self.fail(item_line, f"{what}[{index}] must be a string, got "
+                                           f"{_kind(item)}")
+        return list(value)
+
+    def components(self, value: Any, line: int, what: str) -> Any:
+        if isinstance(value, str):
+            return value  # "all", "heads", "mlps" for ablation_robust; checked by the gate
+        return self.string_list(value, line, f"{what}: components")
+
+    def tolerance(self, value: Any, line: int, what: str) -> float | dict[str, float]:
+        if isinstance(value, Node):
+            for metric, number in value.items():
+                if isinstance(number, bool) or not isinstance(number, (int, float)):
+                    raise self.fail(value.lines[metric], f"{what}: baseline_tolerance.{metric} "
+                                                         f"must be a number, got {_kind(number)}")
+            return {metric: float(number) for metric, number in value.items()}
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(line, f"{what}: baseline_tolerance must be a number or a mapping "
+                                  f"metric: number, got {_kind(value)}")
+        return float(value)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    names = {Node: "a mapping", Items: "a list", bool: "a boolean", str: "a string",
+             int: "a number", float: "a number"}
+    return f"{names.get(type(value), type(value).__name__)} {value!r}"
+
+
+def load_gate_file(path: Path) -> list[GateSpec]:
+    """Read and validate a gate file; raise :class:`GateFileError` naming file and line."""
+    try:
+        return _gates(parse_yaml(path.read_text(encoding="utf-8")), path.parent)
+    except GateFileError as exc:
+        raise GateFileError(f"{path}:{exc}") from None
+
+
+def _model_ref(source: str, base: Path) -> ModelRef:
+    return ModelRef(model_source(Value(source, "gate file", base)), source)
+
+
+def _gates(document: Any, base: Path) -> list[GateSpec]:
+    check = _Checker()
+    if document is None:
+        raise check.fail(1, "the gate file is empty; declare pairs: and gates:")
+    root = check.mapping(document, 1, "the gate file")
+    check.keys(root, TOP_KEYS, "the gate file")
+    if "gates" not in root:
+        raise check.fail(root.line, "the gate file has no gates: list; add at least one gate")
+
+    pairs: dict[str, tuple[ModelRef, ModelRef]] = {}
+    for name, spec in check.mapping(root.get("pairs", Node()), root.lines.get("pairs", 1),
+                                    "pairs").items():
+        line = root["pairs"].lines[name]
+        spec = check.mapping(spec, line, f"pair {name!r}")
+        check.keys(spec, ("teacher", "student"), f"pair {name!r}")
+        for role in ("teacher", "student"):
+            if role not in spec:
+                raise check.fail(line, f"pair {name!r} has no {role}: add {role}: SOURCE "
+                                       "(a hub id, a local directory or zoo:NAME)")
+            check.value("model", spec[role], spec.lines[role], f"pair {name!r}: {role}")
+        pairs[name] = (_model_ref(spec["teacher"], base), _model_ref(spec["student"], base))
+
+    models: dict[str, ModelRef] = {}
+    for name, source in check.mapping(root.get("models", Node()), root.lines.get("models", 1),
+                                      "models").items():
+        line = root["models"].lines[name]
+        check.value("model", source, line, f"model {name!r}")
+        models[name] = _model_ref(source, base)
+
+    defaults = check.mapping(root.get("defaults", Node()), root.lines.get("defaults", 1),
+                             "defaults")
+    check.keys(defaults, DEFAULT_KEYS, "defaults")
+    for key, value in defaults.items():
+        defaults[key] = check.value(key, value, defaults.lines[key], "defaults")
+
+    gates = root["gates"]
+    if not isinstance(gates, Items) or not gates:
+        raise check.fail(root.lines["gates"], "gates must be a non-empty list of gates "
+                                              "(each item starts with '- name: ...')")
+    specs: list[GateSpec] = []
+    seen: dict[str, int] = {}
+    for index, gate in enumerate(gates):
+        spec = _gate(check, gate, gates.lines[index], index, pairs, models, defaults)
+        if spec.name in seen:
+            raise check.fail(spec.line, f"gate name {spec.name!r} is already used by the gate "
+                                        f"on line {seen[spec.name]}; gate names are test ids "
+                                        "and must be unique in a file")
+        seen[spec.name] = spec.line
+        specs.append(spec)
+    return specs
+
+
+def _gate(
+    check: _Checker, gate: Any, line: int, index: int,
+    pairs: dict[str, tuple[ModelRef, ModelRef]], models: dict[str, ModelRef], defaults: Node,
+) -> GateSpec:
+    gate = check.mapping(gate, line, f"gates[{index}]")
+    line = gate.line
+    if "name" not in gate:
+        raise check.fail(line, f"gates[{index}] has no name: add name: SOME-ID (the test id)")
+    name = check.value("name", gate["name"], gate.lines["name"], f"gates[{index}]")
+    if "::" in name or "\n" in name:
+        raise check.fail(gate.lines["name"], f"gate name {name!r} may not contain '::' or a "
+                                             "line break")
+    what = f"gate {name!r}"
+    check.keys(gate, GATE_KEYS + tuple(KINDS), what)
+    kinds = [k for k in KINDS if k in gate]
+    if len(kinds) != 1:
+        found = "none" if not kinds else " and ".join(kinds)
+        raise check.fail(line, f"{what} must declare exactly one check ({', '.join(KINDS)}); "
+                               f"found {found}" + ("; split it into one gate per check"
+                                                   if kinds else ""))
+    kind_name = kinds[0]
+    kind = KINDS[kind_name]
+    settings = {key: defaults[key] for key in defaults}
+    lines = {key: defaults.lines[key] for key in defaults}
+    for key in GATE_KEYS:
+        if key in gate and key != "name":
+            settings[key] = check.value(key, gate[key], gate.lines[key], what)
+            lines[key] = gate.lines[key]
+
+    arguments_node = check.mapping(gate[kind_name], gate.lines[kind_name],
+                                   f"{what}: {kind_name}")
+    check.keys(arguments_node, kind.keys, f"{what}: {kind_name}")
+    arguments = {key: settings[key] for key in ANALYSIS_SETTINGS
+                 if key in settings and key in kind.keys}
+    for key, value in arguments_node.items():
+        arguments[key] = check.value(key, value, arguments_node.lines[key],
+                                     f"{what}: {kind_name}")
+    kind_line = gate.lines[kind_name]
+    for key in kind.required:
+        if key not in arguments:
+            raise check.fail(kind_line, f"{what}: {kind_name} needs {key}: add {key}: VALUE")
+    if kind.one_of and not any(key in arguments for key in kind.one_of):
+        raise check.fail(kind_line, f"{what}: {kind_name} sets no threshold, so it would check "
+                                    f"nothing: add at least one of {', '.join(kind.one_of)}")
+    if "baseline_tolerance" in settings:
+        arguments["baseline_tolerance"] = settings["baseline_tolerance"]
+
+    teacher: ModelRef | None
+    if "pair" in gate and "model" in gate:
+        raise check.fail(gate.lines["model"], f"{what} names both a pair and a model; keep one")
+    for own, other in (("pair", "model"), ("model", "pair")):
+        if own in gate:
+            settings.pop(other, None)  # the gate's own choice beats the defaults' other one
+    if "model" in settings:
+        if not kind.takes_model:
+            raise check.fail(lines["model"], f"{what}: {kind_name} compares a teacher with a "
+                                             "student: give pair: NAME instead of model:")
+        model_name = settings["model"]
+        if model_name not in models:
+            raise check.fail(lines["model"], _unknown("model", model_name, models))
+        teacher, subject = None, models[model_name]
+    elif "pair" in settings:
+        pair_name = settings["pair"]
+        if pair_name not in pairs:
+            raise check.fail(lines["pair"], _unknown("pair", pair_name, pairs))
+        teacher, subject = pairs[pair_name]
+    else:
+        raise check.fail(line, f"{what} names no pair: add pair: NAME (declared under pairs:)"
+                         + (" or model: NAME" if kind.takes_model else ""))
+    if "task" not in settings:
+        raise check.fail(line, f"{what} has no task: add task: numerals (a built-in: numerals, "
+                               "numwords, ioi) or task: path/to/task.yaml")
+    return GateSpec(
+        name=name,
+        kind=kind_name,
+        line=line,
+        task=settings["task"],
+        teacher=teacher,
+        subject=subject,
+        arguments=arguments,
+        n_prompts=settings.get("n_prompts"),
+        seed=settings.get("seed"),
+        device=settings.get("device"),
+        dtype=settings.get("dtype"),
+        xfail=settings.get("xfail"),
+        marks=settings.get("marks", ()),
+    )
+
+
+def _unknown(what: str, name: str, declared: dict[str, Any]) -> str:
+    listed = ", ".join(declared) if declared else f"none: declare it under {what}s:"
+    return f"unknown {what} {name!r}{closest(name, declared)}; declared {what}s: {listed}"
+
+
+# ----------------------------------------------------------------------------- pytest nodes
+
+
+class GateFile(pytest.File):
+    """A ``circuits*.yaml`` file: one :class:`GateItem` per gate."""
+
+    def collect(self) -> Iterator[GateItem]:
+        try:
+            specs = load_gate_file(self.path)
+        except GateFileError as exc:
+            raise self.CollectError(str(exc)) from None
+        for spec in specs:
+            yield GateItem.from_parent(self, name=spec.name, spec=spec)
+
+
+class GateItem(pytest.Item):
+    """One gate of a gate file, run through the matching ``assert_*`` function."""
+
+    def __init__(self, *, spec: GateSpec, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec
+        for mark in spec.marks:
+            self.add_marker(mark)
+        if spec.xfail is not None:
+            from .errors import CircuitAssertionError
+
+            self.add_marker(pytest.mark.xfail(reason=spec.xfail, strict=True,
+                                              raises=CircuitAssertionError))
+
+    def runtest(self) -> None:
+        from . import assertions
+
+        spec = self.spec
+        memo = memo_of(self.config)
+        device = spec.device or resolve(self.config, "device").value
+        dtype = spec.dtype or resolve(self.config, "dtype").value
+        n_prompts = spec.n_prompts or resolve(self.config, "n_prompts").value
+        seed = spec.seed if spec.seed is not None else resolve(self.config, "seed").value
+        subject: Any = memo.model(spec.subject.source, name=spec.subject.name, device=device,
+                                  dtype=dtype)
+        if spec.teacher is not None:
+            teacher = memo.model(spec.teacher.source, name=spec.teacher.name, device=device,
+                                 dtype=dtype)
+            subject = memo.pair(teacher, subject)
+        local = self.path.parent / spec.task  # a task file next to the gate file comes first
+        task = memo.task(str(local) if local.is_file() else spec.task, n_prompts=n_prompts,
+                         seed=seed, search_paths=(self.path.parent,))
+        gate = getattr(assertions, KINDS[spec.kind].function)
+        gate(subject, task, seed=seed, **spec.arguments)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> str | Any:
+        """The gate's own table (or the error's message), without a Python traceback."""
+        from .errors import CircuitAssertionError, CircuitsError
+
+        # ValueError: a threshold out of range, an unknown component or a task that does not fit
+        expected = (CircuitAssertionError, CircuitsError, ValueError)
+        if isinstance(excinfo.value, expected) and not self.config.getoption("fulltrace"):
+            where = f"{self.path.name}:{self.spec.line}: gate {self.spec.name!r}"
+            if isinstance(excinfo.value, CircuitAssertionError):
+                return f"{where} failed\n{excinfo.value}"
+            return f"{where}: {type(excinfo.value).__name__}: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, self.spec.line - 1, f"{self.spec.kind} gate {self.spec.name}"

@@ -1,0 +1,235 @@
+"""What a run leaves for people and CI: JUnit properties, the terminal summary, the JSON file.
+
+Every gate result travels as a :class:`GateRecord` (plain JSON-able data), so an xdist worker
+ships exactly what a serial run keeps, and the controller prints and writes the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .baseline import BaselineCheck
+from .recording import GateResult
+
+FORMAT = "pytest-circuits-results"
+VERSION = 1
+
+
+def plain(data: Any) -> Any:
+    """``data`` as built-in JSON types (numpy scalars and arrays become floats and lists)."""
+
+    def convert(value: Any) -> Any:
+        if hasattr(value, "tolist"):
+            return value.tolist()
+        if hasattr(value, "item"):
+            return value.item()
+        return str(value)
+
+    return json.loads(json.dumps(data, default=convert))
+
+
+@dataclass
+class GateRecord:
+    """One gate result of one test, with its baseline comparison and the test's outcome."""
+
+    result: GateResult
+    index: int  # order within the test
+    baseline: BaselineCheck | None = None
+    outcome: str = ""  # the test's: "passed", "failed", "xfailed"; set on the controller
+
+    @property
+    def verdict(self) -> str:
+        failed = not self.result.passed or (self.baseline is not None and self.baseline.failed)
+        if failed:
+            return "XFAIL" if self.outcome == "xfailed" else "FAIL"
+        return "PASS"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.result.to_dict(),
+            "index": self.index,
+            "baseline": self.baseline.to_dict() if self.baseline is not None else None,
+            "outcome": self.outcome,
+            "verdict": self.verdict,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateRecord:
+        data = dict(data)
+        index = data.pop("index")
+        baseline = data.pop("baseline", None)
+        outcome = data.pop("outcome", "")
+        data.pop("verdict", None)
+        return cls(
+            result=GateResult.from_dict(data),
+            index=index,
+            baseline=BaselineCheck.from_dict(baseline) if baseline is not None else None,
+            outcome=outcome,
+        )
+
+
+def sort_key(record: GateRecord) -> tuple[str, int]:
+    return (record.result.nodeid, record.index)
+
+
+def property_prefix(result: GateResult, seen: dict[str, int]) -> str:
+    """``circuits.<gate>``; a test's second result of the same gate gets ``#2`` and so on."""
+    seen[result.gate] = seen.get(result.gate, 0) + 1
+    count = seen[result.gate]
+    return f"circuits.{result.gate}" + (f"#{count}" if count > 1 else "")
+
+
+def junit_properties(result: GateResult, prefix: str) -> list[tuple[str, object]]:
+    """(name, value) pairs for ``item.user_properties``: every value, threshold and verdict."""
+    properties: list[tuple[str, object]] = [
+        (f"{prefix}.subject", result.subject),
+        (f"{prefix}.task", result.task),
+        (f"{prefix}.passed", result.passed),
+    ]
+    checks = {c.metric: c for c in result.checks}
+    for metric, value in result.values.items():
+        properties.append((f"{prefix}.{metric}", value))
+        if metric in checks:
+            properties.append((f"{prefix}.{metric}.threshold", checks[metric].threshold))
+            properties.append((f"{prefix}.{metric}.passed", checks[metric].passed))
+    for check in result.checks:  # a checked metric the gate did not list among its values
+        if check.metric not in result.values:
+            properties.append((f"{prefix}.{check.metric}", check.value))
+            properties.append((f"{prefix}.{check.metric}.threshold", check.threshold))
+            properties.append((f"{prefix}.{check.metric}.passed", check.passed))
+    return properties
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _baseline_cell(record: GateRecord, metric: str) -> str:
+    check = record.baseline
+    if check is None:
+        return "-"
+    if check.status in ("missing", "refused", "updated"):
+        return check.status
+    delta = check.delta(metric)
+    if delta is None:
+        return "-"
+    state = "REGRESSED" if delta.regressed else "ok"
+    return f"{state} (was {_number(delta.baseline)})"
+
+
+def summary_rows(records: Iterable[GateRecord], with_baseline: bool) -> list[list[str]]:
+    """One row per checked metric (and per regressed unchecked metric) of every result."""
+    rows = []
+    for record in sorted(records, key=sort_key):
+        result, check = record.result, record.baseline
+        failing = "XFAIL" if record.outcome == "xfailed" else "FAIL"
+        metrics = [(c.metric, c.value, f"{c.op} {_number(c.threshold)}", c.passed)
+                   for c in result.checks]
+        if check is not None:
+            checked = {c.metric for c in result.checks}
+            metrics += [(d.metric, d.current, "-", True) for d in check.deltas
+                        if d.regressed and d.metric not in checked]
+        for metric, value, threshold, passed in metrics or [("-", None, "-", result.passed)]:
+            delta = check.delta(metric) if check is not None else None
+            row_failed = (
+                not passed
+                or (delta is not None and delta.regressed)
+                or (check is not None and check.status in ("missing", "refused"))
+            )
+            row = [f"{result.nodeid} [{result.gate}]", result.subject, result.task, metric,
+                   _number(value), threshold]
+            if with_baseline:
+                row.append(_baseline_cell(record, metric))
+            rows.append(row + [failing if row_failed else "PASS"])
+    return rows
+
+
+def summary_lines(records: list[GateRecord], with_baseline: bool) -> list[str]:
+    """The terminal summary table: test [gate], subject, task, metric, value, threshold,
+    baseline (when one is in use) and verdict."""
+    from .assertions import format_table
+
+    headers = ["test [gate]", "subject", "task", "metric", "value", "threshold"]
+    if with_baseline:
+        headers.append("baseline")
+    headers.append("verdict")
+    return format_table(headers, summary_rows(records, with_baseline)).splitlines()
+
+
+def environment(records: list[GateRecord]) -> dict[str, Any]:
+    """Where the numbers were measured: interpreter, platform, devices and library versions."""
+    versions: dict[str, str] = {}
+    devices = set()
+    for record in records:
+        versions.update(record.result.fingerprint.get("versions", {}))
+        kind = record.result.fingerprint.get("device_kind")
+        if kind:
+            devices.add(kind)
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "devices": sorted(devices),
+        "versions": dict(sorted(versions.items())),
+    }
+
+
+def results_document(records: list[GateRecord], extra: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """The ``--circuits-json`` document: header, environment and every result, sorted."""
+    ordered = sorted(records, key=sort_key)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "created": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "environment": environment(ordered),
+        "summary": {
+            "gates": len(ordered),
+            "passed": sum(r.verdict == "PASS" for r in ordered),
+            "failed": sum(r.verdict == "FAIL" for r in ordered),
+            "xfailed": sum(r.verdict == "XFAIL" for r in ordered),
+        },
+        **(extra or {}),
+        "results": [r.to_dict() for r in ordered],
+    }
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON so readers see the old file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False, allow_nan=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if sys.platform != "win32":  # make the rename itself durable
+        try:
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
