@@ -150,7 +150,7 @@ def _fmt(value: float | None) -> str:
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain aligned text table (what failure messages and summaries print)."""
     cells = [[str(h) for h in headers]] + [
-        [_fmt(c) if isinstance(c, float) else str(c) for c in row] for row in rows
+        [_fmt(c) if isinstance(c, float) or c is None else str(c) for c in row] for row in rows
     ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
