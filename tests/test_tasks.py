@@ -502,3 +502,22 @@ def test_encode_position_rule_mismatch(tok: PreTrainedTokenizerFast) -> None:
         encode_task(_tiny_task(position="last"), word_tokenizer(style="bert"), masked=True)
     with pytest.raises(TaskValidationError, match="tokenizer has no mask token"):
         encode_task(_tiny_task(), word_tokenizer(style="plain"), masked=True)
+
+
+def test_unknown_token_that_doubles_as_bos_is_not_an_unknown_word() -> None:
+    # GPT-2 style: <|endoftext|> is unk, bos and eos at once; a prompt may contain it.
+    vocab = {word: index for index, word in enumerate(_vocab(("<|endoftext|>",)))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+    )
+    task = _tiny_task(
+        prompts=("<|endoftext|> When Mary and John went to the store , John gave a drink to",),
+        corrupted=("<|endoftext|> When Tom and Anna went to the store , Paul gave a drink to",),
+    )
+    enc = encode_task(task, tok)
+    assert enc.tokens[0][0] == vocab["<|endoftext|>"] and enc.positions == (14,)
