@@ -359,7 +359,7 @@ def assert_ablation_robust(
         models["teacher"] = teacher.model
     result = GateResult(
         gate="ablation_robust",
-        subject=str(report.model.get("name")),
+        subject=_subject(str(report.model.get("name")), components),
         task=report.task,
         checks=checks,
         values=values,
@@ -513,6 +513,14 @@ def assert_mechanism_preserved(
     )
     _finish(result, _headline("mechanism preservation", report), details)
     return report
+
+
+def _subject(name: str, components: str | Sequence[str]) -> str:
+    """A model's name, plus the component selection when it is not every component, so gates
+    over different selections keep separate baseline entries."""
+    if isinstance(components, str):
+        return name if components == "all" else f"{name} [{components}]"
+    return f"{name} [{','.join(components)}]"
 
 
 def _headline(what: str, report: Any) -> str:

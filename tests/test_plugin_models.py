@@ -127,8 +127,8 @@ def test_the_baseline_records_each_real_result(serial: pytest.RunResult, suite: 
     entries = load_json(suite / "baseline.json")["entries"]
     results = {r["key"]: r for r in load_json(suite / "out.json")["results"]}
     assert sorted(entries) == sorted(results) == [
-        "ablation_robust::zoo:tiny-student-brittle::numerals",
-        "ablation_robust::zoo:tiny-student::numerals",
+        "ablation_robust::zoo:tiny-student [heads]::numerals",
+        "ablation_robust::zoo:tiny-student-brittle [heads]::numerals",
         "circuit_aligned::zoo:tiny-teacher -> zoo:tiny-student::numerals",
     ]
     for key, entry in entries.items():
