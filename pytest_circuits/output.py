@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
-import sys
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_bytes_atomic
 from .baseline import BaselineCheck
 from .recording import GateResult
 
@@ -209,27 +207,5 @@ def results_document(records: list[GateRecord], extra: dict[str, Any] | None = N
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON so readers see the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, allow_nan=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if sys.platform != "win32":  # make the rename itself durable
-        try:
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))
