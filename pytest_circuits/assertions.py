@@ -10,12 +10,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from . import cache
+from .analysis.cached import as_pair, as_task, model_report, pair_report
 from .errors import CircuitAssertionError
 from .recording import GateResult, MetricCheck, record
-
-DEFAULT_N_PROMPTS = 32
-
 
 # ----------------------------------------------------------------------------- inputs
 
@@ -33,107 +30,6 @@ def _check_threshold(
             f"{name}={value!r} is out of range: it must lie in [{low}, {high}] ({what})"
         )
     return value
-
-
-def _pair(pair: Any) -> Any:
-    from .models import ModelPair, load_pair
-
-    if isinstance(pair, ModelPair):
-        return pair
-    if isinstance(pair, (tuple, list)) and len(pair) == 2:
-        return load_pair(pair[0], pair[1])
-    raise TypeError(
-        f"expected a ModelPair (the circuit_pair fixture or load_pair(teacher, student)), got "
-        f"{type(pair).__name__}"
-    )
-
-
-def _task(task: Any, n_prompts: int | None, seed: int) -> Any:
-    from .tasks import resolve_task
-
-    return resolve_task(task, n_prompts=n_prompts or DEFAULT_N_PROMPTS, seed=seed)
-
-
-def pair_report(
-    pair: Any,
-    task: Any,
-    *,
-    ablation: str = "mean",
-    similarity: str = "paper",
-    matching: str = "paper",
-    method: str = "exact",
-    n_prompts: int | None = None,
-    seed: int = 0,
-    margin: float = 0.1,
-    tolerance: float = 20.0,
-) -> Any:
-    """``compare`` through the session/disk cache (keyed by weights, task and settings)."""
-    from .analysis import compare
-
-    pair = _pair(pair)
-    task = _task(task, n_prompts, seed)
-    parts = {
-        "names": [pair.teacher.name, pair.student.name],
-        "teacher": pair.teacher.weights_fingerprint,
-        "student": pair.student.weights_fingerprint,
-        "task": task.fingerprint(),
-        "ablation": ablation,
-        "similarity": similarity,
-        "matching": matching,
-        "method": method,
-        "seed": seed,
-        "margin": margin,
-        "tolerance": tolerance,
-        "dtype": pair.student.dtype,
-        "device": pair.student.device_kind,
-    }
-    return cache.cached(
-        "pair",
-        parts,
-        lambda: compare(
-            pair, task, ablation=ablation, similarity=similarity, matching=matching,
-            method=method, seed=seed, margin=margin, tolerance=tolerance,
-        ),
-    )
-
-
-def model_report(
-    model: Any,
-    task: Any,
-    *,
-    components: str | Sequence[str] = "all",
-    ablation: str = "mean",
-    method: str = "exact",
-    n_prompts: int | None = None,
-    seed: int = 0,
-    margin: float = 0.1,
-    tolerance: float = 20.0,
-) -> Any:
-    """``model_report`` through the session/disk cache."""
-    from .analysis import model_report as build
-
-    task = _task(task, n_prompts, seed)
-    parts = {
-        "name": model.name,
-        "model": model.weights_fingerprint,
-        "task": task.fingerprint(),
-        "components": components if isinstance(components, str) else sorted(components),
-        "ablation": ablation,
-        "method": method,
-        "seed": seed,
-        "margin": margin,
-        "tolerance": tolerance,
-        "dtype": model.dtype,
-        "device": model.device_kind,
-    }
-    return cache.cached(
-        "model",
-        parts,
-        lambda: build(
-            model, task, components=components, ablation=ablation, method=method, seed=seed,
-            margin=margin, tolerance=tolerance,
-        ),
-    )
 
 
 # ----------------------------------------------------------------------------- messages
@@ -406,8 +302,8 @@ def assert_behavior_preserved(
     )
     if min_retained is None:
         raise ValueError("assert_behavior_preserved needs min_retained (percent, e.g. 90)")
-    pair = _pair(pair)
-    task = _task(task, n_prompts, seed)
+    pair = as_pair(pair)
+    task = as_task(task, n_prompts, seed)
     teacher = task_performance(pair.teacher, task)
     student = task_performance(pair.student, task)
     require_valid_task([teacher], margin=margin)

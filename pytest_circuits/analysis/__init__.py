@@ -20,13 +20,13 @@ _LAZY = {
     "task_performance": "ablation",
     "MethodFingerprint": "fingerprint",
     "Match": "matching",
-    "Alignment": "report",
-    "Discarded": "report",
-    "MatchedPair": "report",
-    "ModelReport": "report",
-    "PairReport": "report",
-    "compare": "report",
-    "model_report": "report",
+    "Alignment": "compare",
+    "Discarded": "compare",
+    "MatchedPair": "compare",
+    "ModelReport": "compare",
+    "PairReport": "compare",
+    "compare": "compare",
+    "model_report": "compare",
 }
 
 __all__ = sorted(_LAZY)

@@ -10,13 +10,14 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .builtin import BUILTIN_TASKS, builtin_task
+from .builtin import BUILTIN_TASKS, DEFAULT_N_PROMPTS, builtin_task
 from .encode import EncodedTask, encode_task, resolve_position_rule
 from .files import TASK_FILE_SUFFIXES, load_task_file, save_task_file
 from .task import POSITION_RULES, Task, TaskError, TaskValidationError
 
 __all__ = [
     "BUILTIN_TASKS",
+    "DEFAULT_N_PROMPTS",
     "POSITION_RULES",
     "TASK_FILE_SUFFIXES",
     "EncodedTask",
@@ -35,7 +36,7 @@ __all__ = [
 def resolve_task(
     spec: Task | str | os.PathLike[str],
     *,
-    n_prompts: int = 32,
+    n_prompts: int = DEFAULT_N_PROMPTS,
     seed: int = 0,
     search_paths: Iterable[str | os.PathLike[str]] = (),
 ) -> Task:

@@ -28,6 +28,8 @@ __all__ = [
 ]
 
 BUILTIN_TASKS: tuple[str, ...] = ("numerals", "numwords", "ioi")
+#: How many prompts a built-in task draws when nobody says otherwise (one place for the default).
+DEFAULT_N_PROMPTS = 32
 
 #: Short, common, capitalised nouns used as list members in the numerals/numwords tasks.
 NUMERAL_MEMBERS: tuple[str, ...] = (
@@ -161,7 +163,7 @@ def _ioi_task(n_prompts: int, seed: int, n_reference: int) -> Task:
 
 
 def builtin_task(
-    name: str, n_prompts: int = 32, seed: int = 0, n_reference: int | None = None
+    name: str, n_prompts: int = DEFAULT_N_PROMPTS, seed: int = 0, n_reference: int | None = None
 ) -> Task:
     """Generate the built-in task ``name`` with ``n_prompts`` prompts.
 

@@ -1,0 +1,38 @@
+"""Plain-data identity of a loaded model, stored with every result (torch-free)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Who a model is: where it came from, its shape and a fingerprint of its weights."""
+
+    name: str
+    source: str
+    architecture: str
+    kind: str  # "causal" or "masked"
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_model: int
+    n_params: int
+    dtype: str
+    device_kind: str
+    processing: str
+    weights_sha256: str
+    family: str = ""
+    n_kv_heads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"model description has unknown fields {unknown}")
+        return cls(**data)
