@@ -29,3 +29,7 @@ class ComponentError(CircuitsError, ValueError):
 
 class CircuitAssertionError(AssertionError):
     """A circuit gate failed; the message is a table of measured values and thresholds."""
+
+
+class NonFiniteError(CircuitsError, ValueError):
+    """A model has a NaN or infinite weight, or produces non-finite logits: no gate can pass."""
