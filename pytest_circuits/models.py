@@ -8,19 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .architectures import Architecture, architecture_for, supported_labels
 from .components import Component, all_components
-from .errors import IncompatiblePairError, ModelLoadError, UnsupportedArchitectureError
-
-#: Architectures whose ablation path is tested, by Hugging Face class name -> (family, kind).
-SUPPORTED_ARCHITECTURES: dict[str, tuple[str, str]] = {
-    "GPT2LMHeadModel": ("gpt2", "causal"),
-    "LlamaForCausalLM": ("llama", "causal"),
-}
-#: Families named in the paper that are planned but not wired yet, with what is missing.
-PLANNED_ARCHITECTURES: dict[str, str] = {
-    "BertForMaskedLM": "BERT (masked LM): planned, the [MASK]-position head is not wired yet",
-    "DistilBertForMaskedLM": "DistilBERT: TransformerLens 4.3 has no adapter for it yet",
-}
+from .dtypes import DTYPES, canonical_dtype
+from .errors import (
+    IncompatiblePairError,
+    ModelLoadError,
+    NonFiniteError,
+    UnsupportedArchitectureError,
+)
+from .identity import ModelInfo
 
 _WEIGHT_FILES = (
     "model.safetensors",
@@ -29,16 +26,6 @@ _WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model")
-_DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-}
 
 
 @dataclass(eq=False)
@@ -47,16 +34,18 @@ class CircuitModel:
 
     ``bridge`` is the TransformerLens 4 ``TransformerBridge`` (raw Hugging Face weights, no
     compatibility-mode processing); ``hf_model`` is the Hugging Face model inside it.
+    ``architecture`` is the Hugging Face class name; ``arch`` is its family's registry entry
+    (hook names, prediction head, causal or masked).
     """
 
     name: str
     bridge: Any
     tokenizer: Any
     architecture: str
-    family: str
-    kind: str  # "causal" or "masked"
+    arch: Architecture
     n_layers: int
     n_heads: int
+    n_kv_heads: int
     d_head: int
     d_model: int
     n_ctx: int
@@ -73,12 +62,21 @@ class CircuitModel:
         return self.bridge.original_model
 
     @property
+    def family(self) -> str:
+        return self.arch.family
+
+    @property
+    def kind(self) -> str:
+        """``"causal"`` (predictions at the last position) or ``"masked"`` (at ``[MASK]``)."""
+        return self.arch.kind
+
+    @property
     def is_causal(self) -> bool:
-        return self.kind == "causal"
+        return self.arch.is_causal
 
     @property
     def is_masked(self) -> bool:
-        return self.kind == "masked"
+        return self.arch.is_masked
 
     @property
     def device_kind(self) -> str:
@@ -95,23 +93,25 @@ class CircuitModel:
     def components(self, which: str = "all") -> list[Component]:
         return all_components(self.n_layers, self.n_heads, which)
 
-    def describe(self) -> dict[str, Any]:
-        """Plain-data identity of the model, stored with every result."""
-        return {
-            "name": self.name,
-            "source": self.source,
-            "architecture": self.architecture,
-            "kind": self.kind,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "d_head": self.d_head,
-            "d_model": self.d_model,
-            "n_params": self.n_params,
-            "dtype": self.dtype,
-            "device_kind": self.device_kind,
-            "processing": self.processing,
-            "weights_sha256": self.weights_fingerprint,
-        }
+    def describe(self) -> ModelInfo:
+        """The model's identity, stored with every result (``.to_dict()`` for JSON)."""
+        return ModelInfo(
+            name=self.name,
+            source=self.source,
+            architecture=self.architecture,
+            kind=self.kind,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            d_head=self.d_head,
+            d_model=self.d_model,
+            n_params=self.n_params,
+            dtype=self.dtype,
+            device_kind=self.device_kind,
+            processing=self.processing,
+            weights_sha256=self.weights_fingerprint,
+            family=self.family,
+            n_kv_heads=self.n_kv_heads,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -178,14 +178,10 @@ def resolve_dtype(dtype: Any) -> Any:
 
     if dtype is None:
         return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).replace("torch.", "").lower()
-    if key not in _DTYPES:
-        raise ModelLoadError(
-            f"dtype {dtype!r} is not supported: use one of float32, float16, bfloat16"
-        )
-    return getattr(torch, _DTYPES[key])
+    canonical = canonical_dtype(str(dtype))
+    if canonical is None:
+        raise ModelLoadError(f"dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)}")
+    return getattr(torch, canonical)
 
 
 def _hub_cache_dir(cache_dir: str | os.PathLike[str] | None) -> str:
@@ -223,21 +219,74 @@ def _check_local_dir(path: Path, *, need_tokenizer: bool) -> None:
         )
 
 
-def _architecture_of(config: Any, source: str) -> tuple[str, str, str]:
-    archs = list(getattr(config, "architectures", None) or [])
-    arch = archs[0] if archs else type(config).__name__
-    if arch not in SUPPORTED_ARCHITECTURES:
-        supported = ", ".join(
-            f"{family} ({name})" for name, (family, _) in SUPPORTED_ARCHITECTURES.items()
+def _loadable_architecture(model_or_config: Any, source: str) -> tuple[str, Architecture]:
+    """The HF class name and registry entry of a model or config; refuses unsupported ones."""
+    entry = architecture_for(model_or_config, source=source)
+    entry.require_supported(source, supported_labels())
+    if hasattr(model_or_config, "model_type") and not hasattr(model_or_config, "config"):
+        declared = list(getattr(model_or_config, "architectures", None) or [])
+    else:
+        declared = [type(model_or_config).__name__]
+    name = next((n for n in declared if n in entry.hf_classes), entry.hf_classes[0])
+    return name, entry
+
+
+def _describe_position(tensor: Any, flat_index: int) -> str:
+    if tensor.dim() == 0:
+        return ""
+    if tensor.dim() == 1:
+        return f" (first at index {flat_index})"
+    return f" (first at row {flat_index // (tensor.numel() // tensor.shape[0])})"
+
+
+def check_finite_weights(hf_model: Any, model_name: str) -> None:
+    """Refuse a model with a NaN or infinite parameter or buffer, naming the tensor.
+
+    A NaN in an embedding row that a task never reads leaves every logit difference finite, so
+    every gate would pass on a broken checkpoint; one ``isfinite().all()`` per tensor is cheap.
+    """
+    import torch
+
+    named = list(hf_model.named_parameters()) + list(hf_model.named_buffers())
+    for tensor_name, tensor in named:
+        if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+            continue
+        data = tensor.detach()
+        nans = int(torch.isnan(data).sum())
+        infs = int(torch.isinf(data).sum())
+        counts = [f"{n} {what}" for n, what in ((nans, "NaN"), (infs, "infinite")) if n]
+        first = int(torch.nonzero(~torch.isfinite(data.reshape(-1)))[0])
+        hint = ""
+        if data.dtype == torch.float16 and not nans:
+            hint = (
+                " If the checkpoint is finite in float32, the float16 cast overflowed (float16 "
+                "stops at 65504): load with dtype='bfloat16' or 'float32'."
+            )
+        raise NonFiniteError(
+            f"{model_name}: {tensor_name} has {' and '.join(counts)} values"
+            f"{_describe_position(data, first)}; the checkpoint is corrupted (a diverged training "
+            "run or a damaged file), and every gate measured on it would be meaningless. "
+            "Re-download or re-export the checkpoint, and check the run that produced it for "
+            f"NaN losses.{hint}"
         )
-        planned = PLANNED_ARCHITECTURES.get(arch)
-        extra = f" ({planned})" if planned else ""
+
+
+def _check_shape_against_bridge(entry: Architecture, shape: Any, cfg: Any, source: str) -> None:
+    """The family's config keys must give the shape TransformerLens built; a mismatch means the
+    entry reads the wrong keys, and every component name would point at the wrong unit."""
+    ours = {
+        "n_layers": shape.n_layers,
+        "n_heads": shape.n_heads,
+        "d_head": shape.d_head,
+        "d_model": shape.d_model,
+    }
+    bridge = {key: int(getattr(cfg, key)) for key in ours}
+    if ours != bridge:
         raise UnsupportedArchitectureError(
-            f"{source}: architecture {arch!r} is not supported{extra}. Supported families: "
-            f"{supported}."
+            f"{source}: the {entry.family} family reads the shape {ours} from the config but "
+            f"TransformerLens built {bridge}; fix config_keys in "
+            f"pytest_circuits/architectures/{entry.family}.py"
         )
-    family, kind = SUPPORTED_ARCHITECTURES[arch]
-    return arch, family, kind
 
 
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
@@ -286,7 +335,7 @@ def _load_config(location: str) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(location)
+        return AutoConfig.from_pretrained(location, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not read the config in {location!r}: {exc}") from exc
 
@@ -329,6 +378,7 @@ def load_model(
         config = source.config
         label = name or getattr(config, "_name_or_path", None) or type(source).__name__
         location = None
+        arch_name, entry = _loadable_architecture(source, label)
     else:
         text = os.fspath(source)
         if text.startswith("zoo:"):
@@ -345,11 +395,11 @@ def load_model(
         _check_local_dir(Path(location), need_tokenizer=tokenizer is None)
         label = name or text
         config = _load_config(location)
-    arch, family, kind = _architecture_of(config, label)
+        arch_name, entry = _loadable_architecture(config, label)
 
     tok_source = os.fspath(tokenizer) if tokenizer is not None else location
     try:
-        tok = AutoTokenizer.from_pretrained(tok_source)
+        tok = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"{label}: the tokenizer could not be loaded from {tok_source!r} ({exc}); save it "
@@ -359,12 +409,13 @@ def load_model(
     if hf_model is None:
         from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-        auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
+        auto = AutoModelForCausalLM if entry.is_causal else AutoModelForMaskedLM
         try:
             hf_model = auto.from_pretrained(
                 location,
                 dtype=torch_dtype,
                 attn_implementation="eager",
+                trust_remote_code=False,
             )
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"{label}: the weights could not be loaded ({exc})") from exc
@@ -372,6 +423,9 @@ def load_model(
     hf_model.eval()
     for param in hf_model.parameters():
         param.requires_grad_(False)
+    # After the cast (a float16 cast can overflow) and before the bridge renames the tensors.
+    check_finite_weights(hf_model, label)
+    shape = entry.shape(hf_model.config)
 
     # Count and fingerprint the Hugging Face weights before the bridge wraps the modules (it
     # adds split q/k/v views of fused weights that are not parameters of the model).
@@ -382,22 +436,30 @@ def load_model(
     from transformer_lens.model_bridge import TransformerBridge
 
     bridge = TransformerBridge.boot_transformers(
-        location or label, hf_model=hf_model, tokenizer=tok, device=torch_device, dtype=torch_dtype
+        location or label,
+        hf_model=hf_model,
+        tokenizer=tok,
+        device=torch_device,
+        dtype=torch_dtype,
+        trust_remote_code=False,
+        # The adapter our registry chose, also for configs without an architectures list
+        # (GGUF-loaded models), where TransformerLens would otherwise guess from model_type.
+        hf_config_overrides={"architectures": [entry.bridge_adapter]},
     )
     bridge.eval()
-    cfg = bridge.cfg
+    _check_shape_against_bridge(entry, shape, bridge.cfg, label)
     return CircuitModel(
         name=label,
         bridge=bridge,
         tokenizer=tok,
-        architecture=arch,
-        family=family,
-        kind=kind,
-        n_layers=int(cfg.n_layers),
-        n_heads=int(cfg.n_heads),
-        d_head=int(cfg.d_head),
-        d_model=int(cfg.d_model),
-        n_ctx=int(cfg.n_ctx),
+        architecture=arch_name,
+        arch=entry,
+        n_layers=shape.n_layers,
+        n_heads=shape.n_heads,
+        n_kv_heads=shape.n_kv_heads,
+        d_head=shape.d_head,
+        d_model=shape.d_model,
+        n_ctx=shape.n_ctx,
         n_params=int(n_params),
         device=str(torch_device),
         dtype=str(torch_dtype).replace("torch.", ""),

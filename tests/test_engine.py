@@ -460,7 +460,7 @@ def test_confirm_top_k_measures_exactly_the_k_most_influential_exactly(
         else:
             assert effect.method == "attribution"
             assert effect.ablated_metric == screen.effect(effect.name).ablated_metric
-    assert confirmed.extras == {"confirm_top_k": k}
+    assert confirmed.confirm_top_k == k
 
 
 # --------------------------------------------------------------------------- 7. invalid task
@@ -642,7 +642,7 @@ def test_sweep_result_records_how_it_was_measured(gpt2: CircuitModel, gpt2_task:
     assert (fp.task, fp.task_sha256) == (gpt2_task.name, gpt2_task.fingerprint())
     assert (fp.n_prompts, fp.n_reference) == (len(gpt2_task.prompts), len(gpt2_task.corrupted))
     assert (fp.dtype, fp.device_kind) == ("float32", "cpu")
-    assert result.model["weights_sha256"] == gpt2.weights_fingerprint
+    assert result.model.weights_sha256 == gpt2.weights_fingerprint
     assert result.clean_metric == task_performance(gpt2, gpt2_task).mean_logit_diff
 
 

@@ -31,6 +31,7 @@ from pytest_circuits.errors import (
     ModelLoadError,
     UnsupportedArchitectureError,
 )
+from pytest_circuits.identity import ModelInfo
 from pytest_circuits.models import CircuitModel, fingerprint_state_dict, load_model, load_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,15 +148,21 @@ def test_fingerprint_is_that_of_the_saved_hugging_face_weights(
     assert gpt2.weights_fingerprint == fingerprint_state_dict(gpt2_hf.state_dict())
 
 
-def test_describe_is_plain_json_data(gpt2: CircuitModel) -> None:
-    described = json.loads(json.dumps(gpt2.describe()))
-    assert described["weights_sha256"] == gpt2.weights_fingerprint
-    assert described["n_params"] == gpt2.n_params
-    assert (described["kind"], described["dtype"], described["device_kind"]) == (
-        "causal",
-        "float32",
-        "cpu",
-    )
+def test_describe_is_a_model_info_that_round_trips_through_json(gpt2: CircuitModel) -> None:
+    info = gpt2.describe()
+    assert isinstance(info, ModelInfo)
+    assert info.weights_sha256 == gpt2.weights_fingerprint
+    assert info.n_params == gpt2.n_params
+    assert (info.kind, info.dtype, info.device_kind) == ("causal", "float32", "cpu")
+    assert (info.family, info.n_kv_heads, info.architecture) == ("gpt2", 4, "GPT2LMHeadModel")
+    assert ModelInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
+
+
+def test_describe_records_the_llama_key_value_heads(llama: CircuitModel) -> None:
+    """Grouped-query attention: 4 query heads (the ablatable components) share 2 kv heads."""
+    info = llama.describe()
+    assert (info.family, info.n_heads, info.n_kv_heads) == ("llama", 4, 2)
+    assert llama.n_kv_heads == 2
 
 
 # --------------------------------------------------------------------------- other sources
@@ -423,6 +430,9 @@ def _light_modules() -> list[str]:
         "pytest_circuits.components",
         "pytest_circuits.metrics",
         "pytest_circuits.tasks",
+        "pytest_circuits.architectures",
+        "pytest_circuits.identity",
+        "pytest_circuits.dtypes",
     ]
     if importlib.util.find_spec("pytest_circuits.plugin") is not None:
         names.append("pytest_circuits.plugin")

@@ -5,8 +5,9 @@ the Hugging Face model passed to it (attention mask, position ids, rotary tables
 component in layer ``l`` then only replays blocks ``l..L-1`` from the recorded residual: layers
 below an ablated component are identical to the clean run, so running them again is waste. Only
 the prediction positions are unembedded (GPT-2's unembedding is about a third of a forward on
-short prompts). Several ablations of one layer can share a replay by stacking them along the
-batch dimension, which pays on a GPU.
+short prompts), through the prediction head the model's family declares in
+``pytest_circuits.architectures``. Several ablations of one layer can share a replay by stacking
+them along the batch dimension, which pays on a GPU.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any
 
 import torch
 
+from ..architectures import BRIDGE_HOOKS, HookNames
 from ..components import Component
+from ..errors import NonFiniteError
 from ..models import CircuitModel
 from ..tasks import EncodedTask, Task, encode_task
 
@@ -26,20 +29,32 @@ HookFn = Callable[[torch.Tensor, Any], Any]
 ABLATIONS = ("zero", "mean", "resample")
 
 
-def z_hook(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
+def _hooks(model: CircuitModel | None) -> HookNames:
+    # Every family registered today uses the bridge's own names; a family that does not says so
+    # in its registry entry, which is why the model, when known, is asked.
+    return BRIDGE_HOOKS if model is None else model.arch.hooks
 
 
-def mlp_out_hook(layer: int) -> str:
-    return f"blocks.{layer}.hook_mlp_out"
+def z_hook(layer: int, model: CircuitModel | None = None) -> str:
+    """Hook on layer ``layer``'s per-head z, [batch, pos, head, d_head], in ``model``."""
+    return _hooks(model).z_hook(layer)
 
 
-def pattern_hook(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_pattern"
+def mlp_out_hook(layer: int, model: CircuitModel | None = None) -> str:
+    """Hook on layer ``layer``'s MLP output, [batch, pos, d_model], in ``model``."""
+    return _hooks(model).mlp_out_hook(layer)
 
 
-def component_hook(component: Component) -> str:
-    return z_hook(component.layer) if component.kind == "head" else mlp_out_hook(component.layer)
+def pattern_hook(layer: int, model: CircuitModel | None = None) -> str:
+    """Hook on layer ``layer``'s attention pattern, [batch, head, query, key], in ``model``."""
+    return _hooks(model).pattern_hook(layer)
+
+
+def component_hook(component: Component, model: CircuitModel | None = None) -> str:
+    """The hook whose activation ablating ``component`` edits (z for a head, MLP output)."""
+    if component.kind == "head":
+        return z_hook(component.layer, model)
+    return mlp_out_hook(component.layer, model)
 
 
 class _StopAfterBlocks(Exception):
@@ -241,12 +256,37 @@ def replay(
 def prediction_logits(
     model: CircuitModel, final: torch.Tensor, positions: torch.Tensor
 ) -> torch.Tensor:
-    """Logits at one position per prompt: the final norm and unembedding of those rows only."""
-    bridge = model.bridge
+    """Logits at one position per prompt: the family's prediction head on those rows only
+    (GPT-2: final LayerNorm and unembedding; BERT: the whole MLM head)."""
     reps = final.shape[0] // positions.shape[0]
     pos = positions.repeat(reps) if reps > 1 else positions
     rows = final[torch.arange(final.shape[0], device=final.device), pos]
-    return bridge.unembed(bridge.ln_final(rows))
+    return model.arch.prediction_logits(model.hf_model, rows)
+
+
+def check_finite_logits(logits: torch.Tensor, model_name: str, where: str) -> None:
+    """Raise ``NonFiniteError`` when any logit (every vocabulary entry, not only the answers) is
+    NaN or infinite.
+
+    ``logits`` is [rows, vocab] at the prediction positions; ``where`` says which run produced
+    them ("the clean run of task 'ioi'"). A NaN outside the two answer tokens leaves the logit
+    difference finite while top-1 accuracy is garbage, so the whole row is checked.
+    """
+    finite = torch.isfinite(logits)
+    if bool(finite.all()):
+        return
+    bad_rows = (~finite).reshape(finite.shape[0], -1).any(-1)
+    nans = int(torch.isnan(logits).sum())
+    infs = int(torch.isinf(logits).sum())
+    counts = " and ".join(f"{n} {what}" for n, what in ((nans, "NaN"), (infs, "infinite")) if n)
+    first = int(torch.nonzero(bad_rows)[0])
+    raise NonFiniteError(
+        f"{model_name}: {where} produced {counts} logits at the prediction positions "
+        f"({int(bad_rows.sum())} of {finite.shape[0]} prompts, first prompt {first}); no metric "
+        "computed from them means anything. Check the weights (load_model checks them), any "
+        "hook that edits activations, and float16 overflow in activations (load with "
+        "dtype='bfloat16' or 'float32')."
+    )
 
 
 def logit_differences(
@@ -285,6 +325,7 @@ def clean_run(model: CircuitModel, task: Task, *, cache_names: Sequence[str] = (
     with torch.inference_mode(False), torch.no_grad():
         capture = run_capture(model, tensors.tokens, cache_names=sorted(names))
         logits = prediction_logits(model, capture.final, tensors.positions)
+    check_finite_logits(logits, model.name, f"the clean run of task {task.name!r}")
     diffs = logit_differences(logits, tensors.correct, tensors.distractor)
     run = CleanRun(
         capture=capture, logit_diff=diffs, top1_correct=logits.argmax(-1) == tensors.correct
@@ -314,14 +355,13 @@ def reference(model: CircuitModel, task: Task) -> Reference:
     if key in memo:
         return memo[key]
     tensors = task_tensors(model, task)
-    names = [z_hook(i) for i in range(model.n_layers)] + [
-        mlp_out_hook(i) for i in range(model.n_layers)
-    ]
+    layers = range(model.n_layers)
+    names = [z_hook(i, model) for i in layers] + [mlp_out_hook(i, model) for i in layers]
     with torch.no_grad():
         capture = run_capture(model, tensors.corrupted, cache_names=names)
     ref = Reference(
-        z=[capture.cache[z_hook(i)].detach() for i in range(model.n_layers)],
-        mlp_out=[capture.cache[mlp_out_hook(i)].detach() for i in range(model.n_layers)],
+        z=[capture.cache[z_hook(i, model)].detach() for i in layers],
+        mlp_out=[capture.cache[mlp_out_hook(i, model)].detach() for i in layers],
     )
     memo[key] = ref
     return ref
@@ -362,8 +402,10 @@ def ablation_hooks(
     components: Sequence[Component],
     values: Sequence[torch.Tensor | None],
     batch: int,
+    model: CircuitModel | None = None,
 ) -> list[tuple[str, HookFn]]:
-    """Hooks that ablate ``components[j]`` in copy ``j`` of a stacked batch.
+    """Hooks that ablate ``components[j]`` in copy ``j`` of a stacked batch (hook names of
+    ``model``'s family; the bridge's shared names when no model is given).
 
     A head is ablated by editing its own slice ``z[:, :, h]`` (attention-weighted values before
     the output projection) and nothing else; an MLP by replacing its output.
@@ -371,7 +413,7 @@ def ablation_hooks(
     reps = len(components)
     by_hook: dict[str, list[tuple[int, Component, torch.Tensor | None]]] = {}
     for j, (comp, value) in enumerate(zip(components, values, strict=True)):
-        by_hook.setdefault(component_hook(comp), []).append((j, comp, value))
+        by_hook.setdefault(component_hook(comp, model), []).append((j, comp, value))
     hooks: list[tuple[str, HookFn]] = []
     for name, edits in by_hook.items():
 

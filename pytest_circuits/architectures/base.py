@@ -1,0 +1,203 @@
+"""The declarative record each model family fills in (``Architecture``) and what it derives.
+
+A family module states facts: which Hugging Face classes it covers, whether it is causal or
+masked, where its config keeps the shape, which Hugging Face modules turn the last block's output
+into prediction logits, the bridge hook names the engine patches, and what TransformerLens needs to
+boot it. Nothing here imports torch, so the registry is cheap to import and to list in messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UnsupportedArchitectureError
+
+KINDS = ("causal", "masked")
+
+
+@dataclass(frozen=True)
+class HookNames:
+    """Hook-point templates on the TransformerLens 4 bridge (``{layer}`` counts from 0).
+
+    The defaults are the names the bridge gives every family it adapts; a family whose bridge
+    names differ overrides them here rather than in the engine.
+    """
+
+    z: str = "blocks.{layer}.attn.hook_z"  # [batch, pos, head, d_head], before W_O
+    pattern: str = "blocks.{layer}.attn.hook_pattern"  # [batch, head, query, key]
+    mlp_out: str = "blocks.{layer}.hook_mlp_out"  # [batch, pos, d_model]
+    attn_out: str = "blocks.{layer}.hook_attn_out"  # [batch, pos, d_model]
+
+    def z_hook(self, layer: int) -> str:
+        return self.z.format(layer=layer)
+
+    def pattern_hook(self, layer: int) -> str:
+        return self.pattern.format(layer=layer)
+
+    def mlp_out_hook(self, layer: int) -> str:
+        return self.mlp_out.format(layer=layer)
+
+    def attn_out_hook(self, layer: int) -> str:
+        return self.attn_out.format(layer=layer)
+
+
+#: The bridge's own names, shared by every family registered today.
+BRIDGE_HOOKS = HookNames()
+
+
+@dataclass(frozen=True)
+class ConfigKeys:
+    """Where a family's Hugging Face config keeps the model's shape (attribute names)."""
+
+    n_layers: str
+    n_heads: str
+    d_model: str
+    n_ctx: str
+    #: key-value heads under grouped-query attention; None: every query head has its own K and V
+    n_kv_heads: str | None = None
+    #: explicit head width; None (or a config value of None): d_model // n_heads
+    d_head: str | None = None
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A model's shape as read from its config through a family's ``ConfigKeys``."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_model: int
+    n_ctx: int
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything pytest-circuits knows about one model family, as data.
+
+    ``prediction_head`` lists Hugging Face module paths applied in order to the residual stream
+    leaving the last block (one row per prompt) to give vocabulary logits; ``blocks`` is the path
+    of the block list whose last output that residual is. When ``supported`` is False, ``why``
+    says what is missing and loading refuses with it.
+    """
+
+    family: str
+    hf_classes: tuple[str, ...]
+    kind: str
+    config_keys: ConfigKeys
+    blocks: str
+    prediction_head: tuple[str, ...]
+    #: ``config.model_type`` values, used only when a config has no ``architectures`` list
+    model_types: tuple[str, ...] = ()
+    hooks: HookNames = BRIDGE_HOOKS
+    #: the TransformerLens 4 adapter key to boot the bridge with (None: TransformerLens has none)
+    bridge_adapter: str | None = None
+    supported: bool = True
+    why: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        # A malformed entry is a programming error in a family module: fail at import, loudly.
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.family}: kind {self.kind!r} is not one of {KINDS}")
+        if not self.hf_classes:
+            raise ValueError(f"{self.family}: an architecture must cover at least one HF class")
+        if not self.prediction_head:
+            raise ValueError(f"{self.family}: prediction_head must name at least one module")
+        if not self.supported and not self.why:
+            raise ValueError(f"{self.family}: an unsupported architecture must say why")
+        if self.supported and self.bridge_adapter is None:
+            raise ValueError(f"{self.family}: a supported architecture needs a bridge_adapter")
+
+    @property
+    def is_causal(self) -> bool:
+        return self.kind == "causal"
+
+    @property
+    def is_masked(self) -> bool:
+        return self.kind == "masked"
+
+    @property
+    def label(self) -> str:
+        """How messages name the family: ``gpt2 (GPT2LMHeadModel)``."""
+        return f"{self.family} ({', '.join(self.hf_classes)})"
+
+    def shape(self, config: Any) -> Shape:
+        """The model's shape from its Hugging Face config, through ``config_keys``."""
+        keys = self.config_keys
+        n_layers = _config_int(config, keys.n_layers, self.family)
+        n_heads = _config_int(config, keys.n_heads, self.family)
+        d_model = _config_int(config, keys.d_model, self.family)
+        n_ctx = _config_int(config, keys.n_ctx, self.family)
+        n_kv_heads = n_heads
+        if keys.n_kv_heads is not None and getattr(config, keys.n_kv_heads, None) is not None:
+            n_kv_heads = _config_int(config, keys.n_kv_heads, self.family)
+        d_head = d_model // n_heads
+        if keys.d_head is not None and getattr(config, keys.d_head, None) is not None:
+            d_head = _config_int(config, keys.d_head, self.family)
+        return Shape(
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            d_head=d_head,
+            d_model=d_model,
+            n_ctx=n_ctx,
+        )
+
+    def prediction_modules(self, hf_model: Any) -> list[Callable[[Any], Any]]:
+        """The modules of ``prediction_head``, resolved on ``hf_model`` (bridged or not)."""
+        return [resolve_module(hf_model, path, self.family) for path in self.prediction_head]
+
+    def prediction_logits(self, hf_model: Any, rows: Any) -> Any:
+        """Logits for residual rows leaving the last block: the family's head, module by module.
+
+        ``rows`` is [n, d_model] (or any leading shape); only these rows are unembedded, which is
+        what keeps the engine's ablated replays cheap.
+        """
+        hidden = rows
+        for module in self.prediction_modules(hf_model):
+            hidden = module(hidden)
+        return hidden
+
+    def block_list(self, hf_model: Any) -> Any:
+        return resolve_module(hf_model, self.blocks, self.family)
+
+    def require_supported(self, source: str, supported_labels: str) -> None:
+        """Raise ``UnsupportedArchitectureError`` (naming ``why``) unless this family loads."""
+        if self.supported:
+            return
+        raise UnsupportedArchitectureError(
+            f"{source}: architecture {self.hf_classes[0]!r} is not supported yet ({self.why}). "
+            f"Supported families: {supported_labels}."
+        )
+
+
+def _config_int(config: Any, key: str, family: str) -> int:
+    value = getattr(config, key, None)
+    if value is None:
+        raise UnsupportedArchitectureError(
+            f"{family}: the config ({type(config).__name__}) has no {key!r}, which this family "
+            "reads its shape from; the checkpoint's config.json is incomplete or belongs to "
+            "another architecture"
+        )
+    return int(value)
+
+
+def resolve_module(root: Any, path: str, family: str) -> Any:
+    """``root.a.b.c`` for the dotted ``path``, with an error naming the missing step."""
+    current = root
+    walked: list[str] = []
+    for step in path.split("."):
+        if not hasattr(current, step):
+            where = ".".join(walked) or type(root).__name__
+            raise UnsupportedArchitectureError(
+                f"{family}: {type(root).__name__} has no module {path!r} ({where!r} has no "
+                f"{step!r}); the model is not the class this family describes, or its Hugging "
+                "Face implementation changed: update the family module in "
+                "pytest_circuits/architectures/"
+            )
+        current = getattr(current, step)
+        walked.append(step)
+    return current

@@ -1,0 +1,35 @@
+"""BERT (masked LM): bidirectional post-LayerNorm blocks, predictions read at the [MASK] token."""
+
+from __future__ import annotations
+
+from .base import Architecture, ConfigKeys
+
+ARCHITECTURE = Architecture(
+    family="bert",
+    hf_classes=("BertForMaskedLM",),
+    kind="masked",
+    model_types=("bert",),
+    config_keys=ConfigKeys(
+        n_layers="num_hidden_layers",
+        n_heads="num_attention_heads",
+        d_model="hidden_size",
+        n_ctx="max_position_embeddings",
+    ),
+    blocks="bert.encoder.layer",
+    # The MLM head: transform dense, activation, LayerNorm, then the decoder (with its own bias).
+    # TransformerLens maps only ln_final and unembed for it; reading logits as those two would
+    # skip the dense layer and the activation.
+    prediction_head=(
+        "cls.predictions.transform.dense",
+        "cls.predictions.transform.transform_act_fn",
+        "cls.predictions.transform.LayerNorm",
+        "cls.predictions.decoder",
+    ),
+    bridge_adapter="BertForMaskedLM",
+    supported=False,
+    why=(
+        "the masked-LM path (bidirectional capture and replay, [MASK]-position tasks) is not "
+        "tested end to end on the TransformerLens BERT bridge yet; it is tracked in issue #8"
+    ),
+    notes=("the bridge aliases hook_mlp_out to the MLP's output dense layer",),
+)
