@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -435,6 +436,16 @@ class BrittlenessSummary:
     limit: float = 100.0
     alpha: float = 1.0
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data; ``mean_drop_ci`` becomes a two-element list."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BrittlenessSummary:
+        """Inverse of :meth:`to_dict` (JSON turns the interval tuple into a list)."""
+        low, high = data["mean_drop_ci"]
+        return cls(**{**data, "mean_drop_ci": (low, high)})
+
 
 def brittleness_summary(
     names: Sequence[str],
@@ -524,6 +535,13 @@ class BrittlenessDelta:
     worst5_mean_per_compression: float | None
     gini_per_compression: float | None
     count_above_tolerance_per_compression: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BrittlenessDelta:
+        return cls(**data)
 
 
 def brittleness_delta(

@@ -28,6 +28,7 @@ METHOD_FIELDS = (
     "method",
     "similarity",
     "matching",
+    "direction",
     "task",
     "task_sha256",
     "n_prompts",
@@ -41,13 +42,16 @@ METHOD_FIELDS = (
 class MethodFingerprint:
     """How a result was measured. ``key()`` hashes the method fields only.
 
-    Library versions and the device kind are recorded for the record (they move numbers by
-    rounding, not by method) and reported when they differ, but they do not block a comparison.
+    ``method`` is the sweep algorithm ("exact" or "attribution"); ``matching`` ("paper" or
+    "causal") and ``direction`` ("teacher_to_student" or "student_to_teacher") say how a
+    comparison paired components, and stay empty for a single-model sweep. Library versions and
+    the device kind are recorded for the record (they move numbers by rounding, not by method)
+    but are not part of the key.
     """
 
-    analysis: str  # "sweep" | "compare"
+    analysis: str  # "sweep" | "compare" (a gate may record its own, e.g. "behavior")
     ablation: str
-    method: str  # "exact" | "attribution"
+    method: str
     task: str
     task_sha256: str
     n_prompts: int
@@ -56,6 +60,7 @@ class MethodFingerprint:
     dtype: str
     similarity: str = ""
     matching: str = ""
+    direction: str = ""
     device_kind: str = ""
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -63,28 +68,12 @@ class MethodFingerprint:
         method = {name: getattr(self, name) for name in METHOD_FIELDS}
         return hashlib.sha256(json.dumps(method, sort_keys=True).encode()).hexdigest()[:16]
 
-    def differences(self, other: MethodFingerprint) -> list[str]:
-        """Human-readable method fields that differ (empty when comparable)."""
-        return [
-            f"{name}: {getattr(self, name)!r} vs {getattr(other, name)!r}"
-            for name in METHOD_FIELDS
-            if getattr(self, name) != getattr(other, name)
-        ]
-
-    def environment_differences(self, other: MethodFingerprint) -> list[str]:
-        notes = []
-        if self.device_kind != other.device_kind:
-            notes.append(f"device_kind: {self.device_kind!r} vs {other.device_kind!r}")
-        for lib in sorted(set(self.versions) | set(other.versions)):
-            a, b = self.versions.get(lib), other.versions.get(lib)
-            if a != b:
-                notes.append(f"{lib}: {a} vs {b}")
-        return notes
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MethodFingerprint:
+        """Inverse of :meth:`to_dict`; keys this version does not know are ignored, so a
+        results file written by a newer release still reads."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})

@@ -131,17 +131,17 @@ class SimilarityMatrices:
     student_heads: list[Component]
     teacher_mlps: list[Component]
     student_mlps: list[Component]
-    method: str
+    similarity: str  # "paper" or "cka"
 
 
 def similarity_matrices(
-    teacher: CircuitModel, student: CircuitModel, task: Task, method: str = "paper"
+    teacher: CircuitModel, student: CircuitModel, task: Task, similarity: str = "paper"
 ) -> SimilarityMatrices:
     """Similarity of every teacher component to every student component of the same type."""
-    if method not in SIMILARITIES:
-        raise ValueError(f"similarity={method!r} is not one of {', '.join(SIMILARITIES)}")
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity={similarity!r} is not one of {', '.join(SIMILARITIES)}")
     t, s = signatures(teacher, task), signatures(student, task)
-    if method == "paper":
+    if similarity == "paper":
         heads = pattern_similarity(t.patterns, s.patterns)
         mlps = eigenvector_similarity(t.mlp_eigenvectors, s.mlp_eigenvectors)
     else:
@@ -154,5 +154,5 @@ def similarity_matrices(
         student_heads=s.heads,
         teacher_mlps=t.mlps,
         student_mlps=s.mlps,
-        method=method,
+        similarity=similarity,
     )
