@@ -20,9 +20,13 @@ from .atomic import write_bytes_atomic
 
 T = TypeVar("T")
 
+#: Part of every key. Entries are pickles of result classes, so a change to those classes' fields
+#: must bump it, or an old entry would unpickle into an object of the wrong shape.
+#: 2: typed ModelInfo in reports, CompareSettings, fan_in_all, SweepResult.confirm_top_k.
+CACHE_FORMAT = 2
+
 _memory: dict[str, Any] = {}
 _settings: dict[str, Any] = {"directory": None, "enabled": True}
-_stats = {"memory_hits": 0, "disk_hits": 0, "misses": 0}
 
 
 def configure(directory: str | os.PathLike[str] | None, enabled: bool = True) -> None:
@@ -33,25 +37,21 @@ def configure(directory: str | os.PathLike[str] | None, enabled: bool = True) ->
         _memory.clear()
 
 
-def stats() -> dict[str, int]:
-    return dict(_stats)
-
-
 def cache_key(kind: str, parts: dict[str, Any]) -> str:
     from .analysis.fingerprint import library_versions
 
-    payload = {"kind": kind, "parts": parts, "versions": library_versions()}
+    payload = {
+        "format": CACHE_FORMAT, "kind": kind, "parts": parts, "versions": library_versions()
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def cached(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -> T:
     """Return the memoised result for ``parts`` or compute, store and return it."""
     if not _settings["enabled"]:
-        _stats["misses"] += 1
         return compute()
     key = cache_key(kind, parts)
     if key in _memory:
-        _stats["memory_hits"] += 1
         return _memory[key]
     directory: Path | None = _settings["directory"]
     path = directory / f"{kind}-{key[:32]}.pkl" if directory is not None else None
@@ -62,10 +62,8 @@ def cached(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -> T:
         except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError):
             value = None  # unreadable entry (older code, torn copy): recompute it
         if value is not None:
-            _stats["disk_hits"] += 1
             _memory[key] = value
             return value
-    _stats["misses"] += 1
     value = compute()
     _memory[key] = value
     if path is not None:

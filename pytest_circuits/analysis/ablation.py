@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -12,7 +12,8 @@ import torch
 
 from .. import metrics
 from ..components import Component, select_components
-from ..errors import InvalidTaskError
+from ..errors import InvalidTaskError, NonFiniteError
+from ..identity import ModelInfo
 from ..models import CircuitModel
 from ..tasks import Task
 from . import engine
@@ -39,6 +40,13 @@ class ComponentEffect:
     influence: float
     method: str = "exact"
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ComponentEffect:
+        return cls(**data)
+
 
 @dataclass(frozen=True)
 class TaskPerformance:
@@ -55,19 +63,30 @@ class TaskPerformance:
     def n_prompts(self) -> int:
         return len(self.per_prompt)
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskPerformance:
+        # JSON has no tuples: the per-prompt values come back as a list
+        return cls(**{**data, "per_prompt": tuple(data["per_prompt"])})
+
 
 @dataclass
 class SweepResult:
-    """Every requested component's single-ablation effect on one model and task."""
+    """Every requested component's single-ablation effect on one model and task.
 
-    model: dict[str, Any]
+    ``confirm_top_k`` is how many of an attribution sweep's most influential components were
+    re-measured exactly (None for an exact sweep, where it means nothing).
+    """
+
+    model: ModelInfo
     task: str
     clean_metric: float
     performance: TaskPerformance
     effects: list[ComponentEffect]
     fingerprint: MethodFingerprint
-    spearman_vs_exact: float | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    confirm_top_k: int | None = None
 
     @property
     def names(self) -> list[str]:
@@ -101,40 +120,47 @@ class SweepResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model,
+            "model": self.model.to_dict(),
             "task": self.task,
             "clean_metric": self.clean_metric,
-            "performance": asdict(self.performance),
-            "effects": [asdict(e) for e in self.effects],
+            "performance": self.performance.to_dict(),
+            "effects": [e.to_dict() for e in self.effects],
             "fingerprint": self.fingerprint.to_dict(),
-            "spearman_vs_exact": self.spearman_vs_exact,
-            "extras": self.extras,
+            "confirm_top_k": self.confirm_top_k,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepResult:
-        perf = dict(data["performance"])
-        perf["per_prompt"] = tuple(perf["per_prompt"])
         return cls(
-            model=data["model"],
+            model=ModelInfo.from_dict(data["model"]),
             task=data["task"],
             clean_metric=data["clean_metric"],
-            performance=TaskPerformance(**perf),
-            effects=[ComponentEffect(**e) for e in data["effects"]],
+            performance=TaskPerformance.from_dict(data["performance"]),
+            effects=[ComponentEffect.from_dict(e) for e in data["effects"]],
             fingerprint=MethodFingerprint.from_dict(data["fingerprint"]),
-            spearman_vs_exact=data.get("spearman_vs_exact"),
-            extras=data.get("extras", {}),
+            confirm_top_k=data.get("confirm_top_k"),
         )
+
+
+def model_info(model: CircuitModel) -> ModelInfo:
+    """``model.describe()`` as a ModelInfo, whether it already returns one or a plain dict."""
+    described: Any = model.describe()
+    return described if isinstance(described, ModelInfo) else ModelInfo.from_dict(described)
 
 
 def task_performance(model: CircuitModel, task: Task) -> TaskPerformance:
     """Clean logit difference (per prompt and mean) and accuracy of ``model`` on ``task``.
 
-    Only the prediction position is unembedded.
+    Only the prediction position is unembedded. Raises NonFiniteError when any logit there is
+    NaN or infinite, over the whole vocabulary: a NaN outside the two answer tokens still
+    corrupts top-1 accuracy and says the forward pass is broken.
     """
     run = engine.clean_run(model, task)
+    tensors = engine.task_tensors(model, task)
+    with torch.no_grad():
+        logits = engine.prediction_logits(model, run.capture.final, tensors.positions)
+    require_finite_logits(logits, model.name, f"clean run on task '{task.name}'")
     diffs = run.logit_diff.double().cpu().numpy()
-    _check_finite(diffs, f"{model.name}: clean logit differences on task '{task.name}'")
     return TaskPerformance(
         model=model.name,
         task=task.name,
@@ -168,11 +194,30 @@ def require_valid_task(
         )
 
 
-def _check_finite(values: np.ndarray, what: str) -> None:
+def require_finite_logits(logits: torch.Tensor, model_name: str, where: str) -> None:
+    """Raise NonFiniteError naming the first non-finite logit in ``logits`` [prompt, vocab]."""
+    finite = torch.isfinite(logits)
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero()
+    prompt, token = (int(i) for i in bad[0])
+    raise NonFiniteError(
+        f"{model_name}: {len(bad)} of {logits.numel()} logits at the prediction positions of "
+        f"the {where} are not finite (first: prompt {prompt}, vocabulary id {token}, value "
+        f"{float(logits[prompt, token])}); the weights are corrupt or the dtype overflowed "
+        "(float16 often does): check the checkpoint, or load the model in float32"
+    )
+
+
+def _require_finite_metrics(
+    values: np.ndarray, names: Sequence[str], model_name: str, task_name: str
+) -> None:
     if not np.all(np.isfinite(values)):
-        raise FloatingPointError(
-            f"{what} contain NaN or infinity: the model produced non-finite logits (corrupt "
-            "weights, or an overflow in float16); check the checkpoint or run in float32"
+        index = int(np.argmin(np.isfinite(values)))
+        raise NonFiniteError(
+            f"{model_name}: the logit difference on task '{task_name}' with {names[index]} "
+            f"ablated is {float(values[index])}: that forward pass produced NaN or infinity "
+            "(an overflow in float16, or corrupt weights); check the checkpoint or run in float32"
         )
 
 
@@ -186,7 +231,9 @@ def make_fingerprint(
     seed: int,
     similarity: str = "",
     matching: str = "",
+    direction: str = "",
 ) -> MethodFingerprint:
+    """The fingerprint of a result about ``model`` on ``task`` (see MethodFingerprint)."""
     return MethodFingerprint(
         analysis=analysis,
         ablation=ablation,
@@ -199,6 +246,7 @@ def make_fingerprint(
         dtype=model.dtype,
         similarity=similarity,
         matching=matching,
+        direction=direction,
         device_kind=model.device_kind,
         versions=library_versions(),
     )
@@ -324,7 +372,7 @@ def sweep(
             for comp in ranked:
                 used_method[comp] = "exact"
     values = np.array([ablated[c] for c in chosen], dtype=float)
-    _check_finite(values, f"{model.name}: ablated metrics on task '{task.name}'")
+    _require_finite_metrics(values, [c.name for c in chosen], model.name, task.name)
     kept = metrics.retained(clean, values)
     drops = 100.0 - kept
     infl = metrics.influence(clean, values)
@@ -346,13 +394,13 @@ def sweep(
         model, task, analysis="sweep", ablation=ablation, method=method, seed=seed
     )
     return SweepResult(
-        model=model.describe(),
+        model=model_info(model),
         task=task.name,
         clean_metric=clean,
         performance=performance,
         effects=effects,
         fingerprint=fingerprint,
-        extras={"confirm_top_k": confirm_top_k} if method == "attribution" else {},
+        confirm_top_k=confirm_top_k if method == "attribution" else None,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import cache
 from ..tasks import DEFAULT_N_PROMPTS
+from .matching import DEFAULT_DIRECTION, DEFAULT_MIN_STUDENT_INFLUENCE
 
 
 def as_pair(pair: Any) -> Any:
@@ -44,8 +45,14 @@ def pair_report(
     seed: int = 0,
     margin: float = 0.1,
     tolerance: float = 20.0,
+    direction: str = DEFAULT_DIRECTION,
+    min_student_influence: float = DEFAULT_MIN_STUDENT_INFLUENCE,
 ) -> Any:
-    """``compare`` through the session/disk cache (keyed by weights, task and settings)."""
+    """``compare`` through the session/disk cache (keyed by weights, task and settings).
+
+    ``method`` is the sweep algorithm, ``matching`` and ``direction`` how components are
+    paired, ``min_student_influence`` the dead-component floor; see ``compare``.
+    """
     from .compare import compare
 
     pair = as_pair(pair)
@@ -58,6 +65,8 @@ def pair_report(
         "ablation": ablation,
         "similarity": similarity,
         "matching": matching,
+        "direction": direction,
+        "min_student_influence": min_student_influence,
         "method": method,
         "seed": seed,
         "margin": margin,
@@ -70,7 +79,8 @@ def pair_report(
         parts,
         lambda: compare(
             pair, task, ablation=ablation, similarity=similarity, matching=matching,
-            method=method, seed=seed, margin=margin, tolerance=tolerance,
+            direction=direction, method=method, seed=seed, margin=margin, tolerance=tolerance,
+            min_student_influence=min_student_influence,
         ),
     )
 

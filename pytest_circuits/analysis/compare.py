@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from .. import metrics
 from ..components import Component
-from ..errors import IncompatiblePairError
+from ..errors import CircuitsError, IncompatiblePairError
+from ..identity import ModelInfo
 from ..models import CircuitModel, ModelPair
 from ..tasks import Task, resolve_task
 from .ablation import (
@@ -23,22 +24,49 @@ from .ablation import (
     task_performance,
 )
 from .fingerprint import MethodFingerprint
-from .matching import MATCHINGS, Match, fan_in, match_by_effect, match_by_similarity
+from .matching import (
+    DEFAULT_DIRECTION,
+    DEFAULT_MIN_STUDENT_INFLUENCE,
+    MATCHINGS,
+    Match,
+    check_direction,
+    fan_in,
+    match_by_effect,
+    match_by_similarity,
+)
 from .similarity import SIMILARITIES, similarity_matrices
+
+__all__ = [
+    "DEFAULT_INFLUENTIAL",
+    "DEFAULT_MIN_STUDENT_INFLUENCE",
+    "DEFAULT_WEAK_SIMILARITY",
+    "Alignment",
+    "CompareSettings",
+    "Discarded",
+    "MatchedPair",
+    "ModelReport",
+    "PairReport",
+    "ReportFormatError",
+    "compare",
+    "model_report",
+    "report_from_dict",
+]
 
 #: A teacher component whose ablation costs at least this many points is "influential".
 DEFAULT_INFLUENTIAL = 10.0
 #: A match weaker than this similarity does not count as a counterpart.
 DEFAULT_WEAK_SIMILARITY = 0.5
-#: A counterpart whose ablation costs less than this many points carries no influence.
-DEFAULT_MIN_STUDENT_INFLUENCE = 2.0
+
+
+class ReportFormatError(CircuitsError, ValueError):
+    """A results document is not a report this version can read back."""
 
 
 @dataclass
 class ModelReport:
     """One model's sweep and brittleness on one task."""
 
-    model: dict[str, Any]
+    model: ModelInfo
     task: str
     performance: TaskPerformance
     sweep: SweepResult
@@ -46,14 +74,28 @@ class ModelReport:
     fingerprint: MethodFingerprint
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data with ``"kind": "model"`` (see :func:`report_from_dict`)."""
         return {
-            "model": self.model,
+            "kind": "model",
+            "model": self.model.to_dict(),
             "task": self.task,
-            "performance": asdict(self.performance),
+            "performance": self.performance.to_dict(),
             "sweep": self.sweep.to_dict(),
-            "brittleness": asdict(self.brittleness),
+            "brittleness": self.brittleness.to_dict(),
             "fingerprint": self.fingerprint.to_dict(),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelReport:
+        _require_kind(data, "model")
+        return cls(
+            model=ModelInfo.from_dict(data["model"]),
+            task=data["task"],
+            performance=TaskPerformance.from_dict(data["performance"]),
+            sweep=SweepResult.from_dict(data["sweep"]),
+            brittleness=metrics.BrittlenessSummary.from_dict(data["brittleness"]),
+            fingerprint=MethodFingerprint.from_dict(data["fingerprint"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -74,6 +116,14 @@ class MatchedPair:
         """This pair's term in the paper's A: S_i * (1 - |share_S - share_T|)."""
         return self.similarity * (1.0 - abs(self.student_share - self.teacher_share))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields plus the derived ``contribution``, for readers of the JSON."""
+        return {**asdict(self), "contribution": self.contribution}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MatchedPair:
+        return cls(**{k: v for k, v in data.items() if k != "contribution"})
+
 
 @dataclass(frozen=True)
 class Alignment:
@@ -89,22 +139,83 @@ class Alignment:
         """The pairs that pull the score down most (lowest contribution)."""
         return sorted(self.pairs, key=lambda p: p.contribution)[:k]
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "mean_similarity": self.mean_similarity,
+            "influence_term": self.influence_term,
+            "weighted_score": self.weighted_score,
+            "pairs": [p.to_dict() for p in self.pairs],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Alignment:
+        return cls(
+            score=data["score"],
+            mean_similarity=data["mean_similarity"],
+            influence_term=data["influence_term"],
+            weighted_score=data["weighted_score"],
+            pairs=tuple(MatchedPair.from_dict(p) for p in data["pairs"]),
+        )
+
 
 @dataclass(frozen=True)
 class Discarded:
-    """An influential teacher component without an influential, similar student counterpart."""
+    """An influential teacher component without an influential, similar student counterpart.
+
+    ``student`` is the counterpart that was judged (the teacher component's most similar
+    student component among its matches); it is None, with ``similarity`` and
+    ``student_influence``, when matching student to teacher left the teacher component
+    unchosen.
+    """
 
     teacher: str
     teacher_influence: float
-    student: str
-    similarity: float
-    student_influence: float
+    student: str | None
+    similarity: float | None
+    student_influence: float | None
     reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Discarded:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """The thresholds ``compare`` judged with (the method itself is in the fingerprint).
+
+    ``min_student_influence`` is the dead-component floor: a component whose ablation costs
+    fewer points than this does no measurable work on the task.
+    """
+
+    tolerance: float = 20.0
+    influential: float = DEFAULT_INFLUENTIAL
+    weak_similarity: float = DEFAULT_WEAK_SIMILARITY
+    min_student_influence: float = DEFAULT_MIN_STUDENT_INFLUENCE
+    margin: float = DEFAULT_MARGIN
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompareSettings:
+        return cls(**data)
 
 
 @dataclass
 class PairReport:
-    """Everything ``compare`` measured for a teacher-student pair on one task."""
+    """Everything ``compare`` measured for a teacher-student pair on one task.
+
+    ``fan_in_all`` maps every matched student component to the teacher components matched to
+    it; ``fan_in`` leaves out dead student components (influence below
+    ``settings.min_student_influence``), because a component that does no work on the task
+    cannot be doing the work of several teacher components. ``dead_matches`` lists the pairs
+    that were left out.
+    """
 
     teacher: ModelReport
     student: ModelReport
@@ -113,14 +224,21 @@ class PairReport:
     brittleness_delta: metrics.BrittlenessDelta
     compression: float
     fan_in: dict[str, list[str]]
+    fan_in_all: dict[str, list[str]]
     discarded: list[Discarded]
     fingerprint: MethodFingerprint
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: CompareSettings
 
     @property
     def compressed(self) -> dict[str, list[str]]:
-        """Student components that took over two or more teacher components."""
+        """Live student components that took over two or more teacher components."""
         return {s: t for s, t in self.fan_in.items() if len(t) > 1}
+
+    @property
+    def dead_matches(self) -> list[MatchedPair]:
+        """Matched pairs whose student component is dead (left out of ``fan_in``)."""
+        floor = self.settings.min_student_influence
+        return [p for p in self.alignment.pairs if p.student_influence < floor]
 
     @property
     def behavior_retained(self) -> float:
@@ -130,24 +248,69 @@ class PairReport:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data with ``"kind": "pair"``; ``behavior_retained`` is included for
+        readers of the file and recomputed, not read, by :meth:`from_dict`."""
         return {
+            "kind": "pair",
             "task": self.task,
             "teacher": self.teacher.to_dict(),
             "student": self.student.to_dict(),
-            "alignment": {
-                **{k: v for k, v in asdict(self.alignment).items() if k != "pairs"},
-                "pairs": [
-                    {**asdict(p), "contribution": p.contribution} for p in self.alignment.pairs
-                ],
-            },
-            "brittleness_delta": asdict(self.brittleness_delta),
+            "alignment": self.alignment.to_dict(),
+            "brittleness_delta": self.brittleness_delta.to_dict(),
             "compression": self.compression,
             "behavior_retained": self.behavior_retained,
             "fan_in": self.fan_in,
-            "discarded": [asdict(d) for d in self.discarded],
+            "fan_in_all": self.fan_in_all,
+            "discarded": [d.to_dict() for d in self.discarded],
             "fingerprint": self.fingerprint.to_dict(),
-            "settings": self.settings,
+            "settings": self.settings.to_dict(),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PairReport:
+        _require_kind(data, "pair")
+        return cls(
+            teacher=ModelReport.from_dict(data["teacher"]),
+            student=ModelReport.from_dict(data["student"]),
+            task=data["task"],
+            alignment=Alignment.from_dict(data["alignment"]),
+            brittleness_delta=metrics.BrittlenessDelta.from_dict(data["brittleness_delta"]),
+            compression=data["compression"],
+            fan_in={s: list(t) for s, t in data["fan_in"].items()},
+            fan_in_all={s: list(t) for s, t in data["fan_in_all"].items()},
+            discarded=[Discarded.from_dict(d) for d in data["discarded"]],
+            fingerprint=MethodFingerprint.from_dict(data["fingerprint"]),
+            settings=CompareSettings.from_dict(data["settings"]),
+        )
+
+
+_REPORT_KINDS: dict[str, type[ModelReport] | type[PairReport]] = {
+    "model": ModelReport,
+    "pair": PairReport,
+}
+
+
+def _require_kind(data: Any, kind: str) -> None:
+    if not isinstance(data, dict) or data.get("kind") != kind:
+        seen = data.get("kind") if isinstance(data, dict) else type(data).__name__
+        raise ReportFormatError(
+            f"expected a {kind} report (a mapping with \"kind\": \"{kind}\"), got kind "
+            f"{seen!r}; read results with report_from_dict, which picks the type by kind"
+        )
+
+
+def report_from_dict(data: dict[str, Any]) -> ModelReport | PairReport:
+    """Turn a report's ``to_dict()`` (e.g. read back from a results JSON) into the typed report,
+    choosing ModelReport or PairReport by its ``"kind"``."""
+    kind = data.get("kind") if isinstance(data, dict) else None
+    report_type = _REPORT_KINDS.get(kind) if isinstance(kind, str) else None
+    if report_type is None:
+        raise ReportFormatError(
+            f"cannot read a report of kind {kind!r}: expected a mapping whose \"kind\" is one "
+            f"of {', '.join(repr(k) for k in _REPORT_KINDS)}, as ModelReport.to_dict and "
+            "PairReport.to_dict write; the file may come from another tool or a newer release"
+        )
+    return report_type.from_dict(data)
 
 
 def model_report(
@@ -184,6 +347,7 @@ def compare(
     ablation: str = "mean",
     similarity: str = "paper",
     matching: str = "paper",
+    direction: str = DEFAULT_DIRECTION,
     method: str = "exact",
     seed: int = 0,
     margin: float = DEFAULT_MARGIN,
@@ -194,14 +358,19 @@ def compare(
 ) -> PairReport:
     """Measure how the student's mechanism relates to the teacher's on ``task``.
 
-    Both models must perform the task (clean logit difference > ``margin``), otherwise
-    ``InvalidTaskError`` names both numbers and nothing is scored.
+    ``method`` is the sweep algorithm ("exact" or "attribution"), ``matching`` how components
+    are paired ("paper": attention/eigenvector similarity; "causal": ablation effect) and
+    ``direction`` which side picks its best partner ("teacher_to_student", the paper's v2
+    convention, or "student_to_teacher"). ``min_student_influence`` is the dead-component
+    floor (see PairReport). Both models must perform the task (clean logit difference >
+    ``margin``), otherwise ``InvalidTaskError`` names both numbers and nothing is scored.
     """
     task = resolve_task(task)
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity={similarity!r} is not one of {', '.join(SIMILARITIES)}")
     if matching not in MATCHINGS:
         raise ValueError(f"matching={matching!r} is not one of {', '.join(MATCHINGS)}")
+    check_direction(direction)
     if matching == "paper" and not pair.same_tokenizer:
         raise IncompatiblePairError(
             "teacher and student use different tokenizers, so their attention patterns cover "
@@ -212,18 +381,24 @@ def compare(
         [task_performance(pair.teacher, task), task_performance(pair.student, task)],
         margin=margin,
     )
-    reports = [
+    settings = CompareSettings(
+        tolerance=tolerance,
+        influential=influential,
+        weak_similarity=weak_similarity,
+        min_student_influence=min_student_influence,
+        margin=margin,
+    )
+    teacher_report, student_report = (
         model_report(
             m, task, ablation=ablation, method=method, seed=seed, margin=margin,
             tolerance=tolerance,
         )
         for m in (pair.teacher, pair.student)
-    ]
-    teacher_report, student_report = reports
+    )
     t_infl = dict(zip(teacher_report.sweep.names, teacher_report.sweep.influences, strict=True))
     s_infl = dict(zip(student_report.sweep.names, student_report.sweep.influences, strict=True))
 
-    matches = _match(pair, task, similarity, matching, t_infl, s_infl)
+    matches = _match(pair, task, similarity, matching, direction, t_infl, s_infl)
     sims = np.array([m.similarity for m in matches])
     ti = np.array([t_infl[m.teacher] for m in matches])
     si = np.array([s_infl[m.student] for m in matches])
@@ -248,31 +423,14 @@ def compare(
         weighted_score=parts.weighted_score,
         pairs=pairs,
     )
-    discarded = [
-        Discarded(
-            teacher=p.teacher,
-            teacher_influence=p.teacher_influence,
-            student=p.student,
-            similarity=p.similarity,
-            student_influence=p.student_influence,
-            reason=(
-                f"best match {p.student} has similarity {p.similarity:.2f} < {weak_similarity}"
-                if p.similarity < weak_similarity
-                else f"best match {p.student} costs only {p.student_influence:.1f} points "
-                f"when ablated (< {min_student_influence})"
-            ),
-        )
-        for p in pairs
-        if p.teacher_influence >= influential
-        and (p.similarity < weak_similarity or p.student_influence < min_student_influence)
-    ]
+    live = [m for m in matches if s_infl[m.student] >= min_student_influence]
     compression = pair.compression
     delta = metrics.brittleness_delta(
         teacher_report.brittleness, student_report.brittleness, compression
     )
     fingerprint = make_fingerprint(
         pair.student, task, analysis="compare", ablation=ablation, method=method, seed=seed,
-        similarity=similarity, matching=matching,
+        similarity=similarity, matching=matching, direction=direction,
     )
     return PairReport(
         teacher=teacher_report,
@@ -281,17 +439,65 @@ def compare(
         alignment=alignment,
         brittleness_delta=delta,
         compression=compression,
-        fan_in=fan_in(matches),
-        discarded=discarded,
+        fan_in=fan_in(live),
+        fan_in_all=fan_in(matches),
+        discarded=find_discarded(pairs, t_infl, settings),
         fingerprint=fingerprint,
-        settings={
-            "tolerance": tolerance,
-            "influential": influential,
-            "weak_similarity": weak_similarity,
-            "min_student_influence": min_student_influence,
-            "margin": margin,
-        },
+        settings=settings,
     )
+
+
+def find_discarded(
+    pairs: Sequence[MatchedPair], teacher_influence: dict[str, float], settings: CompareSettings
+) -> list[Discarded]:
+    """Teacher components that lost their mechanism in the student, in teacher order.
+
+    Each teacher component is judged by its counterpart: its most similar matched student
+    component (with teacher-to-student matching, its only one). It is discarded when
+
+    - the counterpart is dead (influence < ``min_student_influence``) while the teacher
+      component itself is not: the match was absorbed by a component that does no work. A dead
+      teacher component matched onto a dead student one lost nothing and is not listed;
+    - it is influential (>= ``influential``) and the counterpart's similarity is below
+      ``weak_similarity``;
+    - it is influential and no student component chose it (student-to-teacher matching only).
+    """
+    floor = settings.min_student_influence
+    by_teacher: dict[str, list[MatchedPair]] = {}
+    for p in pairs:
+        by_teacher.setdefault(p.teacher, []).append(p)
+    # in match order (as the pairs list them), then any teacher component nobody chose
+    unchosen = [t for t in teacher_influence if t not in by_teacher]
+    found = []
+    for teacher in [*by_teacher, *unchosen]:
+        influence = teacher_influence[teacher]
+        matched = by_teacher.get(teacher)
+        if not matched:
+            if influence >= settings.influential:
+                found.append(Discarded(
+                    teacher=teacher, teacher_influence=influence, student=None,
+                    similarity=None, student_influence=None,
+                    reason="no student component has it as its most similar teacher component",
+                ))
+            continue
+        p = max(matched, key=lambda m: m.similarity)  # first of equals, as max keeps it
+        if p.student_influence < floor <= influence:
+            reason = (
+                f"matched onto a dead component: {p.student} costs only "
+                f"{p.student_influence:.1f} points when ablated (< {floor})"
+            )
+        elif influence >= settings.influential and p.similarity < settings.weak_similarity:
+            reason = (
+                f"best match {p.student} has similarity {p.similarity:.2f} < "
+                f"{settings.weak_similarity}"
+            )
+        else:
+            continue
+        found.append(Discarded(
+            teacher=teacher, teacher_influence=influence, student=p.student,
+            similarity=p.similarity, student_influence=p.student_influence, reason=reason,
+        ))
+    return found
 
 
 def _match(
@@ -299,22 +505,25 @@ def _match(
     task: Task,
     similarity: str,
     matching: str,
+    direction: str,
     t_infl: dict[str, float],
     s_infl: dict[str, float],
 ) -> list[Match]:
-    t_heads = [c for c in pair.teacher.components("heads")]
-    s_heads = [c for c in pair.student.components("heads")]
-    t_mlps = [c for c in pair.teacher.components("mlps")]
-    s_mlps = [c for c in pair.student.components("mlps")]
+    t_heads = pair.teacher.components("heads")
+    s_heads = pair.student.components("heads")
+    t_mlps = pair.teacher.components("mlps")
+    s_mlps = pair.student.components("mlps")
     if matching == "paper":
         mats = similarity_matrices(pair.teacher, pair.student, task, similarity)
-        return match_by_similarity(mats.heads, t_heads, s_heads) + match_by_similarity(
-            mats.mlps, t_mlps, s_mlps
+        return match_by_similarity(mats.heads, t_heads, s_heads, direction) + (
+            match_by_similarity(mats.mlps, t_mlps, s_mlps, direction)
         )
 
-    def effects(comps: list[Component], infl: dict[str, float]) -> np.ndarray:
+    def effects(comps: Sequence[Component], infl: dict[str, float]) -> np.ndarray:
         return np.array([infl[c.name] for c in comps])
 
     return match_by_effect(
-        effects(t_heads, t_infl), effects(s_heads, s_infl), t_heads, s_heads
-    ) + match_by_effect(effects(t_mlps, t_infl), effects(s_mlps, s_infl), t_mlps, s_mlps)
+        effects(t_heads, t_infl), effects(s_heads, s_infl), t_heads, s_heads, direction
+    ) + match_by_effect(
+        effects(t_mlps, t_infl), effects(s_mlps, s_infl), t_mlps, s_mlps, direction
+    )
