@@ -254,7 +254,11 @@ def check_finite_weights(hf_model: Any, model_name: str) -> None:
         data = tensor.detach()
         nans = int(torch.isnan(data).sum())
         infs = int(torch.isinf(data).sum())
-        counts = [f"{n} {what}" for n, what in ((nans, "NaN"), (infs, "infinite")) if n]
+        counts = [
+            f"{n} {what} value{'s' if n > 1 else ''}"
+            for n, what in ((nans, "NaN"), (infs, "infinite"))
+            if n
+        ]
         first = int(torch.nonzero(~torch.isfinite(data.reshape(-1)))[0])
         hint = ""
         if data.dtype == torch.float16 and not nans:
@@ -263,7 +267,7 @@ def check_finite_weights(hf_model: Any, model_name: str) -> None:
                 "stops at 65504): load with dtype='bfloat16' or 'float32'."
             )
         raise NonFiniteError(
-            f"{model_name}: {tensor_name} has {' and '.join(counts)} values"
+            f"{model_name}: {tensor_name} has {' and '.join(counts)}"
             f"{_describe_position(data, first)}; the checkpoint is corrupted (a diverged training "
             "run or a damaged file), and every gate measured on it would be meaningless. "
             "Re-download or re-export the checkpoint, and check the run that produced it for "

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,8 @@ from pytest_circuits.analysis.ablation import (
     task_performance,
 )
 from pytest_circuits.components import Component
-from pytest_circuits.errors import ComponentError, InvalidTaskError
-from pytest_circuits.models import CircuitModel
+from pytest_circuits.errors import ComponentError, InvalidTaskError, NonFiniteError
+from pytest_circuits.models import CircuitModel, load_model
 from pytest_circuits.tasks import Task
 
 TOL = 1e-5
@@ -226,6 +227,50 @@ def test_tasks_of_the_fixtures_are_performed(case: Case) -> None:
     perf = task_performance(case.model, case.task)
     assert min(perf.per_prompt) > 0.1
     assert perf.pairwise_accuracy == 1.0
+
+
+def test_clean_run_refuses_nan_logits_outside_the_answer_tokens(
+    gpt2_dir: Path, gpt2_task: Task
+) -> None:
+    """A hook poisons one vocabulary entry that is neither answer: the logit differences stay
+    finite, so only a check over every vocabulary entry at the prediction rows catches it."""
+    model = load_model(gpt2_dir, device="cpu")  # its own memo: the shared model stays clean
+    tensors = engine.task_tensors(model, gpt2_task)
+    answers = set(tensors.correct.tolist()) | set(tensors.distractor.tolist())
+    poisoned = next(i for i in range(model.hf_model.config.vocab_size) if i not in answers)
+
+    def poison(module: Any, args: Any, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        output[..., poisoned] = float("nan")
+        return output
+
+    handle = model.hf_model.lm_head.register_forward_hook(poison)
+    try:
+        with pytest.raises(NonFiniteError) as info:
+            engine.clean_run(model, gpt2_task)
+    finally:
+        handle.remove()
+    message = str(info.value)
+    assert message.startswith(f"{model.name}: the clean run of task '{gpt2_task.name}'")
+    n = len(gpt2_task.prompts)
+    assert f"({n} NaN)" in message and f"{n} of {n} prompts, first prompt 0" in message
+    # nothing half-made was memoised: without the hook the clean run is the plain forward's
+    clean = engine.clean_run(model, gpt2_task)
+    assert torch.isfinite(clean.logit_diff).all()
+
+
+def test_check_finite_logits_names_the_counts_and_first_bad_prompt() -> None:
+    logits = torch.zeros(4, 10)
+    engine.check_finite_logits(logits, "m", "the clean run of task 't'")  # finite: silent
+    logits[2, 7] = float("inf")
+    logits[3, 1] = float("nan")
+    logits[3, 2] = float("-inf")
+    with pytest.raises(NonFiniteError) as info:
+        engine.check_finite_logits(logits, "student", "an ablated replay")
+    assert str(info.value).startswith(
+        "student: an ablated replay produced non-finite logits (1 NaN, 2 infinite) at the "
+        "prediction positions (2 of 4 prompts, first prompt 2)"
+    )
 
 
 # --------------------------------------------------------------------------- 2. head ablation

@@ -29,6 +29,7 @@ from helpers import (
 from pytest_circuits.errors import (
     IncompatiblePairError,
     ModelLoadError,
+    NonFiniteError,
     UnsupportedArchitectureError,
 )
 from pytest_circuits.identity import ModelInfo
@@ -343,6 +344,96 @@ def test_unsupported_architecture_is_named_with_the_supported_families(
     assert f"'{architecture}' is not supported" in message
     assert "gpt2 (GPT2LMHeadModel)" in message
     assert "llama (LlamaForCausalLM)" in message
+
+
+def test_unsupported_known_family_refuses_with_the_reason_its_entry_gives(tmp_path: Path) -> None:
+    """The refusal comes from the registry entry (supported=False, why=...), not a table here."""
+    from pytest_circuits.architectures import ARCHITECTURES
+
+    directory = _save_unsupported("BertForMaskedLM", tmp_path)
+    with pytest.raises(UnsupportedArchitectureError) as info:
+        load_model(directory, device="cpu")
+    assert ARCHITECTURES["bert"].why in str(info.value)
+
+
+def test_in_memory_model_without_an_architectures_list_loads_by_its_class(
+    gpt2: CircuitModel, gpt2_dir: Path
+) -> None:
+    """GGUF-loaded models carry no config.architectures: the class name picks the family, and
+    the bridge is booted with that family's adapter."""
+    plain = load_plain_hf(gpt2_dir)
+    plain.config.architectures = None
+    model = load_model(plain, tokenizer=gpt2_dir, device="cpu", name="gguf-like")
+    assert (model.architecture, model.family, model.kind) == ("GPT2LMHeadModel", "gpt2", "causal")
+    assert model.weights_fingerprint == gpt2.weights_fingerprint
+    tokens = torch.tensor([[3, 4, 5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(model.bridge(tokens), gpt2.bridge(tokens), atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------- non-finite weights
+
+
+def _saved_with(gpt2_dir: Path, target: Path, edit: Any) -> Path:
+    edited = load_plain_hf(gpt2_dir)
+    with torch.no_grad():
+        edit(edited)
+    edited.save_pretrained(target)
+    save_word_tokenizer(target)
+    return target
+
+
+def test_nan_in_an_unused_embedding_row_refuses_to_load(gpt2_dir: Path, tmp_path: Path) -> None:
+    """Row 17 is a token no task prompt uses: the logit differences would stay finite and every
+    gate would pass while the tied unembedding makes that token's logit NaN everywhere."""
+
+    def poison(model: Any) -> None:
+        model.transformer.wte.weight[17, [1, 4, 9]] = float("nan")
+
+    directory = _saved_with(gpt2_dir, tmp_path / "nan-embedding", poison)
+    with pytest.raises(NonFiniteError) as info:
+        load_model(directory, device="cpu")
+    message = str(info.value)
+    assert "transformer.wte.weight has 3 NaN values (first at row 17)" in message
+    assert "corrupted" in message and "Re-download or re-export" in message
+    assert message.startswith(str(directory))
+
+
+def test_inf_in_an_mlp_weight_refuses_to_load(gpt2_dir: Path, tmp_path: Path) -> None:
+    def poison(model: Any) -> None:
+        model.transformer.h[1].mlp.c_fc.weight[3, 5] = float("inf")
+
+    directory = _saved_with(gpt2_dir, tmp_path / "inf-mlp", poison)
+    with pytest.raises(NonFiniteError, match=r"transformer\.h\.1\.mlp\.c_fc\.weight has 1 "
+                       r"infinite value \(first at row 3\)"):
+        load_model(directory, device="cpu")
+
+
+def test_nan_in_an_in_memory_models_bias_refuses_to_load(gpt2_dir: Path) -> None:
+    plain = load_plain_hf(gpt2_dir)
+    with torch.no_grad():
+        plain.transformer.ln_f.bias[7] = float("nan")
+        plain.transformer.ln_f.bias[9] = float("-inf")
+    with pytest.raises(
+        NonFiniteError, match=r"transformer\.ln_f\.bias has 1 NaN value and 1 infinite value "
+        r"\(first at index 7\)"
+    ):
+        load_model(plain, tokenizer=gpt2_dir, device="cpu")
+
+
+def test_a_weight_that_overflows_float16_is_refused_with_the_dtype_advice(
+    gpt2_dir: Path, tmp_path: Path
+) -> None:
+    def enlarge(model: Any) -> None:
+        model.transformer.h[0].attn.c_proj.weight[2, 2] = 1e6  # finite in float32
+
+    directory = _saved_with(gpt2_dir, tmp_path / "big", enlarge)
+    assert load_model(directory, device="cpu").dtype == "float32"
+    with pytest.raises(NonFiniteError) as info:
+        load_model(directory, device="cpu", dtype="float16")
+    message = str(info.value)
+    assert "transformer.h.0.attn.c_proj.weight has 1 infinite value (first at row 2)" in message
+    assert "dtype='bfloat16'" in message
 
 
 def test_cuda_without_cuda_is_refused(gpt2_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -278,10 +278,10 @@ def check_finite_logits(logits: torch.Tensor, model_name: str, where: str) -> No
     bad_rows = (~finite).reshape(finite.shape[0], -1).any(-1)
     nans = int(torch.isnan(logits).sum())
     infs = int(torch.isinf(logits).sum())
-    counts = " and ".join(f"{n} {what}" for n, what in ((nans, "NaN"), (infs, "infinite")) if n)
+    counts = ", ".join(f"{n} {what}" for n, what in ((nans, "NaN"), (infs, "infinite")) if n)
     first = int(torch.nonzero(bad_rows)[0])
     raise NonFiniteError(
-        f"{model_name}: {where} produced {counts} logits at the prediction positions "
+        f"{model_name}: {where} produced non-finite logits ({counts}) at the prediction positions "
         f"({int(bad_rows.sum())} of {finite.shape[0]} prompts, first prompt {first}); no metric "
         "computed from them means anything. Check the weights (load_model checks them), any "
         "hook that edits activations, and float16 overflow in activations (load with "
