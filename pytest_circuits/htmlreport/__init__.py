@@ -1,0 +1,113 @@
+"""Self-contained HTML reports of circuit analyses: a full page for a run or the CLI, and a
+compact fragment for pytest-html.
+
+Entry points take typed results (``PairReport``, ``ModelReport``) and gate results
+(``GateResult``, or the plugin's ``GateRecord`` which also knows the test's xfail outcome).
+matplotlib is imported only when a figure is drawn.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .page import MODEL_PARTS, PAIR_PARTS, Page, as_gates, is_pair_report, model_name
+
+__all__ = [
+    "MODEL_PARTS",
+    "PAIR_PARTS",
+    "html_snippet",
+    "render_html",
+    "reports_from_gate_results",
+    "write_html",
+    "write_session_report",
+]
+
+
+def render_html(
+    reports: Sequence[Any], gate_results: Iterable[Any] = (), *,
+    title: str = "pytest-circuits report",
+) -> str:
+    """The report page for ``reports`` (one section each), with the verdicts of
+    ``gate_results`` shown in the section of the pair and task they checked."""
+    from .page import render
+
+    return render(Page(list(reports), as_gates(gate_results), title))
+
+
+def write_html(
+    path: str | os.PathLike[str], reports: Sequence[Any], gate_results: Iterable[Any] = (), *,
+    title: str = "pytest-circuits report",
+) -> Path:
+    """Write :func:`render_html` to ``path`` atomically (a CI artifact is never half written)."""
+    from ..atomic import write_bytes_atomic
+
+    target = Path(path)
+    text = render_html(reports, gate_results, title=title)
+    write_bytes_atomic(target, text.encode("utf-8"))
+    return target
+
+
+def _typed(report: Any) -> Any:
+    """A report stored in a GateResult (a dict after the JSON round trip) as its typed class."""
+    if not isinstance(report, dict):
+        return report
+    from ..analysis.compare import report_from_dict
+
+    return report_from_dict(report)
+
+
+def _identity(report: Any) -> tuple[Any, ...]:
+    if is_pair_report(report):
+        names: tuple[str, ...] = (model_name(report.teacher.model),
+                                  model_name(report.student.model))
+    else:
+        names = (model_name(report.model),)
+    return (names, report.task, report.fingerprint.key())
+
+
+def reports_from_gate_results(gate_results: Iterable[Any]) -> list[Any]:
+    """The distinct analyses behind a run's gates, pair reports first.
+
+    A single-model report (``ablation_robust``) is dropped when a pair report of the same
+    student, task and method is there, because the pair section already shows it.
+    """
+    pairs: dict[tuple[Any, ...], Any] = {}
+    models: dict[tuple[Any, ...], Any] = {}
+    for gate in as_gates(gate_results):
+        data = gate.result.report
+        if data is None:
+            continue
+        report = _typed(data)
+        key = _identity(report)
+        (pairs if is_pair_report(report) else models).setdefault(key, report)
+    shown_students = {
+        (model_name(r.student.model), r.task, r.student.fingerprint.key()) for r in pairs.values()
+    }
+    singles = [
+        r for r in models.values()
+        if (model_name(r.model), r.task, r.fingerprint.key()) not in shown_students
+    ]
+    return list(pairs.values()) + singles
+
+
+def write_session_report(
+    path: str | os.PathLike[str], gate_results: Iterable[Any], *,
+    title: str = "pytest-circuits gate report",
+) -> Path:
+    """The page of a pytest run: every analysis a gate stored, with every gate's verdict.
+
+    ``gate_results``: the plugin's GateRecords (verdicts include xfail) or plain GateResults.
+    """
+    results = list(gate_results)
+    return write_html(path, reports_from_gate_results(results), results, title=title)
+
+
+def html_snippet(gate_results: Iterable[Any]) -> str:
+    """A compact HTML fragment (one small block per analysis) for pytest-html's ``extras``."""
+    from .page import snippet
+
+    results = list(gate_results)
+    return snippet(reports_from_gate_results(results), as_gates(results))

@@ -1,0 +1,559 @@
+"""The self-contained HTML page: one section per pair (or model) and task, built from typed results.
+
+Every number shown is wrapped as ``<span class="num" data-key=... data-value=...>`` holding the
+exact value of the typed result, so a test (or a reader's script) can check the page against
+the JSON without trusting the rounding of the text.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import figures
+
+#: The parts every pair section has, in order (``data-part`` attributes; tests check them).
+PAIR_PARTS = (
+    "overview", "heatmaps", "correspondence", "distributions", "alignment", "brittleness",
+    "gates", "discarded", "fingerprint",
+)
+#: The parts of a single-model section (a model gated on its own, without its teacher).
+MODEL_PARTS = ("overview", "heatmaps", "distributions", "brittleness", "gates", "fingerprint")
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1a1a1a;
+background:#fafafa;line-height:1.4}
+header{background:#0b3d5c;color:white;padding:14px 28px}
+header h1{margin:0;font-size:1.4em}header p{margin:4px 0 0;opacity:.85;font-size:.9em}
+main{padding:8px 28px 40px;max-width:1500px}
+section.report{background:white;border:1px solid #ddd;border-radius:6px;margin:20px 0;
+padding:6px 20px 16px}
+section.report>h2{margin:10px 0 4px;font-size:1.25em}
+.part{margin:14px 0}.part h3{font-size:1.02em;margin:6px 0;color:#0b3d5c}
+.grid2{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
+table{border-collapse:collapse;font-size:.86em;margin:4px 0}
+th,td{border-bottom:1px solid #e4e4e4;padding:3px 9px;text-align:left;vertical-align:top}
+th{background:#f0f3f6;font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:600;font-size:.85em}
+.PASS{background:#cfe9df;color:#00583f}.FAIL{background:#f6d5c4;color:#8a3300}
+.XFAIL{background:#e6e1ef;color:#4b3a6b}
+.big{font-size:1.6em;font-weight:700}.facts{display:flex;gap:26px;flex-wrap:wrap}
+.fact{min-width:120px}.fact .label{font-size:.78em;color:#555;text-transform:uppercase}
+.note{color:#555;font-size:.85em;max-width:900px}
+.warn{color:#8a3300;font-weight:600}
+img{max-width:100%;height:auto}
+nav table td a{color:#0b3d5c}
+"""
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def model_name(model: Any) -> str:
+    """A model's name from a ModelInfo or from its plain-dict description."""
+    name = getattr(model, "name", None)
+    if name is None and isinstance(model, dict):
+        name = model.get("name")
+    return str(name)
+
+
+def _model_field(model: Any, key: str, default: Any = None) -> Any:
+    if isinstance(model, dict):
+        return model.get(key, default)
+    return getattr(model, key, default)
+
+
+def is_pair_report(report: Any) -> bool:
+    return hasattr(report, "alignment") and hasattr(report, "student")
+
+
+def fmt(value: float | int | None, digits: int = 3) -> str:
+    """Numbers as the page prints them: ``digits`` significant figures, '-' for missing."""
+    if value is None:
+        return "-"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    value = float(value)
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "0"
+    if abs(value) >= 10 ** digits:
+        return f"{value:.0f}"
+    return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{max(1, digits - 1)}f}"
+
+
+def num(key: str, value: float | int | None, digits: int = 3) -> str:
+    """A number with its exact value attached (``data-value``) for checks against the JSON."""
+    exact = "" if value is None else repr(float(value)) if not isinstance(value, int) else str(
+        value)
+    return (f'<span class="num" data-key="{html.escape(key)}" data-value="{exact}">'
+            f"{fmt(value, digits)}</span>")
+
+
+def esc(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def slug(*parts: str) -> str:
+    text = "-".join(parts).lower()
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[int] = ()
+           ) -> str:
+    head = "".join(
+        f'<th class="n">{esc(h)}</th>' if i in numeric else f"<th>{esc(h)}</th>"
+        for i, h in enumerate(headers)
+    )
+    body = "".join(
+        "<tr>" + "".join(
+            f'<td class="n">{cell}</td>' if i in numeric else f"<td>{cell}</td>"
+            for i, cell in enumerate(row)
+        ) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(data: str, alt: str) -> str:
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _part(name: str, title: str, body: str) -> str:
+    return f'<div class="part" data-part="{name}"><h3>{esc(title)}</h3>{body}</div>'
+
+
+# ----------------------------------------------------------------------------- gates
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A gate result with the verdict to show (a GateRecord's, which knows about xfail)."""
+
+    result: Any
+    verdict: str
+
+
+def as_gates(gate_results: Iterable[Any]) -> list[Gate]:
+    """GateResults or GateRecords (the plugin's, with the test outcome) as :class:`Gate`."""
+    gates = []
+    for item in gate_results:
+        if hasattr(item, "result") and hasattr(item, "verdict"):
+            gates.append(Gate(item.result, item.verdict))
+        else:
+            gates.append(Gate(item, "PASS" if item.passed else "FAIL"))
+    return gates
+
+
+def gates_for(gates: Sequence[Gate], teacher: str | None, subject: str, task: str) -> list[Gate]:
+    """The gates that checked this pair (or model) on this task."""
+    chosen = []
+    for gate in gates:
+        result = gate.result
+        if result.task != task:
+            continue
+        base = result.subject.split(" [")[0]
+        if teacher is not None and base == f"{teacher} -> {subject}":
+            chosen.append(gate)
+        elif base == subject:
+            gate_teacher = result.models.get("teacher") if result.models else None
+            if teacher is None or gate_teacher is None or model_name(gate_teacher) == teacher:
+                chosen.append(gate)
+    return chosen
+
+
+def _gates_table(gates: Sequence[Gate], prefix: str) -> str:
+    if not gates:
+        return '<p class="note">No gate checked this pair and task in this run.</p>'
+    rows = []
+    for i, gate in enumerate(gates):
+        result = gate.result
+        checks = result.checks or []
+        where = esc(result.nodeid or result.gate)
+        for check in checks:
+            rows.append([
+                where, esc(result.gate), esc(result.subject), esc(check.metric),
+                num(f"{prefix}gate.{i}.{check.metric}.value", check.value, 4),
+                f"{esc(check.op)} " + num(f"{prefix}gate.{i}.{check.metric}.threshold",
+                                          check.threshold, 4),
+                num(f"{prefix}gate.{i}.{check.metric}.teacher", check.teacher_value, 4),
+                f'<span class="badge {"PASS" if check.passed else gate.verdict}">'
+                f'{"PASS" if check.passed else gate.verdict}</span>',
+            ])
+    return _table(["test", "gate", "subject", "metric", "value", "threshold", "teacher",
+                   "verdict"], rows, numeric=(4, 5, 6))
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def _grid(report: Any, label: str) -> figures.Grid:
+    model = report.model
+    effects = report.sweep.effects
+    n_layers = _model_field(model, "n_layers") or 1 + max(e.layer for e in effects)
+    n_heads = _model_field(model, "n_heads") or 1 + max(
+        (e.head for e in effects if e.head is not None), default=0)
+    return figures.drop_grid(label, effects, int(n_layers), int(n_heads))
+
+
+def _brittleness_rows(reports: Sequence[tuple[str, Any]], delta: Any, prefix: str
+                      ) -> tuple[list[str], list[list[str]]]:
+    headers = ["metric"] + [role for role, _ in reports]
+    if delta is not None:
+        headers += ["student - teacher", "per unit of compression"]
+    specs = [
+        ("mean drop (points)", "mean_drop", 3),
+        ("severity", "severity", 3),
+        ("worst single drop (points)", "worst_drop", 3),
+        ("components above tolerance", "count_above_tolerance", 3),
+        ("worst-5% mean (points)", "worst5_mean", 3),
+        ("Gini of drops", "gini", 3),
+    ]
+    rows = []
+    for label, attr, digits in specs:
+        row = [esc(label)]
+        for role, report in reports:
+            b = report.brittleness
+            cell = num(f"{prefix}{role}.{attr}", getattr(b, attr), digits)
+            if attr == "mean_drop":
+                low, high = b.mean_drop_ci
+                cell += (" <small>[" + num(f"{prefix}{role}.mean_drop_ci.low", low, digits)
+                         + " .. " + num(f"{prefix}{role}.mean_drop_ci.high", high, digits)
+                         + "]</small>")
+            if attr == "worst_drop":
+                cell += f" <small>({esc(b.worst_component)})</small>"
+            row.append(cell)
+        if delta is not None:
+            row.append(num(f"{prefix}delta.{attr}", getattr(delta, attr), digits))
+            row.append(num(f"{prefix}delta.{attr}_per_compression",
+                           getattr(delta, f"{attr}_per_compression"), digits))
+        rows.append(row)
+    return headers, rows
+
+
+def _fingerprint_table(fingerprint: Any, models: Sequence[tuple[str, Any]]) -> str:
+    data = fingerprint.to_dict()
+    versions = data.pop("versions", {}) or {}
+    rows = [[esc(k), esc(v)] for k, v in data.items() if v not in ("", None)]
+    rows += [[esc(f"version: {k}"), esc(v)] for k, v in sorted(versions.items())]
+    for role, model in models:
+        sha = str(_model_field(model, "weights_sha256", ""))
+        rows.append([esc(f"{role} weights sha256"), esc(sha[:16] + ("..." if sha else ""))])
+        rows.append([esc(f"{role} parameters"), esc(_model_field(model, "n_params", "-"))])
+    return _table(["field", "value"], rows)
+
+
+def _distribution_models(pairs: Sequence[tuple[str, Any]]) -> list[tuple[str, list[str],
+                                                                          np.ndarray]]:
+    return [(label, r.sweep.names, np.asarray(r.sweep.clamped_drops, dtype=float))
+            for label, r in pairs]
+
+
+def pair_section(report: Any, gates: Sequence[Gate]) -> str:
+    """One pair and task: everything a reviewer needs to decide on the student."""
+    teacher, student = model_name(report.teacher.model), model_name(report.student.model)
+    anchor = slug(report.task, teacher, "to", student)
+    p = f"{anchor}:"
+    tolerance = float(report.teacher.brittleness.tolerance)
+    min_infl = float(report.settings.min_student_influence)
+    a = report.alignment
+    t_perf, s_perf = report.teacher.performance, report.student.performance
+
+    facts = [
+        ("behaviour retained (%)", num(p + "behavior_retained", report.behavior_retained)),
+        ("alignment A", num(p + "alignment.score", a.score)),
+        ("weighted alignment", num(p + "alignment.weighted_score", a.weighted_score)),
+        ("severity teacher -> student",
+         num(p + "teacher.severity", report.teacher.brittleness.severity) + " &rarr; "
+         + num(p + "student.severity", report.student.brittleness.severity)),
+        ("compression C", num(p + "compression", report.compression)),
+        ("discarded mechanisms", num(p + "discarded.count", len(report.discarded))),
+    ]
+    overview = '<div class="facts">' + "".join(
+        f'<div class="fact"><div class="label">{esc(label)}</div><div class="big">{value}</div>'
+        "</div>" for label, value in facts) + "</div>"
+    overview += _table(
+        ["model", "clean logit difference", "accuracy", "prompts"],
+        [[esc(f"teacher {teacher}"), num(p + "teacher.logit_diff", t_perf.mean_logit_diff),
+          num(p + "teacher.accuracy", t_perf.accuracy), str(t_perf.n_prompts)],
+         [esc(f"student {student}"), num(p + "student.logit_diff", s_perf.mean_logit_diff),
+          num(p + "student.accuracy", s_perf.accuracy), str(s_perf.n_prompts)]],
+        numeric=(1, 2, 3),
+    )
+
+    heat = _img(figures.heatmaps([_grid(report.teacher, f"teacher {teacher}"),
+                                  _grid(report.student, f"student {student}")]),
+                "per-head and MLP drops of teacher and student")
+    heat += ('<p class="note">Drop = 100 - retained, in points of each model\'s clean logit '
+             "difference, for each head (grid) and MLP (column) ablated alone. Both models share "
+             "one colour scale (0 to 100 points); cell numbers are unclamped (above 100: the "
+             "answer flips).</p>")
+
+    s_influence = dict(zip(report.student.sweep.names, report.student.sweep.influences,
+                           strict=True))
+    dead = {name for name, value in s_influence.items() if value < min_infl}
+    # fan_in_all keeps matches onto dead components: they are drawn (and marked), not hidden
+    counts = {s: len(ts) for s, ts in report.fan_in_all.items()}
+    discarded_names = {d.teacher for d in report.discarded}
+    links = [figures.Link(m.teacher, m.student, m.similarity, m.teacher_share,
+                          m.teacher in discarded_names) for m in a.pairs]
+    corr = _img(figures.correspondence(
+        report.teacher.sweep.names, report.student.sweep.names, links, counts, dead,
+        teacher_label=f"teacher {teacher}", student_label=f"student {student}",
+    ), "teacher to student correspondence")
+    fan_rows = []
+    # live compression first: it is what a reviewer is looking for
+    ordered = sorted(report.fan_in_all.items(),
+                     key=lambda kv: (kv[0] in dead, -len(kv[1]), kv[0]))
+    for name, absorbed in ordered:
+        if name in dead:
+            note = (f"dead: {len(absorbed)} teacher component(s) matched here, but ablating it "
+                    f"costs {fmt(s_influence.get(name, 0.0))} points (&lt; {fmt(min_infl)})")
+        elif len(absorbed) >= 2:
+            note = f"absorbed {len(absorbed)} teacher components"
+        else:
+            note = ""
+        fan_rows.append([
+            f"<b>{esc(name)}</b>" if len(absorbed) >= 2 and name not in dead else esc(name),
+            num(f"{p}fan_in.{name}", len(absorbed)), esc(", ".join(absorbed)),
+            num(f"{p}student_influence.{name}", s_influence.get(name)),
+            f'<span class="warn">{note}</span>' if note else "",
+        ])
+    corr += _table(["student component", "fan-in", "teacher components matched to it",
+                    "student influence", "notes"], fan_rows, numeric=(1, 3))
+    corr += ('<p class="note">Each teacher component is joined to its most similar student '
+             "component of the same type; line width is the teacher component's share of "
+             "influence. Large coloured dots: one live student component took over several teacher "
+             "components (compression). A hollow dot with a cross: the match lands on a dead "
+             "student component, whose ablation costs almost nothing (a dotted grey line ends "
+             "there). Dashed: a discarded mechanism.</p>")
+
+    dist = _img(figures.drop_distributions(_distribution_models(
+        [(f"teacher {teacher}", report.teacher), (f"student {student}", report.student)]),
+        tolerance), "drop distributions")
+
+    align = '<div class="facts">' + "".join(
+        f'<div class="fact"><div class="label">{esc(label)}</div><div class="big">{value}</div>'
+        "</div>" for label, value in [
+            ("A (paper)", num(p + "alignment.score.2", a.score)),
+            ("mean similarity", num(p + "alignment.mean_similarity", a.mean_similarity)),
+            ("influence term", num(p + "alignment.influence_term", a.influence_term)),
+            ("weighted variant", num(p + "alignment.weighted_score.2", a.weighted_score)),
+            ("matched pairs", num(p + "alignment.n_pairs", len(a.pairs))),
+        ]) + "</div>"
+    align += ('<p class="note">A = mean over matched pairs of similarity x (1 - |student share - '
+              "teacher share|); it stays close to the mean similarity, so the weighted variant, "
+              "in which influence really weighs, is shown beside it.</p>")
+    align += "<p>Pairs that pull A down most:</p>" + _table(
+        ["teacher", "student", "similarity", "teacher share", "student share", "term"],
+        [[esc(m.teacher), esc(m.student), num(f"{p}pair.{m.teacher}.similarity", m.similarity),
+          num(f"{p}pair.{m.teacher}.teacher_share", m.teacher_share),
+          num(f"{p}pair.{m.teacher}.student_share", m.student_share),
+          num(f"{p}pair.{m.teacher}.contribution", m.contribution)] for m in a.weakest(5)],
+        numeric=(2, 3, 4, 5),
+    )
+
+    headers, rows = _brittleness_rows(
+        [("teacher", report.teacher), ("student", report.student)], report.brittleness_delta, p)
+    brittle = _table(headers, rows, numeric=tuple(range(1, len(headers))))
+    brittle += (f'<p class="note">Over every head and MLP; mean drop with its 95% bootstrap '
+                f"interval (over components); severity counts how far drops exceed "
+                f"T = {fmt(tolerance)} points.</p>")
+
+    if report.discarded:
+        disc = _table(
+            ["teacher component", "teacher influence", "best student match", "similarity",
+             "student influence", "why"],
+            [[esc(d.teacher), num(f"{p}discarded.{d.teacher}.teacher_influence",
+                                  d.teacher_influence),
+              esc(d.student or "none"), num(f"{p}discarded.{d.teacher}.similarity", d.similarity),
+              num(f"{p}discarded.{d.teacher}.student_influence", d.student_influence),
+              esc(d.reason)] for d in report.discarded],
+            numeric=(1, 3, 4),
+        )
+    else:
+        disc = ('<p>None: every influential teacher component has a similar, influential '
+                "student counterpart.</p>")
+
+    parts = {
+        "overview": ("Overview", overview),
+        "heatmaps": ("Where the task lives: drop per head and MLP", heat),
+        "correspondence": ("Teacher to student correspondence (fan-in = compression)", corr),
+        "distributions": ("Drop distributions", dist),
+        "alignment": ("Alignment score and its parts", align),
+        "brittleness": ("Brittleness", brittle),
+        "gates": ("Gates and verdicts", _gates_table(gates, p)),
+        "discarded": ("Discarded mechanisms", disc),
+        "fingerprint": ("Method fingerprint", _fingerprint_table(
+            report.fingerprint, [("teacher", report.teacher.model),
+                                 ("student", report.student.model)])),
+    }
+    body = "".join(_part(name, *parts[name]) for name in PAIR_PARTS)
+    return (f'<section class="report" id="{anchor}" data-kind="pair" data-task="{esc(report.task)}"'
+            f' data-teacher="{esc(teacher)}" data-student="{esc(student)}">'
+            f"<h2>{esc(teacher)} &rarr; {esc(student)} &middot; task {esc(report.task)}</h2>"
+            f"{body}</section>")
+
+
+def model_section(report: Any, gates: Sequence[Gate]) -> str:
+    """One model on its own (a gate that checked a single model)."""
+    name = model_name(report.model)
+    anchor = slug(report.task, name)
+    p = f"{anchor}:"
+    perf = report.performance
+    overview = _table(
+        ["model", "clean logit difference", "accuracy", "prompts"],
+        [[esc(name), num(p + "model.logit_diff", perf.mean_logit_diff),
+          num(p + "model.accuracy", perf.accuracy), str(perf.n_prompts)]], numeric=(1, 2, 3))
+    heat = _img(figures.heatmaps([_grid(report, name)]), "per-head and MLP drops")
+    dist = _img(figures.drop_distributions(_distribution_models([(name, report)]),
+                                           float(report.brittleness.tolerance)),
+                "drop distribution")
+    headers, rows = _brittleness_rows([("model", report)], None, p)
+    parts = {
+        "overview": ("Overview", overview),
+        "heatmaps": ("Where the task lives: drop per head and MLP", heat),
+        "distributions": ("Drop distribution", dist),
+        "brittleness": ("Brittleness", _table(headers, rows, numeric=(1,))),
+        "gates": ("Gates and verdicts", _gates_table(gates, p)),
+        "fingerprint": ("Method fingerprint",
+                        _fingerprint_table(report.fingerprint, [("model", report.model)])),
+    }
+    body = "".join(_part(key, *parts[key]) for key in MODEL_PARTS)
+    return (f'<section class="report" id="{anchor}" data-kind="model" '
+            f'data-task="{esc(report.task)}" data-model="{esc(name)}">'
+            f"<h2>{esc(name)} &middot; task {esc(report.task)}</h2>{body}</section>")
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+@dataclass
+class Page:
+    """What goes on one page: typed reports, the gates of the run, a title."""
+
+    reports: list[Any]
+    gates: list[Gate] = field(default_factory=list)
+    title: str = "pytest-circuits report"
+
+
+def _contents(page: Page) -> str:
+    rows = []
+    for report in page.reports:
+        if is_pair_report(report):
+            t, s = model_name(report.teacher.model), model_name(report.student.model)
+            anchor = slug(report.task, t, "to", s)
+            chosen = gates_for(page.gates, t, s, report.task)
+            rows.append([f'<a href="#{anchor}">{esc(t)} &rarr; {esc(s)}</a>', esc(report.task),
+                         fmt(report.behavior_retained), fmt(report.alignment.score),
+                         fmt(report.alignment.weighted_score),
+                         f"{fmt(report.teacher.brittleness.severity)} &rarr; "
+                         f"{fmt(report.student.brittleness.severity)}",
+                         str(len(report.discarded)), _verdicts(chosen)])
+        else:
+            name = model_name(report.model)
+            chosen = gates_for(page.gates, None, name, report.task)
+            rows.append([f'<a href="#{slug(report.task, name)}">{esc(name)}</a>',
+                         esc(report.task), "-", "-", "-", fmt(report.brittleness.severity), "-",
+                         _verdicts(chosen)])
+    return "<nav>" + _table(
+        ["pair", "task", "behaviour retained (%)", "A", "weighted A", "severity", "discarded",
+         "gates"], rows, numeric=(2, 3, 4, 5, 6)) + "</nav>"
+
+
+def _verdicts(gates: Sequence[Gate]) -> str:
+    if not gates:
+        return "-"
+    counts: dict[str, int] = {}
+    for gate in gates:
+        counts[gate.verdict] = counts.get(gate.verdict, 0) + 1
+    return " ".join(f'<span class="badge {v}">{n} {v}</span>' for v, n in sorted(counts.items()))
+
+
+def _data_block(reports: Sequence[Any]) -> str:
+    """The reports as JSON inside the page (inert data, not script), for tools and checks."""
+    from ..output import plain
+
+    text = json.dumps(plain([r.to_dict() for r in reports]), allow_nan=True)
+    text = text.replace("</", "<\\/")  # a "</script>" inside a string must not end the block
+    return f'<script type="application/json" id="circuits-data">{text}</script>'
+
+
+def render(page: Page) -> str:
+    """The whole HTML document as a string."""
+    sections = []
+    for report in page.reports:
+        if is_pair_report(report):
+            t, s = model_name(report.teacher.model), model_name(report.student.model)
+            sections.append(pair_section(report, gates_for(page.gates, t, s, report.task)))
+        else:
+            name = model_name(report.model)
+            sections.append(model_section(report, gates_for(page.gates, None, name,
+                                                            report.task)))
+    covered = {id(g) for r in page.reports for g in (
+        gates_for(page.gates, model_name(r.teacher.model), model_name(r.student.model), r.task)
+        if is_pair_report(r) else gates_for(page.gates, None, model_name(r.model), r.task))}
+    others = [g for g in page.gates if id(g) not in covered]
+    if others:
+        sections.append('<section class="report" id="other-gates" data-kind="gates">'
+                        "<h2>Other gates</h2>" + _part("gates", "Gates without a stored analysis",
+                                                       _gates_table(others, "other:"))
+                        + "</section>")
+    if not sections:
+        sections.append('<section class="report"><h2>No results</h2><p>No gate or analysis '
+                        "result was recorded in this run.</p></section>")
+    from .. import __version__
+
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(page.title)}</title><style>{_CSS}</style></head><body>"
+        f"<header><h1>{esc(page.title)}</h1><p>pytest-circuits {esc(__version__)}: how each "
+        "student computes compared with its teacher (Haskins &amp; Adams, Distilled Circuits)."
+        "</p></header><main>"
+        + (_contents(page) if page.reports else "")
+        + "".join(sections)
+        + _data_block(page.reports)
+        + "</main></body></html>\n"
+    )
+
+
+def snippet(reports: Sequence[Any], gates: Sequence[Gate]) -> str:
+    """A compact fragment for pytest-html's extras: verdicts, key numbers, small heatmaps."""
+    blocks = []
+    for report in reports:
+        if is_pair_report(report):
+            t, s = model_name(report.teacher.model), model_name(report.student.model)
+            chosen = gates_for(gates, t, s, report.task)
+            image = figures.heatmaps([_grid(report.teacher, f"teacher {t}"),
+                                      _grid(report.student, f"student {s}")], scale=0.7)
+            facts = (f"A {fmt(report.alignment.score)} (weighted "
+                     f"{fmt(report.alignment.weighted_score)}), behaviour retained "
+                     f"{fmt(report.behavior_retained)}%, severity "
+                     f"{fmt(report.teacher.brittleness.severity)} &rarr; "
+                     f"{fmt(report.student.brittleness.severity)}, "
+                     f"{len(report.compressed)} compressed, {len(report.discarded)} discarded")
+            title = f"{esc(t)} &rarr; {esc(s)} &middot; {esc(report.task)}"
+        else:
+            name = model_name(report.model)
+            chosen = gates_for(gates, None, name, report.task)
+            image = figures.heatmaps([_grid(report, name)], scale=0.7)
+            b = report.brittleness
+            facts = (f"severity {fmt(b.severity)}, worst drop {fmt(b.worst_drop)} "
+                     f"({esc(b.worst_component)})")
+            title = f"{esc(name)} &middot; {esc(report.task)}"
+        blocks.append(
+            f'<div class="circuits-extra"><b>{title}</b> {_verdicts(chosen)}<br>'
+            f"<small>{facts}</small><br>{_img(image, 'drops per head and MLP')}</div>")
+    return ('<div class="circuits-extras"><style>.circuits-extras .badge{padding:0 6px;'
+            "border-radius:8px}.circuits-extras .PASS{background:#cfe9df}.circuits-extras "
+            ".FAIL{background:#f6d5c4}.circuits-extras .XFAIL{background:#e6e1ef}</style>"
+            + "".join(blocks) + "</div>")
