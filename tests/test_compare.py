@@ -1,5 +1,6 @@
 """Properties of compare(): self-comparison, head-permutation invariance, random students,
-fan-in, discards and the influence-weighted alignment variant, on the bundled zoo."""
+fan-in, dead components, discards, the matching direction and the influence-weighted alignment
+variant, on the bundled zoo."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 import torch
 
 from pytest_circuits.analysis import compare, model_report
+from pytest_circuits.analysis.cached import pair_report
+from pytest_circuits.analysis.compare import CompareSettings, MatchedPair, find_discarded
 from pytest_circuits.analysis.matching import fan_in, match_by_effect, match_by_similarity
 from pytest_circuits.analysis.similarity import (
     eigenvector_similarity,
@@ -19,7 +22,7 @@ from pytest_circuits.analysis.similarity import (
     top_eigenvectors,
 )
 from pytest_circuits.components import Component
-from pytest_circuits.errors import IncompatiblePairError
+from pytest_circuits.errors import CircuitsError, IncompatiblePairError
 from pytest_circuits.models import load_model, load_pair
 from pytest_circuits.tasks import builtin_task
 from pytest_circuits.zoo import zoo_path
@@ -215,3 +218,138 @@ def test_paper_matching_refuses_different_tokenizers(zoo_teacher, zoo_student, t
     pair.same_tokenizer = False
     with pytest.raises(IncompatiblePairError, match="matching='causal'"):
         compare(pair, task)
+
+
+# --------------------------------------------------------------------------- matching direction
+
+
+def test_both_directions_pick_each_choosers_most_similar_partner():
+    t = [Component.head_at(0, h) for h in range(3)]
+    s = [Component.head_at(0, h) for h in range(2)]
+    sim = np.array([[0.9, 0.3], [0.8, 0.2], [0.1, 0.7]])
+    forward = match_by_similarity(sim, t, s, "teacher_to_student")
+    assert [(m.teacher, m.student, m.similarity) for m in forward] == [
+        ("L0H0", "L0H0", 0.9), ("L0H1", "L0H0", 0.8), ("L0H2", "L0H1", 0.7)
+    ]
+    backward = match_by_similarity(sim, t, s, "student_to_teacher")
+    # one pair per student component, in student order; teacher L0H1 is nobody's best
+    assert [(m.teacher, m.student, m.similarity) for m in backward] == [
+        ("L0H0", "L0H0", 0.9), ("L0H2", "L0H1", 0.7)
+    ]
+
+
+def test_causal_matching_honours_the_direction():
+    t = [Component.mlp_at(0), Component.mlp_at(1), Component.mlp_at(2)]
+    s = [Component.mlp_at(0), Component.mlp_at(1)]
+    # normalised teacher effects 0.25, 1.0, 0.9; student effects 1.0, 0.2
+    teacher, student = np.array([10.0, 40.0, 36.0]), np.array([80.0, 16.0])
+    assert [m.student for m in match_by_effect(teacher, student, t, s)] == [
+        "MLP1", "MLP0", "MLP0"
+    ]
+    backward = match_by_effect(teacher, student, t, s, "student_to_teacher")
+    assert [(m.teacher, m.student) for m in backward] == [("MLP1", "MLP0"), ("MLP0", "MLP1")]
+    assert backward[1].similarity == pytest.approx(1 - abs(0.25 - 0.2))
+
+
+def test_an_unknown_direction_is_refused_with_the_choices(zoo_teacher, zoo_student, task):
+    with pytest.raises(CircuitsError, match="'sideways'.*'teacher_to_student'.*'student_to_"):
+        compare(load_pair(zoo_teacher, zoo_student), task, direction="sideways")
+    with pytest.raises(CircuitsError, match="'both'"):
+        match_by_similarity(np.ones((1, 1)), [Component.mlp_at(0)], [Component.mlp_at(0)],
+                            "both")
+
+
+def test_student_to_teacher_scores_the_zoo_pair_higher(zoo_teacher, zoo_student, task, base):
+    backward = compare(load_pair(zoo_teacher, zoo_student), task, direction="student_to_teacher")
+    # measured: teacher_to_student A = 0.708 (20 pairs), student_to_teacher A = 0.907 (10)
+    assert backward.alignment.score > base.alignment.score + 0.1
+    assert len(backward.alignment.pairs) == zoo_student.n_layers * (zoo_student.n_heads + 1)
+    assert len(base.alignment.pairs) == zoo_teacher.n_layers * (zoo_teacher.n_heads + 1)
+    assert backward.fingerprint.direction == "student_to_teacher"
+    assert base.fingerprint.direction == "teacher_to_student"
+    assert backward.fingerprint.key() != base.fingerprint.key()
+    # every student component picks exactly one teacher component
+    assert sorted(backward.fan_in_all) == sorted(p.student for p in backward.alignment.pairs)
+
+
+def test_cached_pair_report_keys_on_direction_and_dead_floor(zoo_teacher, zoo_student, task):
+    pair = load_pair(zoo_teacher, zoo_student)
+    options = {"n_prompts": N_PROMPTS, "seed": 7}
+    forward = pair_report(pair, task, **options)
+    assert pair_report(pair, task, **options) is forward
+    backward = pair_report(pair, task, direction="student_to_teacher", **options)
+    assert backward.fingerprint.direction == "student_to_teacher"
+    assert backward.alignment.score != forward.alignment.score
+    lenient = pair_report(pair, task, min_student_influence=0.0, **options)
+    assert lenient.settings.min_student_influence == 0.0
+    assert lenient.fan_in == lenient.fan_in_all
+
+
+# --------------------------------------------------------------------------- dead components
+
+
+def _pair(teacher: str, student: str, similarity: float, t_infl: float, s_infl: float):
+    return MatchedPair(teacher, student, "head", similarity, t_infl, s_infl, 0.0, 0.0)
+
+
+def test_matches_onto_a_dead_component_are_discarded_unless_the_teacher_was_dead_too():
+    settings = CompareSettings(influential=10.0, weak_similarity=0.5, min_student_influence=2.0)
+    pairs = [
+        _pair("L0H0", "L0H0", 0.9, 30.0, 25.0),  # a live counterpart: kept
+        _pair("L0H1", "L0H3", 0.8, 5.0, 0.5),  # live (not influential) teacher onto dead: lost
+        _pair("L0H2", "L0H3", 0.7, 1.0, 0.5),  # dead onto dead: nothing was lost
+        _pair("L0H3", "L0H1", 0.3, 40.0, 12.0),  # influential, weak similarity
+    ]
+    influence = {p.teacher: p.teacher_influence for p in pairs}
+    found = find_discarded(pairs, influence, settings)
+    assert [(d.teacher, d.student) for d in found] == [("L0H1", "L0H3"), ("L0H3", "L0H1")]
+    assert found[0].reason.startswith("matched onto a dead component: L0H3 costs only 0.5")
+    assert found[1].reason == "best match L0H1 has similarity 0.30 < 0.5"
+
+
+def test_an_unchosen_influential_teacher_component_is_discarded():
+    settings = CompareSettings()
+    pairs = [_pair("L0H0", "L0H0", 0.9, 30.0, 25.0)]
+    found = find_discarded(pairs, {"L0H0": 30.0, "L0H1": 15.0, "L0H2": 3.0}, settings)
+    assert [(d.teacher, d.student, d.similarity) for d in found] == [("L0H1", None, None)]
+
+
+def test_a_disabled_student_head_absorbs_no_fan_in(zoo_teacher, zoo_student, task, base):
+    """Disable the live student head with the most teacher partners: it keeps its partners in
+    the raw fan-in, loses them from the effective one, and its live partners are discarded."""
+    live = {
+        p.student for p in base.alignment.pairs
+        if p.kind == "head" and p.student_influence >= base.settings.min_student_influence
+    }
+    target = max(sorted(live), key=lambda name: len(base.fan_in_all[name]))
+    partners = base.fan_in_all[target]
+    assert partners, "the zoo student should have a live head that teacher components match"
+    head, d_head = Component.parse(target).head, zoo_student.d_head
+    layer = Component.parse(target).layer
+
+    def disable(hf):
+        # zero its output projection: the attention pattern (what matching sees) is unchanged
+        hf.transformer.h[layer].attn.c_proj.weight[head * d_head : (head + 1) * d_head] = 0
+
+    crippled = _clone_with(zoo_student, disable, "head-disabled-student")
+    after = compare(load_pair(zoo_teacher, crippled), task)
+    assert after.fan_in_all[target] == partners  # it still is the most similar...
+    assert target not in after.fan_in  # ...but no longer counts as compression
+    assert target not in after.compressed
+    assert {p.teacher for p in after.dead_matches if p.student == target} == set(partners)
+    lost = {d.teacher: d.reason for d in after.discarded if d.student == target}
+    live_partners = {t for t in partners if after.teacher.sweep.effect(t).influence >= 2.0}
+    assert set(lost) == live_partners and live_partners
+    assert all(r.startswith("matched onto a dead component") for r in lost.values())
+
+
+def test_every_match_is_either_effective_fan_in_or_onto_a_dead_component(base):
+    floor = base.settings.min_student_influence
+    counted = sum(len(teachers) for teachers in base.fan_in.values())
+    assert counted + len(base.dead_matches) == len(base.alignment.pairs)
+    assert all(p.student_influence < floor for p in base.dead_matches)
+    # the distilled zoo student has heads that do no work on numerals yet attract matches
+    absorbed = set(base.fan_in_all) - set(base.fan_in)
+    assert absorbed and all(
+        base.student.sweep.effect(name).influence < floor for name in absorbed
+    )

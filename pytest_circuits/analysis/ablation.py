@@ -152,14 +152,11 @@ def task_performance(model: CircuitModel, task: Task) -> TaskPerformance:
     """Clean logit difference (per prompt and mean) and accuracy of ``model`` on ``task``.
 
     Only the prediction position is unembedded. Raises NonFiniteError when any logit there is
-    NaN or infinite, over the whole vocabulary: a NaN outside the two answer tokens still
-    corrupts top-1 accuracy and says the forward pass is broken.
+    NaN or infinite, over the whole vocabulary (``engine.clean_run`` checks every clean run with
+    ``engine.check_finite_logits`` before it is memoised): a NaN outside the two answer tokens
+    leaves the logit difference finite but makes top-1 accuracy meaningless.
     """
     run = engine.clean_run(model, task)
-    tensors = engine.task_tensors(model, task)
-    with torch.no_grad():
-        logits = engine.prediction_logits(model, run.capture.final, tensors.positions)
-    require_finite_logits(logits, model.name, f"clean run on task '{task.name}'")
     diffs = run.logit_diff.double().cpu().numpy()
     return TaskPerformance(
         model=model.name,
@@ -192,21 +189,6 @@ def require_valid_task(
             "meaningless; nothing was scored. Use a task the model performs, or lower "
             "margin= only if you are sure the metric is meaningful."
         )
-
-
-def require_finite_logits(logits: torch.Tensor, model_name: str, where: str) -> None:
-    """Raise NonFiniteError naming the first non-finite logit in ``logits`` [prompt, vocab]."""
-    finite = torch.isfinite(logits)
-    if bool(finite.all()):
-        return
-    bad = (~finite).nonzero()
-    prompt, token = (int(i) for i in bad[0])
-    raise NonFiniteError(
-        f"{model_name}: {len(bad)} of {logits.numel()} logits at the prediction positions of "
-        f"the {where} are not finite (first: prompt {prompt}, vocabulary id {token}, value "
-        f"{float(logits[prompt, token])}); the weights are corrupt or the dtype overflowed "
-        "(float16 often does): check the checkpoint, or load the model in float32"
-    )
 
 
 def _require_finite_metrics(

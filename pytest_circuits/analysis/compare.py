@@ -395,8 +395,9 @@ def compare(
         )
         for m in (pair.teacher, pair.student)
     )
-    t_infl = dict(zip(teacher_report.sweep.names, teacher_report.sweep.influences, strict=True))
-    s_infl = dict(zip(student_report.sweep.names, student_report.sweep.influences, strict=True))
+    # plain floats, so the reports hold what JSON gives back
+    t_infl = {e.name: e.influence for e in teacher_report.sweep.effects}
+    s_infl = {e.name: e.influence for e in student_report.sweep.effects}
 
     matches = _match(pair, task, similarity, matching, direction, t_infl, s_infl)
     sims = np.array([m.similarity for m in matches])
