@@ -33,3 +33,8 @@ class CircuitAssertionError(AssertionError):
 
 class NonFiniteError(CircuitsError, ValueError):
     """A model has a NaN or infinite weight, or produces non-finite logits: no gate can pass."""
+
+
+class GateConfigError(CircuitsError, ValueError):
+    """A gate was called with an argument it cannot use: a threshold out of range, none at all,
+    an unknown teacher component, or a pair-only check on a single model."""

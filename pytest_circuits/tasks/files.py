@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from ..yamlfile import Items, Node, YamlError, load_yaml
 from .task import POSITION_RULES, Task, TaskError
 
 __all__ = ["TASK_FILE_SUFFIXES", "load_task_file", "save_task_file"]
@@ -96,41 +97,26 @@ def _suggest(key: str, allowed: tuple[str, ...]) -> str:
 
 
 def _yaml_tree(text: str, rep: _Reporter) -> _Loc:
-    loader = yaml.SafeLoader(text)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            raise rep.error(None, "the file is empty", "write a task (see SCHEMA.md)")
-        return _yaml_node(node, loader, rep)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise rep.error(line, f"not valid YAML ({problem})", "correct the syntax") from None
-    finally:
-        loader.dispose()
+        document = load_yaml(text)
+    except YamlError as exc:
+        raise rep.error(exc.line, exc.problem, exc.fix) from None
+    if document is None:
+        raise rep.error(None, "the file is empty", "write a task (see SCHEMA.md)")
+    return _located(document, document.line if isinstance(document, (Node, Items)) else 1)
 
 
-def _yaml_node(node: yaml.Node, loader: yaml.SafeLoader, rep: _Reporter) -> _Loc:
-    line = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        mapping: dict[str, _Loc] = {}
-        key_lines: dict[str, int | None] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            key_line = key_node.start_mark.line + 1
-            if not isinstance(key, str):
-                raise rep.error(key_line, f"key {key!r} is not a string", "use a named key")
-            if key in mapping:
-                raise rep.error(key_line, f"duplicate key {key!r}", "keep only one")
-            mapping[key] = _yaml_node(value_node, loader, rep)
-            key_lines[key] = key_line
-            if value_node.value == "":  # an empty value: point at its key
-                mapping[key].line = key_line
-        return _Loc(mapping, line, key_lines)
-    if isinstance(node, yaml.SequenceNode):
-        return _Loc([_yaml_node(item, loader, rep) for item in node.value], line)
-    return _Loc(loader.construct_object(node, deep=True), line)
+def _located(value: Any, line: int | None) -> _Loc:
+    """The loader's line-numbered tree as :class:`_Loc` values (scalars take their key's or
+    item's line)."""
+    if isinstance(value, Node):
+        return _Loc({key: _located(item, value.value_lines[key]) for key, item in value.items()},
+                    value.line, dict(value.lines))
+    if isinstance(value, Items):
+        return _Loc([_located(item, item_line) for item, item_line in zip(value, value.lines,
+                                                                           strict=True)],
+                    value.line)
+    return _Loc(value, line)
 
 
 def _plain_tree(value: Any, line: int | None) -> _Loc:

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import CircuitsError
+
 __all__ = ["POSITION_RULES", "Task", "TaskError", "TaskValidationError"]
 
 #: Where a task reads the model's prediction: ``auto`` picks ``last`` for causal models and
@@ -17,7 +19,7 @@ POSITION_RULES: tuple[str, ...] = ("auto", "last", "mask")
 _FINGERPRINT_VERSION = 1
 
 
-class TaskError(ValueError):
+class TaskError(CircuitsError, ValueError):
     """A task definition or task file is wrong; the message names where and how to fix it."""
 
 

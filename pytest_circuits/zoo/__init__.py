@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import CircuitsError
+
 __all__ = [
     "MANIFEST_PATH",
     "ZOO_DIR",
@@ -43,7 +45,7 @@ ZOO_MODELS: dict[str, str] = {
 }
 
 
-class ZooIntegrityError(RuntimeError):
+class ZooIntegrityError(CircuitsError, RuntimeError):
     """A zoo file is missing, unlisted or differs from MANIFEST.json."""
 
 
