@@ -9,6 +9,12 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+
+def _gate_functions() -> list[str]:
+    from .kinds import GATE_FUNCTIONS
+
+    return list(GATE_FUNCTIONS)
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -25,16 +31,16 @@ _LAZY = {
     "task_performance": "pytest_circuits.analysis",
     "SweepResult": "pytest_circuits.analysis",
     "PairReport": "pytest_circuits.analysis",
-    "assert_circuit_aligned": "pytest_circuits.assertions",
-    "assert_ablation_robust": "pytest_circuits.assertions",
-    "assert_behavior_preserved": "pytest_circuits.assertions",
-    "assert_mechanism_preserved": "pytest_circuits.assertions",
     "CircuitAssertionError": "pytest_circuits.errors",
     "InvalidTaskError": "pytest_circuits.errors",
     "ModelLoadError": "pytest_circuits.errors",
     "IncompatiblePairError": "pytest_circuits.errors",
     "UnsupportedArchitectureError": "pytest_circuits.errors",
+    "CircuitsError": "pytest_circuits.errors",
+    "GateConfigError": "pytest_circuits.errors",
 }
+# Every gate kind's assert_* function (the registry itself imports nothing heavy).
+_LAZY.update({name: "pytest_circuits.kinds" for name in _gate_functions()})
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

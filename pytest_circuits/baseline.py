@@ -5,6 +5,8 @@ per :attr:`GateResult.key`. A result is compared metric by metric with its entry
 gate checks with ``>=`` a lower value is worse, for ``<=`` a higher one; a change in the worse
 direction beyond the tolerance is a regression and fails the test that measured it. An entry
 measured with a different method (any of ``METHOD_FIELDS`` of the fingerprint) is refused.
+Which way is worse for a metric the gate did not check, and each metric's default tolerance,
+come from its gate kind's registry entry (:mod:`pytest_circuits.kinds`).
 """
 
 from __future__ import annotations
@@ -16,54 +18,35 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .errors import CircuitsError
+from .kinds import metric_spec
 from .recording import GateResult
+from .tables import format_table
 
 FORMAT = "pytest-circuits-baseline"
 VERSION = 1
 
-#: Default tolerances: scores and similarities live in [0, 1]; drops, retained percentages and
-#: influences are percentage points of the task metric.
-SCORE_TOLERANCE = 0.02
-POINTS_TOLERANCE = 2.0
-POINTS_METRICS = frozenset(
-    {"max_single_drop", "mean_drop", "worst5_mean", "behavior_retained", "student_influence"}
-)
-
-#: Which way is worse for metrics that a gate reports but did not check ("<=": higher is worse).
-#: Metrics in neither table (counts, teacher context, logit differences) are not compared.
-UNCHECKED_DIRECTIONS = {
-    "alignment": ">=",
-    "weighted_alignment": ">=",
-    "mean_similarity": ">=",
-    "similarity": ">=",
-    "student_influence": ">=",
-    "behavior_retained": ">=",
-    "severity": "<=",
-    "severity_increase": "<=",
-    "max_single_drop": "<=",
-    "mean_drop": "<=",
-    "worst5_mean": "<=",
-    "gini": "<=",
-}
+#: The tolerance of a metric no gate kind declares (a score's).
+FALLBACK_TOLERANCE = 0.02
 
 Tolerance = float | dict[str, float] | None
 
 
-class BaselineFileError(ValueError):
+class BaselineFileError(CircuitsError, ValueError):
     """The baseline file cannot be read or is not a pytest-circuits baseline."""
 
 
-def _base_name(metric: str) -> str:
-    """``L1H2.similarity`` -> ``similarity``: per-component metrics share their kind's rules."""
-    return metric.rsplit(".", 1)[-1]
-
-
-def default_tolerance(metric: str) -> float:
-    return POINTS_TOLERANCE if _base_name(metric) in POINTS_METRICS else SCORE_TOLERANCE
+def default_tolerance(metric: str, gate: str = "") -> float:
+    """The registry's tolerance of ``metric`` for ``gate`` (``L1H2.similarity`` counts as
+    ``similarity``)."""
+    spec = metric_spec(gate, metric)
+    if spec is None or spec.tolerance is None:
+        return FALLBACK_TOLERANCE
+    return spec.tolerance
 
 
 def tolerance_for(metric: str, result: GateResult, override: Tolerance = None) -> float:
-    """The result's own tolerance, else the test's (marker/YAML), else the default."""
+    """The result's own tolerance, else the test's (marker/YAML), else the registry's."""
     if metric in result.tolerances:
         return float(result.tolerances[metric])
     if isinstance(override, dict):
@@ -71,15 +54,17 @@ def tolerance_for(metric: str, result: GateResult, override: Tolerance = None) -
             return float(override[metric])
     elif override is not None:
         return float(override)
-    return default_tolerance(metric)
+    return default_tolerance(metric, result.gate)
 
 
 def direction(metric: str, result: GateResult) -> str | None:
-    """``">="`` when lower is worse, ``"<="`` when higher is worse, None when not compared."""
+    """``">="`` when lower is worse, ``"<="`` when higher is worse, None when not compared:
+    the check's own comparison, else the registry's direction of the metric."""
     for check in result.checks:
         if check.metric == metric:
             return check.op
-    return UNCHECKED_DIRECTIONS.get(metric, UNCHECKED_DIRECTIONS.get(_base_name(metric)))
+    spec = metric_spec(result.gate, metric)
+    return spec.direction if spec is not None else None
 
 
 @dataclass
@@ -233,8 +218,6 @@ class Baseline:
         regressed = [d for d in deltas if d.regressed]
         if not regressed:
             return BaselineCheck(result.key, "ok", deltas)
-        from .assertions import format_table
-
         table = format_table(
             ["metric", "baseline", "now", "change", "tolerance"],
             [[d.metric, d.baseline, d.current, f"{d.current - d.baseline:+.4g}",
@@ -275,6 +258,6 @@ def entry_for(result: GateResult) -> dict[str, Any]:
         "values": dict(result.values),
         "checks": {c.metric: {"op": c.op, "threshold": c.threshold} for c in result.checks},
         "fingerprint": dict(result.fingerprint),
-        "models": dict(result.models),
+        "models": {role: info.to_dict() for role, info in result.models.items()},
         "nodeid": result.nodeid,
     }

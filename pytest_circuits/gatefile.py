@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from .fixtures import Value, closest, memo_of, model_source, resolve
+from .dtypes import DTYPES, canonical_dtype
+from .errors import CircuitsError
+from .fixtures import memo_of
+from .kinds import KINDS
+from .settings import Value, closest, model_source, resolve
+from .yamlfile import Items, Node, YamlError, load_yaml
 
 #: Suffixes of gate files (named ``circuits`` or ``circuits_*``).
 GATE_FILE_SUFFIXES = (".yaml", ".yml")
@@ -28,127 +32,27 @@ def is_gate_file(path: Path) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class GateKind:
-    """A gate kind: the assertion it runs and the keys its mapping accepts."""
-
-    function: str  # name in pytest_circuits.assertions
-    required: tuple[str, ...] = ()
-    one_of: tuple[str, ...] = ()  # at least one of these thresholds
-    optional: tuple[str, ...] = ()
-    takes_model: bool = False  # may run on a single model (``model:``) instead of a pair
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return self.required + self.one_of + self.optional
-
-
-KINDS: dict[str, GateKind] = {
-    "circuit_aligned": GateKind(
-        "assert_circuit_aligned", required=("min_score",),
-        optional=("min_weighted_score", "method", "ablation", "similarity", "margin"),
-    ),
-    "ablation_robust": GateKind(
-        "assert_ablation_robust",
-        one_of=("max_severity", "max_single_drop", "max_mean_drop", "max_severity_increase"),
-        optional=("components", "ablation", "tolerance", "margin"), takes_model=True,
-    ),
-    "behavior_preserved": GateKind(
-        "assert_behavior_preserved", required=("min_retained",), optional=("margin",),
-    ),
-    "mechanism_preserved": GateKind(
-        "assert_mechanism_preserved", required=("components",),
-        optional=("min_similarity", "min_influence", "similarity", "method", "ablation",
-                  "margin"),
-    ),
-}
-
 #: Keys of a gate (besides its one kind key), and which of them ``defaults:`` may set.
 GATE_KEYS = ("name", "pair", "model", "task", "xfail", "marks", "n_prompts", "seed", "device",
              "dtype", "baseline_tolerance")
 RUN_SETTINGS = ("pair", "model", "task", "n_prompts", "seed", "device", "dtype",
                 "baseline_tolerance")
-ANALYSIS_SETTINGS = ("method", "ablation", "similarity", "margin", "tolerance")
+#: Analysis keys ``defaults:`` may set; each gate receives those its kind accepts.
+ANALYSIS_SETTINGS = ("matching", "direction", "ablation", "similarity", "margin", "tolerance")
 DEFAULT_KEYS = RUN_SETTINGS + ANALYSIS_SETTINGS
 TOP_KEYS = ("pairs", "models", "defaults", "gates")
+#: Number-valued keys: every kind's thresholds, plus the analysis numbers.
 NUMBERS = frozenset(
-    {"min_score", "min_weighted_score", "max_severity", "max_single_drop", "max_mean_drop",
-     "max_severity_increase", "min_retained", "min_similarity", "min_influence", "margin",
-     "tolerance"}
+    {t.name for kind in KINDS.values() for t in kind.thresholds} | {"margin", "tolerance"}
 )
-STRINGS = frozenset({"name", "pair", "model", "task", "xfail", "device", "dtype", "method",
-                     "ablation", "similarity"})
+STRINGS = frozenset({"name", "pair", "model", "task", "xfail", "device", "dtype", "matching",
+                     "direction", "ablation", "similarity"})
+#: Keys that were renamed, with what to write instead (checked before "unknown key").
+RENAMED = {"method": "matching"}
 
 
-class GateFileError(Exception):
+class GateFileError(CircuitsError, ValueError):
     """A gate file is malformed; the message starts with ``file:line:``."""
-
-
-# ----------------------------------------------------------------------------- YAML with lines
-
-
-class Node(dict):
-    """A YAML mapping that remembers its line and the line of each key's value."""
-
-    line: int
-    lines: dict[Any, int]
-
-
-class Items(list):
-    """A YAML sequence that remembers its line and the line of each item."""
-
-    line: int
-    lines: list[int]
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-def _mapping(loader: _Loader, node: yaml.MappingNode) -> Node:
-    loader.flatten_mapping(node)
-    data = Node()
-    data.line = node.start_mark.line + 1
-    data.lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        if not isinstance(key, str):
-            raise GateFileError(f"{line}: key {key!r} must be a string")
-        if key in data:
-            raise GateFileError(
-                f"{line}: key {key!r} appears twice in this mapping (first on line "
-                f"{data.lines[key]}); keep one"
-            )
-        data[key] = loader.construct_object(value_node, deep=True)
-        data.lines[key] = line
-    return data
-
-
-def _sequence(loader: _Loader, node: yaml.SequenceNode) -> Items:
-    data = Items(loader.construct_object(child, deep=True) for child in node.value)
-    data.line = node.start_mark.line + 1
-    data.lines = [child.start_mark.line + 1 for child in node.value]
-    return data
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
-
-
-def parse_yaml(text: str) -> Any:
-    """Parse YAML into :class:`Node`/:class:`Items`; errors are ``GateFileError('LINE: ...')``."""
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        context = ""
-        if exc.context and exc.context_mark is not None:
-            context = f" ({exc.context} started on line {exc.context_mark.line + 1})"
-        raise GateFileError(f"{line}: invalid YAML: {exc.problem or exc}{context}") from None
-    except yaml.YAMLError as exc:
-        raise GateFileError(f"1: invalid YAML: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- schema
@@ -195,6 +99,13 @@ class _Checker:
 
     def keys(self, node: Node, allowed: tuple[str, ...], what: str) -> None:
         for key in node:
+            renamed = RENAMED.get(key)
+            if key not in allowed and renamed in allowed:
+                raise self.fail(
+                    node.lines[key],
+                    f"{key!r} in {what} is now {renamed!r} (the matching strategy: paper or "
+                    f"causal); write {renamed}: {node[key]}",
+                )
             if key not in allowed:
                 raise self.fail(
                     node.lines[key],
@@ -219,7 +130,10 @@ class _Checker:
             if not isinstance(value, str) or not value.strip():
                 raise self.fail(line, f"{what}: {key} must be a non-empty string, got "
                                       f"{_kind(value)}")
-            return value
+            if key == "dtype" and canonical_dtype(value) is None:
+                raise self.fail(line, f"{what}: dtype {value!r} is not one of "
+                                      f"{', '.join(DTYPES)}")
+            return canonical_dtype(value) if key == "dtype" else value
         if key == "components":
             return self.components(value, line, what)
         if key == "marks":
@@ -268,7 +182,11 @@ def _kind(value: Any) -> str:
 def load_gate_file(path: Path) -> list[GateSpec]:
     """Read and validate a gate file; raise :class:`GateFileError` naming file and line."""
     try:
-        return _gates(parse_yaml(path.read_text(encoding="utf-8")), path.parent)
+        document = load_yaml(path.read_text(encoding="utf-8"))
+    except YamlError as exc:
+        raise GateFileError(f"{path}:{exc}") from None
+    try:
+        return _gates(document, path.parent)
     except GateFileError as exc:
         raise GateFileError(f"{path}:{exc}") from None
 
@@ -367,12 +285,19 @@ def _gate(
         arguments[key] = check.value(key, value, arguments_node.lines[key],
                                      f"{what}: {kind_name}")
     kind_line = gate.lines[kind_name]
-    for key in kind.required:
+    for key in kind.required + kind.required_thresholds:
         if key not in arguments:
             raise check.fail(kind_line, f"{what}: {kind_name} needs {key}: add {key}: VALUE")
-    if kind.one_of and not any(key in arguments for key in kind.one_of):
+    one_of = kind.optional_thresholds
+    if one_of and not any(key in arguments for key in one_of):
         raise check.fail(kind_line, f"{what}: {kind_name} sets no threshold, so it would check "
-                                    f"nothing: add at least one of {', '.join(kind.one_of)}")
+                                    f"nothing: add at least one of {', '.join(one_of)}")
+    for key, value in arguments.items():
+        if key in NUMBERS and key not in ("margin", "tolerance"):
+            try:  # the range, here, so a wrong threshold is a collection error with its line
+                kind.threshold(key).read(value, f"{what}: {kind_name}")
+            except CircuitsError as exc:
+                raise check.fail(arguments_node.lines.get(key, kind_line), str(exc)) from None
     if "baseline_tolerance" in settings:
         arguments["baseline_tolerance"] = settings["baseline_tolerance"]
 
@@ -453,8 +378,6 @@ class GateItem(pytest.Item):
                                               raises=CircuitAssertionError))
 
     def runtest(self) -> None:
-        from . import assertions
-
         spec = self.spec
         memo = memo_of(self.config)
         device = spec.device or resolve(self.config, "device").value
@@ -470,15 +393,15 @@ class GateItem(pytest.Item):
         local = self.path.parent / spec.task  # a task file next to the gate file comes first
         task = memo.task(str(local) if local.is_file() else spec.task, n_prompts=n_prompts,
                          seed=seed, search_paths=(self.path.parent,))
-        gate = getattr(assertions, KINDS[spec.kind].function)
-        gate(subject, task, seed=seed, **spec.arguments)
+        KINDS[spec.kind].function(subject, task, seed=seed, **spec.arguments)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
                      style: Any = None) -> str | Any:
         """The gate's own table (or the error's message), without a Python traceback."""
         from .errors import CircuitAssertionError, CircuitsError
 
-        # ValueError: a threshold out of range, an unknown component or a task that does not fit
+        # CircuitsError: a threshold out of range, an unknown component, a task that does not
+        # fit; ValueError: what the analysis refuses (an unknown matching or direction)
         expected = (CircuitAssertionError, CircuitsError, ValueError)
         if isinstance(excinfo.value, expected) and not self.config.getoption("fulltrace"):
             where = f"{self.path.name}:{self.spec.line}: gate {self.spec.name!r}"

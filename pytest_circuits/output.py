@@ -7,7 +7,6 @@ ships exactly what a serial run keeps, and the controller prints and writes the 
 from __future__ import annotations
 
 import json
-import math
 import platform
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,7 +16,9 @@ from typing import Any
 
 from .atomic import write_bytes_atomic
 from .baseline import BaselineCheck
-from .recording import GateResult
+from .kinds import UNIT_SYMBOLS, metric_spec
+from .recording import GateResult, MetricCheck
+from .tables import format_number, format_table
 
 FORMAT = "pytest-circuits-results"
 VERSION = 1
@@ -108,12 +109,11 @@ def junit_properties(result: GateResult, prefix: str) -> list[tuple[str, object]
     return properties
 
 
-def _number(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:.4g}"
+def _threshold_cell(result: GateResult, check: MetricCheck) -> str:
+    """``<= 95 pts``: the comparison, the threshold and (when not a plain score) its unit."""
+    spec = metric_spec(result.gate, check.metric)
+    symbol = UNIT_SYMBOLS.get(spec.unit, "") if spec is not None else ""
+    return f"{check.op} {format_number(check.threshold)}" + (f" {symbol}" if symbol else "")
 
 
 def _baseline_cell(record: GateRecord, metric: str) -> str:
@@ -126,7 +126,7 @@ def _baseline_cell(record: GateRecord, metric: str) -> str:
     if delta is None:
         return "-"
     state = "REGRESSED" if delta.regressed else "ok"
-    return f"{state} (was {_number(delta.baseline)})"
+    return f"{state} (was {format_number(delta.baseline)})"
 
 
 def summary_rows(records: Iterable[GateRecord], with_baseline: bool) -> list[list[str]]:
@@ -135,7 +135,7 @@ def summary_rows(records: Iterable[GateRecord], with_baseline: bool) -> list[lis
     for record in sorted(records, key=sort_key):
         result, check = record.result, record.baseline
         failing = "XFAIL" if record.outcome == "xfailed" else "FAIL"
-        metrics = [(c.metric, c.value, f"{c.op} {_number(c.threshold)}", c.passed)
+        metrics = [(c.metric, c.value, _threshold_cell(result, c), c.passed)
                    for c in result.checks]
         if check is not None:
             checked = {c.metric for c in result.checks}
@@ -149,7 +149,7 @@ def summary_rows(records: Iterable[GateRecord], with_baseline: bool) -> list[lis
                 or (check is not None and check.status in ("missing", "refused"))
             )
             row = [f"{result.nodeid} [{result.gate}]", result.subject, result.task, metric,
-                   _number(value), threshold]
+                   format_number(value), threshold]
             if with_baseline:
                 row.append(_baseline_cell(record, metric))
             rows.append(row + [failing if row_failed else "PASS"])
@@ -159,8 +159,6 @@ def summary_rows(records: Iterable[GateRecord], with_baseline: bool) -> list[lis
 def summary_lines(records: list[GateRecord], with_baseline: bool) -> list[str]:
     """The terminal summary table: test [gate], subject, task, metric, value, threshold,
     baseline (when one is in use) and verdict."""
-    from .assertions import format_table
-
     headers = ["test [gate]", "subject", "task", "metric", "value", "threshold"]
     if with_baseline:
         headers.append("baseline")

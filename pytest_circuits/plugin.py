@@ -26,11 +26,8 @@ import pytest
 from .baseline import Baseline, BaselineCheck, BaselineFileError
 from .errors import CircuitAssertionError
 from .fixtures import (  # the fixtures are imported here so that pytest finds them
-    SETTINGS,
-    add_options,
     circuit_pair,
     circuit_task,
-    resolve,
     student,
     teacher,
 )
@@ -46,6 +43,7 @@ from .output import (
     write_json_atomic,
 )
 from .recording import GateResult, recording
+from .settings import MARKER_KEYS, SETTINGS, add_options, resolve
 
 __all__ = ["CircuitsRun", "circuit_pair", "circuit_task", "student", "teacher"]
 
@@ -66,8 +64,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "circuits(teacher=, student=, task=, n_prompts=, seed=, device=, dtype=, "
-        "baseline_tolerance=): settings for this test's circuit fixtures and baseline check",
+        f"circuits({', '.join(f'{key}=' for key in MARKER_KEYS)}): settings for this test's "
+        "circuit fixtures and baseline check",
     )
     config.addinivalue_line(
         "markers",
@@ -77,10 +75,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    from .gates import is_gate_file
+    from .gatefile import is_gate_file
 
     if is_gate_file(file_path):
-        from .gates import GateFile
+        from .gatefile import GateFile
 
         return GateFile.from_parent(parent, path=file_path)
     return None

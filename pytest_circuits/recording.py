@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextvars
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from .identity import ModelInfo
 
 
 @dataclass
@@ -31,18 +33,56 @@ class MetricCheck:
 
 
 @dataclass
+class Blame:
+    """A component to blame for a gate's verdict, and the numbers that single it out."""
+
+    component: str  # the model's component, or the teacher's for a pair gate ("L1H2")
+    counterpart: str | None = None  # the matched student component, for a pair gate
+    scores: dict[str, float] = field(default_factory=dict)  # {"drop": 87.5, "retained": 12.5}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"component": self.component, "counterpart": self.counterpart,
+                "scores": dict(self.scores)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Blame:
+        return cls(str(data["component"]), data.get("counterpart"),
+                   {str(k): float(v) for k, v in dict(data.get("scores", {})).items()})
+
+
+def as_model_info(model: ModelInfo | Mapping[str, Any]) -> ModelInfo:
+    """A model description as :class:`ModelInfo` (reports made before it was typed hold dicts)."""
+    return model if isinstance(model, ModelInfo) else ModelInfo.from_dict(dict(model))
+
+
+def report_from_data(data: Any) -> Any:
+    """A stored report as its typed PairReport/ModelReport when it says which it is.
+
+    Imported here, not at module load, so the plugin stays torch-free; a report without a
+    ``"kind"`` (or an analysis package that cannot rebuild one) stays the plain dict it was.
+    """
+    if not isinstance(data, Mapping) or "kind" not in data:
+        return data
+    try:
+        from .analysis.compare import report_from_dict
+    except ImportError:
+        return dict(data)
+    return report_from_dict(dict(data))
+
+
+@dataclass
 class GateResult:
     """What one ``assert_*`` call measured and decided: the unit of reports and baselines."""
 
-    gate: str  # "circuit_aligned" | "ablation_robust" | "behavior_preserved" | ...
+    gate: str  # a gate kind's name: "circuit_aligned", "ablation_robust", ...
     subject: str  # "teacher -> student" or a model name
     task: str
     checks: list[MetricCheck]
     values: dict[str, float] = field(default_factory=dict)  # every score, for baselines/JUnit
-    blame: list[dict[str, Any]] = field(default_factory=list)  # components to blame
+    blame: list[Blame] = field(default_factory=list)  # components to blame
     fingerprint: dict[str, Any] = field(default_factory=dict)
-    models: dict[str, Any] = field(default_factory=dict)  # role -> model description
-    report: dict[str, Any] | None = None  # the full report (PairReport/ModelReport to_dict)
+    models: dict[str, ModelInfo] = field(default_factory=dict)  # role -> model
+    report: Any = None  # the PairReport/ModelReport the gate saw (a dict when stored untyped)
     tolerances: dict[str, float] = field(default_factory=dict)  # per-metric baseline tolerance
     nodeid: str = ""
     message: str = ""
@@ -57,17 +97,34 @@ class GateResult:
         return f"{self.gate}::{self.subject}::{self.task}"
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["passed"] = self.passed
-        data["key"] = self.key
-        return data
+        """Plain JSON-able data; :meth:`from_dict` rebuilds the typed parts."""
+        report = self.report.to_dict() if hasattr(self.report, "to_dict") else self.report
+        return {
+            "gate": self.gate,
+            "subject": self.subject,
+            "task": self.task,
+            "checks": [asdict(c) for c in self.checks],
+            "values": dict(self.values),
+            "blame": [b.to_dict() for b in self.blame],
+            "fingerprint": dict(self.fingerprint),
+            "models": {role: info.to_dict() for role, info in self.models.items()},
+            "report": report,
+            "tolerances": dict(self.tolerances),
+            "nodeid": self.nodeid,
+            "message": self.message,
+            "passed": self.passed,
+            "key": self.key,
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GateResult:
+    def from_dict(cls, data: Mapping[str, Any]) -> GateResult:
         data = dict(data)
         data.pop("passed", None)
         data.pop("key", None)
         data["checks"] = [MetricCheck(**c) for c in data.get("checks", [])]
+        data["blame"] = [Blame.from_dict(b) for b in data.get("blame", [])]
+        data["models"] = {role: as_model_info(m) for role, m in data.get("models", {}).items()}
+        data["report"] = report_from_data(data.get("report"))
         return cls(**data)
 
 

@@ -1,0 +1,107 @@
+"""The ``circuit_aligned`` gate: the student's circuit matches the teacher's (the paper's A)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import CircuitAssertionError
+from ..recording import Blame, MetricCheck
+from ..tables import format_table
+from .finish import Tolerance, finish, headline, pair_result
+from .registry import GateKind, Metric, Threshold
+
+
+def assert_circuit_aligned(
+    pair: Any,
+    task: Any,
+    *,
+    min_score: float,
+    min_weighted_score: float | None = None,
+    matching: str = "paper",
+    direction: str = "teacher_to_student",
+    ablation: str = "mean",
+    similarity: str = "paper",
+    n_prompts: int | None = None,
+    seed: int = 0,
+    margin: float = 0.1,
+    baseline_tolerance: Tolerance = None,
+) -> Any:
+    """The student's circuit matches the teacher's: alignment score A >= ``min_score``.
+
+    ``matching`` pairs components: "paper" (most similar component) or "causal" (nearest
+    ablation effect); ``direction`` says who picks ("teacher_to_student", the paper's, or
+    "student_to_teacher"). ``min_weighted_score`` also gates the influence-weighted variant,
+    which drops when an influential teacher component's counterpart carries no influence.
+    Returns the PairReport.
+    """
+    __tracebackhide__ = True
+    from ..analysis.cached import as_pair, as_task, pair_report
+
+    limits = KIND.read_thresholds(
+        {"min_score": min_score, "min_weighted_score": min_weighted_score}
+    )
+    pair = as_pair(pair)
+    task = as_task(task, n_prompts, seed)
+    report = pair_report(
+        pair, task, ablation=ablation, similarity=similarity, matching=matching,
+        direction=direction, seed=seed, margin=margin,
+    )
+    a = report.alignment
+    if not a.pairs:
+        raise CircuitAssertionError("alignment was computed over zero matched components")
+    checks = [MetricCheck("alignment", a.score, limits["min_score"], ">=")]
+    if limits["min_weighted_score"] is not None:
+        checks.append(MetricCheck("weighted_alignment", a.weighted_score,
+                                  limits["min_weighted_score"], ">="))
+    values = {
+        "alignment": a.score,
+        "mean_similarity": a.mean_similarity,
+        "influence_term": a.influence_term,
+        "weighted_alignment": a.weighted_score,
+        "n_pairs": float(len(a.pairs)),
+    }
+    weakest = a.weakest(5)
+    blame = [
+        Blame(p.teacher, p.student, {
+            "similarity": p.similarity, "teacher_share": p.teacher_share,
+            "student_share": p.student_share, "contribution": p.contribution,
+        })
+        for p in weakest
+    ]
+    result = pair_result(KIND, report, checks, values, blame, baseline_tolerance)
+    details = (
+        f"  parts: mean similarity {a.mean_similarity:.4f}, influence term "
+        f"{a.influence_term:+.4f}, weighted variant {a.weighted_score:.4f} "
+        f"({len(a.pairs)} matched pairs, matching={matching}, similarity={similarity})\n"
+        "  pairs that pull the score down most:\n"
+        + format_table(
+            ["teacher", "student", "similarity", "teacher share", "student share", "term"],
+            [[p.teacher, p.student, p.similarity, p.teacher_share, p.student_share,
+              p.contribution] for p in weakest],
+        )
+    )
+    finish(result, headline("circuit alignment", report), details)
+    return report
+
+
+KIND = GateKind(
+    name="circuit_aligned",
+    function=assert_circuit_aligned,
+    meaning="the student's circuit matches the teacher's: the paper's alignment score A",
+    thresholds=(
+        Threshold("min_score", "alignment", ">=", "score", 0.0, 1.0, required=True),
+        Threshold("min_weighted_score", "weighted_alignment", ">=", "score", 0.0, 1.0),
+    ),
+    metrics=(
+        Metric("alignment", "score", ">=", 0.02,
+               meaning="A: mean similarity of matched pairs weighted by influence agreement"),
+        Metric("mean_similarity", "similarity", ">=", 0.02,
+               meaning="mean similarity of the matched pairs"),
+        Metric("influence_term", "score difference", None,
+               meaning="how much influence disagreement moves A"),
+        Metric("weighted_alignment", "score", ">=", 0.02,
+               meaning="the influence-weighted variant of A"),
+        Metric("n_pairs", "count", None, meaning="matched teacher/student pairs"),
+    ),
+    options=("matching", "direction", "ablation", "similarity", "margin"),
+)

@@ -1,0 +1,105 @@
+"""The ``mechanism_preserved`` gate: named teacher components keep an influential counterpart."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import GateConfigError
+from ..recording import Blame, MetricCheck
+from ..tables import format_table
+from .finish import Tolerance, finish, headline, model_name, pair_result
+from .registry import GateKind, Metric, Threshold
+
+
+def assert_mechanism_preserved(
+    pair: Any,
+    task: Any,
+    *,
+    components: Sequence[str],
+    min_similarity: float | None = 0.5,
+    min_influence: float | None = 2.0,
+    matching: str = "paper",
+    direction: str = "teacher_to_student",
+    similarity: str = "paper",
+    ablation: str = "mean",
+    n_prompts: int | None = None,
+    seed: int = 0,
+    margin: float = 0.1,
+    baseline_tolerance: Tolerance = None,
+) -> Any:
+    """Named teacher components (say a "similar member" head) keep an influential student
+    counterpart: the matched student component has similarity >= ``min_similarity`` and its
+    ablation costs >= ``min_influence`` points. ``matching`` and ``direction`` pair the
+    components as in :func:`assert_circuit_aligned`. Returns the PairReport."""
+    __tracebackhide__ = True
+    from ..analysis.cached import as_pair, as_task, pair_report
+    from ..components import Component
+
+    if isinstance(components, str) or not components:
+        raise GateConfigError(
+            f"assert_mechanism_preserved: components={components!r} must be a non-empty list "
+            "of teacher component names, e.g. ['L1H2', 'MLP0']"
+        )
+    limits = KIND.read_thresholds({"min_similarity": min_similarity,
+                                   "min_influence": min_influence})
+    names = [Component.parse(c).name for c in components]
+    pair = as_pair(pair)
+    task = as_task(task, n_prompts, seed)
+    report = pair_report(
+        pair, task, ablation=ablation, similarity=similarity, matching=matching,
+        direction=direction, seed=seed, margin=margin,
+    )
+    by_teacher = {p.teacher: p for p in report.alignment.pairs}
+    missing = [n for n in names if n not in by_teacher]
+    if missing:
+        raise GateConfigError(
+            f"assert_mechanism_preserved: teacher components {', '.join(missing)} have no "
+            f"matched pair in {model_name(report.teacher.model)} (it has {len(by_teacher)} "
+            f"matched components, e.g. {', '.join(sorted(by_teacher)[:4])}); name components "
+            "that exist"
+        )
+    checks: list[MetricCheck] = []
+    values: dict[str, float] = {}
+    for name in names:
+        p = by_teacher[name]
+        if limits["min_similarity"] is not None:
+            checks.append(MetricCheck(f"{name}.similarity", p.similarity,
+                                      limits["min_similarity"], ">="))
+        if limits["min_influence"] is not None:
+            checks.append(MetricCheck(f"{name}.student_influence", p.student_influence,
+                                      limits["min_influence"], ">=", p.teacher_influence))
+        values[f"{name}.similarity"] = p.similarity
+        values[f"{name}.student_influence"] = p.student_influence
+    pairs = [by_teacher[name] for name in names]
+    blame = [Blame(p.teacher, p.student, {"similarity": p.similarity,
+                                          "student_influence": p.student_influence})
+             for p in pairs]
+    result = pair_result(KIND, report, checks, values, blame, baseline_tolerance)
+    details = "  counterparts:\n" + format_table(
+        ["teacher", "teacher infl", "student match", "similarity", "student infl"],
+        [[p.teacher, p.teacher_influence, p.student, p.similarity, p.student_influence]
+         for p in pairs],
+    )
+    finish(result, headline("mechanism preservation", report), details)
+    return report
+
+
+KIND = GateKind(
+    name="mechanism_preserved",
+    function=assert_mechanism_preserved,
+    meaning="named teacher components keep a similar, influential student counterpart",
+    thresholds=(
+        Threshold("min_similarity", "similarity", ">=", "similarity", -1.0, 1.0, default=0.5),
+        Threshold("min_influence", "student_influence", ">=", "points", 0.0, 100.0,
+                  default=2.0),
+    ),
+    metrics=(
+        Metric("similarity", "similarity", ">=", 0.02, per_component=True,
+               meaning="similarity of the component's matched student counterpart"),
+        Metric("student_influence", "points", ">=", 2.0, per_component=True,
+               meaning="the drop the counterpart's ablation causes"),
+    ),
+    options=("matching", "direction", "similarity", "ablation", "margin"),
+    required=("components",),
+)

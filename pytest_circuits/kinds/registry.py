@@ -1,0 +1,205 @@
+"""What a gate kind is, as data: its assertion, thresholds, metrics and YAML key.
+
+Each kind module of this package (``aligned.py``, ``robust.py``...) defines one ``KIND``; the
+package collects them. The assertions validate thresholds with it, YAML gate files take their
+keys from it, baselines their directions and tolerances, the terminal summary its units, and a
+test holds ``GATES.md`` to it. Torch-free: the plugin reads it at load time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import GateConfigError
+
+#: The units thresholds and metrics are measured in, with what a number in them means.
+UNITS: dict[str, str] = {
+    "score": "a score from 0 to 1",
+    "score difference": "a difference of two scores, from -1 to 1",
+    "similarity": "a similarity from -1 to 1",
+    "points": "percentage points of the clean task metric",
+    "percent": "percent of the teacher's clean task metric",
+    "logit": "a logit difference (correct minus distractor)",
+    "fraction": "a share of prompts, from 0 to 1",
+    "count": "a count",
+}
+
+#: How a unit is marked after a number in the terminal summary ("" for plain scores).
+UNIT_SYMBOLS: dict[str, str] = {"points": "pts", "percent": "%"}
+
+#: A comparison: ">=" the value must reach the threshold (higher is better), "<=" it must not
+#: exceed it (lower is better).
+DIRECTIONS = (">=", "<=")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A keyword argument (and YAML key) that bounds one metric."""
+
+    name: str  # "min_score"
+    metric: str  # the metric it bounds: "alignment" (per component: "similarity")
+    direction: str  # ">=" for a minimum, "<=" for a maximum
+    unit: str  # a key of UNITS
+    low: float  # the valid range of the threshold itself
+    high: float
+    required: bool = False  # the gate cannot run without it
+    default: float | None = None  # what the assertion uses when the caller gives nothing
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS or self.unit not in UNITS:
+            raise ValueError(f"threshold {self.name}: bad direction or unit")  # a coding error
+
+    @property
+    def range_text(self) -> str:
+        return f"[{self.low:g}, {self.high:g}]"
+
+    def read(self, value: Any, gate: str) -> float | None:
+        """``value`` as a float in range, None when unset; :class:`GateConfigError` otherwise."""
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise GateConfigError(
+                f"{gate}: {self.name}={value!r} must be a number in {self.range_text} "
+                f"({UNITS[self.unit]})"
+            )
+        number = float(value)
+        if not math.isfinite(number) or not self.low <= number <= self.high:
+            raise GateConfigError(
+                f"{gate}: {self.name}={value!r} is out of range: it must lie in "
+                f"{self.range_text} ({UNITS[self.unit]})"
+            )
+        return number
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A value a gate reports (and may check), and how a baseline compares it."""
+
+    name: str  # "alignment"; a per-component metric is reported as "L1H2.<name>"
+    unit: str  # a key of UNITS
+    direction: str | None  # ">=": lower is a regression; "<=": higher is; None: not compared
+    tolerance: float | None = None  # default baseline tolerance, in the metric's unit
+    per_component: bool = False
+    meaning: str = ""
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS or self.direction not in (*DIRECTIONS, None):
+            raise ValueError(f"metric {self.name}: bad direction or unit")  # a coding error
+        if (self.direction is None) != (self.tolerance is None):
+            raise ValueError(f"metric {self.name}: a compared metric needs a tolerance")
+
+
+@dataclass(frozen=True)
+class GateKind:
+    """One kind of gate: the assertion it runs and everything the plugin needs to know of it."""
+
+    name: str  # the gate's name in results and baseline keys, and its key in YAML gate files
+    function: Callable[..., Any]  # the public assert_* function
+    meaning: str  # one line: what passing means
+    thresholds: tuple[Threshold, ...]
+    metrics: tuple[Metric, ...]
+    options: tuple[str, ...] = ()  # other keyword arguments a YAML gate may set
+    required: tuple[str, ...] = ()  # non-threshold keys a YAML gate must set ("components")
+    takes_model: bool = False  # may check a single model (YAML ``model:``) instead of a pair
+
+    @property
+    def yaml_key(self) -> str:
+        return self.name
+
+    @property
+    def function_name(self) -> str:
+        return self.function.__name__
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every key its YAML mapping accepts."""
+        return self.required + tuple(t.name for t in self.thresholds) + self.options
+
+    @property
+    def required_thresholds(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.thresholds if t.required)
+
+    @property
+    def optional_thresholds(self) -> tuple[str, ...]:
+        """Thresholds of which a YAML gate must set at least one when none is required and
+        none has a default (otherwise the gate would check nothing)."""
+        if self.required_thresholds or any(t.default is not None for t in self.thresholds):
+            return ()
+        return tuple(t.name for t in self.thresholds)
+
+    def threshold(self, name: str) -> Threshold:
+        return next(t for t in self.thresholds if t.name == name)
+
+    def metric(self, name: str) -> Metric | None:
+        """The metric ``name`` (``L1H2.similarity`` finds ``similarity``), None if unknown."""
+        base = name.rsplit(".", 1)[-1]
+        return next((m for m in self.metrics if m.name == base), None)
+
+    def read_thresholds(self, given: Mapping[str, Any]) -> dict[str, float | None]:
+        """Every threshold validated; fails when a required one or all of them are missing.
+
+        This is the one rule against a silent pass: a gate that would check nothing refuses to
+        run, before any model is touched.
+        """
+        gate = self.function_name
+        values = {t.name: t.read(given.get(t.name), gate) for t in self.thresholds}
+        for threshold in self.thresholds:
+            if threshold.required and values[threshold.name] is None:
+                raise GateConfigError(
+                    f"{gate} needs {threshold.name} (a number in {threshold.range_text}: "
+                    f"{UNITS[threshold.unit]})"
+                )
+        if all(v is None for v in values.values()):
+            names = ", ".join(t.name for t in self.thresholds)
+            first = self.thresholds[0]
+            raise GateConfigError(
+                f"{gate}: no threshold was set, so nothing would be checked; pass at least one "
+                f"of {names} (for example {first.name}={_example(first)})"
+            )
+        return values
+
+
+def _example(threshold: Threshold) -> str:
+    if threshold.default is not None:
+        return f"{threshold.default:g}"
+    middle = (threshold.low + threshold.high) / 2
+    return f"{middle:g}" if threshold.high <= 100 else f"{threshold.low + 1:g}"
+
+
+def reference_markdown(kind: GateKind) -> str:
+    """The kind's section of ``GATES.md``, generated from its entry (a test keeps them equal)."""
+    lines = [
+        f"### `{kind.yaml_key}`: `{kind.function_name}`",
+        "",
+        f"Passes when {kind.meaning}.",
+        "",
+        "| threshold | bounds | passes when | unit | valid range | |",
+        "|-----------|--------|-------------|------|-------------|-|",
+    ]
+    for t in kind.thresholds:
+        need = "required" if t.required else (
+            f"default {t.default:g}" if t.default is not None else "optional")
+        lines.append(f"| `{t.name}` | `{t.metric}` | metric {t.direction} threshold | {t.unit} | "
+                     f"{t.range_text} | {need} |")
+    lines += [
+        "",
+        "| metric | unit | a regression is | baseline tolerance | meaning |",
+        "|--------|------|-----------------|--------------------|---------|",
+    ]
+    for m in kind.metrics:
+        name = f"`COMPONENT.{m.name}`" if m.per_component else f"`{m.name}`"
+        worse = {">=": "lower", "<=": "higher", None: "not compared"}[m.direction]
+        tolerance = f"{m.tolerance:g}" if m.tolerance is not None else "-"
+        lines.append(f"| {name} | {m.unit} | {worse} | {tolerance} | {m.meaning} |")
+    keys = ", ".join(f"`{k}`" for k in kind.keys)
+    lines += ["", f"YAML keys of `{kind.yaml_key}:` {keys}."]
+    if kind.required:
+        lines.append(f"Required besides thresholds: {', '.join(f'`{k}`' for k in kind.required)}.")
+    if kind.optional_thresholds:
+        lines.append("At least one threshold must be set.")
+    if kind.takes_model:
+        lines.append("Runs on a pair (checks the student) or on a single `model:`.")
+    return "\n".join(lines) + "\n"

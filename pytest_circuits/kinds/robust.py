@@ -1,0 +1,156 @@
+"""The ``ablation_robust`` gate: no single head or MLP is a single point of failure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import CircuitAssertionError, GateConfigError
+from ..recording import Blame, GateResult, MetricCheck, as_model_info
+from ..tables import format_table
+from .finish import Tolerance, finish, model_name, tolerances
+from .registry import GateKind, Metric, Threshold
+
+
+def assert_ablation_robust(
+    model_or_pair: Any,
+    task: Any,
+    *,
+    max_severity: float | None = None,
+    max_single_drop: float | None = None,
+    max_mean_drop: float | None = None,
+    max_severity_increase: float | None = None,
+    components: str | Sequence[str] = "all",
+    ablation: str = "mean",
+    tolerance: float = 20.0,
+    n_prompts: int | None = None,
+    seed: int = 0,
+    margin: float = 0.1,
+    baseline_tolerance: Tolerance = None,
+) -> Any:
+    """No single head or MLP is a single point of failure.
+
+    Given a pair, the student is tested and ``max_severity_increase`` (student minus teacher
+    severity) applies; given a model, that model is tested. Drops are percentage points of the
+    clean metric (``100 - retained``, clamped to [0, 100]). Returns the student's ModelReport.
+    """
+    __tracebackhide__ = True
+    from ..analysis.cached import as_task, model_report
+    from ..models import ModelPair
+
+    limits = KIND.read_thresholds({
+        "max_severity": max_severity, "max_single_drop": max_single_drop,
+        "max_mean_drop": max_mean_drop, "max_severity_increase": max_severity_increase,
+    })
+    is_pair = isinstance(model_or_pair, ModelPair)
+    if limits["max_severity_increase"] is not None and not is_pair:
+        raise GateConfigError(
+            "assert_ablation_robust: max_severity_increase compares the student with its "
+            f"teacher, but a single model ({type(model_or_pair).__name__}) was given; pass a "
+            "pair (circuit_pair)"
+        )
+    task = as_task(task, n_prompts, seed)
+    settings = dict(components=components, ablation=ablation, seed=seed, margin=margin,
+                    tolerance=tolerance)
+    subject = model_or_pair.student if is_pair else model_or_pair
+    report = model_report(subject, task, **settings)
+    teacher = model_report(model_or_pair.teacher, task, **settings) if is_pair else None
+    b = report.brittleness
+    tb = teacher.brittleness if teacher is not None else None
+    if b.n_components == 0:
+        raise CircuitAssertionError("ablation sweep evaluated zero components")
+    measured = {
+        "max_severity": ("severity", b.severity, tb.severity if tb else None),
+        "max_single_drop": ("max_single_drop", b.worst_drop, tb.worst_drop if tb else None),
+        "max_mean_drop": ("mean_drop", b.mean_drop, tb.mean_drop if tb else None),
+        "max_severity_increase": ("severity_increase",
+                                  b.severity - tb.severity if tb else None, None),
+    }
+    checks = [
+        MetricCheck(metric, value, limits[name], "<=", teacher_value)
+        for name, (metric, value, teacher_value) in measured.items()
+        if limits[name] is not None and value is not None
+    ]
+    values = {
+        "severity": b.severity,
+        "max_single_drop": b.worst_drop,
+        "mean_drop": b.mean_drop,
+        "worst5_mean": b.worst5_mean,
+        "gini": b.gini,
+        "count_above_tolerance": float(b.count_above_tolerance),
+        "n_components": float(b.n_components),
+    }
+    if tb is not None:
+        values["severity_increase"] = b.severity - tb.severity
+        values["teacher_severity"] = tb.severity
+    worst = report.sweep.worst(5)
+    models = {"model": as_model_info(report.model)}
+    if teacher is not None:
+        models["teacher"] = as_model_info(teacher.model)
+    name = model_name(report.model)
+    result = GateResult(
+        gate=KIND.name,
+        subject=_subject(name, components),
+        task=report.task,
+        checks=checks,
+        values=values,
+        blame=[Blame(e.name, None, {"drop": e.drop, "retained": e.retained}) for e in worst],
+        fingerprint=report.fingerprint.to_dict(),
+        models=models,
+        report=report,
+        tolerances=tolerances(baseline_tolerance, list(values)),
+    )
+    details = (
+        f"  mean drop {b.mean_drop:.2f} (95% CI {b.mean_drop_ci[0]:.2f}..{b.mean_drop_ci[1]:.2f}),"
+        f" {b.count_above_tolerance} of {b.n_components} components drop more than "
+        f"{b.tolerance:g} points, worst-5% mean {b.worst5_mean:.2f}, Gini {b.gini:.3f}\n"
+        "  components to blame (largest drops):\n"
+        + format_table(
+            ["component", "drop", "retained"],
+            [[e.name, e.drop, e.retained] for e in worst],
+        )
+    )
+    head = f"ablation robustness of {name} on task '{report.task}'"
+    if teacher is not None:
+        head += f" (teacher {model_name(teacher.model)} for context)"
+    finish(result, head, details)
+    return report
+
+
+def _subject(name: str, components: str | Sequence[str]) -> str:
+    """A model's name, plus the component selection when it is not every component, so gates
+    over different selections keep separate baseline entries."""
+    if isinstance(components, str):
+        return name if components == "all" else f"{name} [{components}]"
+    return f"{name} [{','.join(components)}]"
+
+
+KIND = GateKind(
+    name="ablation_robust",
+    function=assert_ablation_robust,
+    meaning="no single head or MLP is a single point of failure",
+    thresholds=(
+        Threshold("max_severity", "severity", "<=", "score", 0.0, 1.0),
+        Threshold("max_single_drop", "max_single_drop", "<=", "points", 0.0, 100.0),
+        Threshold("max_mean_drop", "mean_drop", "<=", "points", 0.0, 100.0),
+        Threshold("max_severity_increase", "severity_increase", "<=", "score difference",
+                  -1.0, 1.0),
+    ),
+    metrics=(
+        Metric("severity", "score", "<=", 0.02,
+               meaning="how far single-component drops exceed the tolerance, 0 (none) to 1"),
+        Metric("max_single_drop", "points", "<=", 2.0,
+               meaning="the largest drop one component's ablation causes"),
+        Metric("mean_drop", "points", "<=", 2.0, meaning="the mean drop over components"),
+        Metric("worst5_mean", "points", "<=", 2.0, meaning="the mean of the worst 5% of drops"),
+        Metric("gini", "score", "<=", 0.02, meaning="how unevenly the drops are spread"),
+        Metric("count_above_tolerance", "count", None,
+               meaning="components whose drop exceeds the tolerance"),
+        Metric("n_components", "count", None, meaning="components ablated"),
+        Metric("severity_increase", "score difference", "<=", 0.02,
+               meaning="student severity minus teacher severity (pairs only)"),
+        Metric("teacher_severity", "score", None, meaning="the teacher's severity (pairs only)"),
+    ),
+    options=("components", "ablation", "tolerance", "margin"),
+    takes_model=True,
+)
