@@ -729,25 +729,53 @@ def diff_reports(old: Any, new: Any, args: argparse.Namespace) -> tuple[list[Cha
     return summary, components
 
 
+def pair_up(old: dict[tuple[str, ...], Any], new: dict[tuple[str, ...], Any]
+            ) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Which report of ``old`` to compare with which of ``new``: the same pair and task, or
+    else (two releases of one student usually live at different paths) the same teacher and
+    task when each file has exactly one student for it."""
+    matched = [(k, k) for k in old if k in new]
+    rest_old = [k for k in old if k not in new]
+    rest_new = [k for k in new if k not in old]
+
+    def by_teacher(keys: list[tuple[str, ...]]) -> dict[tuple[str, str], list[tuple[str, ...]]]:
+        groups: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+        for k in keys:
+            if len(k) == 3:
+                groups.setdefault((k[0], k[2]), []).append(k)
+        return groups
+
+    old_groups, new_groups = by_teacher(rest_old), by_teacher(rest_new)
+    for group, keys in old_groups.items():
+        if len(keys) == 1 and len(new_groups.get(group, [])) == 1:
+            matched.append((keys[0], new_groups[group][0]))
+    return matched
+
+
 def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
     old = {_key(r): r for r in load_reports(args.old)}
     new = {_key(r): r for r in load_reports(args.new)}
-    common = [k for k in old if k in new]
-    if not common:
+    matched = pair_up(old, new)
+    if not matched:
         raise UsageError(
-            f"{args.old} and {args.new} share no pair and task: {args.old} has "
+            f"{args.old} and {args.new} share no pair (or teacher) and task: {args.old} has "
             f"{', '.join(_label(k) for k in old)}; {args.new} has "
             f"{', '.join(_label(k) for k in new)}")
     regressions = 0
-    for key in common:
-        differences = old[key].fingerprint.differences(new[key].fingerprint)
+    for old_key, new_key in matched:
+        label = _label(old_key) if old_key == new_key else (
+            f"{_label(old_key)} -> student {new_key[1]}")
+        from .baseline import method_differences
+
+        differences = method_differences(new[new_key].fingerprint.to_dict(),
+                                         old[old_key].fingerprint.to_dict())
         if differences:
             raise AnalysisError(
-                f"{_label(key)} was measured differently in the two files ("
+                f"{label} was measured differently in the two files ("
                 + "; ".join(differences) + "): their numbers cannot be compared; measure both "
                 "with the same settings")
-        summary, components = diff_reports(old[key], new[key], args)
-        out.write(f"\n{_label(key)}: {args.old} -> {args.new}\n")
+        summary, components = diff_reports(old[old_key], new[new_key], args)
+        out.write(f"\n{label}: {args.old} -> {args.new}\n")
         out.write(_table(["metric", "before", "after", "change", "verdict", "note"], [
             [c.what, _cell(c.before), _cell(c.after),
              _n(c.after - c.before) if isinstance(c.before, (int, float))
@@ -762,11 +790,13 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
             out.write("  no component gained or lost influence beyond "
                       f"{args.influence_change:g} points or changed its match\n")
         regressions += sum(c.regressed for c in summary + components)
+    used_old = {k for k, _ in matched}
+    used_new = {k for _, k in matched}
     for key in old:
-        if key not in new:
+        if key not in used_old:
             out.write(f"\nonly in {args.old}: {_label(key)}\n")
     for key in new:
-        if key not in old:
+        if key not in used_new:
             out.write(f"\nonly in {args.new}: {_label(key)}\n")
     out.write(f"\n{regressions} regression(s) beyond tolerance\n")
     return EXIT_REGRESSION if regressions else EXIT_OK

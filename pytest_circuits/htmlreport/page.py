@@ -272,8 +272,8 @@ def pair_section(report: Any, gates: Sequence[Gate]) -> str:
         ("alignment A", num(p + "alignment.score", a.score)),
         ("weighted alignment", num(p + "alignment.weighted_score", a.weighted_score)),
         ("severity teacher -> student",
-         num(p + "teacher.severity", report.teacher.brittleness.severity) + " &rarr; "
-         + num(p + "student.severity", report.student.brittleness.severity)),
+         num(p + "headline.teacher.severity", report.teacher.brittleness.severity) + " &rarr; "
+         + num(p + "headline.student.severity", report.student.brittleness.severity)),
         ("compression C", num(p + "compression", report.compression)),
         ("discarded mechanisms", num(p + "discarded.count", len(report.discarded))),
     ]
