@@ -23,11 +23,11 @@ def assert_behavior_preserved(
     """The student still does the task: its clean metric is >= ``min_retained`` percent of the
     teacher's. Returns the student's TaskPerformance."""
     __tracebackhide__ = True
+    limits = KIND.read_thresholds({"min_retained": min_retained})  # before torch loads
     from ..analysis import require_valid_task, task_performance
     from ..analysis.ablation import make_fingerprint
     from ..analysis.cached import as_pair, as_task
 
-    limits = KIND.read_thresholds({"min_retained": min_retained})
     pair = as_pair(pair)
     task = as_task(task, n_prompts, seed)
     teacher = task_performance(pair.teacher, task)

@@ -35,13 +35,13 @@ def assert_ablation_robust(
     clean metric (``100 - retained``, clamped to [0, 100]). Returns the student's ModelReport.
     """
     __tracebackhide__ = True
-    from ..analysis.cached import as_task, model_report
-    from ..models import ModelPair
-
-    limits = KIND.read_thresholds({
+    limits = KIND.read_thresholds({  # before torch loads: a wrong call fails at once
         "max_severity": max_severity, "max_single_drop": max_single_drop,
         "max_mean_drop": max_mean_drop, "max_severity_increase": max_severity_increase,
     })
+    from ..analysis.cached import as_task, model_report
+    from ..models import ModelPair
+
     is_pair = isinstance(model_or_pair, ModelPair)
     if limits["max_severity_increase"] is not None and not is_pair:
         raise GateConfigError(
