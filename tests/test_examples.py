@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
+@pytest.mark.slow
 def test_example_gate_passes_the_good_candidate_and_blocks_the_brittle_one(tmp_path: Path):
     results = tmp_path / "gate-results.json"
     run = subprocess.run(

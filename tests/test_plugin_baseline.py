@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_plugin_support import (
+from helpers import (
     FAKE_GATES,
     FINGERPRINT,
     load_json,
@@ -187,6 +187,7 @@ def test_a_key_shared_by_results_with_different_values_is_pointed_out(
         compared.outlines)
 
 
+@pytest.mark.slow
 def test_update_under_xdist_merges_every_worker_into_one_file(
     suite: Path, tmp_path: Path
 ) -> None:

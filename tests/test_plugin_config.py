@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_plugin_support import load_json, run_pytest, shared_run
+from helpers import load_json, run_pytest, shared_run
 
 SETTINGS_SUITE = '''
 import os
@@ -83,16 +83,19 @@ def from_ini(shared: tuple[Path, pytest.RunResult]) -> pytest.RunResult:
     return shared[1]
 
 
+@pytest.mark.slow
 def test_ini_keys_configure_the_fixtures_and_the_marker_beats_them(from_ini: pytest.RunResult
                                                                    ) -> None:
     from_ini.assert_outcomes(passed=2, errors=2, skipped=1, deselected=1)
 
 
+@pytest.mark.slow
 def test_an_ini_path_is_relative_to_the_ini_file(from_ini: pytest.RunResult, suite: Path
                                                  ) -> None:
     assert load_json(suite / "results" / "out.json")["results"] == []
 
 
+@pytest.mark.slow
 def test_a_missing_teacher_says_which_option_ini_key_or_marker_to_set(
     from_ini: pytest.RunResult,
 ) -> None:
@@ -103,18 +106,21 @@ def test_a_missing_teacher_says_which_option_ini_key_or_marker_to_set(
     ) in from_ini.stdout.str()
 
 
+@pytest.mark.slow
 def test_a_bad_marker_value_fails_that_test_with_its_origin(from_ini: pytest.RunResult) -> None:
     assert "@pytest.mark.circuits(n_prompts=...): 'many' is not a whole number" in (
         from_ini.stdout.lines)
     assert "During handling" not in from_ini.stdout.str()
 
 
+@pytest.mark.slow
 def test_a_gpu_test_is_skipped_without_cuda(from_ini: pytest.RunResult) -> None:
     from_ini.stdout.fnmatch_lines(
         ["SKIPPED*test_settings.py:*marked gpu: CUDA is not available (pass "
          "--circuits-require-gpu to fail instead)"])
 
 
+@pytest.mark.slow
 def test_the_option_beats_the_ini_key_and_nothing_heavy_loads_without_need(suite: Path
                                                                            ) -> None:
     run = run_pytest(suite, "--circuits-task=numwords", "--circuits-n-prompts=4",
@@ -123,6 +129,7 @@ def test_the_option_beats_the_ini_key_and_nothing_heavy_loads_without_need(suite
     run.assert_outcomes(passed=3, deselected=3)
 
 
+@pytest.mark.slow
 def test_require_gpu_fails_a_gpu_test_without_cuda(pytester: pytest.Pytester,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

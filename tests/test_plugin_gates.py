@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_circuits import assertions
-from pytest_circuits.gates import KINDS, GateFileError, is_gate_file, load_gate_file
+from pytest_circuits.gatefile import GateFileError, is_gate_file, load_gate_file
+from pytest_circuits.kinds import KINDS
 
 VALID = """\
 pairs:
@@ -79,8 +79,18 @@ def test_a_valid_file_gives_one_spec_per_gate_with_defaults_applied(tmp_path: Pa
         ("{max_severity: 0.05, max_single_drop: 60}", "{components: all}", 17,
          "ablation_robust sets no threshold, so it would check nothing: add at least one of "
          "max_severity"),
-        ("{min_score: 0.85}", "{method: causal}", 13,
+        ("{min_score: 0.85}", "{matching: causal}", 13,
          "gate 'numerals-aligned': circuit_aligned needs min_score"),
+        ("{min_score: 0.85}", "{min_score: 0.85, method: causal}", 13,
+         "'method' in gate 'numerals-aligned': circuit_aligned is now 'matching' (the matching "
+         "strategy: paper or causal); write matching: causal"),
+        ("{min_score: 0.85}", "{min_score: 1.5}", 13,
+         "gate 'numerals-aligned': circuit_aligned: min_score=1.5 is out of range: it must lie "
+         "in [0, 1] (a score from 0 to 1)"),
+        ("{max_severity: 0.05, max_single_drop: 60}", "{max_single_drop: 160}", 17,
+         "max_single_drop=160.0 is out of range: it must lie in [0, 100] (percentage points"),
+        ("    seed: 3\n", "    seed: 3\n    dtype: int8\n", 23,
+         "gate 'teacher-robust': dtype 'int8' is not one of float32, float16, bfloat16"),
         ("n_prompts: 8", "n_prompts: eight", 8,
          "defaults: n_prompts must be a whole number, got a string 'eight'"),
         ("gates:", "gatez:", 9, "unknown key 'gatez' in the gate file (did you mean 'gates'?)"),
@@ -104,7 +114,7 @@ def test_a_valid_file_gives_one_spec_per_gate_with_defaults_applied(tmp_path: Pa
         ("components: [L0H0, MLP1]", "components: [L0H0, 3]", 23,
          "components[1] must be a string, got a number 3"),
         ("  alone: zoo:tiny-teacher", "  alone: zoo:tiny-teacher\n  alone: zoo:tiny-student", 8,
-         "key 'alone' appears twice in this mapping (first on line 7)"),
+         "key 'alone' appears twice in this mapping (first on line 7); keep one"),
     ],
 )
 def test_a_mistake_is_reported_with_file_line_and_fix(
@@ -133,7 +143,7 @@ def test_only_circuits_yaml_files_are_gate_files() -> None:
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_each_check_takes_the_keyword_arguments_of_its_assertion(kind: str) -> None:
-    parameters = inspect.signature(getattr(assertions, KINDS[kind].function)).parameters
+    parameters = inspect.signature(KINDS[kind].function).parameters
     for key in KINDS[kind].keys + ("seed", "baseline_tolerance"):
         assert key in parameters, f"{kind}: {key} is not a parameter of {KINDS[kind].function}"
 

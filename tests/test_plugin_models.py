@@ -9,7 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
-from test_plugin_support import load_json, shared_run, summary_row
+from helpers import load_json, shared_run, summary_row
+
+#: Every test here reads one pytest subprocess that loads the zoo's models (over 10 s).
+pytestmark = pytest.mark.slow
 
 #: Between the zoo's good student and its brittle one on numerals with 8 prompts (seed 0): the
 #: good one's worst head costs about 87 points, the brittle one's 100 (one head carries the

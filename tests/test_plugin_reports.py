@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_plugin_support import (
+from helpers import (
     FAKE_GATES,
     FAKE_TESTS,
     junit_properties,
@@ -36,6 +36,7 @@ def serial(shared: tuple[Path, pytest.RunResult]) -> pytest.RunResult:
     return shared[1]
 
 
+@pytest.mark.slow
 def test_summary_has_a_row_per_checked_metric_with_threshold_and_verdict(
     serial: pytest.RunResult,
 ) -> None:
@@ -54,13 +55,17 @@ def test_summary_has_a_row_per_checked_metric_with_threshold_and_verdict(
         "FAIL",
     ]
     assert summary_row(serial.outlines, "test_good").split()[-4:] == ["0.9", ">=", "0.8", "PASS"]
-    assert summary_row(serial.outlines, "test_robust").split()[-4:] == ["30", "<=", "50", "PASS"]
-    assert summary_row(serial.outlines, "test_brittle").split()[-4:] == ["80", "<=", "50", "XFAIL"]
+    # a threshold in points carries its unit (from the gate kind's registry entry)
+    assert summary_row(serial.outlines, "test_robust").split()[-5:] == [
+        "30", "<=", "50", "pts", "PASS"]
+    assert summary_row(serial.outlines, "test_brittle").split()[-5:] == [
+        "80", "<=", "50", "pts", "XFAIL"]
     assert "circuits: 4 gate results: 2 passed, 1 failed, 1 xfailed" in summary_section(
         serial.outlines
     )
 
 
+@pytest.mark.slow
 def test_junit_xml_carries_each_value_threshold_and_verdict(
     serial: pytest.RunResult, suite: Path
 ) -> None:
@@ -77,6 +82,7 @@ def test_junit_xml_carries_each_value_threshold_and_verdict(
     assert robust["circuits.ablation_robust.passed"] == "True"
 
 
+@pytest.mark.slow
 def test_json_file_holds_every_result_with_its_verdict(
     serial: pytest.RunResult, suite: Path
 ) -> None:
@@ -96,12 +102,14 @@ def test_json_file_holds_every_result_with_its_verdict(
     assert results["test_brittle"]["verdict"] == "XFAIL"
     assert results["test_good"]["key"] == "circuit_aligned::teacher -> student::numerals"
     assert results["test_good"]["blame"] == [
-        {"teacher": "L0H1", "student": "L0H0", "contribution": 0.1}
+        {"component": "L0H1", "counterpart": "L0H0", "scores": {"contribution": 0.1}}
     ]
+    assert results["test_good"]["models"]["teacher"]["name"] == "teacher"
     assert results["test_good"]["fingerprint"]["ablation"] == "mean"
     assert document["environment"]["devices"] == ["cpu"]
 
 
+@pytest.mark.slow
 def test_xdist_run_prints_and_writes_what_a_serial_run_does(
     serial: pytest.RunResult, suite: Path, pytester: pytest.Pytester
 ) -> None:

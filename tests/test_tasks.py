@@ -349,7 +349,7 @@ GOOD_ITEM += 'correct: " Mary", distractor: " John"}\n'
          r"t\.yaml:6: corrupted\[1\] must be a string"),
         ("name: t\nprompts:\n  - [a, b]\ncorrupted: [x]\n",
          r"t\.yaml:3: prompts\[0\] must be a mapping"),
-        ("name: t\nprompts: [\n", r"t\.yaml:\d+: not valid YAML"),
+        ("name: t\nprompts: [\n", r"t\.yaml:\d+: invalid YAML"),
         ("- a\n- b\n", r"t\.yaml:1: the top level must be a mapping"),
         ("", r"t\.yaml: the file is empty"),
     ],
