@@ -273,3 +273,28 @@ def test_a_real_gate_records_its_typed_report_and_it_survives_json(gpt2: Any, gp
     again = GateResult.from_dict(json.loads(json.dumps(result.to_dict())))
     assert type(again.report).__name__ == type(report).__name__
     assert json.loads(json.dumps(again.to_dict())) == json.loads(json.dumps(result.to_dict()))
+
+
+@pytest.mark.slow
+def test_matching_and_direction_reach_the_analysis_and_its_fingerprint(
+    gpt2: Any, gpt2_dir: Path, gpt2_task: Any
+) -> None:
+    from pytest_circuits.models import load_model, load_pair
+
+    # the model as its own student: a pair that certainly performs the task
+    pair = load_pair(gpt2, load_model(gpt2_dir, device="cpu", name="copy"))
+    seen: list[GateResult] = []
+    with recording(seen.append):
+        default = kinds.assert_circuit_aligned(pair, gpt2_task, min_score=0.0)
+        reverse = kinds.assert_circuit_aligned(pair, gpt2_task, min_score=0.0,
+                                               direction="student_to_teacher")
+        causal = kinds.assert_mechanism_preserved(
+            pair, gpt2_task, components=["L0H0"], min_similarity=-1.0, min_influence=None,
+            matching="causal",
+        )
+    assert default.fingerprint.direction == "teacher_to_student"
+    assert reverse.fingerprint.direction == "student_to_teacher"
+    assert causal.fingerprint.matching == "causal"
+    assert [r.fingerprint["direction"] for r in seen[:2]] == ["teacher_to_student",
+                                                              "student_to_teacher"]
+    assert [c.metric for c in seen[2].checks] == ["L0H0.similarity"]  # min_influence=None
