@@ -257,8 +257,9 @@ class Calibration:
     def head_rule(self) -> str:
         name, drop = self.worst_head
         if self.max_head_drop is None:
-            return (f"none: the teacher's worst head {name} already costs {drop:.1f} points, so "
-                    "no single-head limit can be stricter than the teacher")
+            return (f"none: the teacher's worst head {name} costs {drop:.1f} points, and "
+                    f"{self.drop_margin:g} more reaches 100, so a single-head limit would "
+                    "block nothing")
         return f"teacher's worst head {name} ({drop:.1f}) + {self.drop_margin:g} points"
 
 
@@ -280,7 +281,7 @@ def calibrate_teacher(report: Any, drop_margin: float = 10.0) -> Calibration:
         severity_ci=(low, high), mean_drop=float(b.mean_drop),
         mean_drop_ci=tuple(b.mean_drop_ci), worst_head=head, worst_mlp=_worst(report, "mlp"),
         max_severity_increase=max(0.01, _round_up(high - b.severity, 0.01)),
-        max_head_drop=_round_up(limit, 0.5) if head[1] < 100.0 else None,
+        max_head_drop=_round_up(limit, 0.5) if limit < 100.0 else None,
         drop_margin=drop_margin,
     )
 
