@@ -181,7 +181,9 @@ def test_every_exception_the_package_defines_derives_from_circuits_error() -> No
         module = importlib.import_module(name)
         for value in vars(module).values():
             if (isinstance(value, type) and issubclass(value, BaseException)
-                    and value.__module__.startswith("pytest_circuits")):
+                    and value.__module__.startswith("pytest_circuits")
+                    and not value.__name__.startswith("_")):  # private: control flow inside
+                # one module (the engine's early stop), never raised to a caller
                 found.append(value)
     assert len(set(found)) >= 10  # the walk saw the package, not an empty list
     strays = sorted({f"{c.__module__}.{c.__qualname__}" for c in found
