@@ -56,8 +56,15 @@ def drop_grid(label: str, effects: Sequence[Any], n_layers: int, n_heads: int) -
 
 
 def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(
+            f"the HTML report draws its figures with matplotlib, which is not installed "
+            f"({exc}); install it with pip install 'pytest-circuits[report]' (or "
+            "matplotlib>=3.8)"
+        ) from exc
 
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
