@@ -759,7 +759,8 @@ def load_model(
             hf_model.to(device=torch_device)
         _cast_parameters(hf_model, torch_dtype)
     spread = dict(getattr(hf_model, "hf_device_map", None) or {}) or None
-    model_device = _embedding_device(hf_model) if spread else str(torch_device)
+    # With device_map the model is where accelerate put it; the inputs go to the embedding.
+    model_device = _embedding_device(hf_model) if device_map is not None else str(torch_device)
     hf_model.eval()
     for param in hf_model.parameters():
         param.requires_grad_(False)
@@ -774,7 +775,7 @@ def load_model(
     hf_state = dict(hf_model.state_dict())
 
     bridge = _boot_bridge(
-        entry, hf_model, tok, label, location, None if spread else torch_device, torch_dtype
+        entry, hf_model, tok, label, location, None if spread else model_device, torch_dtype
     )
     bridge.eval()
     _check_shape_against_bridge(entry, shape, bridge.cfg, label)

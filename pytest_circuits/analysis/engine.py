@@ -206,6 +206,37 @@ def run_capture(
     )
 
 
+def _module_device(module: Any) -> torch.device | None:
+    """The device of a module's first parameter (None without parameters, or for a plain
+    function such as an activation listed in a prediction head)."""
+    parameters = getattr(module, "parameters", None)
+    if parameters is None:
+        return None
+    for param in parameters():
+        return param.device
+    return None
+
+
+def _to_device(value: Any, device: torch.device | None) -> Any:
+    """``value`` (a tensor, or tuples, lists and dicts of them) on ``device``.
+
+    A model loaded with ``device_map=`` keeps its blocks on several devices; the residual and
+    the recorded call arguments (attention masks, rotary tables) of block ``i`` must then be
+    on block ``i``'s device. On one device this returns the same objects (no copies).
+    """
+    if device is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value if value.device == device else value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to_device(v, device) for v in value)
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
+
+
 def _tile(value: Any, batch: int, reps: int) -> Any:
     if reps == 1:
         return value
@@ -243,8 +274,10 @@ def replay(
     with bridge.hooks(fwd_hooks=list(hooks)):
         for index in range(start_layer, len(blocks)):
             args, kwargs = capture.calls[index]
-            args = _tile(args, batch, reps)
-            kwargs = _tile(kwargs, batch, reps)
+            device = _module_device(blocks[index])
+            hidden = _to_device(hidden, device)
+            args = _to_device(_tile(args, batch, reps), device)
+            kwargs = _to_device(_tile(kwargs, batch, reps), device)
             if "hidden_states" in kwargs:
                 out = blocks[index](**{**kwargs, "hidden_states": hidden})
             else:
@@ -257,11 +290,16 @@ def prediction_logits(
     model: CircuitModel, final: torch.Tensor, positions: torch.Tensor
 ) -> torch.Tensor:
     """Logits at one position per prompt: the family's prediction head on those rows only
-    (GPT-2: final LayerNorm and unembedding; BERT: the whole MLM head)."""
+    (GPT-2: final LayerNorm and unembedding; BERT and DistilBERT: the whole MLM head, read at
+    each prompt's ``[MASK]``, which is what ``positions`` holds for a masked model)."""
     reps = final.shape[0] // positions.shape[0]
-    pos = positions.repeat(reps) if reps > 1 else positions
+    pos = positions.to(final.device)
+    pos = pos.repeat(reps) if reps > 1 else pos
     rows = final[torch.arange(final.shape[0], device=final.device), pos]
-    return model.arch.prediction_logits(model.hf_model, rows)
+    # Under device_map the head may sit on another device than the last block.
+    head = model.arch.prediction_modules(model.hf_model)
+    first = next((d for d in map(_module_device, head) if d is not None), None)
+    return model.arch.prediction_logits(model.hf_model, _to_device(rows, first))
 
 
 def check_finite_logits(logits: torch.Tensor, model_name: str, where: str) -> None:
@@ -294,6 +332,7 @@ def logit_differences(
 ) -> torch.Tensor:
     """Correct minus distractor logit per prompt ([reps * n] rows -> [reps * n])."""
     reps = logits.shape[0] // correct.shape[0]
+    correct, distractor = correct.to(logits.device), distractor.to(logits.device)
     c = correct.repeat(reps) if reps > 1 else correct
     d = distractor.repeat(reps) if reps > 1 else distractor
     rows = torch.arange(logits.shape[0], device=logits.device)
@@ -328,7 +367,9 @@ def clean_run(model: CircuitModel, task: Task, *, cache_names: Sequence[str] = (
     check_finite_logits(logits, model.name, f"the clean run of task {task.name!r}")
     diffs = logit_differences(logits, tensors.correct, tensors.distractor)
     run = CleanRun(
-        capture=capture, logit_diff=diffs, top1_correct=logits.argmax(-1) == tensors.correct
+        capture=capture,
+        logit_diff=diffs,
+        top1_correct=logits.argmax(-1) == tensors.correct.to(logits.device),
     )
     memo[key] = run
     return run
@@ -428,7 +469,9 @@ def ablation_hooks(
                 if value is None:
                     target.zero_()
                 else:
-                    target.copy_(value.to(target.dtype).expand_as(target))
+                    # the reference may live on another device than this layer (device_map)
+                    value = value.to(device=target.device, dtype=target.dtype)
+                    target.copy_(value.expand_as(target))
             return out
 
         hooks.append((name, edit))
