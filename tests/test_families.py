@@ -500,3 +500,112 @@ def test_tensors_follow_each_block_to_its_device() -> None:
     assert out[2]["mask"].device == meta and out[2]["flag"] is True
     same = torch.ones(3)
     assert moved(same, torch.device("cpu")) is same  # no copy on the same device
+
+
+# --------------------------------------------------------------------------- bridge parity
+
+
+def _causal(request: pytest.FixtureRequest, family: str) -> tuple[CircuitModel, Task]:
+    return request.getfixturevalue(family), request.getfixturevalue(f"{family}_task")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_bridge_parity_holds_for_causal_families(
+    request: pytest.FixtureRequest, family: str
+) -> None:
+    check_parity(*_causal(request, family))
+
+
+def test_bridge_parity_holds_for_masked_families(masked: Masked) -> None:
+    check_parity(masked.model, masked.task)
+
+
+def check_parity(model: CircuitModel, task: Task) -> None:
+    from pytest_circuits.parity import bridge_parity
+
+    result = bridge_parity(model, task)
+    assert result.passed, result.message()
+    assert result.max_rel_diff < 1e-5  # measured: 0 to a few 1e-7 in float32
+    assert (result.rtol, result.atol) == (1e-4, 1e-5)
+    assert result.n_prompts == len(task.prompts)
+    assert result.vocab_size == model.hf_model.config.vocab_size
+    assert "matches the plain Hugging Face model" in result.message()
+
+
+def test_the_plain_model_shares_the_loaded_weights(llama: CircuitModel) -> None:
+    from pytest_circuits.parity import plain_hf_model
+
+    plain = plain_hf_model(llama)
+    assert not any(type(m).__name__.endswith("Bridge") for m in plain.modules())
+    loaded = {t.data_ptr() for t in llama._hf_state.values()}  # type: ignore[union-attr]
+    assert {p.data_ptr() for p in plain.parameters()} <= loaded  # no copy was made
+    assert all(b.device.type == "cpu" for b in plain.buffers())
+
+
+def test_bridge_parity_names_the_largest_difference(
+    gpt2_dir: Path, gpt2_task: Task
+) -> None:
+    """A fault on the bridge side only (a hook on the bridged unembedding adds 0.5 to token 17
+    of prompt 2): parity fails and names that prompt, its position and that token."""
+    from pytest_circuits.parity import bridge_parity
+
+    model = load_model(gpt2_dir, device="cpu")
+
+    def fault(module: Any, args: Any, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        output[2, ..., 17] += 0.5
+        return output
+
+    handle = model.hf_model.lm_head.register_forward_hook(fault)
+    try:
+        result = bridge_parity(model, gpt2_task)
+    finally:
+        handle.remove()
+    assert not result.passed
+    assert (result.worst_prompt_index, result.worst_token_id) == (2, 17)
+    assert result.worst_prompt == gpt2_task.prompts[2]
+    assert result.worst_position == engine.task_tensors(model, gpt2_task).positions[2]
+    assert result.worst_bridge_logit - result.worst_plain_logit == pytest.approx(0.5, abs=1e-5)
+    assert result.max_abs_diff == pytest.approx(0.5, abs=1e-5)
+    message = result.message()
+    assert "does NOT match" in message and "prompt 2" in message and "(id 17)" in message
+    # a looser tolerance than the fault accepts it, and the result round-trips as a dict
+    assert bridge_parity(model, gpt2_task, rtol=1.0).passed
+    assert result.to_dict()["worst_token_id"] == 17
+
+
+def test_bridge_parity_catches_a_masked_head_read_as_norm_and_unembedding(
+    masked: Masked,
+) -> None:
+    """The trap of the TransformerLens BERT mapping (ln_final + unembed, no transform dense):
+    a family entry written that way fails parity."""
+    import dataclasses
+
+    from pytest_circuits.parity import bridge_parity
+
+    head = masked.model.arch.prediction_head
+    wrong = dataclasses.replace(masked.model.arch, prediction_head=head[2:])
+    model = copy.copy(masked.model)
+    model.arch = wrong
+    model.__dict__.pop("_analysis_cache", None)
+    result = bridge_parity(model, masked.task)
+    assert not result.passed
+    assert result.max_rel_diff > 1e-2
+
+
+def test_bridge_parity_in_bfloat16_uses_the_bfloat16_tolerance(
+    llama_dir: Path, llama_task: Task
+) -> None:
+    from pytest_circuits.parity import bridge_parity
+
+    model = load_model(llama_dir, device="cpu", dtype="bfloat16")
+    result = bridge_parity(model, llama_task)
+    assert (result.dtype, result.rtol) == ("bfloat16", 2e-2)
+    assert result.passed, result.message()
+
+
+def test_bridge_parity_refuses_negative_tolerances(gpt2: CircuitModel, gpt2_task: Task) -> None:
+    from pytest_circuits.parity import bridge_parity
+
+    with pytest.raises(ValueError, match="non-negative"):
+        bridge_parity(gpt2, gpt2_task, rtol=-1.0)

@@ -1,0 +1,196 @@
+"""Preflight: the bridge computes what the plain Hugging Face model computes (``bridge_parity``).
+
+Every gate reads logits through the TransformerLens bridge and the engine's capture of it (block
+inputs recorded, the family's prediction head applied at the prediction positions). If an
+adapter wires a family wrongly (a missed LayerNorm, a wrong head, a causal mask on an encoder),
+every number downstream is wrong while looking plausible. ``bridge_parity`` runs the task's
+prompts through both the engine's clean run and an independent plain Hugging Face model that
+shares the same weight tensors (no copy), and compares the logits over the whole vocabulary at
+each prompt's prediction position (the last token, or ``[MASK]`` for masked models).
+
+Tolerance: a logit passes when ``|bridge - plain| <= atol + rtol * scale``, ``scale`` being the
+largest absolute plain logit of that prompt's row (so the test is relative to the size of the
+logits, not to logits near zero). Defaults per dtype: float32 ``rtol=1e-4, atol=1e-5``;
+bfloat16 ``rtol=2e-2`` and float16 ``rtol=5e-3`` (``atol=1e-3``), a few units of their rounding,
+since bridge and plain model run the same kernels but may order a few sums differently.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .analysis import engine
+from .errors import CircuitsError
+from .models import CircuitModel
+from .tasks import Task
+
+__all__ = ["DEFAULT_TOLERANCES", "ParityResult", "bridge_parity", "plain_hf_model"]
+
+#: (rtol, atol) per model dtype, as documented above.
+DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
+    "float32": (1e-4, 1e-5),
+    "float64": (1e-8, 1e-10),
+    "bfloat16": (2e-2, 1e-3),
+    "float16": (5e-3, 1e-3),
+}
+
+
+class ParityError(CircuitsError, RuntimeError):
+    """The plain Hugging Face model could not be rebuilt to compare the bridge against."""
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    """How far the bridge's logits are from the plain model's on one task.
+
+    ``worst_*`` name the single largest difference (relative to its row's scale): the prompt
+    (index and text), the position read, the vocabulary token, and both logits there.
+    """
+
+    model: str
+    task: str
+    dtype: str
+    n_prompts: int
+    vocab_size: int
+    rtol: float
+    atol: float
+    passed: bool
+    max_abs_diff: float
+    max_rel_diff: float  # max over logits of |diff| / scale of its row
+    worst_prompt_index: int
+    worst_prompt: str
+    worst_position: int
+    worst_token_id: int
+    worst_token: str
+    worst_bridge_logit: float
+    worst_plain_logit: float
+
+    def message(self) -> str:
+        """One line for a failed (or passed) preflight, naming the worst difference."""
+        verdict = "matches" if self.passed else "does NOT match"
+        return (
+            f"{self.model}: the bridge {verdict} the plain Hugging Face model on task "
+            f"{self.task!r} ({self.n_prompts} prompts x {self.vocab_size} logits, {self.dtype}; "
+            f"tolerance {self.atol:g} + {self.rtol:g} x row scale): largest difference "
+            f"{self.max_abs_diff:.3g} ({self.max_rel_diff:.3g} of its row's scale) at prompt "
+            f"{self.worst_prompt_index} ({self.worst_prompt!r}), position {self.worst_position}, "
+            f"token {self.worst_token!r} (id {self.worst_token_id}): bridge "
+            f"{self.worst_bridge_logit:.6g}, plain {self.worst_plain_logit:.6g}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _strip_bridge_names(name: str) -> str:
+    # The bridge nests each wrapped module under "_original_component".
+    return name.replace("._original_component", "").replace("_original_component.", "")
+
+
+def plain_hf_model(model: CircuitModel) -> Any:
+    """A plain Hugging Face model (no bridge) sharing ``model``'s weight tensors.
+
+    Built on the meta device and given the loaded tensors by assignment, so it costs no weight
+    memory; non-persistent buffers (rotary tables, position ids) are taken from the loaded
+    model. A model spread with ``device_map`` is dispatched with the same map.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    state = model._hf_state
+    if state is None:
+        raise ParityError(
+            f"{model.name}: the Hugging Face weights were not recorded (the CircuitModel was "
+            "not built by load_model); load it with pytest_circuits.models.load_model"
+        )
+    config = copy.deepcopy(model.hf_model.config)
+    auto = AutoModelForCausalLM if model.is_causal else AutoModelForMaskedLM
+    with torch.device("meta"):
+        plain = auto.from_config(config, attn_implementation="eager", dtype=_dtype(model))
+    plain.load_state_dict(state, strict=True, assign=True)
+    buffers = {_strip_bridge_names(n): b for n, b in model.hf_model.named_buffers()}
+    for name, buffer in list(plain.named_buffers()):
+        if buffer.device.type != "meta":
+            continue
+        source = buffers.get(name)
+        if source is None:
+            raise ParityError(
+                f"{model.name}: the plain model's buffer {name!r} has no counterpart in the "
+                "loaded model, so the comparison model cannot be rebuilt"
+            )
+        owner, _, leaf = name.rpartition(".")
+        module = plain.get_submodule(owner) if owner else plain
+        persistent = leaf not in getattr(module, "_non_persistent_buffers_set", set())
+        module.register_buffer(leaf, source, persistent=persistent)
+    if model.device_map and len({str(d) for d in model.device_map.values()}) > 1:
+        from accelerate import dispatch_model
+
+        plain = dispatch_model(plain, device_map=model.device_map)
+    plain.eval()
+    return plain
+
+
+def _dtype(model: CircuitModel) -> torch.dtype:
+    return getattr(torch, model.dtype)
+
+
+def bridge_parity(
+    model: CircuitModel,
+    task: Task,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> ParityResult:
+    """Compare the bridge's logits with the plain Hugging Face model's on ``task``.
+
+    Both are read at each prompt's prediction position, over the whole vocabulary; the bridge
+    side is the engine's clean run (what every gate measures). Tolerances default per dtype
+    (``DEFAULT_TOLERANCES``; see the module docstring). Never raises on a mismatch: the result
+    says whether it passed and names the largest difference.
+    """
+    default_rtol, default_atol = DEFAULT_TOLERANCES.get(model.dtype, (2e-2, 1e-3))
+    rtol = default_rtol if rtol is None else float(rtol)
+    atol = default_atol if atol is None else float(atol)
+    if rtol < 0 or atol < 0 or rtol != rtol or atol != atol:
+        raise ValueError(f"rtol and atol must be non-negative numbers, got {rtol!r}, {atol!r}")
+    tensors = engine.task_tensors(model, task)
+    with torch.no_grad():
+        capture = engine.run_capture(model, tensors.tokens)
+        ours = engine.prediction_logits(model, capture.final, tensors.positions).float().cpu()
+        plain_model = plain_hf_model(model)
+        full = plain_model(tensors.tokens).logits
+        rows = torch.arange(full.shape[0], device=full.device)
+        theirs = full[rows, tensors.positions.to(full.device)].float().cpu()
+    del plain_model, full
+    diff = (ours - theirs).abs()
+    scale = theirs.abs().amax(-1, keepdim=True).clamp_min(1e-30)
+    rel = diff / scale
+    # NaN anywhere is the worst possible difference, and never a pass.
+    rel = torch.where(torch.isnan(rel), torch.full_like(rel, float("inf")), rel)
+    excess = diff - (atol + rtol * scale)
+    excess = torch.where(torch.isnan(excess), torch.full_like(excess, float("inf")), excess)
+    flat = int(torch.argmax(rel))
+    prompt, token = divmod(flat, ours.shape[1])
+    token_text = model.tokenizer.convert_ids_to_tokens([token])[0]
+    return ParityResult(
+        model=model.name,
+        task=task.name,
+        dtype=model.dtype,
+        n_prompts=int(ours.shape[0]),
+        vocab_size=int(ours.shape[1]),
+        rtol=rtol,
+        atol=atol,
+        passed=bool((excess <= 0).all()),
+        max_abs_diff=float(torch.nan_to_num(diff, nan=float("inf")).max()),
+        max_rel_diff=float(rel.max()),
+        worst_prompt_index=prompt,
+        worst_prompt=tensors.encoded.task.prompts[prompt],
+        worst_position=int(tensors.positions[prompt]),
+        worst_token_id=token,
+        worst_token=str(token_text),
+        worst_bridge_logit=float(ours[prompt, token]),
+        worst_plain_logit=float(theirs[prompt, token]),
+    )
