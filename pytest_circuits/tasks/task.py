@@ -10,13 +10,25 @@ from typing import Any
 
 from ..errors import CircuitsError
 
-__all__ = ["POSITION_RULES", "Task", "TaskError", "TaskValidationError"]
+__all__ = [
+    "MAX_N_PROMPTS",
+    "POSITION_RULES",
+    "DroppedWord",
+    "Task",
+    "TaskAdaptation",
+    "TaskError",
+    "TaskValidationError",
+]
 
 #: Where a task reads the model's prediction: ``auto`` picks ``last`` for causal models and
 #: ``mask`` for masked models.
 POSITION_RULES: tuple[str, ...] = ("auto", "last", "mask")
 
 _FINGERPRINT_VERSION = 1
+
+#: The most prompts one gate analyses. A bound on memory and time (activations of every prompt
+#: are held at once per model); split a larger set into several tasks, or use a task file.
+MAX_N_PROMPTS = 10_000
 
 
 class TaskError(CircuitsError, ValueError):
@@ -51,6 +63,57 @@ def _as_str_tuple(task_name: str, field_name: str, value: Any) -> tuple[str, ...
 
 
 @dataclass(frozen=True)
+class DroppedWord:
+    """A word a built-in task left out for one tokenizer, and why."""
+
+    pool: str  # "list members", "names", "numbers", ...
+    word: str
+    reason: str  # "2 tokens ['D', 'esk'] at the start of a prompt"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"pool": self.pool, "word": self.word, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class TaskAdaptation:
+    """How a built-in task was adapted to a tokenizer (or to a masked model), in words.
+
+    A built-in task built for a tokenizer keeps the paper's prompts where they fit; this record
+    says what differs, so a summary can print it next to the gate's numbers
+    (:meth:`summary`). ``None`` on a task means the paper's prompts, unchanged.
+    """
+
+    tokenizer: str  # the tokenizer's name or path
+    kind: str  # "causal" or "masked"
+    changes: tuple[str, ...]  # one line per change, e.g. "numbers 1..9 (not 1..12)"
+    dropped: tuple[DroppedWord, ...] = ()
+
+    def summary(self) -> str:
+        """One line for a terminal summary or gate headline."""
+        return f"adapted to tokenizer {self.tokenizer!r}: " + "; ".join(self.changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tokenizer": self.tokenizer,
+            "kind": self.kind,
+            "changes": list(self.changes),
+            "dropped": [d.to_dict() for d in self.dropped],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskAdaptation:
+        try:
+            return cls(
+                tokenizer=str(data["tokenizer"]),
+                kind=str(data["kind"]),
+                changes=tuple(str(c) for c in data["changes"]),
+                dropped=tuple(DroppedWord(**d) for d in data.get("dropped", ())),
+            )
+        except (KeyError, TypeError) as exc:
+            raise TaskError(f"Task.from_dict: malformed adaptation {data!r} ({exc})") from None
+
+
+@dataclass(frozen=True)
 class Task:
     """A task scored by logit difference: ``logit(correct) - logit(distractor)`` per prompt.
 
@@ -66,6 +129,8 @@ class Task:
     position: str = "auto"
     seed: int | None = None
     description: str = field(default="")
+    #: What a built-in changed to fit a tokenizer; None for the paper's prompts or a task file.
+    adaptation: TaskAdaptation | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -118,13 +183,22 @@ class Task:
             raise TaskError(
                 f"Task {name!r}: description must be a string, got {type(self.description)}"
             )
+        if self.adaptation is not None and not isinstance(self.adaptation, TaskAdaptation):
+            raise TaskError(
+                f"Task {name!r}: adaptation must be a TaskAdaptation or None, got "
+                f"{type(self.adaptation).__name__}"
+            )
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of every field (lists for the tuples)."""
-        return {
+        """A JSON-serialisable dict of every field (lists for the tuples).
+
+        ``adaptation`` appears only when set, so an unadapted task (and its fingerprint) is the
+        same as before adaptation records existed.
+        """
+        data: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
             "position": self.position,
@@ -134,6 +208,9 @@ class Task:
             "distractors": list(self.distractors),
             "corrupted": list(self.corrupted),
         }
+        if self.adaptation is not None:
+            data["adaptation"] = self.adaptation.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Task:
@@ -141,7 +218,7 @@ class Task:
         if not isinstance(data, Mapping):
             raise TaskError(f"Task.from_dict needs a mapping, got {type(data).__name__}")
         allowed = {"name", "description", "position", "seed", "prompts", "correct",
-                   "distractors", "corrupted"}
+                   "distractors", "corrupted", "adaptation"}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise TaskError(
@@ -159,6 +236,10 @@ class Task:
             position=data.get("position", "auto"),
             seed=data.get("seed"),
             description=data.get("description", ""),
+            adaptation=(
+                None if data.get("adaptation") is None
+                else TaskAdaptation.from_dict(data["adaptation"])
+            ),
         )
 
     def fingerprint(self) -> str:
@@ -186,4 +267,5 @@ class Task:
             position=self.position,
             seed=self.seed,
             description=self.description,
+            adaptation=self.adaptation,
         )
