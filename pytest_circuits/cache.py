@@ -1,18 +1,28 @@
 """Analysis results memoised in the session and on disk, keyed by what determines them.
 
 The key covers the models' weight fingerprints, the task's fingerprint, every method setting
-and the library versions, so a changed model or setting can never be served a stale result.
-Disk entries are pickles written atomically (temporary file + ``os.replace``), so parallel
-xdist workers computing the same entry never leave a torn file behind.
+and the library versions, so a changed model or setting is never served a stale result.
+
+Trust model: the cache is an accelerator, never an authority. A disk entry is plain JSON (the
+typed result's ``to_dict``, read back with its own ``from_dict``; nothing is unpickled or
+imported by name, so an entry cannot run code), written atomically, with its key fields and a
+SHA-256 checksum of its content. An entry that fails any check (unparsable, checksum, key or
+fields differ, unknown type, a value that does not read back to the same data) is recomputed and
+rewritten, never used; a cache directory that cannot be used turns disk caching off with one
+warning, never fails a gate. The checksum catches bit rot and torn files, not a forger: anyone
+who can write to the cache directory can write a consistent entry, so a release decision should
+run with ``--circuits-no-cache``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import pickle
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,21 +30,103 @@ from .atomic import write_bytes_atomic
 
 T = TypeVar("T")
 
-#: Part of every key. Entries are pickles of result classes, so a change to those classes' fields
-#: must bump it, or an old entry would unpickle into an object of the wrong shape.
+#: Part of every key and every entry. Bump it when a cached result type's fields change, so an
+#: old entry is recomputed instead of read into the wrong shape.
 #: 2: typed ModelInfo in reports, CompareSettings, fan_in_all, SweepResult.confirm_top_k.
-CACHE_FORMAT = 2
+#: 3: JSON entries with a checksum instead of pickles; ComponentEffect.bound, screening.
+CACHE_FORMAT = 3
+
+#: A disk entry's file name ends with this (older releases wrote ``.pkl`` files, never read).
+SUFFIX = ".json"
 
 _memory: dict[str, Any] = {}
 _settings: dict[str, Any] = {"directory": None, "enabled": True}
+#: Paths already warned about, so a broken directory or entry warns once, not per gate.
+_warned: set[str] = set()
+
+
+class CacheWarning(UserWarning):
+    """The analysis cache could not use a directory or an entry; results were recomputed."""
+
+
+@dataclass(frozen=True)
+class _Codec:
+    """How one result type is written and read: ``to_dict`` out, its own reader back."""
+
+    name: str
+    matches: Callable[[Any], bool]
+    read: Callable[[dict[str, Any]], Any]
+
+
+def _codecs() -> list[_Codec]:
+    # Imported here: the plugin imports this module at load, and the analysis imports torch.
+    from .analysis.ablation import SweepResult
+    from .analysis.compare import ModelReport, PairReport, report_from_dict
+
+    return [
+        _Codec("report", lambda v: isinstance(v, (ModelReport, PairReport)), report_from_dict),
+        _Codec("sweep", lambda v: isinstance(v, SweepResult), SweepResult.from_dict),
+    ]
 
 
 def configure(directory: str | os.PathLike[str] | None, enabled: bool = True) -> None:
-    """Set the on-disk cache directory (None: memory only) and whether caching is on at all."""
+    """Set the on-disk cache directory (None: memory only) and whether caching is on at all.
+
+    A directory that cannot be created or written turns disk caching off with one
+    :class:`CacheWarning`; results are still memoised in memory.
+    """
     _settings["directory"] = Path(directory) if directory is not None else None
     _settings["enabled"] = bool(enabled)
     if not enabled:
         _memory.clear()
+    if enabled and directory is not None:
+        problem = directory_problem(Path(directory))
+        if problem is not None:
+            _disable_disk(Path(directory), problem)
+
+
+def forget() -> None:
+    """Drop every result memoised in memory and every warning already given (a new session);
+    the directory setting and the disk entries stay."""
+    _memory.clear()
+    _warned.clear()
+
+
+def directory_problem(directory: Path) -> str | None:
+    """Why ``directory`` cannot hold the cache (None when it can): created if missing, then a
+    probe file written and removed, as the real entries will be."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if not directory.is_dir():
+            return "it is not a directory"
+        probe = directory / f".probe-{os.getpid()}{SUFFIX}"
+        write_bytes_atomic(probe, b"{}")
+        os.unlink(probe)
+    except OSError as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _disable_disk(directory: Path, problem: str) -> None:
+    _settings["directory"] = None
+    _warn_once(
+        f"dir:{directory}",
+        f"analysis cache directory {str(directory)!r} cannot be used ({problem}); results are "
+        "kept in memory for this session only. Point --circuits-cache-dir at a writable "
+        "directory, or pass --circuits-no-cache to silence this.",
+    )
+
+
+def _warn_once(tag: str, message: str) -> None:
+    if tag in _warned:
+        return
+    _warned.add(tag)
+    warnings.warn(message, CacheWarning, stacklevel=3)
+
+
+def _plain(parts: dict[str, Any]) -> Any:
+    """``parts`` as the JSON data an entry stores (non-JSON values as their text)."""
+    return json.loads(json.dumps(parts, sort_keys=True, default=str))
 
 
 def cache_key(kind: str, parts: dict[str, Any]) -> str:
@@ -46,6 +138,76 @@ def cache_key(kind: str, parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def entry_path(directory: Path, kind: str, key: str) -> Path:
+    """Where the entry for ``key`` lives (the kind keeps the directory readable)."""
+    return directory / f"{kind}-{key[:32]}{SUFFIX}"
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    # NaN and infinities are legal in results (Python's json writes and reads them)
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()
+
+
+def _checksum(body: dict[str, Any]) -> str:
+    return hashlib.sha256(_canonical(body)).hexdigest()
+
+
+def encode_entry(kind: str, key: str, parts: dict[str, Any], value: Any) -> bytes | None:
+    """The bytes of a disk entry for ``value``, or None for a type the cache does not store."""
+    codec = next((c for c in _codecs() if c.matches(value)), None)
+    if codec is None:
+        return None
+    body = {
+        "format": CACHE_FORMAT,
+        "kind": kind,
+        "key": key,
+        "parts": _plain(parts),
+        "type": codec.name,
+        "value": value.to_dict(),
+    }
+    return _canonical({"sha256": _checksum(body), "body": body})
+
+
+def decode_entry(data: bytes, kind: str, key: str, parts: dict[str, Any]) -> Any:
+    """The typed result in an entry's bytes; raises ``ValueError`` saying why an entry cannot
+    be used (so the caller recomputes it)."""
+    try:
+        entry = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"not a JSON entry ({error})") from None
+    if not isinstance(entry, dict) or not isinstance(entry.get("body"), dict):
+        raise ValueError("not a cache entry (no body)")
+    body = entry["body"]
+    if entry.get("sha256") != _checksum(body):
+        raise ValueError("checksum mismatch (the file changed after it was written)")
+    expected = {"format": CACHE_FORMAT, "kind": kind, "key": key, "parts": _plain(parts)}
+    for name, value in expected.items():
+        if body.get(name) != value:
+            raise ValueError(f"stored {name} {body.get(name)!r} is not the expected {value!r}")
+    codec = next((c for c in _codecs() if c.name == body.get("type")), None)
+    if codec is None or not isinstance(body.get("value"), dict):
+        raise ValueError(f"unknown result type {body.get('type')!r}")
+    try:
+        value = codec.read(body["value"])
+        again = value.to_dict()
+    except Exception as error:  # a reader's own complaint about the data, whatever its type
+        raise ValueError(f"the {codec.name} does not read back ({error})") from None
+    if not _same_data(again, body["value"]):
+        raise ValueError(f"the {codec.name} reads back to different values")
+    return value
+
+
+def _same_data(a: Any, b: Any) -> bool:
+    """JSON data equal, NaN equal to NaN (a result may hold NaN), tuples equal to lists."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_data(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_data(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
 def cached(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -> T:
     """Return the memoised result for ``parts`` or compute, store and return it."""
     if not _settings["enabled"]:
@@ -54,22 +216,52 @@ def cached(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -> T:
     if key in _memory:
         return _memory[key]
     directory: Path | None = _settings["directory"]
-    path = directory / f"{kind}-{key[:32]}.pkl" if directory is not None else None
-    if path is not None and path.is_file():
-        try:
-            with path.open("rb") as handle:
-                value = pickle.load(handle)
-        except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError):
-            value = None  # unreadable entry (older code, torn copy): recompute it
+    path = entry_path(directory, kind, key) if directory is not None else None
+    if path is not None:
+        value = _read(path, kind, key, parts)
         if value is not None:
             _memory[key] = value
             return value
     value = compute()
     _memory[key] = value
     if path is not None:
-        _write_atomic(path, value)
+        _write(path, kind, key, parts, value)
     return value
 
 
-def _write_atomic(path: Path, value: Any) -> None:
-    write_bytes_atomic(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+def _read(path: Path, kind: str, key: str, parts: dict[str, Any]) -> Any:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        if not path.parent.is_dir():
+            _disable_disk(path.parent, f"{type(error).__name__}: {error}")
+        return None  # unreadable entry: recompute; the write below replaces it if it can
+    try:
+        return decode_entry(data, kind, key, parts)
+    except ValueError as problem:
+        _warn_once(
+            f"entry:{path}",
+            f"analysis cache entry {str(path)!r} was not used ({problem}); the result was "
+            "recomputed and the entry rewritten",
+        )
+        return None
+
+
+def _write(path: Path, kind: str, key: str, parts: dict[str, Any], value: Any) -> None:
+    try:
+        data = encode_entry(kind, key, parts, value)
+    except (TypeError, ValueError) as error:  # a value JSON cannot hold: memory only
+        _warn_once(
+            f"encode:{kind}",
+            f"a {kind} result could not be written to the analysis cache as JSON ({error}); it "
+            "is kept in memory for this session only",
+        )
+        return
+    if data is None:
+        return  # a type the cache cannot write as JSON stays in memory
+    try:
+        write_bytes_atomic(path, data)
+    except OSError as error:
+        _disable_disk(path.parent, f"{type(error).__name__}: {error}")
