@@ -117,7 +117,9 @@ class CircuitModel:
             )
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
-        self.hf_model.save_pretrained(target, state_dict=self._hf_state)
+        # A copy of the mapping: save_pretrained removes entries (tied weights) from the dict
+        # it is given, and this one is the model's record of its Hugging Face weights.
+        self.hf_model.save_pretrained(target, state_dict=dict(self._hf_state))
         self.tokenizer.save_pretrained(target)
         return target
 

@@ -737,9 +737,13 @@ def test_a_loaded_model_saves_back_and_loads_again(
     """CircuitModel.save_pretrained writes Hugging Face names (the bridged module tree alone
     cannot be saved by transformers) and the tokenizer; the copy loads to the same weights."""
     target = gpt2.save_pretrained(tmp_path / "copy")
+    assert gpt2.save_pretrained(tmp_path / "twice") == tmp_path / "twice"  # saving keeps state
     assert (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file()
     again = load_model(target, device="cpu")
     assert again.weights_fingerprint == gpt2.weights_fingerprint
+    assert load_model(tmp_path / "twice", device="cpu").weights_fingerprint == (
+        gpt2.weights_fingerprint
+    )
     tokens = torch.tensor([[3, 4, 5, 6, 7]])
     with torch.no_grad():
         torch.testing.assert_close(again.bridge(tokens), gpt2_hf(tokens).logits, atol=1e-5, rtol=0)
