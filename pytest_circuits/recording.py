@@ -150,3 +150,34 @@ def recording(recorder: Recorder) -> Iterator[None]:
         yield
     finally:
         _recorder.reset(token)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the plugin tells the gates of the test that calls them: the ``--circuits-n-prompts``
+    and ``--circuits-seed`` (or marker, or ini) values a gate uses when it is given a task name
+    and no ``n_prompts=``/``seed=`` of its own, and whether the run needs a GPU."""
+
+    n_prompts: int | None = None
+    seed: int | None = None
+    require_gpu: bool = False
+
+
+_settings: contextvars.ContextVar[RunSettings | None] = contextvars.ContextVar(
+    "pytest_circuits_run_settings", default=None
+)
+
+
+def run_settings() -> RunSettings:
+    """The settings of the test running now (defaults outside pytest)."""
+    return _settings.get() or RunSettings()
+
+
+@contextmanager
+def using_settings(settings: RunSettings) -> Iterator[None]:
+    """Install ``settings`` for the duration of the block (the plugin wraps each test)."""
+    token = _settings.set(settings)
+    try:
+        yield
+    finally:
+        _settings.reset(token)

@@ -7,7 +7,17 @@ from typing import Any
 from ..errors import CircuitAssertionError
 from ..recording import Blame, MetricCheck
 from ..tables import format_table
-from .finish import Tolerance, finish, headline, pair_result
+from .finish import (
+    Tolerance,
+    check_margin,
+    finish,
+    headline,
+    pair_result,
+    read_baseline_tolerance,
+    require_gpu,
+    student_must_do_task,
+    task_options,
+)
 from .registry import GateKind, Metric, Threshold
 
 
@@ -22,7 +32,7 @@ def assert_circuit_aligned(
     ablation: str = "mean",
     similarity: str = "paper",
     n_prompts: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     margin: float = 0.1,
     baseline_tolerance: Tolerance = None,
 ) -> Any:
@@ -40,12 +50,19 @@ def assert_circuit_aligned(
     limits = KIND.read_thresholds(
         {"min_score": min_score, "min_weighted_score": min_weighted_score}
     )
+    gate = KIND.function_name
+    n_prompts, seed = task_options(n_prompts, seed, gate)
+    margin = check_margin(margin, gate)
+    read_baseline_tolerance(baseline_tolerance, f"{gate}: baseline_tolerance", KIND)
     pair = as_pair(pair)
+    require_gpu(gate, pair.teacher, pair.student)
     task = as_task(task, n_prompts, seed)
-    report = pair_report(
-        pair, task, ablation=ablation, similarity=similarity, matching=matching,
-        direction=direction, seed=seed, margin=margin,
-    )
+    with student_must_do_task(KIND, pair, task, f"{pair.teacher.name} -> {pair.student.name}",
+                              margin=margin, seed=seed):
+        report = pair_report(
+            pair, task, ablation=ablation, similarity=similarity, matching=matching,
+            direction=direction, seed=seed, margin=margin,
+        )
     a = report.alignment
     if not a.pairs:
         raise CircuitAssertionError("alignment was computed over zero matched components")

@@ -6,7 +6,15 @@ from typing import Any
 
 from ..recording import GateResult, MetricCheck
 from ..tables import format_table
-from .finish import Tolerance, finish, tolerances
+from .finish import (
+    Tolerance,
+    check_margin,
+    finish,
+    read_baseline_tolerance,
+    require_gpu,
+    task_options,
+    tolerances,
+)
 from .registry import GateKind, Metric, Threshold
 
 
@@ -16,7 +24,7 @@ def assert_behavior_preserved(
     *,
     min_retained: float,
     n_prompts: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     margin: float = 0.1,
     baseline_tolerance: Tolerance = None,
 ) -> Any:
@@ -28,7 +36,12 @@ def assert_behavior_preserved(
     from ..analysis.ablation import make_fingerprint
     from ..analysis.cached import as_pair, as_task
 
+    gate = KIND.function_name
+    n_prompts, seed = task_options(n_prompts, seed, gate)
+    margin = check_margin(margin, gate)
+    read_baseline_tolerance(baseline_tolerance, f"{gate}: baseline_tolerance", KIND)
     pair = as_pair(pair)
+    require_gpu(gate, pair.teacher, pair.student)
     task = as_task(task, n_prompts, seed)
     teacher = task_performance(pair.teacher, task)
     student = task_performance(pair.student, task)
@@ -53,7 +66,7 @@ def assert_behavior_preserved(
         values=values,
         fingerprint=fingerprint.to_dict(),
         models={"teacher": pair.teacher.describe(), "student": pair.student.describe()},
-        tolerances=tolerances(baseline_tolerance, list(values)),
+        tolerances=tolerances(baseline_tolerance, list(values), KIND),
     )
     details = format_table(
         ["model", "logit diff", "accuracy", "pairwise accuracy"],
@@ -62,6 +75,10 @@ def assert_behavior_preserved(
             ["student", student.mean_logit_diff, student.accuracy, student.pairwise_accuracy],
         ],
     )
+    if not student.mean_logit_diff > margin:
+        details += (f"\n  behaviour lost: the student's clean logit difference "
+                    f"{student.mean_logit_diff:.4f} is not above margin={margin:g} (the "
+                    f"teacher's is {teacher.mean_logit_diff:.4f})")
     finish(result, f"behaviour of {pair.name} on task '{task.name}'", details)
     return student
 

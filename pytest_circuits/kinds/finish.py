@@ -6,12 +6,14 @@ keys its baseline entry the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from ..errors import CircuitAssertionError, GateConfigError
+from ..errors import CircuitAssertionError, GateConfigError, InvalidTaskError
 from ..identity import ModelInfo
-from ..recording import Blame, GateResult, MetricCheck, as_model_info, record
+from ..recording import Blame, GateResult, MetricCheck, as_model_info, record, run_settings
 from ..tables import format_number, format_table
 from .registry import GateKind
 
@@ -30,22 +32,197 @@ def checks_table(checks: Sequence[MetricCheck]) -> str:
     )
 
 
-def tolerances(baseline_tolerance: Tolerance, names: Sequence[str]) -> dict[str, float]:
-    """Per-metric baseline tolerances from one number (every metric) or a mapping."""
-    if baseline_tolerance is None:
+def tolerances(baseline_tolerance: Tolerance, names: Sequence[str],
+               kind: GateKind | None = None) -> dict[str, float]:
+    """Per-metric baseline tolerances from one number (every metric) or a mapping, checked by
+    :func:`read_baseline_tolerance` against ``kind``'s metrics."""
+    what = f"{kind.function_name}: baseline_tolerance" if kind else "baseline_tolerance"
+    value = read_baseline_tolerance(baseline_tolerance, what, kind)
+    if value is None:
         return {}
-    if isinstance(baseline_tolerance, Mapping):
-        return {str(k): _tolerance(v, str(k)) for k, v in baseline_tolerance.items()}
-    return {name: _tolerance(baseline_tolerance, name) for name in names}
+    if isinstance(value, dict):
+        return value
+    return {name: value for name in names}
 
 
-def _tolerance(value: Any, metric: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+def read_baseline_tolerance(value: Any, what: str, kind: GateKind | None = None
+                            ) -> float | dict[str, float] | None:
+    """A baseline tolerance validated: None, a finite number >= 0, or a mapping of metric names
+    (of ``kind``, or of any gate kind when none is given) to such numbers.
+
+    A NaN compares false with everything, so a NaN tolerance would pass every regression; a
+    negative one would fail an unchanged result; a misspelt metric name would silently leave
+    the metric at its default. Each is a :class:`GateConfigError` instead.
+    """
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        if not value:
+            raise GateConfigError(f"{what} is an empty mapping; give metric: number pairs or "
+                                  "one number for every metric")
+        known = _metric_names(kind)
+        checked: dict[str, float] = {}
+        for metric, number in value.items():
+            if not isinstance(metric, str) or _find_metric(metric, kind) is None:
+                from ..settings import closest
+
+                owner = f"gate {kind.name}" if kind else "any gate kind"
+                raise GateConfigError(
+                    f"{what}: {metric!r} is not a metric of {owner}{closest(metric, known)}; "
+                    f"known metrics: {', '.join(known)} (see GATES.md)"
+                )
+            checked[metric] = _tolerance(number, f"{what}[{metric!r}]")
+        return checked
+    return _tolerance(value, what)
+
+
+def _metric_names(kind: GateKind | None) -> list[str]:
+    from . import KINDS
+
+    kinds = [kind] if kind is not None else list(KINDS.values())
+    return sorted({m.name for k in kinds for m in k.metrics})
+
+
+def _find_metric(name: str, kind: GateKind | None) -> Any:
+    from . import KINDS
+
+    kinds = [kind] if kind is not None else list(KINDS.values())
+    return next((m for k in kinds if (m := k.metric(name)) is not None), None)
+
+
+def _tolerance(value: Any, what: str) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0):
         raise GateConfigError(
-            f"baseline_tolerance for {metric} is {value!r}; give a non-negative number (or a "
-            "mapping metric -> number)"
+            f"{what} is {value!r}; give a finite number >= 0 (or a mapping metric -> number)"
         )
     return float(value)
+
+
+# ----------------------------------------------------------------------------- gate edge checks
+
+
+def task_options(n_prompts: Any, seed: Any, gate: str) -> tuple[int | None, int]:
+    """``n_prompts`` and ``seed`` for a gate: its own when given, else the running test's
+    (``--circuits-n-prompts``/``--circuits-seed``, marker or ini key), else the defaults.
+
+    ``n_prompts=0`` is refused, never read as "the default".
+    """
+    settings = run_settings()
+    if n_prompts is None:
+        n_prompts = settings.n_prompts
+    elif isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
+        raise GateConfigError(f"{gate}: n_prompts={n_prompts!r} must be a whole number >= 1 "
+                              "(or None for the run's --circuits-n-prompts)")
+    if seed is None:
+        seed = settings.seed if settings.seed is not None else 0
+    elif isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise GateConfigError(f"{gate}: seed={seed!r} must be a whole number >= 0")
+    return n_prompts, seed
+
+
+def check_margin(margin: Any, gate: str) -> float:
+    """The "model cannot do this task" guard's margin: a finite logit difference >= 0.
+
+    A negative margin would let a model whose correct answer scores below the distractor pass
+    the guard, and every ablation percentage against that clean metric would be meaningless.
+    """
+    if (isinstance(margin, bool) or not isinstance(margin, (int, float))
+            or not math.isfinite(margin) or margin < 0):
+        raise GateConfigError(
+            f"{gate}: margin={margin!r} must be a finite number >= 0 (a logit difference; the "
+            "default 0.1 refuses a model whose clean logit difference is not above it)"
+        )
+    return float(margin)
+
+
+def check_drop_tolerance(tolerance: Any, gate: str) -> float:
+    """The per-component drop tolerance of a sweep: percentage points in [0, 100]."""
+    if (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
+            or not math.isfinite(tolerance) or not 0 <= tolerance <= 100):
+        raise GateConfigError(
+            f"{gate}: tolerance={tolerance!r} must be a number in [0, 100] (percentage points "
+            "of the clean metric a single ablation may cost before it counts as severe)"
+        )
+    return float(tolerance)
+
+
+def require_gpu(gate: str, *models: Any) -> None:
+    """Under ``--circuits-require-gpu``, fail a gate whose models are not on a CUDA device:
+    the run promised GPU numbers, so a silent CPU fallback must not pass."""
+    __tracebackhide__ = True
+    if not run_settings().require_gpu:
+        return
+    on_cpu = [f"{getattr(m, 'name', m)} on {getattr(m, 'device', '?')}" for m in models
+              if getattr(m, "device_kind", "cpu") != "cuda"]
+    if on_cpu:
+        import pytest
+
+        pytest.fail(
+            f"{gate}: --circuits-require-gpu was given but this gate would run on "
+            f"{', '.join(on_cpu)}: load the models on a CUDA device (--circuits-device=cuda or "
+            "cuda:auto) on a GPU runner",
+            pytrace=False,
+        )
+
+
+@contextmanager
+def student_must_do_task(kind: GateKind, pair: Any, task: Any, subject: str, *, margin: float,
+                         seed: int) -> Iterator[None]:
+    """Turn the analysis' "cannot do the task" refusal into a failed gate when it is the
+    student that lost the behaviour (a regression), and leave it an error when the teacher
+    cannot do the task (the test is misconfigured)."""
+    __tracebackhide__ = True
+    try:
+        yield
+    except InvalidTaskError as exc:
+        error = exc
+    else:
+        return
+    # outside the except block, so a failed gate does not read as "during handling of"
+    lost_behaviour(kind, pair, task, subject, margin=margin, seed=seed)
+    raise error
+
+
+def lost_behaviour(kind: GateKind, pair: Any, task: Any, subject: str, *, margin: float,
+                   seed: int) -> None:
+    """Record and raise a failed gate when the student no longer does ``task`` and the teacher
+    does; return (so the caller re-raises the analysis' error) otherwise."""
+    __tracebackhide__ = True
+    from ..analysis import task_performance
+    from ..analysis.ablation import make_fingerprint
+
+    teacher = task_performance(pair.teacher, task)
+    if not teacher.mean_logit_diff > margin:
+        return  # the teacher cannot do it either: the task or the pair is wrong
+    student = task_performance(pair.student, task)
+    if student.mean_logit_diff > margin:
+        return  # not the student's failure: keep the analysis' own error
+    # the guard is "strictly above margin", so the smallest passing value is just above it
+    threshold = math.nextafter(margin, math.inf)
+    checks = [MetricCheck("student_logit_diff", student.mean_logit_diff, threshold, ">=",
+                          teacher.mean_logit_diff)]
+    values = {"student_logit_diff": student.mean_logit_diff,
+              "teacher_logit_diff": teacher.mean_logit_diff,
+              "student_accuracy": student.accuracy, "teacher_accuracy": teacher.accuracy}
+    fingerprint = make_fingerprint(pair.student, task, analysis="behavior", ablation="none",
+                                   method="clean", seed=seed)
+    result = GateResult(
+        gate=kind.name, subject=subject, task=task.name, checks=checks, values=values,
+        fingerprint=fingerprint.to_dict(),
+        models={"teacher": pair.teacher.describe(), "student": pair.student.describe()},
+    )
+    details = (
+        f"  behaviour lost: {pair.student.name} no longer does task '{task.name}': its clean "
+        f"logit difference is {student.mean_logit_diff:.4f} (accuracy "
+        f"{student.accuracy:.3f}), the teacher {pair.teacher.name}'s is "
+        f"{teacher.mean_logit_diff:.4f} (accuracy {teacher.accuracy:.3f}); a model must score "
+        f"above margin={margin:g} to be gated on how it computes the task, so the student "
+        "fails this gate"
+    )
+    finish(result, f"{kind.function_name}: behaviour of {subject} on task '{task.name}'",
+           details)
+    raise AssertionError("unreachable: finish raises on a failed check")  # pragma: no cover
 
 
 def model_name(model: ModelInfo | Mapping[str, Any]) -> str:
@@ -81,7 +258,7 @@ def pair_result(
         models={"teacher": as_model_info(report.teacher.model),
                 "student": as_model_info(report.student.model)},
         report=report,
-        tolerances=tolerances(baseline_tolerance, list(values)),
+        tolerances=tolerances(baseline_tolerance, list(values), kind),
     )
 
 

@@ -8,7 +8,18 @@ from typing import Any
 from ..errors import GateConfigError
 from ..recording import Blame, MetricCheck
 from ..tables import format_table
-from .finish import Tolerance, finish, headline, model_name, pair_result
+from .finish import (
+    Tolerance,
+    check_margin,
+    finish,
+    headline,
+    model_name,
+    pair_result,
+    read_baseline_tolerance,
+    require_gpu,
+    student_must_do_task,
+    task_options,
+)
 from .registry import GateKind, Metric, Threshold
 
 
@@ -24,7 +35,7 @@ def assert_mechanism_preserved(
     similarity: str = "paper",
     ablation: str = "mean",
     n_prompts: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     margin: float = 0.1,
     baseline_tolerance: Tolerance = None,
 ) -> Any:
@@ -43,13 +54,20 @@ def assert_mechanism_preserved(
         )
     limits = KIND.read_thresholds({"min_similarity": min_similarity,
                                    "min_influence": min_influence})
+    gate = KIND.function_name
+    n_prompts, seed = task_options(n_prompts, seed, gate)
+    margin = check_margin(margin, gate)
+    read_baseline_tolerance(baseline_tolerance, f"{gate}: baseline_tolerance", KIND)
     names = [Component.parse(c).name for c in components]
     pair = as_pair(pair)
+    require_gpu(gate, pair.teacher, pair.student)
     task = as_task(task, n_prompts, seed)
-    report = pair_report(
-        pair, task, ablation=ablation, similarity=similarity, matching=matching,
-        direction=direction, seed=seed, margin=margin,
-    )
+    with student_must_do_task(KIND, pair, task, f"{pair.teacher.name} -> {pair.student.name}",
+                              margin=margin, seed=seed):
+        report = pair_report(
+            pair, task, ablation=ablation, similarity=similarity, matching=matching,
+            direction=direction, seed=seed, margin=margin,
+        )
     by_teacher = {p.teacher: p for p in report.alignment.pairs}
     missing = [n for n in names if n not in by_teacher]
     if missing:

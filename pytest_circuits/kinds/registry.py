@@ -92,6 +92,16 @@ class Metric:
             raise ValueError(f"metric {self.name}: a compared metric needs a tolerance")
 
 
+#: What any gate reports when the student has lost the task's behaviour (its clean metric is
+#: not above the margin while the teacher's is): the gate fails on these, not on its own.
+CLEAN_METRICS: tuple[Metric, ...] = (
+    Metric("student_logit_diff", "logit", None, meaning="the student's mean logit difference"),
+    Metric("teacher_logit_diff", "logit", None, meaning="the teacher's mean logit difference"),
+    Metric("student_accuracy", "fraction", None, meaning="the student's top-1 accuracy"),
+    Metric("teacher_accuracy", "fraction", None, meaning="the teacher's top-1 accuracy"),
+)
+
+
 @dataclass(frozen=True)
 class GateKind:
     """One kind of gate: the assertion it runs and everything the plugin needs to know of it."""
@@ -134,9 +144,12 @@ class GateKind:
         return next(t for t in self.thresholds if t.name == name)
 
     def metric(self, name: str) -> Metric | None:
-        """The metric ``name`` (``L1H2.similarity`` finds ``similarity``), None if unknown."""
+        """The metric ``name`` (``L1H2.similarity`` finds ``similarity``), None if unknown.
+
+        Every kind also knows :data:`CLEAN_METRICS`, which a gate reports instead of its own
+        when the student no longer does the task."""
         base = name.rsplit(".", 1)[-1]
-        return next((m for m in self.metrics if m.name == base), None)
+        return next((m for m in (*self.metrics, *CLEAN_METRICS) if m.name == base), None)
 
     def read_thresholds(self, given: Mapping[str, Any]) -> dict[str, float | None]:
         """Every threshold validated; fails when a required one or all of them are missing.

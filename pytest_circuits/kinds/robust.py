@@ -8,7 +8,18 @@ from typing import Any
 from ..errors import CircuitAssertionError, GateConfigError
 from ..recording import Blame, GateResult, MetricCheck, as_model_info
 from ..tables import format_table
-from .finish import Tolerance, finish, model_name, tolerances
+from .finish import (
+    Tolerance,
+    check_drop_tolerance,
+    check_margin,
+    finish,
+    model_name,
+    read_baseline_tolerance,
+    require_gpu,
+    student_must_do_task,
+    task_options,
+    tolerances,
+)
 from .registry import GateKind, Metric, Threshold
 
 
@@ -24,7 +35,7 @@ def assert_ablation_robust(
     ablation: str = "mean",
     tolerance: float = 20.0,
     n_prompts: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     margin: float = 0.1,
     baseline_tolerance: Tolerance = None,
 ) -> Any:
@@ -49,11 +60,22 @@ def assert_ablation_robust(
             f"teacher, but a single model ({type(model_or_pair).__name__}) was given; pass a "
             "pair (circuit_pair)"
         )
+    gate = KIND.function_name
+    n_prompts, seed = task_options(n_prompts, seed, gate)
+    margin = check_margin(margin, gate)
+    tolerance = check_drop_tolerance(tolerance, gate)
+    read_baseline_tolerance(baseline_tolerance, f"{gate}: baseline_tolerance", KIND)
+    subject = model_or_pair.student if is_pair else model_or_pair
+    require_gpu(gate, *((model_or_pair.teacher, subject) if is_pair else (subject,)))
     task = as_task(task, n_prompts, seed)
     settings = dict(components=components, ablation=ablation, seed=seed, margin=margin,
                     tolerance=tolerance)
-    subject = model_or_pair.student if is_pair else model_or_pair
-    report = model_report(subject, task, **settings)
+    if is_pair:  # a student that lost the task fails; a single model that cannot do it errs
+        with student_must_do_task(KIND, model_or_pair, task,
+                                  _subject(subject.name, components), margin=margin, seed=seed):
+            report = model_report(subject, task, **settings)
+    else:
+        report = model_report(subject, task, **settings)
     teacher = model_report(model_or_pair.teacher, task, **settings) if is_pair else None
     b = report.brittleness
     tb = teacher.brittleness if teacher is not None else None
@@ -98,7 +120,7 @@ def assert_ablation_robust(
         fingerprint=report.fingerprint.to_dict(),
         models=models,
         report=report,
-        tolerances=tolerances(baseline_tolerance, list(values)),
+        tolerances=tolerances(baseline_tolerance, list(values), KIND),
     )
     details = (
         f"  mean drop {b.mean_drop:.2f} (95% CI {b.mean_drop_ci[0]:.2f}..{b.mean_drop_ci[1]:.2f}),"
