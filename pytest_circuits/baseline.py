@@ -4,7 +4,8 @@ A baseline file is JSON with a header (format, version, dates, library versions)
 per :attr:`GateResult.key`. A result is compared metric by metric with its entry: for a metric a
 gate checks with ``>=`` a lower value is worse, for ``<=`` a higher one; a change in the worse
 direction beyond the tolerance is a regression and fails the test that measured it. An entry
-measured with a different method (any of ``METHOD_FIELDS`` of the fingerprint) is refused.
+measured with a different method (any of ``METHOD_FIELDS`` of the fingerprint) is refused; a
+method field an older release did not write yet reads as the value it implicitly had.
 Which way is worse for a metric the gate did not check, and each metric's default tolerance,
 come from its gate kind's registry entry (:mod:`pytest_circuits.kinds`).
 """
@@ -12,14 +13,15 @@ come from its gate kind's registry entry (:mod:`pytest_circuits.kinds`).
 from __future__ import annotations
 
 import json
+import math
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import CircuitsError
-from .kinds import metric_spec
+from .errors import CircuitsError, GateConfigError
+from .kinds import kind_of, metric_spec
 from .recording import GateResult
 from .tables import format_table
 
@@ -46,15 +48,26 @@ def default_tolerance(metric: str, gate: str = "") -> float:
 
 
 def tolerance_for(metric: str, result: GateResult, override: Tolerance = None) -> float:
-    """The result's own tolerance, else the test's (marker/YAML), else the registry's."""
+    """The result's own tolerance, else the test's (marker/YAML), else the registry's.
+
+    A NaN or negative tolerance is a :class:`GateConfigError`: NaN would let every regression
+    through (it compares false), a negative one would fail an unchanged value.
+    """
     if metric in result.tolerances:
-        return float(result.tolerances[metric])
+        return _checked(result.tolerances[metric], metric, f"{result.gate}'s baseline_tolerance")
     if isinstance(override, dict):
         if metric in override:
-            return float(override[metric])
+            return _checked(override[metric], metric, "the test's baseline_tolerance")
     elif override is not None:
-        return float(override)
+        return _checked(override, metric, "the test's baseline_tolerance")
     return default_tolerance(metric, result.gate)
+
+
+def _checked(value: object, metric: str, where: str) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0):
+        raise GateConfigError(f"{where} for {metric} is {value!r}; give a finite number >= 0")
+    return float(value)
 
 
 def direction(metric: str, result: GateResult) -> str | None:
@@ -85,8 +98,8 @@ class MetricDelta:
 
     @property
     def regressed(self) -> bool:
-        if self.current != self.current:  # NaN never passes
-            return True
+        if not (math.isfinite(self.current) and math.isfinite(self.baseline)):
+            return True  # NaN compares false with everything: it must never read as "ok"
         return self.worse_by > self.tolerance + 1e-12
 
 
@@ -120,14 +133,35 @@ def _now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
+def legacy_value(name: str, fingerprint: dict[str, Any]) -> Any:
+    """The value a method field had in a fingerprint written before the field existed.
+
+    ``direction`` came with the choice of matching direction; before it every comparison
+    matched teacher to student (the paper's convention) and a sweep had none. Any other field
+    reads as the fingerprint's default, or None (a mismatch) when it has none.
+    """
+    from .analysis.fingerprint import MethodFingerprint
+    from .analysis.matching import DEFAULT_DIRECTION
+
+    if name == "direction":
+        return DEFAULT_DIRECTION if fingerprint.get("matching") else ""
+    for spec in fields(MethodFingerprint):
+        if spec.name == name and spec.default is not MISSING:
+            return spec.default
+    return None
+
+
 def method_differences(current: dict[str, Any], stored: dict[str, Any]) -> list[str]:
     """Method fields of two fingerprints that differ, as ``name: stored -> current``."""
     from .analysis.fingerprint import METHOD_FIELDS
 
+    def value(fingerprint: dict[str, Any], name: str) -> Any:
+        return fingerprint[name] if name in fingerprint else legacy_value(name, fingerprint)
+
     return [
-        f"{name}: baseline {stored.get(name)!r}, this run {current.get(name)!r}"
+        f"{name}: baseline {value(stored, name)!r}, this run {value(current, name)!r}"
         for name in METHOD_FIELDS
-        if stored.get(name) != current.get(name)
+        if value(stored, name) != value(current, name)
     ]
 
 
@@ -163,7 +197,7 @@ class Baseline:
             return cls(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise BaselineFileError(
                 f"baseline {path} cannot be read ({exc}); restore it from version control or "
                 "rewrite it with --circuits-update-baseline"
@@ -181,6 +215,19 @@ class Baseline:
                 "--circuits-update-baseline"
             )
         entries = data.get("entries", {})
+        if not isinstance(entries, dict):
+            raise BaselineFileError(
+                f"baseline {path}: \"entries\" must be a mapping of gate keys to entries, got "
+                f"{type(entries).__name__}; rewrite it with --circuits-update-baseline"
+            )
+        for key, entry in entries.items():
+            problem = entry_problem(key, entry)
+            if problem:
+                raise BaselineFileError(
+                    f"baseline {path}: entry {key!r} {problem}; a baseline that cannot be "
+                    "compared must not pass. Fix the entry, or re-record it with "
+                    "--circuits-update-baseline"
+                )
         header = {k: v for k, v in data.items() if k != "entries"}
         return cls(path, entries, header)
 
@@ -250,6 +297,35 @@ class Baseline:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.header, "entries": dict(sorted(self.entries.items()))}
+
+
+def entry_problem(key: Any, entry: Any) -> str:
+    """What is wrong with one baseline entry ("" when nothing): each must hold a non-empty
+    ``values`` mapping of finite numbers, named as its gate kind's registry names them."""
+    if not isinstance(entry, dict):
+        return f"is {type(entry).__name__}, not a mapping"
+    values = entry.get("values")
+    if not isinstance(values, dict) or not values:
+        return ("has no values (\"values\" must be a non-empty mapping metric -> number), so "
+                "nothing could be compared")
+    kind = kind_of(str(key).split("::", 1)[0])
+    for metric, number in values.items():
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            return f"has a value {metric}: {number!r} that is not a number"
+        if not math.isfinite(number):
+            return f"has a value {metric}: {number!r} that is not finite"
+        if kind is not None and kind.metric(str(metric)) is None:
+            from .settings import closest
+
+            known = [m.name for m in kind.metrics]
+            return (f"names a metric {metric!r} that gate {kind.name} does not report"
+                    f"{closest(metric, known)} (its metrics: {', '.join(known)})")
+    for part in ("fingerprint", "checks", "models"):
+        if part in entry and not isinstance(entry[part], dict):
+            return f"has a \"{part}\" that is {type(entry[part]).__name__}, not a mapping"
+    if "nodeid" in entry and not isinstance(entry["nodeid"], str):
+        return "has a \"nodeid\" that is not a string"
+    return ""
 
 
 def entry_for(result: GateResult) -> dict[str, Any]:

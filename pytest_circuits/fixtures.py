@@ -8,6 +8,7 @@ the fixtures call only when a test asks for them.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .errors import CircuitsError
-from .settings import Value, marker_kwargs, model_source, resolve
+from .settings import (
+    Value,
+    apply_threads,
+    concrete_device,
+    merged_marker_kwargs,
+    model_source,
+    resolve,
+)
 
 if TYPE_CHECKING:
     from .models import CircuitModel, ModelPair
@@ -40,6 +48,7 @@ class ModelMemo:
 
     def __init__(self) -> None:
         self._entries: dict[Hashable, tuple[bool, Any]] = {}
+        self.threads: int | None = None  # torch's intra-op threads, set before a model loads
 
     def _get(self, key: Hashable, build: Callable[[], Any]) -> Any:
         if key not in self._entries:
@@ -59,6 +68,8 @@ class ModelMemo:
         def build() -> CircuitModel:
             from .models import load_model
 
+            if self.threads is not None:  # torch is loaded now: make sure it took the count
+                apply_threads(self.threads)
             return load_model(source, device=device, dtype=dtype, name=name or source)
 
         return self._get(("model", source, name, device, dtype), build)
@@ -103,23 +114,55 @@ def memo_of(config: pytest.Config) -> ModelMemo:
 
 
 def _setting(request: pytest.FixtureRequest, name: str) -> Value:
-    """A setting for this test (its ``circuits`` marker first); a bad value fails the test."""
+    """A setting for this test (its ``circuits`` markers first: function, class, module);
+    a bad value fails the test."""
     try:
-        marker = marker_kwargs(request.node.get_closest_marker("circuits"))
+        marker = merged_marker_kwargs(request.node)
         return resolve(request.config, name, marker, Path(request.path).parent)
     except pytest.UsageError as exc:
         problem = str(exc)
     pytest.fail(problem, pytrace=False)
 
 
+_NOTES: set[str] = set()  # notes already given in this process
+
+
+def run_device(config: pytest.Config, device: str) -> str:
+    """The device a model of this process loads on: ``cuda:auto`` spread over the GPUs, and
+    under ``--circuits-require-gpu`` no CPU at all (a failed test, before the model loads)."""
+    try:
+        device, note = concrete_device(config, device)
+    except pytest.UsageError as exc:
+        problem = str(exc)
+        pytest.fail(problem, pytrace=False)
+    if note and note not in _NOTES:
+        _NOTES.add(note)
+        warnings.warn(pytest.PytestWarning(note), stacklevel=2)
+    if resolve(config, "require_gpu").value:
+        on_cpu = device == "cpu"
+        if device == "auto":
+            import torch
+
+            on_cpu = not torch.cuda.is_available()
+        if on_cpu:
+            pytest.fail(
+                f"--circuits-require-gpu was given but models would load on the CPU (device "
+                f"{device!r}, CUDA available: no): run on a GPU runner, or drop "
+                "--circuits-require-gpu",
+                pytrace=False,
+            )
+    return device
+
+
 def _load_model(request: pytest.FixtureRequest, role: str) -> CircuitModel:
     source = _setting(request, role)
     if source.value is None:
         pytest.fail(missing_model_message(role), pytrace=False)
+    device = run_device(request.config, _setting(request, "device").value)
     try:
         return memo_of(request.config).model(
             model_source(source), name=str(source.value),
-            device=_setting(request, "device").value, dtype=_setting(request, "dtype").value,
+            device=device, dtype=_setting(request, "dtype").value,
         )
     except CircuitsError as exc:
         problem = f"{role} {source.value!r} (from {source.origin}): {exc}"

@@ -18,7 +18,8 @@ from .dtypes import DTYPES, canonical_dtype
 from .errors import CircuitsError
 from .fixtures import memo_of
 from .kinds import KINDS
-from .settings import Value, closest, model_source, resolve
+from .kinds.finish import check_drop_tolerance, check_margin, read_baseline_tolerance
+from .settings import DEVICE_PATTERN, Value, closest, model_source, resolve
 from .yamlfile import Items, Node, YamlError, load_yaml
 
 #: Suffixes of gate files (named ``circuits`` or ``circuits_*``).
@@ -118,6 +119,13 @@ class _Checker:
         if key in NUMBERS:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise self.fail(line, f"{what}: {key} must be a number, got {_kind(value)}")
+            try:  # the analysis numbers have the gates' own rules, checked here with the line
+                if key == "margin":
+                    check_margin(value, what)
+                elif key == "tolerance":
+                    check_drop_tolerance(value, what)
+            except CircuitsError as exc:
+                raise self.fail(line, str(exc)) from None
             return float(value)
         if key in ("n_prompts", "seed"):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -125,11 +133,16 @@ class _Checker:
                                       f"{_kind(value)}")
             if key == "n_prompts" and value < 1:
                 raise self.fail(line, f"{what}: n_prompts must be at least 1, got {value}")
+            if key == "seed" and value < 0:
+                raise self.fail(line, f"{what}: seed must be at least 0, got {value}")
             return value
         if key in STRINGS:
             if not isinstance(value, str) or not value.strip():
                 raise self.fail(line, f"{what}: {key} must be a non-empty string, got "
                                       f"{_kind(value)}")
+            if key == "device" and not DEVICE_PATTERN.match(value.strip()):
+                raise self.fail(line, f"{what}: device {value!r} is not one of auto, cpu, cuda, "
+                                      "cuda:N, cuda:auto")
             if key == "dtype" and canonical_dtype(value) is None:
                 raise self.fail(line, f"{what}: dtype {value!r} is not one of "
                                       f"{', '.join(DTYPES)}")
@@ -164,11 +177,16 @@ class _Checker:
                 if isinstance(number, bool) or not isinstance(number, (int, float)):
                     raise self.fail(value.lines[metric], f"{what}: baseline_tolerance.{metric} "
                                                          f"must be a number, got {_kind(number)}")
-            return {metric: float(number) for metric, number in value.items()}
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(line, f"{what}: baseline_tolerance must be a number or a mapping "
                                   f"metric: number, got {_kind(value)}")
-        return float(value)
+        try:  # finite, not negative, metric names of some gate kind (the gate's: in _gate)
+            checked = read_baseline_tolerance(
+                dict(value) if isinstance(value, Node) else value, f"{what}: baseline_tolerance")
+        except CircuitsError as exc:
+            raise self.fail(line, str(exc)) from None
+        assert checked is not None
+        return checked
 
 
 def _kind(value: Any) -> str:
@@ -299,6 +317,11 @@ def _gate(
             except CircuitsError as exc:
                 raise check.fail(arguments_node.lines.get(key, kind_line), str(exc)) from None
     if "baseline_tolerance" in settings:
+        try:  # a metric of another kind (from defaults:) is a misspelling for this gate
+            read_baseline_tolerance(settings["baseline_tolerance"],
+                                    f"{what}: baseline_tolerance", kind)
+        except CircuitsError as exc:
+            raise check.fail(lines["baseline_tolerance"], str(exc)) from None
         arguments["baseline_tolerance"] = settings["baseline_tolerance"]
 
     teacher: ModelRef | None
@@ -379,8 +402,10 @@ class GateItem(pytest.Item):
 
     def runtest(self) -> None:
         spec = self.spec
+        from .fixtures import run_device
+
         memo = memo_of(self.config)
-        device = spec.device or resolve(self.config, "device").value
+        device = run_device(self.config, spec.device or resolve(self.config, "device").value)
         dtype = spec.dtype or resolve(self.config, "dtype").value
         n_prompts = spec.n_prompts or resolve(self.config, "n_prompts").value
         seed = spec.seed if spec.seed is not None else resolve(self.config, "seed").value

@@ -183,14 +183,20 @@ def environment(records: list[GateRecord]) -> dict[str, Any]:
     }
 
 
-def results_document(records: list[GateRecord], extra: dict[str, Any] | None = None
-                     ) -> dict[str, Any]:
-    """The ``--circuits-json`` document: header, environment and every result, sorted."""
+def results_document(records: list[GateRecord], extra: dict[str, Any] | None = None, *,
+                     complete: bool = True, interruption: str | None = None) -> dict[str, Any]:
+    """The ``--circuits-json`` document: header, environment and every result, sorted.
+
+    ``complete`` is False when the run stopped before every selected test ran (an interruption,
+    ``-x``): a reader must not take the absence of failures for a green release then.
+    """
     ordered = sorted(records, key=sort_key)
     return {
         "format": FORMAT,
         "version": VERSION,
         "created": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "complete": complete,
+        "interruption": interruption,
         "environment": environment(ordered),
         "summary": {
             "gates": len(ordered),
@@ -207,3 +213,36 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON so readers see the old file or the new one, never a torn one."""
     text = json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n"
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def unwritable(path: Path, *, directory: bool = False) -> str | None:
+    """Why ``path`` (a file, or with ``directory`` a folder) cannot be written, None if it can.
+
+    Probes by creating a file in the nearest existing folder, so it tells the truth for root,
+    for read-only mounts and for a parent that is a file, where permission bits would not.
+    Creates no folder and leaves nothing behind.
+    """
+    import os
+    import tempfile
+
+    if path.exists():
+        if directory and not path.is_dir():
+            return f"{path} exists and is not a directory"
+        if not directory and path.is_dir():
+            return f"{path} is a directory, not a file"
+        if not directory and not os.access(path, os.W_OK):
+            return f"{path} is not writable"
+    folder = path if directory else path.parent
+    while not folder.exists():
+        if folder.parent == folder:
+            return f"no part of {path} exists"
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, so {path} cannot be created under it"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".circuits-probe.", dir=folder)
+    except OSError as exc:
+        return f"cannot create files in {folder} ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(probe)
+    return None

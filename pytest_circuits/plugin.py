@@ -13,11 +13,18 @@ Each test runs with a recorder (:mod:`pytest_circuits.recording`): every gate re
 JUnit properties, a row of the terminal summary, an entry of ``--circuits-json`` and, with
 ``--circuits-baseline``, a comparison with the last accepted release that fails the test that
 regressed. Workers ship their results on the test reports; only the controller writes files.
+
+An interrupted run (Ctrl-C, or SIGTERM, which the plugin turns into the same interruption)
+writes a results file marked ``"complete": false`` and leaves the baseline and the HTML report
+as they were; every output path is checked for writability at startup, before a model loads.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,7 @@ from .errors import CircuitAssertionError
 from .fixtures import (  # the fixtures are imported here so that pytest finds them
     circuit_pair,
     circuit_task,
+    memo_of,
     student,
     teacher,
 )
@@ -40,10 +48,19 @@ from .output import (
     results_document,
     sort_key,
     summary_lines,
+    unwritable,
     write_json_atomic,
 )
-from .recording import GateResult, recording
-from .settings import MARKER_KEYS, SETTINGS, add_options, resolve
+from .recording import GateResult, RunSettings, recording, using_settings
+from .settings import (
+    MARKER_KEYS,
+    SETTINGS,
+    add_options,
+    apply_threads,
+    merged_marker_kwargs,
+    resolve,
+    thread_count,
+)
 
 __all__ = ["CircuitsRun", "circuit_pair", "circuit_task", "student", "teacher"]
 
@@ -74,6 +91,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(CircuitsRun(config), CircuitsRun.name)
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.pluginmanager.get_plugin(CircuitsRun.name)
+    if isinstance(run, CircuitsRun):
+        run.restore_signals()
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     from .gatefile import is_gate_file
 
@@ -90,13 +113,12 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 class _Recorder:
     """Receives a test's gate results: records them, adds JUnit properties, checks baselines."""
 
-    def __init__(self, item: pytest.Item, run: CircuitsRun) -> None:
+    def __init__(self, item: pytest.Item, run: CircuitsRun, marker: dict[str, Any]) -> None:
         self.item = item
         self.run = run
         self.records: list[GateRecord] = []
         self.prefixes: dict[str, int] = {}
-        marker = item.get_closest_marker("circuits")
-        self.tolerance = marker.kwargs.get("baseline_tolerance") if marker else None
+        self.tolerance = marker.get("baseline_tolerance")
 
     def __call__(self, result: GateResult) -> None:
         __tracebackhide__ = True
@@ -154,6 +176,8 @@ class CircuitsRun:
         self.files: set[str] = set()  # files of every reported test
         self.stale: list[str] = []
         self.notes: list[str] = []  # closing lines of the terminal summary
+        self.html_path: Path | None = resolve(config, "html").value
+        self.interruption: str | None = None  # what stopped the run, when something did
         self.baseline: Baseline | None = None
         baseline_path = resolve(config, "baseline").value
         if self.update_baseline and baseline_path is None:
@@ -161,11 +185,74 @@ class CircuitsRun:
                 "--circuits-update-baseline needs the file to write: add "
                 "--circuits-baseline=PATH (or the ini key circuits_baseline)"
             )
+        if not self.is_worker:
+            self._check_writable(baseline_path)
         if baseline_path is not None:
             try:
                 self.baseline = Baseline.load(baseline_path)
             except BaselineFileError as exc:
                 raise pytest.UsageError(str(exc)) from None
+        self.threads, self.threads_origin = thread_count(config)
+        if self.is_worker or not getattr(config.option, "numprocesses", None):
+            # a process that runs tests (not an xdist controller): set before any model loads
+            apply_threads(self.threads)
+            memo_of(config).threads = self.threads
+        self._previous_sigterm: Any = None
+        self._install_sigterm()
+
+    def _check_writable(self, baseline_path: Path | None) -> None:
+        """Refuse at startup an output path the run could not write at its end (after an hour
+        of sweeps), naming the path and the setting it came from."""
+        paths = [("json", self.json_path, False), ("html", self.html_path, False)]
+        if self.update_baseline:
+            paths.append(("baseline", baseline_path, False))
+        cache_dir = resolve(self.config, "cache_dir")
+        if cache_dir.value is not None and not resolve(self.config, "no_cache").value:
+            paths.append(("cache_dir", cache_dir.value, True))
+        for name, path, directory in paths:
+            if path is None:
+                continue
+            problem = unwritable(path, directory=directory)
+            if problem:
+                origin = resolve(self.config, name).origin
+                raise pytest.UsageError(
+                    f"{origin}: cannot write {path}: {problem}. Point it at a writable "
+                    "location (checked before any model loads, so the run does not end without "
+                    "its results)"
+                )
+
+    # ------------------------------------------------------------------------- interruptions
+
+    def _install_sigterm(self) -> None:
+        """Turn SIGTERM (a CI job cancelled, a container stopped) into the interruption pytest
+        reports for Ctrl-C, so the run ends through sessionfinish: results marked incomplete,
+        the baseline untouched, a non-zero exit. A handler the user installed is left alone."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            current = signal.getsignal(signal.SIGTERM)
+        except (AttributeError, ValueError):  # no SIGTERM on this platform
+            return
+        if current not in (signal.SIG_DFL, None):
+            return
+        self._previous_sigterm = current
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.interruption = "SIGTERM: the run was told to stop"
+        raise KeyboardInterrupt("SIGTERM")
+
+    def restore_signals(self) -> None:
+        if self._previous_sigterm is not None:
+            try:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+            except ValueError:  # not the main thread any more
+                pass
+            self._previous_sigterm = None
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        if self.interruption is None:
+            self.interruption = f"KeyboardInterrupt: {excinfo.exconly()}"
 
     def check(self, result: GateResult, tolerance: Any) -> BaselineCheck | None:
         """Compare ``result`` with the baseline (None without one; "updated" when updating)."""
@@ -216,12 +303,37 @@ class CircuitsRun:
                     pytrace=False,
                 )
 
+    def _run_settings(self, item: pytest.Item, marker: dict[str, Any]) -> RunSettings:
+        """What the gates of ``item`` use for a task given by name: its merged marker, else
+        ``--circuits-n-prompts``/``--circuits-seed``, else the ini keys, else the defaults."""
+        base = Path(str(item.path)).parent
+        return RunSettings(
+            n_prompts=resolve(self.config, "n_prompts", marker, base).value,
+            seed=resolve(self.config, "seed", marker, base).value,
+            require_gpu=self.require_gpu,
+        )
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
-        recorder = _Recorder(item, self)
+        try:
+            marker = merged_marker_kwargs(item)
+            settings = self._run_settings(item, marker)
+        except pytest.UsageError as exc:
+            problem = str(exc)
+            pytest.fail(problem, pytrace=False)
+        if "torch" in sys.modules:  # a test or fixture imported it after configure
+            apply_threads(self.threads)
+        recorder = _Recorder(item, self, marker)
         item.stash[RECORDS] = recorder.records
-        with recording(recorder):
-            outcome = yield
+        with recording(recorder), using_settings(settings):
+            try:
+                outcome = yield
+            except KeyboardInterrupt:  # no report will carry them: keep what the test measured
+                if not self.is_worker:
+                    for record in recorder.records:
+                        record.outcome = "interrupted"
+                        self.records.append(record)
+                raise
         problems = recorder.unraised()
         if problems:  # the test swallowed the error: a regression still fails it
             raise CircuitAssertionError(problems)
@@ -234,6 +346,8 @@ class CircuitsRun:
         records = item.stash.get(RECORDS, None)
         if call.when == "call" and records:
             setattr(report, REPORT_ATTRIBUTE, [r.to_dict() for r in records])
+            if self.config.pluginmanager.hasplugin("html"):
+                _attach_html_snippet(report, records)
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -280,34 +394,93 @@ class CircuitsRun:
                     stale.append(key)  # the test is gone from a file that ran, or the file is
         return sorted(stale)
 
+    def _interruption(self, session: pytest.Session, exitstatus: int) -> str | None:
+        """Why the run did not get through its selected tests, None when it did."""
+        if self.interruption is not None:
+            return self.interruption
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            return "interrupted"
+        if exitstatus == pytest.ExitCode.INTERNAL_ERROR:
+            return "internal error"
+        if session.shouldstop:
+            return f"stopped early: {session.shouldstop}"
+        if session.shouldfail:
+            return f"stopped early: {session.shouldfail}"
+        return None
+
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        """On the controller (or a serial run): find stale entries, write baseline and JSON."""
+        """On the controller (or a serial run): find stale entries, write baseline and JSON.
+
+        After an interruption the baseline and the HTML report are left as they were (a
+        half-updated baseline would accept whatever ran before the interruption), and the JSON
+        says ``"complete": false`` with the reason.
+        """
         if self.is_worker:
             return
         records = sorted(self.records, key=sort_key)
-        extra: dict[str, Any] = {}
+        stopped = self._interruption(session, exitstatus)
+        interrupted = stopped is not None and not stopped.startswith("stopped early")
+        extra: dict[str, Any] = {"threads": {"per_process": self.threads,
+                                             "origin": self.threads_origin}}
         if self.baseline is not None:
-            complete = self._complete(session, exitstatus)
+            complete = self._complete(session, exitstatus) and not interrupted
             self.stale = self._stale(complete)
-            if self.update_baseline:
-                remove = set(self.stale) if complete else set()
-                updated = self.baseline.updated([r.result for r in records], remove,
-                                                environment(records)["versions"])
-                write_json_atomic(self.baseline.path, updated.to_dict())
-                written = len({r.result.key for r in records})
-                self.notes.append(
-                    f"updated baseline {self.baseline.path}: {written} entries written"
-                    + (f", {len(remove)} stale removed" if remove else "")
-                )
+            if self.update_baseline and interrupted:
+                self.notes.append(f"baseline {self.baseline.path} NOT updated: the run was "
+                                  f"interrupted ({stopped}); rerun to completion to update it")
+            elif self.update_baseline:
+                self._write_baseline(records, complete)
             self.notes.extend(_ambiguous_keys(records))
             extra["baseline"] = {
                 "path": str(self.baseline.path),
                 "mode": "update" if self.update_baseline else "compare",
                 "stale": self.stale,
+                "written": self.update_baseline and not interrupted,
             }
         if self.json_path is not None:
-            write_json_atomic(self.json_path, results_document(records, extra))
-            self.notes.append(f"wrote {len(records)} gate results to {self.json_path}")
+            write_json_atomic(self.json_path, results_document(
+                records, extra, complete=stopped is None, interruption=stopped))
+            self.notes.append(f"wrote {len(records)} gate results to {self.json_path}"
+                              + (f" (INCOMPLETE: {stopped})" if stopped else ""))
+        if self.html_path is not None:
+            if interrupted:
+                self.notes.append(f"HTML report {self.html_path} NOT written: the run was "
+                                  f"interrupted ({stopped})")
+            else:
+                self._write_html(records)
+
+    def _write_baseline(self, records: list[GateRecord], complete: bool) -> None:
+        assert self.baseline is not None
+        remove = set(self.stale) if complete else set()
+        # a result without finite values would make the file unreadable (the loader refuses
+        # it), so the entry it would replace stays as it was
+        usable, skipped = [], []
+        for record in records:
+            values = record.result.values
+            finite = bool(values) and all(
+                isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
+                for v in values.values())
+            (usable if finite else skipped).append(record.result)
+        updated = self.baseline.updated(usable, remove, environment(records)["versions"])
+        write_json_atomic(self.baseline.path, updated.to_dict())
+        written = len({r.key for r in usable})
+        self.notes.append(
+            f"updated baseline {self.baseline.path}: {written} entries written"
+            + (f", {len(remove)} stale removed" if remove else "")
+        )
+        for result in skipped:
+            self.notes.append(f"baseline entry {result.key!r} NOT updated: {result.nodeid} "
+                              "measured no finite values")
+
+    def _write_html(self, records: list[GateRecord]) -> None:
+        """The HTML report of every gate (after the xdist merge), written atomically."""
+        try:
+            from .htmlreport import write_session_report
+        except ImportError as exc:  # the report needs matplotlib
+            self.notes.append(f"HTML report {self.html_path} NOT written: {exc}")
+            return
+        write_session_report(self.html_path, records)
+        self.notes.append(f"wrote the HTML report to {self.html_path}")
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker or not (self.records or self.stale or self.notes):
@@ -329,3 +502,17 @@ class CircuitsRun:
                 write(f"  {key}")
         for note in self.notes:
             write(f"circuits: {note}")
+
+
+def _attach_html_snippet(report: pytest.TestReport, records: list[GateRecord]) -> None:
+    """Add the compact report of this test's gates to pytest-html's extras."""
+    try:
+        from pytest_html import extras  # type: ignore[import-not-found]
+
+        from .htmlreport import html_snippet
+    except ImportError:
+        return
+    snippet = html_snippet(records)
+    if snippet:
+        report.extras = [*getattr(report, "extras", []), extras.html(snippet)]
+

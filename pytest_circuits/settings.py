@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,8 @@ SETTINGS: tuple[Setting, ...] = (
             kind="int", default=DEFAULT_N_PROMPTS, per_test=True, metavar="N"),
     Setting("seed", "seed of the built-in task's prompts and of the analyses (default: 0)",
             kind="int", default=0, per_test=True, metavar="N"),
-    Setting("device", "device to load models on: auto, cpu, cuda or cuda:N (default: auto)",
+    Setting("device", "device to load models on: auto, cpu, cuda, cuda:N, or cuda:auto (each "
+            "xdist worker on its own GPU: gwN -> cuda:N mod the device count) (default: auto)",
             default="auto", per_test=True, metavar="DEVICE"),
     Setting("dtype", f"dtype to load models in: {', '.join(DTYPES)} (default: float32)",
             default="float32", per_test=True, metavar="DTYPE"),
@@ -63,8 +65,14 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="PATH"),
     Setting("update_baseline", "write this run's results into the --circuits-baseline file "
             "instead of comparing", kind="bool", default=False),
-    Setting("require_gpu", "fail (instead of skip) tests marked gpu when CUDA is absent",
-            kind="bool", default=False),
+    Setting("require_gpu", "the run needs a GPU: fail (instead of skip) tests marked gpu when "
+            "CUDA is absent, and fail every gate whose models are on the CPU", kind="bool",
+            default=False),
+    Setting("threads", "torch intra-op threads per process (default: the usable cores divided "
+            "by the xdist workers, at least 1; an OMP_NUM_THREADS in the environment is kept)",
+            kind="int", metavar="N"),
+    Setting("html", "write a self-contained HTML report of every gate to this file",
+            kind="path", metavar="PATH"),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -72,7 +80,11 @@ SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 MARKER_EXTRAS = ("baseline_tolerance",)
 MARKER_KEYS = tuple(s.name for s in SETTINGS if s.per_test) + MARKER_EXTRAS
 
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+|:auto)?)$")
+
+#: Whole-number settings and the smallest value each accepts (0 prompts would mean "nothing
+#: measured", and a negative seed or thread count is meaningless).
+_MINIMUM = {"n_prompts": 1, "seed": 0, "threads": 1}
 
 
 def closest(word: str, choices: Any) -> str:
@@ -122,6 +134,32 @@ def marker_kwargs(marker: pytest.Mark | None) -> dict[str, Any]:
     return dict(marker.kwargs)
 
 
+def merged_marker_kwargs(node: pytest.Item | pytest.Node) -> dict[str, Any]:
+    """The ``circuits`` keyword arguments that apply to ``node``, merged over its markers.
+
+    A module's ``pytestmark``, a class's marker and the function's own marker all count; the
+    nearest one wins per key, so ``@pytest.mark.circuits(n_prompts=8)`` on a test keeps the
+    module's ``student=``. A key given as None counts as not given. A bad
+    ``baseline_tolerance`` is refused here, before the test runs.
+    """
+    merged: dict[str, Any] = {}
+    for marker in node.iter_markers("circuits"):  # nearest first
+        for key, value in marker_kwargs(marker).items():
+            if value is not None and key not in merged:
+                merged[key] = value
+    if "baseline_tolerance" in merged:
+        from .errors import GateConfigError
+        from .kinds.finish import read_baseline_tolerance
+
+        try:
+            merged["baseline_tolerance"] = read_baseline_tolerance(
+                merged["baseline_tolerance"], "@pytest.mark.circuits(baseline_tolerance=...)"
+            )
+        except GateConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return merged
+
+
 def resolve(
     config: pytest.Config, name: str, marker: dict[str, Any] | None = None,
     test_dir: Path | None = None,
@@ -150,17 +188,20 @@ def _convert(setting: Setting, value: Value) -> Any:
             number = None
         if number is None:
             raise pytest.UsageError(f"{value.origin}: {raw!r} is not a whole number")
-        if setting.name == "n_prompts" and number < 1:
-            raise pytest.UsageError(f"{value.origin}: n_prompts must be at least 1, got {number}")
+        least = _MINIMUM.get(setting.name)
+        if least is not None and number < least:
+            raise pytest.UsageError(
+                f"{value.origin}: {setting.name} must be at least {least}, got {number}"
+            )
         return number
     if setting.kind == "bool":
         return bool(raw)
     if setting.kind == "path":
         return value.base / Path(os.path.expanduser(str(raw)))
     text = str(raw).strip()
-    if setting.name == "device" and not _DEVICE.match(text):
+    if setting.name == "device" and not DEVICE_PATTERN.match(text):
         raise pytest.UsageError(
-            f"{value.origin}: device {text!r} is not one of auto, cpu, cuda, cuda:N"
+            f"{value.origin}: device {text!r} is not one of auto, cpu, cuda, cuda:N, cuda:auto"
         )
     if setting.name == "dtype":
         dtype = canonical_dtype(text)
@@ -179,3 +220,98 @@ def model_source(value: Value) -> str:
         return text
     candidate = value.base / Path(text).expanduser()
     return str(candidate) if candidate.exists() else text
+
+
+# ----------------------------------------------------------------------------- threads, devices
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's total)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_id(config: pytest.Config) -> str | None:
+    """This process's xdist worker id ("gw3"), None on the controller or in a serial run."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        return str(workerinput.get("workerid", "")) or None
+    return os.environ.get("PYTEST_XDIST_WORKER") or None
+
+
+def worker_count(config: pytest.Config) -> int:
+    """How many xdist workers share the machine (1 in a serial run)."""
+    workerinput = getattr(config, "workerinput", None)
+    raw = (workerinput or {}).get("workercount") or os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    try:
+        return max(1, int(raw)) if raw is not None else 1
+    except (TypeError, ValueError):
+        return 1
+
+
+def default_threads(cores: int, workers: int) -> int:
+    """Intra-op threads per worker: the cores shared out, so workers do not oversubscribe
+    them (on a shared 2-core runner torch's own default made sweeps about nine times slower)."""
+    return max(1, cores // max(1, workers))
+
+
+def thread_count(config: pytest.Config) -> tuple[int, str]:
+    """torch's intra-op thread count for this process, and where it came from.
+
+    ``--circuits-threads`` / ``circuits_threads`` first; else an ``OMP_NUM_THREADS`` the user
+    exported (their deliberate choice); else the cores divided by the xdist workers.
+    """
+    chosen = resolve(config, "threads")
+    if chosen.value is not None:
+        return int(chosen.value), chosen.origin
+    exported = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if exported.isdigit() and int(exported) >= 1:
+        return int(exported), "OMP_NUM_THREADS"
+    cores, workers = usable_cores(), worker_count(config)
+    return default_threads(cores, workers), f"{cores} cores / {workers} workers"
+
+
+def apply_threads(threads: int) -> None:
+    """Give torch ``threads`` intra-op threads: directly when it is loaded, else through
+    ``OMP_NUM_THREADS``, which torch reads when it first loads (so importing the plugin stays
+    torch-free)."""
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def spread_device(worker: str | None, device_count: int) -> str:
+    """``cuda:auto`` for one process: xdist worker gwN gets cuda:(N mod device_count); a
+    serial run gets cuda:0; no device at all gives "cpu"."""
+    if device_count < 1:
+        return "cpu"
+    match = re.fullmatch(r"gw(\d+)", worker or "")
+    index = int(match.group(1)) if match else 0
+    return f"cuda:{index % device_count}"
+
+
+def concrete_device(config: pytest.Config, device: str) -> tuple[str, str | None]:
+    """``device`` with ``cuda:auto`` replaced by this worker's GPU, and a note when it falls
+    back to the CPU. Under ``--circuits-require-gpu`` the fallback is a UsageError instead."""
+    if device != "cuda:auto":
+        return device, None
+    import torch  # only a test that loads a model with cuda:auto gets here
+
+    count = int(torch.cuda.device_count())
+    chosen = spread_device(worker_id(config), count)
+    if chosen != "cpu":
+        return chosen, None
+    if resolve(config, "require_gpu").value:
+        raise pytest.UsageError(
+            "device cuda:auto found no CUDA device (torch.cuda.device_count() is 0) and "
+            "--circuits-require-gpu was given: run on a GPU runner, or drop "
+            "--circuits-require-gpu to fall back to the CPU"
+        )
+    return "cpu", ("device cuda:auto found no CUDA device (torch.cuda.device_count() is 0): "
+                   "models load on the CPU instead")
