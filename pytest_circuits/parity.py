@@ -28,7 +28,14 @@ from .errors import CircuitsError
 from .models import CircuitModel
 from .tasks import Task
 
-__all__ = ["DEFAULT_TOLERANCES", "ParityResult", "bridge_parity", "plain_hf_model"]
+__all__ = [
+    "DEFAULT_TOLERANCES",
+    "BridgeParityError",
+    "ParityResult",
+    "bridge_parity",
+    "ensure_bridge_parity",
+    "plain_hf_model",
+]
 
 #: (rtol, atol) per model dtype, as documented above.
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
@@ -41,6 +48,21 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
 
 class ParityError(CircuitsError, RuntimeError):
     """The plain Hugging Face model could not be rebuilt to compare the bridge against."""
+
+
+class BridgeParityError(CircuitsError, AssertionError):
+    """The bridge's logits differ from the plain model's: no gate on this model can be trusted.
+
+    Carries the :class:`ParityResult` as ``result``.
+    """
+
+    def __init__(self, result: ParityResult) -> None:
+        super().__init__(
+            f"{result.message()}. Every gate on this model reads activations through the "
+            "bridge, so none is trustworthy: check the family entry in "
+            "pytest_circuits/architectures/ (prediction head, adapter) for this model"
+        )
+        self.result = result
 
 
 @dataclass(frozen=True)
@@ -194,3 +216,20 @@ def bridge_parity(
         worst_bridge_logit=float(ours[prompt, token]),
         worst_plain_logit=float(theirs[prompt, token]),
     )
+
+
+def ensure_bridge_parity(model: CircuitModel, task: Task) -> ParityResult:
+    """``bridge_parity`` once per loaded model (on the first task it is asked with), raising
+    :class:`BridgeParityError` on a mismatch, then and on every later call for that model.
+
+    What a gate calls before measuring a model: the check costs one plain forward per model
+    per process, and a model that failed it fails every gate, naming the largest difference.
+    """
+    memo = engine.model_cache(model)
+    result: ParityResult | None = memo.get(("bridge_parity",))
+    if result is None:
+        result = bridge_parity(model, task)
+        memo[("bridge_parity",)] = result
+    if not result.passed:
+        raise BridgeParityError(result)
+    return result

@@ -609,3 +609,28 @@ def test_bridge_parity_refuses_negative_tolerances(gpt2: CircuitModel, gpt2_task
 
     with pytest.raises(ValueError, match="non-negative"):
         bridge_parity(gpt2, gpt2_task, rtol=-1.0)
+
+
+def test_ensure_bridge_parity_checks_once_per_model_and_keeps_failing(
+    gpt2_dir: Path, gpt2_task: Task, llama: CircuitModel, llama_task: Task
+) -> None:
+    """The gate-side entry: a passing model is checked once (the memo answers later calls);
+    a model whose bridge is off fails on the first call and on every later one."""
+    from pytest_circuits import parity
+
+    first = parity.ensure_bridge_parity(llama, llama_task)
+    assert parity.ensure_bridge_parity(llama, llama_task) is first
+
+    model = load_model(gpt2_dir, device="cpu")
+    handle = model.hf_model.lm_head.register_forward_hook(lambda mod, args, out: out + 1e-2)
+    try:
+        with pytest.raises(parity.BridgeParityError) as info:
+            parity.ensure_bridge_parity(model, gpt2_task)
+    finally:
+        handle.remove()
+    assert "does NOT match" in str(info.value) and "pytest_circuits/architectures/" in str(
+        info.value
+    )
+    assert info.value.result.max_abs_diff == pytest.approx(1e-2, rel=1e-3)
+    with pytest.raises(parity.BridgeParityError):  # remembered, even with the fault gone
+        parity.ensure_bridge_parity(model, gpt2_task)
