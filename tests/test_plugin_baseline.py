@@ -17,7 +17,14 @@ from helpers import (
     summary_row,
 )
 
-from pytest_circuits.baseline import Baseline, BaselineCheck, MetricDelta, tolerance_for
+from pytest_circuits.baseline import (
+    Baseline,
+    BaselineCheck,
+    BaselineFileError,
+    MetricDelta,
+    tolerance_for,
+)
+from pytest_circuits.errors import GateConfigError
 from pytest_circuits.recording import GateResult, MetricCheck
 
 SUITE = '''
@@ -256,3 +263,92 @@ def test_tolerance_comes_from_the_result_then_the_test_then_the_default() -> Non
 def test_a_check_round_trips_through_plain_data() -> None:
     check = BaselineCheck("k", "regressed", [MetricDelta("alignment", 0.9, 0.8, 0.02, ">=")], "m")
     assert BaselineCheck.from_dict(json.loads(json.dumps(check.to_dict()))) == check
+
+
+# ----------------------------------------------------------------------------- no silent pass
+
+
+def _file(tmp_path: Path, values: object, key: str = "circuit_aligned::a -> b::numerals") -> Path:
+    data = Baseline(tmp_path / "b.json").updated([aligned("a -> b", 0.9, "t.py::test")]).to_dict()
+    entry = data["entries"].pop("circuit_aligned::a -> b::numerals")
+    data["entries"][key] = {**entry, "values": values}
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        ({"alignment": float("nan")}, "has a value alignment: nan that is not finite"),
+        ({"alignment": float("inf")}, "has a value alignment: inf that is not finite"),
+        ({}, "has no values"),
+        ([], "has no values"),
+        ({"alignment": "0.9"}, "has a value alignment: '0.9' that is not a number"),
+        ({"alignmnet": 0.9}, "names a metric 'alignmnet' that gate circuit_aligned does not "
+                             "report (did you mean 'alignment'?)"),
+    ],
+)
+def test_a_baseline_entry_that_cannot_be_compared_is_refused(tmp_path: Path, values: object,
+                                                             problem: str) -> None:
+    with pytest.raises(BaselineFileError) as raised:
+        Baseline.load(_file(tmp_path, values))
+    assert problem in str(raised.value)
+    assert "re-record it with --circuits-update-baseline" in str(raised.value)
+
+
+def test_a_nan_baseline_value_is_a_usage_error_not_a_pass(pytester: pytest.Pytester) -> None:
+    _file(pytester.path, {"alignment": float("nan")})
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest("--circuits-baseline=b.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "alignment: nan that is not finite" in result.stderr.str()
+
+
+def test_a_custom_gate_may_report_metrics_the_registry_does_not_know(tmp_path: Path) -> None:
+    path = _file(tmp_path, {"my_score": 1.0}, key="my_gate::a -> b::numerals")
+    assert Baseline.load(path).entries["my_gate::a -> b::numerals"]["values"] == {"my_score": 1.0}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, "0.1"])
+def test_a_nan_or_negative_tolerance_is_an_error_not_a_pass(bad: object) -> None:
+    result = GateResult(gate="circuit_aligned", subject="s", task="t", checks=[],
+                        tolerances={"alignment": bad})  # type: ignore[dict-item]
+    with pytest.raises(GateConfigError, match="give a finite number >= 0"):
+        tolerance_for("alignment", result)
+    plain = GateResult(gate="circuit_aligned", subject="s", task="t", checks=[])
+    with pytest.raises(GateConfigError, match="the test's baseline_tolerance"):
+        tolerance_for("alignment", plain, bad)  # type: ignore[arg-type]
+    with pytest.raises(GateConfigError):
+        tolerance_for("alignment", plain, {"alignment": bad})  # type: ignore[dict-item]
+
+
+def test_a_nan_on_either_side_regresses() -> None:
+    assert MetricDelta("alignment", float("nan"), 0.9, 0.02, ">=").regressed
+    assert MetricDelta("alignment", 0.9, float("nan"), 0.02, ">=").regressed
+    assert not MetricDelta("alignment", 0.9, 0.9, 0.02, ">=").regressed
+
+
+def test_an_entry_recorded_before_the_direction_field_existed_still_compares() -> None:
+    old = {**FINGERPRINT}  # the fake fingerprint has no "direction": written before it existed
+    assert "direction" not in old
+    baseline = Baseline(Path("b.json"), {
+        "circuit_aligned::a -> b::numerals": {"values": {"alignment": 0.9}, "fingerprint": old},
+        "ablation_robust::b::numerals": {
+            "values": {"max_single_drop": 30.0},
+            "fingerprint": {**old, "analysis": "sweep", "similarity": "", "matching": ""}},
+    })
+    now = aligned("a -> b", 0.9, "t.py::test")
+    now.fingerprint = {**FINGERPRINT, "direction": "teacher_to_student"}
+    assert baseline.check(now).status == "ok"
+    now.fingerprint["direction"] = "student_to_teacher"  # a real change of method
+    check = baseline.check(now)
+    assert check.status == "refused"
+    assert "direction: baseline 'teacher_to_student', this run 'student_to_teacher'" in (
+        check.message)
+    sweep = GateResult(gate="ablation_robust", subject="b", task="numerals",
+                       checks=[MetricCheck("max_single_drop", 30.0, 50.0, "<=")],
+                       values={"max_single_drop": 30.0},
+                       fingerprint={**FINGERPRINT, "analysis": "sweep", "similarity": "",
+                                    "matching": "", "direction": ""})
+    assert baseline.check(sweep).status == "ok"  # a sweep never had a direction

@@ -128,6 +128,39 @@ def test_a_mistake_is_reported_with_file_line_and_fix(
     assert message in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "line", "message"),
+    [
+        ("defaults: {n_prompts: 8, ablation: mean}", "defaults: {n_prompts: 8, margin: -1}", 8,
+         "margin=-1 must be a finite number >= 0"),
+        ("defaults: {n_prompts: 8, ablation: mean}", "defaults: {n_prompts: 8, margin: .nan}", 8,
+         "margin=nan must be a finite number >= 0"),
+        ("max_single_drop: 60}", "max_single_drop: 60, tolerance: 150}", 17,
+         "tolerance=150 must be a number in [0, 100]"),
+        ("baseline_tolerance: {max_single_drop: 5}", "baseline_tolerance: {max_single_drop: .nan}",
+         24, "baseline_tolerance['max_single_drop'] is nan"),
+        ("baseline_tolerance: {max_single_drop: 5}", "baseline_tolerance: -0.5", 24,
+         "baseline_tolerance is -0.5; give a finite number >= 0"),
+        ("baseline_tolerance: {max_single_drop: 5}", "baseline_tolerance: {max_singel_drop: 5}",
+         24, "'max_singel_drop' is not a metric of any gate kind (did you mean "
+             "'max_single_drop'?)"),
+        ("baseline_tolerance: {max_single_drop: 5}", "baseline_tolerance: {alignment: 0.1}", 24,
+         "'alignment' is not a metric of gate ablation_robust"),
+        ("    seed: 3", "    seed: -1", 22, "seed must be at least 0, got -1"),
+        ("    seed: 3", "    device: tpu", 22, "device 'tpu' is not one of auto, cpu, cuda"),
+    ],
+)
+def test_numbers_that_would_weaken_a_gate_are_refused_with_their_line(
+    tmp_path: Path, old: str, new: str, line: int, message: str
+) -> None:
+    assert old in VALID
+    path = write(tmp_path, VALID.replace(old, new, 1))
+    with pytest.raises(GateFileError) as raised:
+        load_gate_file(path)
+    assert str(raised.value).startswith(f"{path}:{line}: ")
+    assert message in str(raised.value)
+
+
 def test_an_empty_file_says_what_to_declare(tmp_path: Path) -> None:
     with pytest.raises(GateFileError, match=r"circuits.yaml:1: the gate file is empty"):
         load_gate_file(write(tmp_path, "# nothing yet\n"))
