@@ -129,7 +129,11 @@ def load_yaml(text: str) -> Any:
 
     None for an empty document. Raises :class:`YamlError` with the line of the problem.
     """
-    loader = _Loader(text)
+    try:  # the reader refuses control characters as soon as it is built
+        loader = _Loader(text)
+    except yaml.YAMLError as exc:
+        raise YamlError(_reader_line(text, exc), f"invalid YAML: {exc}",
+                        "remove the control characters (is it a text file?)") from None
     try:
         root = loader.get_single_node()
         if root is None:
@@ -152,3 +156,9 @@ def load_yaml(text: str) -> Any:
                         "flatten the nesting") from None
     finally:
         loader.dispose()
+
+
+def _reader_line(text: str, error: yaml.YAMLError) -> int:
+    """The line of a reader error (it gives a character position, not a line)."""
+    position = getattr(error, "position", None)
+    return text.count("\n", 0, position) + 1 if isinstance(position, int) else 1
