@@ -162,8 +162,20 @@ def test_options_and_markers_are_documented(pytester: pytest.Pytester) -> None:
                  "--circuits-n-prompts", "--circuits-device", "--circuits-dtype",
                  "--circuits-no-cache", "--circuits-json", "--circuits-baseline",
                  "--circuits-update-baseline", "--circuits-require-gpu", "circuits_teacher",
-                 "circuits_require_gpu"):
+                 "circuits_require_gpu", "--circuits-threads=N", "circuits_threads",
+                 "--circuits-html=PATH", "circuits_html", "cuda:auto"):
         assert flag in help_text
     markers = pytester.runpytest("--markers").stdout.str()
     assert "@pytest.mark.circuits(teacher=, student=, task=" in markers
     assert "@pytest.mark.gpu: needs CUDA" in markers
+
+
+def test_the_package_declares_its_command_extras_and_markers() -> None:
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["scripts"] == {"pytest-circuits": "pytest_circuits.cli:main"}
+    extras = project["project"]["optional-dependencies"]
+    assert extras["gguf"] == ["gguf>=0.10"] and extras["multi-gpu"] == ["accelerate>=0.26"]
+    markers = [m.split(":")[0] for m in project["tool"]["pytest"]["ini_options"]["markers"]]
+    assert {"slow", "real"} <= set(markers)
