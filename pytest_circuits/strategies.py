@@ -1,0 +1,96 @@
+"""Hypothesis strategies for the built-in tasks and their distribution shifts.
+
+Each strategy draws a one-prompt :class:`~pytest_circuits.tasks.Task` (a prompt, its correct
+answer and distractor, and a corrupted prompt of the same shape) from a built-in task under a
+shift: ``"members"`` (list members never seen in lists), ``"template"`` (other templates),
+``"numbers"`` (numbers above the usual range), ``"longer"``/``"shorter"`` lists, ``"filler"``
+(an inserted clause), ``"order"`` (lists counting down), and for IOI ``"names"``/``"objects"``
+never seen in IOI; ``"none"`` is the built-in distribution. Given a tokenizer, every draw keeps
+its answers single tokens and its clean and corrupted prompts equal in length for it, so a
+draw encodes as the gates encode (``encode_task``). Failures shrink towards the first words of
+each pool, the smallest numbers and the shortest lists.
+
+Use them in your own tests::
+
+    from hypothesis import given, settings
+    from pytest_circuits import strategies
+    from pytest_circuits.analysis import task_performance
+    from pytest_circuits.models import load_model
+
+    student = load_model("zoo:tiny-student")
+
+    @settings(max_examples=50, deadline=None)
+    @given(strategies.numerals(student.tokenizer, shift="longer"))
+    def test_student_continues_longer_lists(task):
+        assert task_performance(student, task).mean_logit_diff > 0, task.prompts[0]
+
+``shifted_task(name, shift, n_prompts, seed, tokenizer=...)`` draws a whole task of one shape
+from a seed instead (what ``assert_shift_robust`` measures).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+
+from .tasks.fit import fits
+from .tasks.shifts import SHIFTS, Chooser, T, draw_example, example_task, shift_pools, shifted_task
+
+__all__ = ["SHIFTS", "ioi", "numerals", "numwords", "shifted_prompts", "shifted_task"]
+
+
+class _DrawChooser(Chooser):
+    """Choices drawn by Hypothesis, so they shrink (towards the first option, the low end)."""
+
+    def __init__(self, draw: Any) -> None:
+        self.draw = draw
+
+    def choice(self, options: Any) -> Any:
+        return self.draw(st.sampled_from(list(options)))
+
+    def integer(self, low: int, high: int) -> int:
+        return self.draw(st.integers(low, high))
+
+    def sample(self, options: Any, k: int) -> list[T]:
+        items = list(options)
+        picks = st.lists(st.integers(0, len(items) - 1), min_size=k, max_size=k, unique=True)
+        return [items[i] for i in self.draw(picks)]
+
+
+def shifted_prompts(
+    name: str, shift: str = "none", tokenizer: Any = None, *, kind: str | None = None
+) -> st.SearchStrategy[Any]:
+    """One-prompt tasks of built-in ``name`` under ``shift`` (see the module docstring).
+
+    The pools are fitted to ``tokenizer`` once, when the strategy is built, so an impossible
+    shift fails at once with a :class:`~pytest_circuits.tasks.TaskValidationError` naming why.
+    """
+    pools = shift_pools(name, shift, tokenizer, kind)
+    mode = "masked" if pools.spec.mask is not None else "causal"
+
+    @st.composite
+    def draw_task(draw: Any) -> Any:
+        return example_task(pools, [draw_example(pools, _DrawChooser(draw))])
+
+    strategy = draw_task()
+    if tokenizer is None:
+        return strategy
+    # The pools already keep lengths equal; this catches what per-word counts cannot see (a
+    # merge across a word boundary), and rarely rejects a draw.
+    return strategy.filter(lambda task: fits(task, tokenizer, mode))
+
+
+def numerals(tokenizer: Any = None, *, shift: str = "none", kind: str | None = None) -> Any:
+    """One-prompt numerals tasks: ``Van done in 1. ... Sun done in`` -> `` 5``."""
+    return shifted_prompts("numerals", shift, tokenizer, kind=kind)
+
+
+def numwords(tokenizer: Any = None, *, shift: str = "none", kind: str | None = None) -> Any:
+    """One-prompt numwords tasks: ``Van done in one. ... Sun done in`` -> `` five``."""
+    return shifted_prompts("numwords", shift, tokenizer, kind=kind)
+
+
+def ioi(tokenizer: Any = None, *, shift: str = "none", kind: str | None = None) -> Any:
+    """One-prompt IOI tasks: ``When Mary and John went to the store, John gave a drink to``."""
+    return shifted_prompts("ioi", shift, tokenizer, kind=kind)
