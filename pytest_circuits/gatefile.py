@@ -20,6 +20,7 @@ from .fixtures import memo_of
 from .kinds import KINDS
 from .kinds.finish import check_drop_tolerance, check_margin, read_baseline_tolerance
 from .settings import DEVICE_PATTERN, Value, closest, model_source, resolve
+from .tasks.task import MAX_N_PROMPTS
 from .yamlfile import Items, Node, YamlError, load_yaml
 
 #: Suffixes of gate files (named ``circuits`` or ``circuits_*``).
@@ -131,8 +132,9 @@ class _Checker:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise self.fail(line, f"{what}: {key} must be a whole number, got "
                                       f"{_kind(value)}")
-            if key == "n_prompts" and value < 1:
-                raise self.fail(line, f"{what}: n_prompts must be at least 1, got {value}")
+            if key == "n_prompts" and not 1 <= value <= MAX_N_PROMPTS:
+                raise self.fail(line, f"{what}: n_prompts must be 1 to {MAX_N_PROMPTS:,}, got "
+                                      f"{value:,}")
             if key == "seed" and value < 0:
                 raise self.fail(line, f"{what}: seed must be at least 0, got {value}")
             return value

@@ -18,6 +18,7 @@ import pytest
 
 from .dtypes import DTYPES, canonical_dtype
 from .tasks.builtin import DEFAULT_N_PROMPTS
+from .tasks.task import MAX_N_PROMPTS
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="SOURCE"),
     Setting("task", "task for circuit_task: a built-in name or a task file (default: numerals)",
             default="numerals", per_test=True, metavar="TASK"),
-    Setting("n_prompts", f"prompts generated for a built-in task (default: {DEFAULT_N_PROMPTS})",
+    Setting("n_prompts", f"prompts generated for a built-in task, 1 to {MAX_N_PROMPTS:,}; also "
+            f"used by a gate given a task name (default: {DEFAULT_N_PROMPTS})",
             kind="int", default=DEFAULT_N_PROMPTS, per_test=True, metavar="N"),
     Setting("seed", "seed of the built-in task's prompts and of the analyses (default: 0)",
             kind="int", default=0, per_test=True, metavar="N"),
@@ -192,6 +194,11 @@ def _convert(setting: Setting, value: Value) -> Any:
         if least is not None and number < least:
             raise pytest.UsageError(
                 f"{value.origin}: {setting.name} must be at least {least}, got {number}"
+            )
+        if setting.name == "n_prompts" and number > MAX_N_PROMPTS:
+            raise pytest.UsageError(
+                f"{value.origin}: n_prompts must be at most {MAX_N_PROMPTS:,} (memory grows with "
+                f"the prompt count), got {number:,}"
             )
         return number
     if setting.kind == "bool":

@@ -147,6 +147,8 @@ def test_a_mistake_is_reported_with_file_line_and_fix(
         ("baseline_tolerance: {max_single_drop: 5}", "baseline_tolerance: {alignment: 0.1}", 24,
          "'alignment' is not a metric of gate ablation_robust"),
         ("    seed: 3", "    seed: -1", 22, "seed must be at least 0, got -1"),
+        ("    seed: 3", "    n_prompts: 0", 22, "n_prompts must be 1 to 10,000, got 0"),
+        ("    seed: 3", "    n_prompts: 20000", 22, "n_prompts must be 1 to 10,000, got 20,000"),
         ("    seed: 3", "    device: tpu", 22, "device 'tpu' is not one of auto, cpu, cuda"),
     ],
 )
