@@ -118,8 +118,14 @@ class CircuitModel:
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
         # A copy of the mapping: save_pretrained removes entries (tied weights) from the dict
-        # it is given, and this one is the model's record of its Hugging Face weights.
-        self.hf_model.save_pretrained(target, state_dict=dict(self._hf_state))
+        # it is given, and this one is the model's record of its Hugging Face weights. It also
+        # writes config.architectures onto the live config; saving must not change the model.
+        config = self.hf_model.config
+        declared = copy.copy(getattr(config, "architectures", None))
+        try:
+            self.hf_model.save_pretrained(target, state_dict=dict(self._hf_state))
+        finally:
+            config.architectures = declared
         self.tokenizer.save_pretrained(target)
         return target
 

@@ -738,6 +738,7 @@ def test_a_loaded_model_saves_back_and_loads_again(
     cannot be saved by transformers) and the tokenizer; the copy loads to the same weights."""
     target = gpt2.save_pretrained(tmp_path / "copy")
     assert gpt2.save_pretrained(tmp_path / "twice") == tmp_path / "twice"  # saving keeps state
+    assert gpt2.hf_model.config.architectures == ["GPT2LMHeadModel"]  # as loaded
     assert (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file()
     again = load_model(target, device="cpu")
     assert again.weights_fingerprint == gpt2.weights_fingerprint
