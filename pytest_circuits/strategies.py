@@ -10,19 +10,22 @@ its answers single tokens and its clean and corrupted prompts equal in length fo
 draw encodes as the gates encode (``encode_task``). Failures shrink towards the first words of
 each pool, the smallest numbers and the shortest lists.
 
-Use them in your own tests::
+Use them in your own tests; comparing with the teacher keeps a shift that defeats both models
+(the zoo's models all fail on lists of seven) from failing the student::
 
     from hypothesis import given, settings
     from pytest_circuits import strategies
     from pytest_circuits.analysis import task_performance
     from pytest_circuits.models import load_model
 
+    teacher = load_model("zoo:tiny-teacher")
     student = load_model("zoo:tiny-student")
 
     @settings(max_examples=50, deadline=None)
     @given(strategies.numerals(student.tokenizer, shift="longer"))
-    def test_student_continues_longer_lists(task):
-        assert task_performance(student, task).mean_logit_diff > 0, task.prompts[0]
+    def test_student_continues_longer_lists_where_the_teacher_does(task):
+        if task_performance(teacher, task).mean_logit_diff > 0:
+            assert task_performance(student, task).mean_logit_diff > 0, task.prompts[0]
 
 ``shifted_task(name, shift, n_prompts, seed, tokenizer=...)`` draws a whole task of one shape
 from a seed instead (what ``assert_shift_robust`` measures).
