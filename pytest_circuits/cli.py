@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from .errors import CircuitsError
+
 EXIT_OK = 0
 EXIT_REGRESSION = 1
 EXIT_USAGE = 2
@@ -37,11 +39,11 @@ REPORTS_VERSION = 1
 DEFAULT_CACHE_DIR = Path(".pytest_cache") / "d" / "circuits"
 
 
-class UsageError(Exception):
+class UsageError(CircuitsError, ValueError):
     """The command line or an input file is wrong (exit 2)."""
 
 
-class AnalysisError(Exception):
+class AnalysisError(CircuitsError):
     """The analysis could not run, or two results cannot be compared (exit 3)."""
 
 
