@@ -122,8 +122,8 @@ def test_a_failing_yaml_gate_shows_its_table_without_a_traceback(serial: pytest.
 
 def test_analyses_are_cached_in_the_configured_directory(serial: pytest.RunResult, suite: Path
                                                          ) -> None:
-    assert list((suite / "cache").glob("pair-*.pkl"))
-    assert list((suite / "cache").glob("model-*.pkl"))
+    assert list((suite / "cache").glob("pair-*.json"))
+    assert list((suite / "cache").glob("sweep-*.json"))
 
 
 def test_the_baseline_records_each_real_result(serial: pytest.RunResult, suite: Path) -> None:
