@@ -1,10 +1,12 @@
-"""Single-component ablation sweeps: exact (replayed) and attribution (first-order) methods."""
+"""Single-component ablation sweeps: exact (replayed), attribution (first-order) and auto
+(screened, then exact wherever a gate's verdict or its blamed components could depend on it)."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -12,7 +14,7 @@ import torch
 
 from .. import metrics
 from ..components import Component, select_components
-from ..errors import InvalidTaskError, NonFiniteError
+from ..errors import CircuitsError, InvalidTaskError, NonFiniteError
 from ..identity import ModelInfo
 from ..models import CircuitModel
 from ..tasks import Task
@@ -20,6 +22,33 @@ from . import engine
 from .fingerprint import MethodFingerprint, library_versions
 
 DEFAULT_MARGIN = 0.1
+
+METHODS = ("exact", "attribution", "auto")
+
+#: How many blamed components a gate prints (``SweepResult.worst(5)``): ``method="auto"``
+#: measures exactly every component that could be among them.
+DEFAULT_TOP_K = 5
+
+#: The single-component thresholds (drop points) an auto sweep without ``thresholds=`` respects:
+#: the default severity tolerance (``count_above_tolerance`` and severity depend on which side
+#: of it every drop lies).
+DEFAULT_DROP_THRESHOLDS: tuple[float, ...] = (20.0,)
+
+#: An auto sweep bounds an unconfirmed head's exact drop by its screened drop plus or minus
+#: ``SCREEN_SAFETY * (its layer's error scale) + SCREEN_FLOOR`` points (see :class:`Screening`).
+#: Set from ``benchmarks/screening_error.py`` on the zoo and random GPT-2 shapes (the figures are
+#: in benchmarks/README.md); the floor covers a layer whose observed errors happen to be near 0.
+SCREEN_SAFETY = 4.0
+SCREEN_FLOOR = 0.25
+
+
+class SweepConfigError(CircuitsError, ValueError):
+    """``sweep`` was called with an argument it cannot use (unknown method or ablation, a
+    threshold that is not a finite number, a stack size below one)."""
+
+
+class OutOfMemoryRetryWarning(UserWarning):
+    """Stacked ablations ran out of accelerator memory and the stack was halved."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +68,15 @@ class ComponentEffect:
     drop: float
     influence: float
     method: str = "exact"
+    #: For a screened value of an auto sweep: the half-width, in drop points, of the interval
+    #: around ``drop`` in which its exact drop is expected (an empirical bound, see
+    #: :class:`Screening`); it also bounds ``retained``, ``influence`` and the clamped drop.
+    #: None when the value is exact, or screened without any bound (``method="attribution"``).
+    bound: float | None = None
+
+    @property
+    def is_exact(self) -> bool:
+        return self.method == "exact"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,6 +84,92 @@ class ComponentEffect:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ComponentEffect:
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """What a gate will compare an auto sweep's values with (see ``sweep(method="auto")``).
+
+    ``drop``: single-component thresholds in points, each read on the drop, the clamped drop
+    and the influence (the severity tolerance, ``max_single_drop``, compare's ``influential``
+    and ``min_student_influence``). ``mean_drop``: limits on the mean clamped drop. ``top_k``:
+    how many components are blamed, by drop and by influence.
+    """
+
+    drop: tuple[float, ...] = DEFAULT_DROP_THRESHOLDS
+    mean_drop: tuple[float, ...] = ()
+    top_k: int = DEFAULT_TOP_K
+
+    def __post_init__(self) -> None:
+        for name in ("drop", "mean_drop"):
+            values = tuple(getattr(self, name))
+            bad = [v for v in values if not isinstance(v, (int, float)) or not math.isfinite(v)]
+            if bad:
+                raise SweepConfigError(
+                    f"GateThresholds.{name} must be finite numbers of drop points, got {bad[0]!r}; "
+                    "pass the gate's thresholds (e.g. drop=(20.0,) for the default tolerance)"
+                )
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise SweepConfigError(
+                f"GateThresholds.top_k must be an integer >= 0, got {self.top_k!r}; it is how "
+                "many blamed components must be exact (gates print 5)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"drop": list(self.drop), "mean_drop": list(self.mean_drop), "top_k": self.top_k}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateThresholds:
+        return cls(
+            drop=tuple(data["drop"]), mean_drop=tuple(data["mean_drop"]), top_k=data["top_k"]
+        )
+
+
+@dataclass(frozen=True)
+class Screening:
+    """How an auto sweep decided which values to measure exactly, and how far to trust the rest.
+
+    Every MLP is measured exactly; a head may stay a first-order estimate. Attribution is a
+    linear approximation, not a bound, so each layer's bound on its heads is empirical:
+    ``safety`` times the layer's error scale (``layer_errors``: the larger of the largest error
+    seen on its measured heads and the error of the joint ablation of all its swept heads shared
+    out over them) plus ``floor``, in drop points. Every head whose interval could reach a
+    threshold or the top-k was measured exactly, so the verdicts and the blamed components are
+    exact as long as each estimate lies within its layer's bound. That is an empirical claim,
+    measured on the zoo and random GPT-2 shapes (benchmarks/screening_error.py), not a theorem:
+    a single head whose screened value is far off while the rest of its layer is screened well
+    would be caught only in proportion to its share of the joint error.
+    """
+
+    thresholds: GateThresholds
+    safety: float
+    floor: float
+    layer_errors: tuple[tuple[int, float], ...]  # (layer, error scale of its heads, points)
+    rounds: int  # confirmation rounds until no interval reached a threshold or the top-k
+
+    def band(self, layer: int) -> float:
+        observed = dict(self.layer_errors).get(layer, 0.0)
+        return self.safety * observed + self.floor
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "thresholds": self.thresholds.to_dict(),
+            "safety": self.safety,
+            "floor": self.floor,
+            "layer_errors": [[layer, error] for layer, error in self.layer_errors],
+            "rounds": self.rounds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Screening:
+        return cls(
+            thresholds=GateThresholds.from_dict(data["thresholds"]),
+            safety=data["safety"],
+            floor=data["floor"],
+            layer_errors=tuple((int(layer), error) for layer, error in data["layer_errors"]),
+            rounds=data["rounds"],
+        )
 
 
 @dataclass(frozen=True)
@@ -77,7 +201,9 @@ class SweepResult:
     """Every requested component's single-ablation effect on one model and task.
 
     ``confirm_top_k`` is how many of an attribution sweep's most influential components were
-    re-measured exactly (None for an exact sweep, where it means nothing).
+    re-measured exactly (None for an exact sweep, where it means nothing). ``screening`` says how
+    an auto sweep chose what to measure exactly (None for the other methods); each effect's
+    ``method`` and ``bound`` say whether its value is exact or a bounded estimate.
     """
 
     model: ModelInfo
@@ -87,10 +213,41 @@ class SweepResult:
     effects: list[ComponentEffect]
     fingerprint: MethodFingerprint
     confirm_top_k: int | None = None
+    screening: Screening | None = field(default=None)
 
     @property
     def names(self) -> list[str]:
         return [e.name for e in self.effects]
+
+    @property
+    def exact_names(self) -> list[str]:
+        """Components whose value was measured exactly."""
+        return [e.name for e in self.effects if e.is_exact]
+
+    @property
+    def estimated_names(self) -> list[str]:
+        """Components whose value is a screened estimate (bounded or not)."""
+        return [e.name for e in self.effects if not e.is_exact]
+
+    @property
+    def is_exact(self) -> bool:
+        return all(e.is_exact for e in self.effects)
+
+    @property
+    def mean_drop_bound(self) -> float:
+        """Half-width, in points, of the interval around the mean clamped drop in which the
+        exact sweep's mean drop lies: 0 for an exact sweep, the mean of the estimates' bounds
+        for an auto sweep, infinite when an estimate carries no bound."""
+        if not self.effects:
+            return 0.0
+        total = 0.0
+        for e in self.effects:
+            if e.is_exact:
+                continue
+            if e.bound is None:
+                return math.inf
+            total += e.bound
+        return total / len(self.effects)
 
     @property
     def drops(self) -> np.ndarray:
@@ -127,6 +284,7 @@ class SweepResult:
             "effects": [e.to_dict() for e in self.effects],
             "fingerprint": self.fingerprint.to_dict(),
             "confirm_top_k": self.confirm_top_k,
+            "screening": self.screening.to_dict() if self.screening is not None else None,
         }
 
     @classmethod
@@ -139,6 +297,11 @@ class SweepResult:
             effects=[ComponentEffect.from_dict(e) for e in data["effects"]],
             fingerprint=MethodFingerprint.from_dict(data["fingerprint"]),
             confirm_top_k=data.get("confirm_top_k"),
+            screening=(
+                Screening.from_dict(data["screening"])
+                if data.get("screening") is not None
+                else None
+            ),
         )
 
 
@@ -240,6 +403,36 @@ def default_ablations_per_forward(model: CircuitModel) -> int:
     return 1 if model.device_kind == "cpu" else model.n_heads + 1
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for an accelerator out-of-memory error (CUDA's own type, or a RuntimeError that
+    says so, as other backends and older torch raise)."""
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(error, oom_type):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _release_accelerator_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _replay_metrics(
+    model: CircuitModel,
+    task: Task,
+    layer: int,
+    hooks: Sequence[tuple[str, Any]],
+    reps: int,
+) -> np.ndarray:
+    """Mean logit difference of each of ``reps`` stacked copies, replayed from ``layer``."""
+    tensors = engine.task_tensors(model, task)
+    run = engine.clean_run(model, task)
+    final = engine.replay(model, run.capture, layer, hooks, reps=reps)
+    logits = engine.prediction_logits(model, final, tensors.positions)
+    diffs = engine.logit_differences(logits, tensors.correct, tensors.distractor)
+    return diffs.view(reps, tensors.n_prompts).double().mean(1).cpu().numpy()
+
+
 def _exact_metrics(
     model: CircuitModel,
     task: Task,
@@ -248,37 +441,93 @@ def _exact_metrics(
     seed: int,
     ablations_per_forward: int,
 ) -> dict[Component, float]:
-    tensors = engine.task_tensors(model, task)
-    run = engine.clean_run(model, task)
-    batch = tensors.n_prompts
+    """Each component's ablated metric, ``ablations_per_forward`` of a layer per replay.
+
+    A stack that runs out of accelerator memory is halved and retried (down to one ablation per
+    replay, which is what a CPU runs anyway), and later stacks keep the smaller size: a gate
+    should get slower under memory pressure, not fail.
+    """
+    batch = engine.task_tensors(model, task).n_prompts
     by_layer: dict[int, list[Component]] = {}
     for comp in components:
         by_layer.setdefault(comp.layer, []).append(comp)
+    per_forward = ablations_per_forward
     ablated: dict[Component, float] = {}
     with torch.no_grad():
         for layer, comps in sorted(by_layer.items()):
-            for start in range(0, len(comps), ablations_per_forward):
-                chunk = comps[start : start + ablations_per_forward]
+            start = 0
+            while start < len(comps):
+                chunk = comps[start : start + per_forward]
                 values = [
                     engine.replacement(model, task, c, ablation, seed=seed) for c in chunk
                 ]
                 hooks = engine.ablation_hooks(chunk, values, batch)
-                final = engine.replay(model, run.capture, layer, hooks, reps=len(chunk))
-                logits = engine.prediction_logits(model, final, tensors.positions)
-                diffs = engine.logit_differences(logits, tensors.correct, tensors.distractor)
-                per_copy = diffs.view(len(chunk), batch).double().mean(1).cpu().numpy()
+                try:
+                    per_copy = _replay_metrics(model, task, layer, hooks, len(chunk))
+                except RuntimeError as error:
+                    if len(chunk) == 1 or not is_out_of_memory(error):
+                        raise
+                    out_of_memory = True
+                else:
+                    out_of_memory = False
+                if out_of_memory:  # outside the except block, so its frames are freed first
+                    del hooks, values
+                    _release_accelerator_memory()
+                    per_forward = max(1, len(chunk) // 2)
+                    warnings.warn(
+                        f"{model.name}: {len(chunk)} stacked ablations of layer {layer} ran out "
+                        f"of accelerator memory; retrying with {per_forward} per replay (pass "
+                        f"ablations_per_forward={per_forward} to skip the failed attempt)",
+                        OutOfMemoryRetryWarning,
+                        stacklevel=3,
+                    )
+                    continue
                 for comp, value in zip(chunk, per_copy, strict=True):
                     ablated[comp] = float(value)
+                start += len(chunk)
     return ablated
+
+
+def _joint_head_metrics(
+    model: CircuitModel,
+    task: Task,
+    heads_by_layer: dict[int, list[Component]],
+    ablation: str,
+    seed: int,
+) -> dict[int, float]:
+    """The metric with all of ``heads_by_layer[layer]`` ablated together, one replay a layer.
+
+    Used only to check the screen: its first-order estimate is the sum of the heads' estimated
+    changes, so a head whose estimate is far off usually shows up as a far-off joint estimate.
+    """
+    joint: dict[int, float] = {}
+    with torch.no_grad():
+        for layer, heads in sorted(heads_by_layer.items()):
+            values = [engine.replacement(model, task, h, ablation, seed=seed) for h in heads]
+
+            def edit(act: torch.Tensor, hook: Any, heads: Any = heads, values: Any = values) -> Any:
+                out = act.clone()
+                for head, value in zip(heads, values, strict=True):
+                    target = out[:, :, head.order]
+                    if value is None:
+                        target.zero_()
+                    else:
+                        target.copy_(value.to(target.dtype).expand_as(target))
+                return out
+
+            hooks = [(engine.z_hook(layer, model), edit)]
+            joint[layer] = float(_replay_metrics(model, task, layer, hooks, 1)[0])
+    return joint
 
 
 def _attribution_metrics(
     model: CircuitModel, task: Task, components: Sequence[Component], ablation: str, seed: int
-) -> dict[Component, float]:
+) -> tuple[float, dict[Component, float]]:
     """First-order estimate of each ablated metric from one forward and one backward pass.
 
     M(a') ~ M(a) + sum (a' - a) * dM/da over positions and features, where ``a`` is a head's
-    z slice or an MLP's output and ``a'`` its ablation value.
+    z slice or an MLP's output and ``a'`` its ablation value. Returns the clean metric of that
+    pass and the estimates.
     """
     tensors = engine.task_tensors(model, task)
     layers = sorted({c.layer for c in components})
@@ -303,7 +552,140 @@ def _attribution_metrics(
             delta = ((target - act) * grad).double().sum()
             # grad is of the mean metric, so the summed product is already the mean's change
             estimates[comp] = clean + float(delta)
-    return estimates
+    return clean, estimates
+
+
+@dataclass
+class _AutoState:
+    """The working state of an auto sweep: screened drops, exact metrics so far, observed
+    screening errors per layer (all drops in points of the clean metric)."""
+
+    clean: float
+    components: Sequence[Component]
+    screened_drop: dict[Component, float]
+    thresholds: GateThresholds
+    safety: float
+    floor: float
+    exact: dict[Component, float] = field(default_factory=dict)
+    layer_errors: dict[int, float] = field(default_factory=dict)
+
+    def drop(self, ablated: float) -> float:
+        return 100.0 - 100.0 * (ablated / self.clean)
+
+    def observe(self, layer: int, error: float) -> None:
+        self.layer_errors[layer] = max(self.layer_errors.get(layer, 0.0), error)
+
+    def record(self, measured: dict[Component, float]) -> None:
+        for comp, value in measured.items():
+            self.exact[comp] = value
+            if comp.kind == "head":  # MLPs are all measured: their errors bound no estimate
+                self.observe(comp.layer, abs(self.drop(value) - self.screened_drop[comp]))
+
+    def band(self, layer: int) -> float:
+        return self.safety * self.layer_errors.get(layer, 0.0) + self.floor
+
+    def unconfirmed(self) -> list[Component]:
+        return [c for c in self.components if c not in self.exact]
+
+    def candidates(self) -> list[Component]:
+        """Unconfirmed components whose interval reaches a threshold or the top-k, plus as
+        many as the mean drop's bound needs to clear every mean-drop limit."""
+        pending = self.unconfirmed()
+        if not pending:
+            return []
+        limits = self.thresholds
+        k = limits.top_k
+        exact_drops = sorted((self.drop(v) for v in self.exact.values()), reverse=True)
+        exact_influences = sorted((abs(d) for d in exact_drops), reverse=True)
+        kth_drop = exact_drops[k - 1] if 0 < k <= len(exact_drops) else -math.inf
+        kth_influence = exact_influences[k - 1] if 0 < k <= len(exact_influences) else -math.inf
+        chosen: set[Component] = set()
+        for comp in pending:
+            s, b = self.screened_drop[comp], self.band(comp.layer)
+            low, high = s - b, s + b
+            # drop, clamped drop and influence cross t at drop = t or drop = -t
+            if any(low <= t <= high or low <= -t <= high for t in limits.drop):
+                chosen.add(comp)
+            elif k > 0 and (high >= kth_drop or max(abs(low), abs(high)) >= kth_influence):
+                chosen.add(comp)
+        if limits.mean_drop:
+            chosen.update(self._for_mean_drop([c for c in pending if c not in chosen]))
+        return sorted(chosen)
+
+    def _for_mean_drop(self, pending: list[Component]) -> list[Component]:
+        values = [float(np.clip(self.drop(v), 0.0, 100.0)) for v in self.exact.values()]
+        values += [float(np.clip(self.screened_drop[c], 0.0, 100.0)) for c in self.unconfirmed()]
+        n = len(values)
+        mean = sum(values) / n
+        gap = min(abs(mean - limit) for limit in self.thresholds.mean_drop)
+        widest = sorted(pending, key=lambda c: -self.band(c.layer))
+        bound = sum(self.band(c.layer) for c in self.unconfirmed()) / n
+        picked: list[Component] = []
+        for comp in widest:
+            if bound < gap:
+                break
+            picked.append(comp)
+            bound -= self.band(comp.layer) / n
+        return picked
+
+
+def _auto_metrics(
+    model: CircuitModel,
+    task: Task,
+    components: Sequence[Component],
+    ablation: str,
+    seed: int,
+    per_forward: int,
+    clean: float,
+    thresholds: GateThresholds,
+) -> tuple[dict[Component, float], set[Component], Screening]:
+    """The screen, then exact values wherever a verdict or the top-k could depend on them.
+
+    Round 0 measures exactly every MLP, the top-k by screened drop and by screened influence,
+    and each layer's heads ablated jointly (a check on the screen that costs one replay a layer);
+    the head errors seen there set each layer's band. Each later round measures exactly every
+    unconfirmed component whose band reaches a threshold or the top-k, and widens the bands by
+    the errors it saw, until none does.
+    """
+    screen_clean, screened = _attribution_metrics(model, task, components, ablation, seed)
+    state = _AutoState(
+        clean=clean,
+        components=components,
+        screened_drop={c: 100.0 - 100.0 * (screened[c] / clean) for c in components},
+        thresholds=thresholds,
+        safety=SCREEN_SAFETY,
+        floor=SCREEN_FLOOR,
+    )
+    heads_by_layer: dict[int, list[Component]] = {}
+    for comp in components:
+        if comp.kind == "head":
+            heads_by_layer.setdefault(comp.layer, []).append(comp)
+    first = {c for c in components if c.kind == "mlp"}
+    first.update(heads[0] for heads in heads_by_layer.values() if len(heads) == 1)
+    k = thresholds.top_k
+    first.update(sorted(components, key=lambda c: -state.screened_drop[c])[:k])
+    first.update(sorted(components, key=lambda c: -abs(state.screened_drop[c]))[:k])
+    grouped = {layer: heads for layer, heads in heads_by_layer.items() if len(heads) > 1}
+    for layer, joint in _joint_head_metrics(model, task, grouped, ablation, seed).items():
+        linear = screen_clean + sum(screened[h] - screen_clean for h in grouped[layer])
+        # a shared systematic error shows in full per head; one far-off head in part
+        joint_error = abs(state.drop(joint) - state.drop(linear))
+        state.observe(layer, joint_error / len(grouped[layer]))
+    pending = sorted(first)
+    rounds = 0
+    while pending:
+        rounds += 1
+        state.record(_exact_metrics(model, task, pending, ablation, seed, per_forward))
+        pending = state.candidates()
+    ablated = {c: state.exact.get(c, screened[c]) for c in components}
+    screening = Screening(
+        thresholds=thresholds,
+        safety=state.safety,
+        floor=state.floor,
+        layer_errors=tuple(sorted(state.layer_errors.items())),
+        rounds=rounds,
+    )
+    return ablated, set(state.exact), screening
 
 
 def sweep(
@@ -317,6 +699,7 @@ def sweep(
     seed: int = 0,
     margin: float = DEFAULT_MARGIN,
     ablations_per_forward: int | None = None,
+    thresholds: GateThresholds | None = None,
 ) -> SweepResult:
     """Ablate each component alone and measure the task metric (mean logit difference).
 
@@ -324,30 +707,49 @@ def sweep(
     "resample" (each prompt gets a random reference prompt's activation, seeded).
     ``method``: "exact" replays the layers above each component; "attribution" estimates all
     components from one forward and one backward pass, then re-measures the ``confirm_top_k``
-    most influential ones exactly.
+    most influential ones exactly; "auto" screens like attribution, then measures exactly every
+    component whose value could change a verdict against ``thresholds`` (default: the default
+    tolerance, 20 points, and the top 5) and leaves the rest as estimates with an empirical
+    bound (see :class:`Screening`; ``confirm_top_k`` is not used).
     """
     from ..tasks import resolve_task
 
     task = resolve_task(task)
     if ablation not in engine.ABLATIONS:
-        raise ValueError(
+        raise SweepConfigError(
             f"ablation={ablation!r} is not one of {', '.join(engine.ABLATIONS)}"
         )
-    if method not in ("exact", "attribution"):
-        raise ValueError(f"method={method!r} is not one of 'exact', 'attribution'")
+    if method not in METHODS:
+        raise SweepConfigError(
+            f"method={method!r} is not one of {', '.join(repr(m) for m in METHODS)}"
+        )
+    if thresholds is not None and not isinstance(thresholds, GateThresholds):
+        raise SweepConfigError(
+            f"thresholds must be a GateThresholds, got {type(thresholds).__name__}; write "
+            "thresholds=GateThresholds(drop=(20.0,), mean_drop=(2.0,))"
+        )
     chosen = select_components(components, model.n_layers, model.n_heads, model_name=model.name)
     performance = task_performance(model, task)
     require_valid_task([performance], margin=margin)
     clean = performance.mean_logit_diff
     per_forward = ablations_per_forward or default_ablations_per_forward(model)
     if per_forward < 1:
-        raise ValueError(f"ablations_per_forward must be >= 1, got {per_forward}")
+        raise SweepConfigError(
+            f"ablations_per_forward must be >= 1, got {per_forward}; use 1 on a CPU"
+        )
 
     used_method = {c: method for c in chosen}
+    screening: Screening | None = None
     if method == "exact":
         ablated = _exact_metrics(model, task, chosen, ablation, seed, per_forward)
+    elif method == "auto":
+        ablated, confirmed, screening = _auto_metrics(
+            model, task, chosen, ablation, seed, per_forward, clean,
+            thresholds or GateThresholds(),
+        )
+        used_method = {c: "exact" if c in confirmed else "attribution" for c in chosen}
     else:
-        ablated = _attribution_metrics(model, task, chosen, ablation, seed)
+        _, ablated = _attribution_metrics(model, task, chosen, ablation, seed)
         if confirm_top_k > 0:
             ranked = sorted(chosen, key=lambda c: -abs(ablated[c] - clean))[:confirm_top_k]
             ablated.update(_exact_metrics(model, task, ranked, ablation, seed, per_forward))
@@ -369,6 +771,11 @@ def sweep(
             drop=float(drops[i]),
             influence=float(infl[i]),
             method=used_method[c],
+            bound=(
+                screening.band(c.layer)
+                if screening is not None and used_method[c] != "exact"
+                else None
+            ),
         )
         for i, c in enumerate(chosen)
     ]
@@ -383,6 +790,7 @@ def sweep(
         effects=effects,
         fingerprint=fingerprint,
         confirm_top_k=confirm_top_k if method == "attribution" else None,
+        screening=screening,
     )
 
 
