@@ -14,6 +14,7 @@ __all__ = [
     "AlignmentParts",
     "BrittlenessDelta",
     "BrittlenessSummary",
+    "above_noise_floor",
     "alignment_parts",
     "alignment_score",
     "bootstrap_ci",
@@ -253,15 +254,74 @@ def _paper_score(
 def _weighted_score(
     similarity: np.ndarray, teacher_share: np.ndarray, student_share: np.ndarray
 ) -> float:
-    return float(np.sum(similarity * np.minimum(teacher_share, student_share)))
+    # Divided by the larger share total, which is 1 up to rounding: the shares of identical
+    # influence lists then sum to exactly that total, so identical models score exactly 1.0
+    # (a plain sum of I_i / sum I gives 0.9999999999999999 for many lists).
+    overlap = np.sum(similarity * np.minimum(teacher_share, student_share))
+    return float(overlap / max(float(np.sum(teacher_share)), float(np.sum(student_share))))
+
+
+def above_noise_floor(
+    teacher_influence: ArrayLike, student_influence: ArrayLike, noise_floor: float
+) -> np.ndarray:
+    """Mask of the matched pairs that carry measurable influence on at least one side.
+
+    A pair is kept when ``I_T >= noise_floor`` or ``I_S >= noise_floor`` (points of the clean
+    metric); pairs below the floor on BOTH sides are noise and drop out of the weighted score.
+    ``noise_floor = 0`` keeps every pair.
+    """
+    floor = _finite_scalar(noise_floor, "noise_floor")
+    if floor < 0:
+        raise ValueError(
+            f"noise_floor is {floor}; it is a number of points of the clean metric below which "
+            "a component's influence counts as noise, so it must be >= 0 (0 keeps every pair)"
+        )
+    teacher = _as_finite_vector(teacher_influence, "teacher_influence", allow_empty=True)
+    student = _as_finite_vector(student_influence, "student_influence", allow_empty=True)
+    if floor == 0:
+        return np.ones(teacher.shape, dtype=bool)
+    return (teacher >= floor) | (student >= floor)
+
+
+def _floored_weighted_score(
+    similarity: ArrayLike,
+    teacher_influence: ArrayLike,
+    student_influence: ArrayLike,
+    noise_floor: float,
+) -> float:
+    keep = above_noise_floor(teacher_influence, student_influence, noise_floor)
+    if not np.any(keep):
+        raise ValueError(
+            f"no matched pair has an influence of at least noise_floor={noise_floor} points on "
+            "either side: every component's ablation is within the noise, so there is nothing "
+            "to weigh; lower noise_floor (0 keeps every pair) or use a task both models perform"
+        )
+    similarity_array, teacher_share, student_share = _matched_arrays(
+        np.asarray(similarity, dtype=float)[keep],
+        np.asarray(teacher_influence, dtype=float)[keep],
+        np.asarray(student_influence, dtype=float)[keep],
+    )
+    return _weighted_score(similarity_array, teacher_share, student_share)
 
 
 def weighted_alignment_score(
-    similarity: ArrayLike, teacher_influence: ArrayLike, student_influence: ArrayLike
+    similarity: ArrayLike,
+    teacher_influence: ArrayLike,
+    student_influence: ArrayLike,
+    noise_floor: float = 0.0,
 ) -> float:
     """Alignment in which influence weighs: similarity-weighted overlap of the influence shares.
 
     ``A_w = sum_i S_i * min(Î_S,i, Î_T,i)``, with Î as in ``alignment_score``.
+
+    ``noise_floor`` (points; 0, the default, keeps every pair): pairs whose influence is below
+    it on BOTH sides are left out before the shares are taken. Why: a real model has hundreds
+    of components whose ablation costs a fraction of a point; their influences are measurement
+    noise (a 4-bit copy of SmolLM2-135M moves them by 0.6 points in the median), yet together
+    they hold a third of the total influence, so ``sum min(Î_S, Î_T)`` loses that third to noise
+    even when every match is right, and a lost 45-point head is diluted by the tail. Above a
+    floor of a few points, a model and a copy of itself score near 1 and a lost component costs
+    about its share of the influence that is above the floor.
 
     Why: the paper's A averages uniformly over the pairs, so its influence penalty is
     ``(1/N) * sum_i S_i |Î_S,i - Î_T,i|``, which is O(1/N); with the authors' 100+ pairs it
@@ -283,22 +343,26 @@ def weighted_alignment_score(
     same bounds but charges the renormalisation of every other pair on top of the lost one (0.48
     instead of 0.285 in the 30%-share example of the tests), gives a student component with a
     zero-influence teacher counterpart no weight at all, and needs a 0/0 rule.)
+
+    Identical inputs (all S_i = 1, equal influence lists) score exactly 1.0.
     """
-    similarity_array, teacher_share, student_share = _matched_arrays(
-        similarity, teacher_influence, student_influence
-    )
-    return _weighted_score(similarity_array, teacher_share, student_share)
+    _matched_arrays(similarity, teacher_influence, student_influence)  # validate all pairs
+    return _floored_weighted_score(similarity, teacher_influence, student_influence, noise_floor)
 
 
 def alignment_parts(
-    similarity: ArrayLike, teacher_influence: ArrayLike, student_influence: ArrayLike
+    similarity: ArrayLike,
+    teacher_influence: ArrayLike,
+    student_influence: ArrayLike,
+    noise_floor: float = 0.0,
 ) -> AlignmentParts:
     """The alignment score with its parts, for reports.
 
     ``score = A = (1/N) sum_i S_i (1 - |Î_S,i - Î_T,i|)``, ``mean_similarity = (1/N) sum_i S_i``,
     ``influence_term = A - mean_similarity = -(1/N) sum_i S_i |Î_S,i - Î_T,i|``,
-    ``weighted_score = A_w = sum_i S_i min(Î_S,i, Î_T,i)`` and the per-pair shares Î_T, Î_S.
-    Same validation as ``alignment_score``.
+    ``weighted_score = A_w = sum_i S_i min(Î_S,i, Î_T,i)`` (over the pairs above
+    ``noise_floor``, see ``weighted_alignment_score``) and the per-pair shares Î_T, Î_S of the
+    paper's score (over all pairs). Same validation as ``alignment_score``.
     """
     similarity_array, teacher_share, student_share = _matched_arrays(
         similarity, teacher_influence, student_influence
@@ -309,7 +373,9 @@ def alignment_parts(
         score=score,
         mean_similarity=mean_similarity,
         influence_term=score - mean_similarity,
-        weighted_score=_weighted_score(similarity_array, teacher_share, student_share),
+        weighted_score=_floored_weighted_score(
+            similarity, teacher_influence, student_influence, noise_floor
+        ),
         n_pairs=int(similarity_array.size),
         teacher_share=tuple(float(x) for x in teacher_share),
         student_share=tuple(float(x) for x in student_share),

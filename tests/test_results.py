@@ -23,6 +23,7 @@ from pytest_circuits.analysis.ablation import (
 )
 from pytest_circuits.analysis.compare import (
     Alignment,
+    AmbiguousGroup,
     CompareSettings,
     Discarded,
     MatchedPair,
@@ -89,6 +90,7 @@ fingerprints = st.builds(
     seed=st.integers(0, 2**31), dtype=text, similarity=text, matching=text,
     direction=st.sampled_from(["", "teacher_to_student", "student_to_teacher"]),
     device_kind=text, versions=st.dictionaries(text, text, max_size=3),
+    tie_margin=st.none() | numbers, noise_floor=st.none() | numbers,
 )
 effects = st.builds(
     ComponentEffect,
@@ -135,7 +137,12 @@ matched_pairs = st.builds(
     MatchedPair,
     teacher=names, student=names, kind=st.sampled_from(["head", "mlp"]), similarity=numbers,
     teacher_influence=numbers, student_influence=numbers, teacher_share=numbers,
-    student_share=numbers,
+    student_share=numbers, candidates=st.lists(names, max_size=3).map(tuple),
+)
+ambiguous_groups = st.builds(
+    AmbiguousGroup,
+    kind=st.sampled_from(["head", "mlp"]), teachers=st.lists(names, max_size=3).map(tuple),
+    students=st.lists(names, max_size=3).map(tuple),
 )
 alignments = st.builds(
     Alignment,
@@ -170,6 +177,7 @@ pair_reports = st.builds(
         CompareSettings, tolerance=numbers, influential=numbers, weak_similarity=numbers,
         min_student_influence=numbers, margin=numbers,
     ),
+    ambiguous=st.lists(ambiguous_groups, max_size=2),
 )
 
 
@@ -187,6 +195,8 @@ pair_reports = st.builds(
         (MatchedPair, matched_pairs),
         (Alignment, alignments),
         (Discarded, discards),
+        (AmbiguousGroup, ambiguous_groups),
+        (MethodFingerprint, fingerprints),
         (ModelReport, model_reports),
     ],
     ids=lambda value: getattr(value, "__name__", ""),
@@ -252,6 +262,7 @@ def test_report_top_level_layout(zoo_report: PairReport) -> None:
     assert list(data) == [
         "kind", "task", "teacher", "student", "alignment", "brittleness_delta", "compression",
         "behavior_retained", "fan_in", "fan_in_all", "discarded", "fingerprint", "settings",
+        "ambiguous",
     ]
     assert list(data["student"]) == [
         "kind", "model", "task", "performance", "sweep", "brittleness", "fingerprint",
@@ -260,6 +271,43 @@ def test_report_top_level_layout(zoo_report: PairReport) -> None:
     assert pair["contribution"] == pytest.approx(
         pair["similarity"] * (1 - abs(pair["student_share"] - pair["teacher_share"]))
     )
+
+
+@pytest.fixture(scope="module")
+def zoo_recommended_report() -> PairReport:
+    pair = load_pair("zoo:tiny-teacher", "zoo:tiny-student")
+    return compare(pair, builtin_task("numerals", n_prompts=8, seed=3), preset="recommended")
+
+
+def test_a_tie_aware_report_round_trips_with_candidates_and_groups(
+    zoo_recommended_report: PairReport,
+) -> None:
+    report = zoo_recommended_report
+    back = report_from_dict(through_json(report.to_dict()))
+    assert_same(report, back)
+    assert back.fingerprint.matching == "tie_aware"
+    assert back.fingerprint.similarity == "subspace"
+    assert back.fingerprint.tie_margin == 0.02
+    assert back.fingerprint.noise_floor == 3.0
+    assert [p.ambiguous for p in back.alignment.pairs] == [
+        p.ambiguous for p in report.alignment.pairs
+    ]
+
+
+def test_a_report_written_before_ties_existed_still_reads() -> None:
+    pair = MatchedPair("L0H0", "L0H1", "head", 0.9, 10.0, 8.0, 0.5, 0.4)
+    old = {k: v for k, v in pair.to_dict().items() if k != "candidates"}
+    assert MatchedPair.from_dict(old) == pair
+    assert not MatchedPair.from_dict(old).ambiguous
+
+
+def test_unused_new_method_fields_leave_the_fingerprint_key_as_it_was() -> None:
+    base = MethodFingerprint("compare", "mean", "exact", "t", "abc", 8, 8, 0, "float32",
+                             "paper", "paper", "teacher_to_student")
+    # the key of this fingerprint before tie_margin and noise_floor were added
+    assert base.key() == "5383ecb85f8b0ee0"
+    tied = dataclasses.replace(base, matching="tie_aware", tie_margin=0.02)
+    assert tied.key() != dataclasses.replace(base, matching="tie_aware").key()
 
 
 def test_report_from_dict_refuses_an_unknown_kind_and_names_it() -> None:

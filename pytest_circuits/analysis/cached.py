@@ -1,7 +1,10 @@
 """The analysis entry points the gates use, memoised per session and on disk.
 
 A result is keyed by the models' weight fingerprints, the task's fingerprint and every method
-setting, so every gate, pair and direct call in a session shares one computation.
+setting, so every gate, pair and direct call in a session shares one computation. The expensive
+part, a model's ablation sweep, has its own entry ("sweep"), keyed by that model alone: the
+teacher is swept once however many students are compared with it, and ``compare``,
+``model_report`` and every gate obtain sweeps through :func:`sweep_result`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,67 @@ def as_task(task: Any, n_prompts: int | None, seed: int) -> Any:
     return resolve_task(task, n_prompts=n_prompts or DEFAULT_N_PROMPTS, seed=seed)
 
 
+def _model_parts(model: Any, task: Any) -> dict[str, Any]:
+    """What identifies a model's run of a task: its weights, how it computes, the task."""
+    return {
+        "name": model.name,
+        "model": model.weights_fingerprint,
+        "task": task.fingerprint(),
+        "dtype": model.dtype,
+        "device": model.device_kind,
+    }
+
+
+def task_performance(model: Any, task: Any) -> Any:
+    """``ablation.task_performance`` (the clean run's metric) through the session/disk cache."""
+    from . import ablation
+
+    return cache.cached(
+        "performance", _model_parts(model, task), lambda: ablation.task_performance(model, task)
+    )
+
+
+def sweep_result(
+    model: Any,
+    task: Any,
+    *,
+    components: str | Sequence[Any] = "all",
+    ablation: str = "mean",
+    method: str = "exact",
+    seed: int = 0,
+    margin: float = 0.1,
+) -> Any:
+    """``ablation.sweep`` through the session/disk cache: one sweep per weights, task and
+    sweep settings.
+
+    The margin is not part of the key: it does not change a sweep's numbers, only whether the
+    task is valid for the model, and that is checked again on every call, so a stored sweep is
+    never served to a caller whose margin refuses the task.
+    """
+    from . import ablation as sweeps
+
+    names = components if isinstance(components, str) else sorted(
+        getattr(c, "name", c) for c in components
+    )
+    parts = {
+        **_model_parts(model, task),
+        "components": names,
+        "ablation": ablation,
+        "method": method,
+        "seed": seed,
+    }
+    result = cache.cached(
+        "sweep",
+        parts,
+        lambda: sweeps.sweep(
+            model, task, components=components, ablation=ablation, method=method, seed=seed,
+            margin=margin,
+        ),
+    )
+    sweeps.require_valid_task([result.performance], margin=margin)
+    return result
+
+
 def pair_report(
     pair: Any,
     task: Any,
@@ -47,16 +111,25 @@ def pair_report(
     tolerance: float = 20.0,
     direction: str = DEFAULT_DIRECTION,
     min_student_influence: float = DEFAULT_MIN_STUDENT_INFLUENCE,
+    tie_margin: float | None = None,
+    noise_floor: float = 0.0,
+    preset: str | None = None,
 ) -> Any:
     """``compare`` through the session/disk cache (keyed by weights, task and settings).
 
     ``method`` is the sweep algorithm, ``matching`` and ``direction`` how components are
-    paired, ``min_student_influence`` the dead-component floor; see ``compare``.
+    paired, ``min_student_influence`` the dead-component floor, ``tie_margin``, ``noise_floor``
+    and ``preset`` as in ``compare``. The two sweeps inside come from :func:`sweep_result`, so
+    they are shared with every other report on the same models.
     """
-    from .compare import compare
+    from .compare import compare, resolve_preset
 
     pair = as_pair(pair)
     task = as_task(task, n_prompts, seed)
+    # the preset is expanded first, so a preset and the options it stands for share an entry
+    matching, similarity, tie_margin, noise_floor = resolve_preset(
+        preset, matching, similarity, tie_margin, noise_floor
+    )
     parts = {
         "names": [pair.teacher.name, pair.student.name],
         "teacher": pair.teacher.weights_fingerprint,
@@ -74,13 +147,17 @@ def pair_report(
         "dtype": pair.student.dtype,
         "device": pair.student.device_kind,
     }
+    if tie_margin is not None or noise_floor:
+        # only when used, so entries stored before these options existed keep their keys
+        parts.update(tie_margin=tie_margin, noise_floor=noise_floor)
     return cache.cached(
         "pair",
         parts,
         lambda: compare(
             pair, task, ablation=ablation, similarity=similarity, matching=matching,
             direction=direction, method=method, seed=seed, margin=margin, tolerance=tolerance,
-            min_student_influence=min_student_influence,
+            min_student_influence=min_student_influence, tie_margin=tie_margin,
+            noise_floor=noise_floor,
         ),
     )
 
@@ -97,28 +174,13 @@ def model_report(
     margin: float = 0.1,
     tolerance: float = 20.0,
 ) -> Any:
-    """``model_report`` through the session/disk cache."""
-    from .compare import model_report as build
+    """A model's report from its memoised sweep (see :func:`sweep_result`); the brittleness
+    statistics at ``tolerance`` are recomputed from it, which costs no forward pass."""
+    from .compare import report_from_sweep
 
     task = as_task(task, n_prompts, seed)
-    parts = {
-        "name": model.name,
-        "model": model.weights_fingerprint,
-        "task": task.fingerprint(),
-        "components": components if isinstance(components, str) else sorted(components),
-        "ablation": ablation,
-        "method": method,
-        "seed": seed,
-        "margin": margin,
-        "tolerance": tolerance,
-        "dtype": model.dtype,
-        "device": model.device_kind,
-    }
-    return cache.cached(
-        "model",
-        parts,
-        lambda: build(
-            model, task, components=components, ablation=ablation, method=method, seed=seed,
-            margin=margin, tolerance=tolerance,
-        ),
+    result = sweep_result(
+        model, task, components=components, ablation=ablation, method=method, seed=seed,
+        margin=margin,
     )
+    return report_from_sweep(result, tolerance=tolerance)

@@ -35,18 +35,25 @@ METHOD_FIELDS = (
     "n_reference",
     "seed",
     "dtype",
+    "tie_margin",
+    "noise_floor",
 )
+#: Method fields added after results were first stored: None means "not used" and leaves the
+#: key as it was, so results and baselines stored before they existed keep their keys.
+OPTIONAL_METHOD_FIELDS = ("tie_margin", "noise_floor")
 
 
 @dataclass(frozen=True)
 class MethodFingerprint:
     """How a result was measured. ``key()`` hashes the method fields only.
 
-    ``method`` is the sweep algorithm ("exact" or "attribution"); ``matching`` ("paper" or
-    "causal") and ``direction`` ("teacher_to_student" or "student_to_teacher") say how a
-    comparison paired components, and stay empty for a single-model sweep. Library versions and
-    the device kind are recorded for the record (they move numbers by rounding, not by method)
-    but are not part of the key.
+    ``method`` is the sweep algorithm ("exact" or "attribution"); ``matching`` ("paper",
+    "causal" or "tie_aware") and ``direction`` ("teacher_to_student" or "student_to_teacher")
+    say how a comparison paired components, and stay empty for a single-model sweep.
+    ``tie_margin`` is tie-aware matching's similarity margin and ``noise_floor`` the influence
+    (points) below which pairs left the weighted score; both are None when not used. Library
+    versions and the device kind are recorded for the record (they move numbers by rounding,
+    not by method) but are not part of the key.
     """
 
     analysis: str  # "sweep" | "compare" (a gate may record its own, e.g. "behavior")
@@ -63,9 +70,14 @@ class MethodFingerprint:
     direction: str = ""
     device_kind: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    tie_margin: float | None = None
+    noise_floor: float | None = None
 
     def key(self) -> str:
-        method = {name: getattr(self, name) for name in METHOD_FIELDS}
+        method = {
+            name: getattr(self, name) for name in METHOD_FIELDS
+            if not (name in OPTIONAL_METHOD_FIELDS and getattr(self, name) is None)
+        }
         return hashlib.sha256(json.dumps(method, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
