@@ -248,7 +248,49 @@ def test_identical_models_score_one(pairs: Pairs) -> None:
     _, teacher, _ = pairs
     ones = [1.0] * len(teacher)
     assert alignment_score(ones, teacher, teacher) == 1.0
-    assert weighted_alignment_score(ones, teacher, teacher) == pytest.approx(1.0, abs=1e-12)
+    assert weighted_alignment_score(ones, teacher, teacher) == 1.0  # exactly, not 1 - 1e-16
+    if max(teacher) >= 3.0:  # otherwise every pair is below the floor, which is refused
+        assert weighted_alignment_score(ones, teacher, teacher, noise_floor=3.0) == 1.0
+
+
+def test_identical_influences_whose_shares_do_not_sum_to_one_still_score_exactly_one() -> None:
+    influence_list = [3.0] * 7  # seven shares of 1/7 sum to 0.9999999999999998 in numpy
+    assert np.sum(np.array(influence_list) / sum(influence_list)) != 1.0
+    assert weighted_alignment_score([1.0] * 7, influence_list, influence_list) == 1.0
+
+
+def test_noise_floor_drops_pairs_below_it_on_both_sides_by_hand() -> None:
+    similarity = [1.0, 1.0, 1.0, 1.0]
+    teacher = [40.0, 20.0, 1.0, 0.5]
+    student = [40.0, 20.0, 0.2, 2.5]
+    # floor 0: shares T (.6612, .3306, .0165, .0083), S (.6584, .3292, .0033, .0412)
+    # floor 3: only the first two pairs remain, with equal shares on both sides
+    assert weighted_alignment_score(similarity, teacher, student) < 0.99
+    assert weighted_alignment_score(similarity, teacher, student, noise_floor=3.0) == 1.0
+    # one side above the floor keeps the pair: 2.5 -> 4.0 on the student side, so the shares are
+    # T (40, 20, 0.5) / 60.5 and S (40, 20, 4) / 64, and A_w = 60 / 64 + 0.5 / 60.5
+    kept = weighted_alignment_score(similarity, teacher, [40.0, 20.0, 0.2, 4.0], noise_floor=3.0)
+    assert kept == pytest.approx(60.0 / 64.0 + 0.5 / 60.5, abs=1e-12)
+
+
+def test_a_removed_component_costs_exactly_its_share_above_the_floor() -> None:
+    teacher = [30.0, 20.0, 10.0, 1.0, 1.0]
+    student = [0.0, 20.0, 10.0, 1.0, 1.0]  # the first component lost, the rest in proportion
+    ones = [1.0] * 5
+    assert weighted_alignment_score(ones, teacher, student, noise_floor=3.0) == pytest.approx(
+        1.0 - 30.0 / 60.0, abs=1e-12
+    )
+    parts = alignment_parts(ones, teacher, student, noise_floor=3.0)
+    assert parts.weighted_score == pytest.approx(0.5, abs=1e-12)
+    # the paper's score is unchanged by the floor
+    assert parts.score == alignment_score(ones, teacher, student)
+
+
+def test_a_noise_floor_above_every_influence_is_refused_with_the_value() -> None:
+    with pytest.raises(ValueError, match="noise_floor=50.0"):
+        weighted_alignment_score([1.0, 1.0], [10.0, 5.0], [10.0, 5.0], noise_floor=50.0)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        weighted_alignment_score([1.0], [10.0], [10.0], noise_floor=-1.0)
 
 
 @PROPERTY_SETTINGS
