@@ -12,13 +12,22 @@ import pkgutil
 from typing import Any
 
 from ..errors import UnsupportedArchitectureError
-from .base import BRIDGE_HOOKS, KINDS, Architecture, ConfigKeys, HookNames, Shape
+from .base import (
+    BRIDGE_HOOKS,
+    KINDS,
+    Architecture,
+    BlockLayout,
+    ConfigKeys,
+    HookNames,
+    Shape,
+)
 
 __all__ = [
     "ARCHITECTURES",
     "BRIDGE_HOOKS",
     "KINDS",
     "Architecture",
+    "BlockLayout",
     "ConfigKeys",
     "HookNames",
     "Shape",

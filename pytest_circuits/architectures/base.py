@@ -48,6 +48,55 @@ BRIDGE_HOOKS = HookNames()
 
 
 @dataclass(frozen=True)
+class BlockLayout:
+    """How one block's sublayers meet the residual stream, as module paths inside the block (the
+    Hugging Face layer, e.g. ``attn.c_proj`` inside ``transformer.h[i]``).
+
+    The engine's replay reads this to start after an ablated component instead of re-running its
+    layer's attention: a head's ablation only changes ``z``, so the layer resumes at the output
+    projection; an MLP's ablation only changes the MLP output, so it resumes at the residual add.
+    With ``pre`` the residual is whatever the model stores between blocks, ``mid`` after
+    attention and ``post`` after the MLP:
+
+    * pre-norm (``mlp_norm`` set; GPT-2, Llama):
+      ``mid = attn_output(z) + pre``, ``post = mid + mlp(mlp_norm(mid))``;
+    * post-norm (``attn_norm`` and ``out_norm`` set; BERT, DistilBERT):
+      ``mid = attn_norm(attn_output(z) + pre)``, ``post = out_norm(mlp(mid) + mid)``.
+
+    Dropout between these modules is not listed: analyses run in eval mode, where it is the
+    identity.
+    """
+
+    #: the output projection: z with heads concatenated ([..., n_heads * d_head]) in, the
+    #: attention sublayer's output out; its input is what ``HookNames.z`` reads, per head
+    attn_output: str
+    #: modules applied in order to the MLP's input; the last one's output is ``HookNames.mlp_out``
+    mlp: tuple[str, ...]
+    #: pre-norm: the norm between the residual stream and the MLP
+    mlp_norm: str | None = None
+    #: post-norm: the norm applied after the attention sublayer's residual add
+    attn_norm: str | None = None
+    #: post-norm: the norm applied after the MLP's residual add (the block's output)
+    out_norm: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.mlp:
+            raise ValueError("BlockLayout.mlp must name at least one module")
+        pre = self.mlp_norm is not None
+        post = self.attn_norm is not None and self.out_norm is not None
+        half_post = (self.attn_norm is None) != (self.out_norm is None)
+        if pre == post or half_post:
+            raise ValueError(
+                "BlockLayout is pre-norm (mlp_norm) or post-norm (attn_norm and out_norm), "
+                "exactly one of them"
+            )
+
+    @property
+    def post_norm(self) -> bool:
+        return self.attn_norm is not None
+
+
+@dataclass(frozen=True)
 class ConfigKeys:
     """Where a family's Hugging Face config keeps the model's shape (attribute names)."""
 
@@ -92,6 +141,9 @@ class Architecture:
     #: ``config.model_type`` values, used only when a config has no ``architectures`` list
     model_types: tuple[str, ...] = ()
     hooks: HookNames = BRIDGE_HOOKS
+    #: how a block's sublayers meet the residual stream; None: the engine replays whole blocks
+    #: (slower, equally exact), which is all a family without a declared layout gets
+    layout: BlockLayout | None = None
     #: the TransformerLens 4 adapter key to boot the bridge with (None: TransformerLens has none)
     bridge_adapter: str | None = None
     #: ``"module:Class"`` of an adapter pytest-circuits ships for a family TransformerLens lacks;

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Architecture, ConfigKeys
+from .base import Architecture, BlockLayout, ConfigKeys
 
 ARCHITECTURE = Architecture(
     family="bert",
@@ -24,6 +24,14 @@ ARCHITECTURE = Architecture(
         "cls.predictions.transform.transform_act_fn",
         "cls.predictions.transform.LayerNorm",
         "cls.predictions.decoder",
+    ),
+    # BertSelfOutput: LayerNorm(dense(z) + input); BertOutput: LayerNorm(dense(intermediate(.))
+    # + attention output). hook_mlp_out is output.dense's output, the last module of ``mlp``.
+    layout=BlockLayout(
+        attn_output="attention.output.dense",
+        mlp=("intermediate", "output.dense"),
+        attn_norm="attention.output.LayerNorm",
+        out_norm="output.LayerNorm",
     ),
     bridge_adapter="BertForMaskedLM",
     notes=(

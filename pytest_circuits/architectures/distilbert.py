@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Architecture, ConfigKeys
+from .base import Architecture, BlockLayout, ConfigKeys
 
 ARCHITECTURE = Architecture(
     family="distilbert",
@@ -14,6 +14,13 @@ ARCHITECTURE = Architecture(
     ),
     blocks="distilbert.transformer.layer",
     prediction_head=("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector"),
+    # TransformerBlock: sa_layer_norm(out_lin(z) + x), then output_layer_norm(ffn(.) + .).
+    layout=BlockLayout(
+        attn_output="attention.out_lin",
+        mlp=("ffn",),
+        attn_norm="sa_layer_norm",
+        out_norm="output_layer_norm",
+    ),
     # TransformerLens 4.3 has no DistilBERT adapter: pytest-circuits ships one and registers it
     # under the Hugging Face class name when a DistilBERT loads.
     bridge_adapter="DistilBertForMaskedLM",

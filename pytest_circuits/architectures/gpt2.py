@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Architecture, ConfigKeys
+from .base import Architecture, BlockLayout, ConfigKeys
 
 ARCHITECTURE = Architecture(
     family="gpt2",
@@ -15,6 +15,8 @@ ARCHITECTURE = Architecture(
     blocks="transformer.h",
     # The last block leaves the residual un-normalised: the final LayerNorm, then the unembedding.
     prediction_head=("transformer.ln_f", "lm_head"),
+    # GPT2Block: attn_output + residual, then residual + mlp(ln_2(.)).
+    layout=BlockLayout(attn_output="attn.c_proj", mlp=("mlp",), mlp_norm="ln_2"),
     bridge_adapter="GPT2LMHeadModel",
     notes=(
         "q, k and v are one fused Conv1D (c_attn); the bridge splits them, so hook_z is still "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Architecture, ConfigKeys
+from .base import Architecture, BlockLayout, ConfigKeys
 
 ARCHITECTURE = Architecture(
     family="llama",
@@ -22,6 +22,10 @@ ARCHITECTURE = Architecture(
     ),
     blocks="model.layers",
     prediction_head=("model.norm", "lm_head"),
+    # LlamaDecoderLayer: residual + o_proj(z), then residual + mlp(post_attention_layernorm(.)).
+    layout=BlockLayout(
+        attn_output="self_attn.o_proj", mlp=("mlp",), mlp_norm="post_attention_layernorm"
+    ),
     bridge_adapter="LlamaForCausalLM",
     notes=(
         "each block is called with rotary position embeddings as a keyword argument; the "
