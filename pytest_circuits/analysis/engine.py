@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from ..architectures import BRIDGE_HOOKS, HookNames
+from ..architectures import BRIDGE_HOOKS, BlockLayout, HookNames
+from ..architectures.base import resolve_module
 from ..components import Component
 from ..errors import NonFiniteError
 from ..models import CircuitModel
@@ -121,6 +122,9 @@ class Capture:
     final: torch.Tensor  # residual after the last block [batch, seq, d_model]
     cache: dict[str, torch.Tensor] = field(default_factory=dict)
     batch: int = 0
+    #: residual after each layer's attention sublayer, recomputed on first use from the cached z
+    #: with the model's own modules (see ``clean_mid``)
+    mids: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def run_capture(
@@ -253,6 +257,22 @@ def _tile(value: Any, batch: int, reps: int) -> Any:
     return value
 
 
+def _run_block(
+    model: CircuitModel, capture: Capture, index: int, hidden: torch.Tensor, reps: int
+) -> Any:
+    """Block ``index`` on ``hidden`` with the arguments HF passed to it in the clean run (tiled
+    for ``reps`` stacked copies, moved to the block's device). Returns the block's raw output."""
+    block = model.bridge.blocks[index]
+    args, kwargs = capture.calls[index]
+    device = _module_device(block)
+    hidden = _to_device(hidden, device)
+    args = _to_device(_tile(args, capture.batch, reps), device)
+    kwargs = _to_device(_tile(kwargs, capture.batch, reps), device)
+    if "hidden_states" in kwargs:
+        return block(**{**kwargs, "hidden_states": hidden})
+    return block(hidden, *args, **kwargs)
+
+
 def replay(
     model: CircuitModel,
     capture: Capture,
@@ -263,26 +283,17 @@ def replay(
     """Run blocks ``start_layer..L-1`` from the captured residual, with ``hooks`` active.
 
     With ``reps > 1`` the batch is stacked ``reps`` times (copy-major: rows ``j*B..(j+1)*B`` are
-    copy ``j``), so ``reps`` different ablations can run in one pass. Returns the final residual.
+    copy ``j``), so ``reps`` different ablations can run in one pass. Returns the final residual
+    at every position; :func:`replay_rows` is the cheaper replay when only the prediction
+    positions are read.
     """
     bridge = model.bridge
-    blocks = list(bridge.blocks)
-    batch = capture.batch
     hidden = capture.resid_pre[start_layer].detach()
     if reps > 1:
         hidden = hidden.repeat(reps, 1, 1)
     with bridge.hooks(fwd_hooks=list(hooks)):
-        for index in range(start_layer, len(blocks)):
-            args, kwargs = capture.calls[index]
-            device = _module_device(blocks[index])
-            hidden = _to_device(hidden, device)
-            args = _to_device(_tile(args, batch, reps), device)
-            kwargs = _to_device(_tile(kwargs, batch, reps), device)
-            if "hidden_states" in kwargs:
-                out = blocks[index](**{**kwargs, "hidden_states": hidden})
-            else:
-                out = blocks[index](hidden, *args, **kwargs)
-            hidden = _first(out)
+        for index in range(start_layer, len(bridge.blocks)):
+            hidden = _first(_run_block(model, capture, index, hidden, reps))
     return hidden
 
 
@@ -292,14 +303,287 @@ def prediction_logits(
     """Logits at one position per prompt: the family's prediction head on those rows only
     (GPT-2: final LayerNorm and unembedding; BERT and DistilBERT: the whole MLM head, read at
     each prompt's ``[MASK]``, which is what ``positions`` holds for a masked model)."""
-    reps = final.shape[0] // positions.shape[0]
-    pos = positions.to(final.device)
-    pos = pos.repeat(reps) if reps > 1 else pos
-    rows = final[torch.arange(final.shape[0], device=final.device), pos]
+    return head_logits(model, _rows(final, positions)[:, 0])
+
+
+def head_logits(model: CircuitModel, rows: torch.Tensor) -> torch.Tensor:
+    """The family's prediction head on residual rows leaving the last block ([n, d_model])."""
     # Under device_map the head may sit on another device than the last block.
     head = model.arch.prediction_modules(model.hf_model)
     first = next((d for d in map(_module_device, head) if d is not None), None)
     return model.arch.prediction_logits(model.hf_model, _to_device(rows, first))
+
+
+def _rows(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``hidden[i, positions[i mod batch]]`` for every row of a (possibly stacked) batch, as
+    [rows, 1, d]: a sequence of one, so per-position modules see the rank they always see."""
+    reps = hidden.shape[0] // positions.shape[0]
+    pos = positions.to(hidden.device)
+    pos = pos.repeat(reps) if reps > 1 else pos
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), pos].unsqueeze(1)
+
+
+# --------------------------------------------------------------------------- replays that start
+# after the ablated part
+#
+# An ablation hook on layer l's z changes nothing before layer l's output projection, and one on
+# its MLP output nothing before the MLP's residual add; so the replay resumes there, with the
+# model's own modules (named by the family's ``BlockLayout``) on the clean run's recorded
+# tensors: the arithmetic of a full forward, without the part that cannot change. Above the
+# ablated layer whole blocks run as in ``replay``, except the last one: there everything after
+# attention is per position, so only the prediction rows go through the output projection, the
+# MLP and the norms (its attention still runs at every position, for the keys and values).
+
+
+@dataclass
+class _BlockParts:
+    """One block's modules named by its family's ``BlockLayout``, resolved once per model."""
+
+    attn_output: Any
+    mlp: list[Any]
+    mlp_norm: Any | None
+    attn_norm: Any | None
+    out_norm: Any | None
+    device: torch.device | None
+
+
+class _StopAtOutputProjection(Exception):
+    def __init__(self, z: torch.Tensor) -> None:
+        super().__init__("stop at the last block's output projection")
+        self.z = z
+
+
+def _block_parts(model: CircuitModel) -> list[_BlockParts] | None:
+    """Every block's ``BlockLayout`` modules (memoised), or None when the family declares none."""
+    layout = model.arch.layout
+    if layout is None:
+        return None
+    memo = model_cache(model)
+    parts: list[_BlockParts] | None = memo.get("block_parts")
+    if parts is not None:
+        return parts
+    family = model.arch.family
+    parts = []
+    for block in model.bridge.blocks:
+        # The paths are Hugging Face paths inside the layer the bridge block wraps; resolving
+        # them there reaches the same (bridged) modules the layer's own forward calls.
+        layer = getattr(block, "original_component", None) or block
+
+        def get(path: str | None, layer: Any = layer) -> Any:
+            return None if path is None else resolve_module(layer, path, family)
+
+        parts.append(
+            _BlockParts(
+                attn_output=get(layout.attn_output),
+                mlp=[get(path) for path in layout.mlp],
+                mlp_norm=get(layout.mlp_norm),
+                attn_norm=get(layout.attn_norm),
+                out_norm=get(layout.out_norm),
+                device=_module_device(block),
+            )
+        )
+    memo["block_parts"] = parts
+    return parts
+
+
+def _after_attention(
+    layout: BlockLayout, part: _BlockParts, pre: torch.Tensor, z: torch.Tensor
+) -> torch.Tensor:
+    """The residual after the attention sublayer, from the residual entering the block and z
+    with heads concatenated ([..., n_heads * d_head]); the add is the one HF's block does (IEEE
+    addition commutes, so ``attn + pre`` is bit-identical to HF's ``residual + attn``)."""
+    attn = _first(part.attn_output(z))
+    if layout.post_norm:
+        return _first(part.attn_norm(attn + pre))
+    return attn + pre
+
+
+def _mlp_out(layout: BlockLayout, part: _BlockParts, mid: torch.Tensor) -> torch.Tensor:
+    """The MLP's output (what ``hook_mlp_out`` reads) from the residual after attention."""
+    hidden = mid if layout.post_norm else _first(part.mlp_norm(mid))
+    for module in part.mlp:
+        hidden = _first(module(hidden))
+    return hidden
+
+
+def _after_mlp(
+    layout: BlockLayout, part: _BlockParts, mid: torch.Tensor, mlp_out: torch.Tensor
+) -> torch.Tensor:
+    """The block's output: the MLP's residual add (and, post-norm, the norm after it)."""
+    if layout.post_norm:
+        return _first(part.out_norm(mlp_out + mid))
+    return mid + mlp_out
+
+
+def _merge_heads(z: torch.Tensor) -> torch.Tensor:
+    """z as the output projection takes it: [..., n_heads, d_head] -> [..., n_heads * d_head]."""
+    return z.reshape(*z.shape[:-2], z.shape[-2] * z.shape[-1])
+
+
+def _stack(value: torch.Tensor, reps: int) -> torch.Tensor:
+    return value if reps == 1 else value.repeat(reps, *([1] * (value.dim() - 1)))
+
+
+def replay_cache_names(model: CircuitModel) -> list[str]:
+    """What a clean run caches so replays can start after the ablated part: every layer's z and
+    MLP output (none for a family without a ``BlockLayout``, whose replays run whole blocks)."""
+    if model.arch.layout is None:
+        return []
+    layers = range(model.n_layers)
+    return [z_hook(i, model) for i in layers] + [mlp_out_hook(i, model) for i in layers]
+
+
+def clean_mid(model: CircuitModel, capture: Capture, layer: int) -> torch.Tensor:
+    """The clean run's residual after layer ``layer``'s attention sublayer [batch, seq, d_model]
+    (memoised on the capture): the cached z through the layer's own output projection and add,
+    the same arithmetic on the same values as the clean forward."""
+    mid = capture.mids.get(layer)
+    if mid is not None:
+        return mid
+    parts = _block_parts(model)
+    layout = model.arch.layout
+    if parts is None or layout is None:
+        raise ValueError(f"{model.arch.family} declares no BlockLayout; replay whole blocks")
+    part = parts[layer]
+    z = _to_device(_merge_heads(capture.cache[z_hook(layer, model)].detach()), part.device)
+    pre = _to_device(capture.resid_pre[layer].detach(), part.device)
+    mid = _after_attention(layout, part, pre, z)
+    capture.mids[layer] = mid
+    return mid
+
+
+def _hook_point(model: CircuitModel, name: str) -> Any:
+    """The bridge's HookPoint called ``name`` (what a hook function gets as ``hook``), or None
+    where the bridge lists it under another name (an alias): hooks given here only edit values."""
+    points: dict[str, Any] | None = model_cache(model).get("hook_points")
+    if points is None:
+        try:
+            points = dict(model.bridge.hook_dict)
+        except Exception:  # a bridge without hook_dict: the hooks still get their activation
+            points = {}
+        model_cache(model)["hook_points"] = points
+    return points.get(name)
+
+
+def _apply_hooks(fns: Sequence[HookFn], act: torch.Tensor, point: Any) -> torch.Tensor:
+    # As a HookPoint does: each function's return value replaces the activation; None keeps it.
+    for fn in fns:
+        out = fn(act, point)
+        if out is not None:
+            act = out
+    return act
+
+
+def replay_rows(
+    model: CircuitModel,
+    capture: Capture,
+    start_layer: int,
+    positions: torch.Tensor,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    reps: int = 1,
+) -> torch.Tensor:
+    """The residual leaving the last block at ``positions`` ([reps * batch, d_model]) with
+    ``hooks`` on layer ``start_layer`` active, ``reps`` copies stacked as in :func:`replay`.
+
+    When every hook sits on ``start_layer``'s z or MLP output and the family declares a
+    ``BlockLayout``, the replay starts after the ablated part (see the comment above) and gives
+    the numbers of a full forward with those hooks; any other hook replays whole blocks.
+    """
+    parts = _block_parts(model)
+    layout = model.arch.layout
+    z_name, mlp_name = z_hook(start_layer, model), mlp_out_hook(start_layer, model)
+    if (
+        parts is None
+        or layout is None
+        or any(name not in (z_name, mlp_name) for name, _ in hooks)
+        or z_name not in capture.cache
+        or mlp_name not in capture.cache
+    ):
+        return _rows(replay(model, capture, start_layer, hooks, reps=reps), positions)[:, 0]
+    z_fns = [fn for name, fn in hooks if name == z_name]
+    mlp_fns = [fn for name, fn in hooks if name == mlp_name]
+    part = parts[start_layer]
+    last = start_layer == len(parts) - 1
+    # In the last block only the prediction rows matter, and every step after attention is per
+    # position; but an MLP hook in a replay whose z is edited too must see that MLP output at
+    # every position (a hook may read any position), so that rare stack runs in full.
+    rows_only = last and not (z_fns and mlp_fns)
+    if z_fns:
+        z = _apply_hooks(
+            z_fns, _stack(capture.cache[z_name].detach(), reps), _hook_point(model, z_name)
+        )
+        z3 = _to_device(_merge_heads(z), part.device)
+        pre = _stack(_to_device(capture.resid_pre[start_layer].detach(), part.device), reps)
+        if rows_only:
+            z3, pre = _rows(z3, positions), _rows(pre, positions)
+        mid = _after_attention(layout, part, pre, z3)
+        mlp_out = _apply_hooks(mlp_fns, _mlp_out(layout, part, mid), _hook_point(model, mlp_name))
+    else:
+        mid = _stack(clean_mid(model, capture, start_layer), reps)
+        mlp_out = _apply_hooks(
+            mlp_fns,
+            _stack(_to_device(capture.cache[mlp_name].detach(), part.device), reps),
+            _hook_point(model, mlp_name),
+        )
+        if rows_only:
+            mid, mlp_out = _rows(mid, positions), _rows(mlp_out, positions)
+    post = _after_mlp(layout, part, mid, _to_device(mlp_out, part.device))
+    if last:
+        return (post if rows_only else _rows(post, positions))[:, 0]
+    hidden = post
+    for index in range(start_layer + 1, len(parts) - 1):
+        hidden = _first(_run_block(model, capture, index, hidden, reps))
+    return _last_block_rows(model, capture, hidden, positions, reps)
+
+
+def _last_block_rows(
+    model: CircuitModel,
+    capture: Capture,
+    hidden: torch.Tensor,
+    positions: torch.Tensor,
+    reps: int,
+) -> torch.Tensor:
+    """The last block on ``hidden`` at the prediction rows: its attention runs at every position
+    (keys and values need them) and stops at the output projection; the rest runs on the rows."""
+    parts = _block_parts(model)
+    layout = model.arch.layout
+    assert parts is not None and layout is not None
+    index = len(parts) - 1
+    part = parts[index]
+
+    def stop(module: Any, args: tuple[Any, ...]) -> None:
+        raise _StopAtOutputProjection(args[0])
+
+    handle = part.attn_output.register_forward_pre_hook(stop)
+    try:
+        out = _run_block(model, capture, index, hidden, reps)
+    except _StopAtOutputProjection as stopped:
+        z = stopped.z
+    else:
+        # The attention never called its output projection as a module (a bridge that sums
+        # per-head results itself): the block ran to its end, and that output is exact too.
+        return _rows(_first(out), positions)[:, 0]
+    finally:
+        handle.remove()
+    pre = _rows(_to_device(hidden, part.device), positions)
+    mid = _after_attention(layout, part, pre, _rows(z, positions))
+    return _after_mlp(layout, part, mid, _mlp_out(layout, part, mid))[:, 0]
+
+
+def replay_logit_differences(
+    model: CircuitModel,
+    capture: Capture,
+    start_layer: int,
+    tensors: TaskTensors,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    reps: int = 1,
+) -> torch.Tensor:
+    """Correct minus distractor logit per prompt and stacked copy ([reps * n] float32) of a
+    replay from ``start_layer`` with ``hooks``: :func:`replay_rows`, then the prediction head
+    on those rows only."""
+    rows = replay_rows(model, capture, start_layer, tensors.positions, hooks, reps=reps)
+    logits = head_logits(model, rows)
+    return logit_differences(logits, tensors.correct, tensors.distractor)
 
 
 def check_finite_logits(logits: torch.Tensor, model_name: str, where: str) -> None:
@@ -360,7 +644,8 @@ def clean_run(model: CircuitModel, task: Task, *, cache_names: Sequence[str] = (
     if existing is not None and all(n in existing.capture.cache for n in cache_names):
         return existing
     tensors = task_tensors(model, task)
-    names = set(cache_names) | (set(existing.capture.cache) if existing else set())
+    names = set(cache_names) | set(replay_cache_names(model))
+    names |= set(existing.capture.cache) if existing else set()
     with torch.inference_mode(False), torch.no_grad():
         capture = run_capture(model, tensors.tokens, cache_names=sorted(names))
         logits = prediction_logits(model, capture.final, tensors.positions)
