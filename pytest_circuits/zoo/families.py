@@ -61,7 +61,7 @@ class ZooConfig:
     #: clean context, and ``truncate_share`` of those end at that [MASK] (no ". <eos>"), which
     #: is exactly the form ``encode_task(..., masked=True)`` evaluates.
     mask_rate: float = 0.15
-    answer_share: float = 0.6
+    answer_share: float = 0.8
     truncate_share: float = 0.5
 
     def steps(self, base: int) -> int:
@@ -392,7 +392,7 @@ def _llama_config(
     return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=config.d_model,
-        intermediate_size=2 * config.d_model,
+        intermediate_size=(8 * config.d_model) // 3 // 8 * 8,  # SwiGLU's 8/3 d, as Llama
         num_hidden_layers=layers,
         num_attention_heads=config.n_heads,
         num_key_value_heads=config.n_heads // 2,  # grouped-query attention: 2 queries per KV head
@@ -481,20 +481,20 @@ FAMILIES: dict[str, Family] = {
         name="bert",
         objective="masked",
         description="BERT -> DistilBERT (masked LM; student from alternate teacher layers)",
-        teacher=TeacherRecipe("tiny-bert-teacher", BERT, layers=4, steps=3000, lr=2e-3),
+        teacher=TeacherRecipe("tiny-bert-teacher", BERT, layers=4, steps=4000, lr=3e-3),
         students=(
             StudentRecipe("tiny-distilbert-student", DISTILBERT, 2, distilbert_student,
-                          stream_seed=1, steps=1000, lr=2e-3),
+                          stream_seed=1, steps=1200, lr=3e-3),
         ),
     ),
     "llama": Family(
         name="llama",
         objective="causal",
         description="Llama (GQA, RoPE, RMSNorm, SwiGLU) -> Minitron-Depth student",
-        teacher=TeacherRecipe("tiny-llama-teacher", LLAMA, layers=4, steps=2400, lr=5e-3),
+        teacher=TeacherRecipe("tiny-llama-teacher", LLAMA, layers=4, steps=4000, lr=3e-3),
         students=(
             StudentRecipe("tiny-llama-student-depth", LLAMA, 2, llama_depth_student,
-                          stream_seed=1, steps=800, lr=2e-3),
+                          stream_seed=1, steps=1200, lr=3e-3),
         ),
     ),
 }
