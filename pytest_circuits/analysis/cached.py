@@ -30,10 +30,22 @@ def as_pair(pair: Any) -> Any:
     )
 
 
-def as_task(task: Any, n_prompts: int | None, seed: int) -> Any:
+def as_task(task: Any, n_prompts: int | None, seed: int | None, model: Any = None) -> Any:
+    """Resolve what a user wrote into a Task, once, at the edge.
+
+    A built-in name is built to fit ``model``'s tokenizer and kind (causal or masked) when a
+    model is given (for a pair: the teacher; both share a vocabulary). ``n_prompts=None``
+    means the default; 0 or a negative count is refused by ``resolve_task``, never replaced.
+    """
     from ..tasks import resolve_task
 
-    return resolve_task(task, n_prompts=n_prompts or DEFAULT_N_PROMPTS, seed=seed)
+    return resolve_task(
+        task,
+        n_prompts=DEFAULT_N_PROMPTS if n_prompts is None else n_prompts,
+        seed=0 if seed is None else seed,
+        tokenizer=getattr(model, "tokenizer", None),
+        kind=getattr(model, "kind", None),
+    )
 
 
 def _model_parts(model: Any, task: Any) -> dict[str, Any]:
@@ -125,7 +137,7 @@ def pair_report(
     from .compare import compare, resolve_preset
 
     pair = as_pair(pair)
-    task = as_task(task, n_prompts, seed)
+    task = as_task(task, n_prompts, seed, pair.teacher)
     # the preset is expanded first, so a preset and the options it stands for share an entry
     matching, similarity, tie_margin, noise_floor = resolve_preset(
         preset, matching, similarity, tie_margin, noise_floor
@@ -178,7 +190,7 @@ def model_report(
     statistics at ``tolerance`` are recomputed from it, which costs no forward pass."""
     from .compare import report_from_sweep
 
-    task = as_task(task, n_prompts, seed)
+    task = as_task(task, n_prompts, seed, model)
     result = sweep_result(
         model, task, components=components, ablation=ablation, method=method, seed=seed,
         margin=margin,
