@@ -4,10 +4,11 @@ fixtures (so a replay has blocks between the ablated layer and the last one) and
 
 ``engine.replay_rows`` resumes a head's layer at its output projection and an MLP's at the
 residual add after it, runs the blocks above, and takes the last block past its attention on the
-prediction rows only. Nothing of this may change a number: every ablated logit difference must be
-the naive loop's within 1e-6 relative (on the CPU it is bit-identical, which the exactness tests
-report but do not require, since BLAS kernels may differ between machines). The work tests count
-what runs (module calls, the rows they see, matmul FLOPs), not seconds.
+prediction rows only; ``engine.head_logit_differences`` unembeds those rows for the answer tokens
+only. Nothing of this may change a number: every ablated logit difference must be the naive
+loop's within 1e-6 relative. (On the CPU build measured it is bit-identical; the tests do not
+require that, since BLAS kernels may differ between machines.) The work tests count what runs
+(module calls, the rows they see, matmul FLOPs), not seconds.
 """
 
 from __future__ import annotations
@@ -432,7 +433,8 @@ def test_counted_work_is_what_the_floor_predicts(gpt2_deep: Case) -> None:
     """Matmul FLOPs of one replay, against the count worked out from the shapes (n prompts of
     s tokens, d_model d, MLP width 4d, vocabulary V): a head in layer 0 costs its output
     projection and MLP at every position, layer 1 whole, layer 2's q, k, v and attention at
-    every position and its output projection and MLP on n rows, then the head on n rows."""
+    every position and its output projection and MLP on n rows, then the head on n rows for the
+    answer tokens only."""
     case = gpt2_deep
     model = case.model
     tensors = engine.task_tensors(model, case.task)
@@ -441,7 +443,11 @@ def test_counted_work_is_what_the_floor_predicts(gpt2_deep: Case) -> None:
     t = n * s
     attention = 2 * 2 * n * s * s * d  # scores and the weighted values, all heads
     qkv, out, mlp = 2 * t * 3 * d * d, 2 * t * d * d, 2 * t * 8 * d * d
-    rows = 2 * n * 9 * d * d + 2 * n * d * vocab  # output projection, MLP and head on the rows
+    # the head's unembedding only for the answer tokens, padded to MIN_HEAD_COLUMNS columns
+    answers = set(tensors.correct.tolist()) | set(tensors.distractor.tolist())
+    columns = len(answers | set(range(min(vocab, engine.MIN_HEAD_COLUMNS))))
+    assert columns < vocab
+    rows = 2 * n * 9 * d * d + 2 * n * d * columns  # output projection, MLP and head on the rows
     engine.clean_run(model, case.task)
     head = ablation(case, [Component.head_at(0, 2)], "zero")
     assert matmul_flops(lambda: fast(case, 0, head)) == (
@@ -454,3 +460,42 @@ def test_counted_work_is_what_the_floor_predicts(gpt2_deep: Case) -> None:
     # a full forward: three whole layers and the head at every position
     forward = 3 * (qkv + attention + out + mlp) + 2 * t * d * vocab
     assert matmul_flops(lambda: naive(case, head)) == forward
+
+
+# --------------------------------------------------------------------------- the prediction head
+
+
+def test_two_answer_head_is_the_full_head_at_those_tokens(case: Case) -> None:
+    """The head on the prediction rows for the correct and distractor tokens only gives the
+    logit differences of the full-vocabulary head on the same rows (to float rounding: the same
+    dot products summed in another order), stacked copies included."""
+    model = case.model
+    tensors = engine.task_tensors(model, case.task)
+    capture = engine.clean_run(model, case.task).capture
+    comps = [Component.head_at(0, 1), Component.parse("MLP0")]
+    with torch.no_grad():
+        rows = engine.replay_rows(
+            model, capture, 0, tensors.positions, ablation(case, comps, "mean"), reps=2
+        )
+        full = engine.logit_differences(
+            engine.head_logits(model, rows), tensors.correct, tensors.distractor
+        )
+        two = engine.head_logit_differences(model, rows, tensors.correct, tensors.distractor)
+    assert two.shape == (2 * tensors.n_prompts,)
+    assert_same(two, full, f"{case.name} head")
+    assert not torch.equal(full[: tensors.n_prompts], full[tensors.n_prompts :])
+
+
+def test_the_unembedding_is_found_through_a_bridge_wrapper() -> None:
+    """The two-answer head reads the weights of the ``nn.Linear`` a head module is or wraps
+    (``original_component``), and falls back to the full head for anything else."""
+    linear = torch.nn.Linear(4, 6)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.original_component = linear
+
+    assert engine._plain_linear(linear) is linear
+    assert engine._plain_linear(Wrapper()) is linear
+    assert engine._plain_linear(torch.nn.GELU()) is None
