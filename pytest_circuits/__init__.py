@@ -38,6 +38,9 @@ _LAZY = {
     "UnsupportedArchitectureError": "pytest_circuits.errors",
     "CircuitsError": "pytest_circuits.errors",
     "GateConfigError": "pytest_circuits.errors",
+    "BridgeParityError": "pytest_circuits.parity",
+    "ParityResult": "pytest_circuits.parity",
+    "bridge_parity": "pytest_circuits.parity",
 }
 # Every gate kind's assert_* function (the registry itself imports nothing heavy).
 _LAZY.update({name: "pytest_circuits.kinds" for name in _gate_functions()})

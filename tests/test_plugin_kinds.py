@@ -36,9 +36,9 @@ class Untouchable:
 # ----------------------------------------------------------------------------- the registry
 
 
-def test_the_registry_holds_the_four_gate_kinds_with_their_public_functions() -> None:
-    assert sorted(KINDS) == ["ablation_robust", "behavior_preserved", "circuit_aligned",
-                             "mechanism_preserved", "shift_robust"]
+def test_the_registry_holds_every_gate_kind_with_its_public_function() -> None:
+    assert sorted(KINDS) == ["ablation_robust", "behavior_preserved", "bridge_parity",
+                             "circuit_aligned", "mechanism_preserved", "shift_robust"]
     for kind in KINDS.values():
         assert getattr(pytest_circuits, kind.function_name) is kind.function
         assert kind.function.__module__.startswith("pytest_circuits.kinds.")
@@ -90,6 +90,20 @@ def test_matching_is_the_matching_strategy_and_method_is_gone_from_the_gates() -
          "(Untouchable) was given"),
         ("mechanism_preserved", {"components": "L0H0"},
          "components='L0H0' must be a non-empty list of teacher component names"),
+        ("shift_robust", {"shift": "longer", "max_gap": 10, "seed": -1},
+         "assert_shift_robust: seed=-1 must be a whole number >= 0"),
+        ("shift_robust", {"shift": "longer", "max_gap": 10,
+                          "baseline_tolerance": {"alignment": 0.1}},
+         "'alignment' is not a metric of gate shift_robust"),
+        ("shift_robust", {"shift": "longer", "max_gap": 10, "max_examples": 2.5},
+         "assert_shift_robust: max_examples=2.5 must be a positive integer"),
+        ("bridge_parity", {"rtol": 2.0},
+         "assert_bridge_parity: rtol=2.0 is out of range: it must lie in [0, 1]"),
+        ("bridge_parity", {"atol": -1e-3}, "assert_bridge_parity: atol=-0.001 must be a finite "
+                                           "number >= 0"),
+        ("bridge_parity", {"atol": float("nan")}, "atol=nan must be a finite number >= 0"),
+        ("bridge_parity", {"baseline_tolerance": {"shift_gap": 1}},
+         "'shift_gap' is not a metric of gate bridge_parity"),
     ],
 )
 def test_a_gate_refuses_bad_arguments_before_touching_any_model(
@@ -99,6 +113,24 @@ def test_a_gate_refuses_bad_arguments_before_touching_any_model(
         KINDS[gate].function(Untouchable(), "numerals", **arguments)
     assert message in str(raised.value)
     assert isinstance(raised.value, ValueError)  # callers catching ValueError keep working
+
+
+def test_a_gate_that_checks_a_default_tolerance_needs_no_threshold() -> None:
+    parity = KINDS["bridge_parity"]
+    assert parity.read_thresholds({}) == {"rtol": None}  # the dtype's tolerance applies
+    assert parity.optional_thresholds == ()  # so a YAML gate may set none
+    assert parity.takes_model and not parity.takes_pair
+    with pytest.raises(GateConfigError, match="no threshold was set"):
+        KINDS["shift_robust"].read_thresholds({})  # a gate without that fallback still refuses
+
+
+def test_every_kind_knows_the_metrics_of_the_preflights() -> None:
+    """A gate records the parity or lost-behaviour metrics instead of its own when a model
+    fails the preflight, and a baseline entry holding them must still read as valid."""
+    for kind in KINDS.values():
+        for metric in ("bridge_rel_diff", "bridge_abs_diff", "student_logit_diff"):
+            assert kind.metric(metric) is not None, (kind.name, metric)
+    assert metric_spec("circuit_aligned", "bridge_rel_diff").direction == "<="
 
 
 def test_metric_directions_and_tolerances_come_from_the_registry() -> None:

@@ -4,6 +4,7 @@ outputs, --circuits-require-gpu, file permissions, threads and cuda:auto, the HT
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -96,6 +97,37 @@ def test_a_gate_given_a_task_name_uses_the_run_settings(monkeypatch: pytest.Monk
                     ("numerals", 32, 0)]
 
 
+class CpuModel:
+    """A stand-in model on the CPU: enough for the gate edge, which looks at nothing else."""
+
+    name, device, device_kind = "student", "cpu", "cpu"
+
+
+def _cpu_pair() -> Any:
+    from pytest_circuits.models import ModelPair
+
+    return ModelPair(CpuModel(), CpuModel())  # type: ignore[arg-type]
+
+
+def test_the_shift_gate_uses_the_run_settings_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_circuits.kinds import shift
+
+    seen: list[tuple[Any, ...]] = []
+
+    def fake_base_task(pair: Any, task: Any, name: str, *, n_prompts: int | None, seed: int
+                       ) -> Any:
+        seen.append((task, name, n_prompts, seed))
+        raise Stop
+
+    monkeypatch.setattr(shift, "base_task", fake_base_task)
+    gate = dict(shift="longer", max_gap=10)
+    with using_settings(RunSettings(n_prompts=7, seed=3)), pytest.raises(Stop):
+        kinds.assert_shift_robust(_cpu_pair(), "numerals", **gate)
+    with using_settings(RunSettings(n_prompts=7, seed=3)), pytest.raises(Stop):
+        kinds.assert_shift_robust(_cpu_pair(), "numerals", n_prompts=2, seed=0, **gate)
+    assert seen == [("numerals", "longer", 7, 3), ("numerals", "longer", 2, 0)]
+
+
 @pytest.mark.parametrize("n_prompts", [0, -3, 2.5, True])
 def test_n_prompts_zero_or_nonsense_is_an_error_not_the_default(n_prompts: Any) -> None:
     with pytest.raises(GateConfigError, match="n_prompts=.* must be a whole number >= 1"):
@@ -103,6 +135,9 @@ def test_n_prompts_zero_or_nonsense_is_an_error_not_the_default(n_prompts: Any) 
     with pytest.raises(GateConfigError, match="n_prompts"):
         kinds.assert_ablation_robust(object(), "numerals", max_severity=0.5,
                                      n_prompts=n_prompts)
+    with pytest.raises(GateConfigError, match="n_prompts"):
+        kinds.assert_shift_robust(object(), "numerals", shift="longer", max_gap=10,
+                                  n_prompts=n_prompts)
 
 
 @pytest.mark.parametrize("margin", [-0.5, float("nan"), float("inf"), "0.1", None])
@@ -117,6 +152,8 @@ def test_a_bad_margin_is_refused_before_the_guard_can_be_turned_off(margin: Any)
                                                 margin=margin),
         lambda: kinds.assert_mechanism_preserved(object(), "numerals", components=["L0H0"],
                                                  margin=margin),
+        lambda: kinds.assert_shift_robust(object(), "numerals", shift="longer", max_gap=10,
+                                          margin=margin),
     ):
         with pytest.raises(GateConfigError, match="margin"):
             call()
@@ -195,11 +232,15 @@ def test_a_student_that_lost_the_task_fails_the_gate_and_a_teacher_that_cannot_e
     assert teacher_diff > 0.1 >= student_diff  # the premise: only the student lost it
 
     pair = load_pair(gpt2, student)
+    # the shift gate measures against a built-in task: the same prompts, named as the built-in
+    # whose shifts apply (the tiny vocabulary holds the IOI objects)
+    as_ioi = dataclasses.replace(task, name="ioi")
     seen: list[GateResult] = []
     for gate in (
         lambda: kinds.assert_circuit_aligned(pair, task, min_score=0.0),
         lambda: kinds.assert_ablation_robust(pair, task, max_severity=1.0),
         lambda: kinds.assert_mechanism_preserved(pair, task, components=["L0H0"]),
+        lambda: kinds.assert_shift_robust(pair, as_ioi, shift="objects", max_gap=100),
     ):
         with recording(seen.append), pytest.raises(CircuitAssertionError) as caught:
             gate()
@@ -207,7 +248,7 @@ def test_a_student_that_lost_the_task_fails_the_gate_and_a_teacher_that_cannot_e
         assert "behaviour lost" in message
         assert f"{student_diff:.4f}" in message and f"{teacher_diff:.4f}" in message
     assert [r.gate for r in seen] == ["circuit_aligned", "ablation_robust",
-                                      "mechanism_preserved"]
+                                      "mechanism_preserved", "shift_robust"]
     for result in seen:
         assert not result.passed
         assert result.values["student_logit_diff"] == pytest.approx(student_diff)
@@ -215,9 +256,13 @@ def test_a_student_that_lost_the_task_fails_the_gate_and_a_teacher_that_cannot_e
     assert seen[0].subject.endswith(" -> student")  # the pair gates' baseline key
     assert seen[1].subject == "student"  # the robustness gate's own baseline key
 
+    assert seen[3].subject == pair.name
     # the other way round the teacher cannot do the task: the test is misconfigured
     with pytest.raises(InvalidTaskError, match="does not perform this task"):
         kinds.assert_circuit_aligned(load_pair(student, gpt2), task, min_score=0.0)
+    with pytest.raises(InvalidTaskError, match="does not perform this task"):
+        kinds.assert_shift_robust(load_pair(student, gpt2), as_ioi, shift="objects",
+                                  max_gap=100)
 
 
 # ----------------------------------------------------------------------------- require GPU
@@ -226,18 +271,26 @@ def test_a_student_that_lost_the_task_fails_the_gate_and_a_teacher_that_cannot_e
 def test_require_gpu_fails_a_gate_whose_models_are_on_the_cpu(monkeypatch: pytest.MonkeyPatch
                                                               ) -> None:
     import pytest_circuits.analysis.cached as cached
+    from pytest_circuits.kinds import shift
 
     monkeypatch.setattr(cached, "as_task", lambda *a: (_ for _ in ()).throw(Stop()))
-
-    class CpuModel:
-        name, device, device_kind = "student", "cpu", "cpu"
+    monkeypatch.setattr(shift, "base_task", lambda *a, **k: (_ for _ in ()).throw(Stop()))
 
     with pytest.raises(Stop):  # without the option the gate goes on to its analysis
         kinds.assert_ablation_robust(CpuModel(), "numerals", max_severity=0.5)
+    with pytest.raises(Stop):
+        kinds.assert_shift_robust(_cpu_pair(), "numerals", shift="longer", max_gap=10)
     with using_settings(RunSettings(require_gpu=True)):
         with pytest.raises(pytest.fail.Exception, match="--circuits-require-gpu was given but "
                                                         "this gate would run on student on cpu"):
             kinds.assert_ablation_robust(CpuModel(), "numerals", max_severity=0.5)
+        with pytest.raises(pytest.fail.Exception, match="--circuits-require-gpu was given but "
+                                                        "this gate would run on student on cpu, "
+                                                        "student on cpu"):
+            kinds.assert_shift_robust(_cpu_pair(), "numerals", shift="longer", max_gap=10)
+        with pytest.raises(pytest.fail.Exception, match="assert_bridge_parity: "
+                                                        "--circuits-require-gpu"):
+            kinds.assert_bridge_parity(CpuModel(), "numerals")
 
 
 @pytest.mark.slow

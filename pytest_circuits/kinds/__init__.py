@@ -1,4 +1,5 @@
-"""The gate kinds: one module each (aligned, robust, behavior, mechanism), collected into KINDS.
+"""The gate kinds: one module each (aligned, behavior, mechanism, parity, robust, shift),
+collected into KINDS.
 
 A module of this package that defines ``KIND`` (a :class:`GateKind`) is a gate kind: adding one
 means adding its module (and its tests, and its section of ``GATES.md``, which a test holds to

@@ -9,6 +9,7 @@ from ..recording import Blame, MetricCheck
 from ..tables import format_table
 from .finish import (
     Tolerance,
+    bridges_match,
     check_margin,
     finish,
     headline,
@@ -57,8 +58,10 @@ def assert_circuit_aligned(
     pair = as_pair(pair)
     require_gpu(gate, pair.teacher, pair.student)
     task = as_task(task, n_prompts, seed)
-    with student_must_do_task(KIND, pair, task, f"{pair.teacher.name} -> {pair.student.name}",
-                              margin=margin, seed=seed):
+    subject = f"{pair.teacher.name} -> {pair.student.name}"
+    bridges_match(KIND, task, subject, {"teacher": pair.teacher, "student": pair.student},
+                  seed=seed)
+    with student_must_do_task(KIND, pair, task, subject, margin=margin, seed=seed):
         report = pair_report(
             pair, task, ablation=ablation, similarity=similarity, matching=matching,
             direction=direction, seed=seed, margin=margin,
@@ -97,7 +100,7 @@ def assert_circuit_aligned(
               p.contribution] for p in weakest],
         )
     )
-    finish(result, headline("circuit alignment", report), details)
+    finish(result, headline("circuit alignment", report), details, task=task)
     return report
 
 

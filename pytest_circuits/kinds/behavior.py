@@ -8,6 +8,7 @@ from ..recording import GateResult, MetricCheck
 from ..tables import format_table
 from .finish import (
     Tolerance,
+    bridges_match,
     check_margin,
     finish,
     read_baseline_tolerance,
@@ -43,6 +44,8 @@ def assert_behavior_preserved(
     pair = as_pair(pair)
     require_gpu(gate, pair.teacher, pair.student)
     task = as_task(task, n_prompts, seed)
+    bridges_match(KIND, task, pair.name, {"teacher": pair.teacher, "student": pair.student},
+                  seed=seed)
     teacher = task_performance(pair.teacher, task)
     student = task_performance(pair.student, task)
     require_valid_task([teacher], margin=margin)
@@ -79,7 +82,7 @@ def assert_behavior_preserved(
         details += (f"\n  behaviour lost: the student's clean logit difference "
                     f"{student.mean_logit_diff:.4f} is not above margin={margin:g} (the "
                     f"teacher's is {teacher.mean_logit_diff:.4f})")
-    finish(result, f"behaviour of {pair.name} on task '{task.name}'", details)
+    finish(result, f"behaviour of {pair.name} on task '{task.name}'", details, task=task)
     return student
 
 

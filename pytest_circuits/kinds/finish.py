@@ -166,6 +166,73 @@ def require_gpu(gate: str, *models: Any) -> None:
         )
 
 
+def check_atol(atol: Any, gate: str) -> float | None:
+    """The bridge parity check's absolute tolerance: None (the dtype's) or a finite logit
+    difference >= 0 (a NaN would compare false with every difference and pass them all)."""
+    if atol is None:
+        return None
+    if (isinstance(atol, bool) or not isinstance(atol, (int, float))
+            or not math.isfinite(atol) or atol < 0):
+        raise GateConfigError(
+            f"{gate}: atol={atol!r} must be a finite number >= 0 (a logit difference allowed on "
+            "top of rtol x the prompt's largest logit), or None for the model dtype's default"
+        )
+    return float(atol)
+
+
+def bridges_match(kind: GateKind, task: Any, subject: str, models: Mapping[str, Any], *,
+                  seed: int) -> None:
+    """The preflight every gate runs once its models and task are resolved: each model's
+    bridge must compute the plain Hugging Face model's logits (``parity.ensure_bridge_parity``,
+    memoised per model, so it costs one clean forward per model, not one per gate).
+
+    A model that fails it fails the gate (recorded, with the largest difference), whatever the
+    gate measures: every number the gate would read comes through that bridge.
+    ``models`` maps roles ("teacher", "student", "model") to models.
+    """
+    __tracebackhide__ = True
+    from ..parity import BridgeParityError, ensure_bridge_parity
+
+    checked: set[int] = set()
+    failed: tuple[str, Any, BridgeParityError] | None = None
+    for role, model in models.items():
+        if id(model) in checked:  # a model paired with itself is checked once
+            continue
+        checked.add(id(model))
+        try:
+            ensure_bridge_parity(model, task)
+        except BridgeParityError as exc:
+            failed = (role, model, exc)
+            break
+    if failed is None:
+        return
+    # outside the except block, so a failed gate does not read as "during handling of"
+    role, model, error = failed
+    parity = error.result
+    result = GateResult(
+        gate=kind.name, subject=subject, task=task.name,
+        checks=[MetricCheck("bridge_rel_diff", parity.max_rel_diff, parity.rtol, "<=")],
+        values=parity_values(parity),
+        fingerprint=_parity_fingerprint(model, task, seed),
+        models={r: m.describe() for r, m in models.items()},
+    )
+    finish(result, f"{kind.function_name}: bridge parity of the {role} {model.name} on task "
+                   f"'{task.name}'", f"  {error}", task=task)
+    raise AssertionError("unreachable: finish raises on a failed check")  # pragma: no cover
+
+
+def parity_values(parity: Any) -> dict[str, float]:
+    """The values a parity check records (see ``registry.PARITY_METRICS``)."""
+    return {"bridge_rel_diff": parity.max_rel_diff, "bridge_abs_diff": parity.max_abs_diff}
+
+
+def _parity_fingerprint(model: Any, task: Any, seed: int) -> dict[str, Any]:
+    from ..analysis.ablation import make_fingerprint
+
+    return make_fingerprint(model, task, analysis="parity", ablation="none", method="bridge",
+                            seed=seed).to_dict()
+
+
 @contextmanager
 def student_must_do_task(kind: GateKind, pair: Any, task: Any, subject: str, *, margin: float,
                          seed: int) -> Iterator[None]:
@@ -221,7 +288,7 @@ def lost_behaviour(kind: GateKind, pair: Any, task: Any, subject: str, *, margin
         "fails this gate"
     )
     finish(result, f"{kind.function_name}: behaviour of {subject} on task '{task.name}'",
-           details)
+           details, task=task)
     raise AssertionError("unreachable: finish raises on a failed check")  # pragma: no cover
 
 
@@ -262,10 +329,29 @@ def pair_result(
     )
 
 
-def finish(result: GateResult, headline: str, details: str) -> None:
+def adaptation_note(task: Any) -> str:
+    """How a built-in task was adapted to the tokenizer ("" when its prompts are the paper's):
+    the numbers of an adapted task are not comparable with the paper's, so every gate says so."""
+    adaptation = getattr(task, "adaptation", None)
+    return adaptation.summary() if adaptation is not None else ""
+
+
+#: The fingerprint key that carries :func:`adaptation_note` to reports (not a method field:
+#: the task's hash already tells adapted tasks apart).
+ADAPTATION_KEY = "task_adaptation"
+
+
+def finish(result: GateResult, headline: str, details: str, *, task: Any = None) -> None:
     """Record ``result``, then raise :class:`CircuitAssertionError` with its table if any check
-    failed (recording first, so a failed gate is still reported and compared)."""
+    failed (recording first, so a failed gate is still reported and compared).
+
+    With ``task``, a built-in task adapted to the tokenizer is named in the headline and in
+    the result (``fingerprint["task_adaptation"]``), which the terminal summary prints."""
     __tracebackhide__ = True
+    note = adaptation_note(task)
+    if note:
+        headline += f"\n  task '{task.name}' {note}"
+        result.fingerprint = {**result.fingerprint, ADAPTATION_KEY: note}
     failed = [c for c in result.checks if not c.passed]
     message = f"{headline}\n{checks_table(result.checks)}"
     if details:

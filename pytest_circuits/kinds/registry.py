@@ -25,6 +25,7 @@ UNITS: dict[str, str] = {
     "logit": "a logit difference (correct minus distractor)",
     "fraction": "a share of prompts, from 0 to 1",
     "count": "a count",
+    "ratio": "a logit difference as a share of the largest absolute logit of its prompt",
 }
 
 #: How a unit is marked after a number in the terminal summary ("" for plain scores).
@@ -101,6 +102,19 @@ CLEAN_METRICS: tuple[Metric, ...] = (
     Metric("teacher_accuracy", "fraction", None, meaning="the teacher's top-1 accuracy"),
 )
 
+#: What the bridge parity check reports: the ``bridge_parity`` gate's own metrics, and what any
+#: gate reports instead of its own when the bridge of one of its models fails the preflight.
+PARITY_METRICS: tuple[Metric, ...] = (
+    # compared so a baseline notices a bridge drifting from the plain model: 1e-3 is far above
+    # float32 rounding (1e-7) and below the bfloat16 tolerance (2e-2), where reduced-precision
+    # kernels on another machine may round a few sums differently
+    Metric("bridge_rel_diff", "ratio", "<=", 1e-3,
+           meaning=("largest bridge-minus-plain logit difference (absolute) over its "
+                    "prompt's largest absolute logit")),
+    Metric("bridge_abs_diff", "logit", None,
+           meaning="largest bridge-minus-plain logit difference (absolute)"),
+)
+
 
 @dataclass(frozen=True)
 class GateKind:
@@ -114,6 +128,14 @@ class GateKind:
     options: tuple[str, ...] = ()  # other keyword arguments a YAML gate may set
     required: tuple[str, ...] = ()  # non-threshold keys a YAML gate must set ("components")
     takes_model: bool = False  # may check a single model (YAML ``model:``) instead of a pair
+    takes_pair: bool = True  # False: checks one model only (YAML ``model:``, never ``pair:``)
+    #: What the gate checks when the caller sets no threshold ("" when it would check nothing,
+    #: which is then refused); bridge_parity falls back to its dtype's tolerance.
+    default_check: str = ""
+
+    def __post_init__(self) -> None:
+        if not (self.takes_pair or self.takes_model):
+            raise ValueError(f"gate kind {self.name}: takes neither a pair nor a model")
 
     @property
     def yaml_key(self) -> str:
@@ -136,7 +158,8 @@ class GateKind:
     def optional_thresholds(self) -> tuple[str, ...]:
         """Thresholds of which a YAML gate must set at least one when none is required and
         none has a default (otherwise the gate would check nothing)."""
-        if self.required_thresholds or any(t.default is not None for t in self.thresholds):
+        if (self.required_thresholds or self.default_check
+                or any(t.default is not None for t in self.thresholds)):
             return ()
         return tuple(t.name for t in self.thresholds)
 
@@ -146,10 +169,12 @@ class GateKind:
     def metric(self, name: str) -> Metric | None:
         """The metric ``name`` (``L1H2.similarity`` finds ``similarity``), None if unknown.
 
-        Every kind also knows :data:`CLEAN_METRICS`, which a gate reports instead of its own
-        when the student no longer does the task."""
+        Every kind also knows :data:`CLEAN_METRICS` and :data:`PARITY_METRICS`, which a gate
+        reports instead of its own when the student no longer does the task or a model's bridge
+        fails the parity preflight."""
         base = name.rsplit(".", 1)[-1]
-        return next((m for m in (*self.metrics, *CLEAN_METRICS) if m.name == base), None)
+        known = (*self.metrics, *CLEAN_METRICS, *PARITY_METRICS)
+        return next((m for m in known if m.name == base), None)
 
     def read_thresholds(self, given: Mapping[str, Any]) -> dict[str, float | None]:
         """Every threshold validated; fails when a required one or all of them are missing.
@@ -165,7 +190,7 @@ class GateKind:
                     f"{gate} needs {threshold.name} (a number in {threshold.range_text}: "
                     f"{UNITS[threshold.unit]})"
                 )
-        if all(v is None for v in values.values()):
+        if all(v is None for v in values.values()) and not self.default_check:
             names = ", ".join(t.name for t in self.thresholds)
             first = self.thresholds[0]
             raise GateConfigError(
@@ -213,6 +238,10 @@ def reference_markdown(kind: GateKind) -> str:
         lines.append(f"Required besides thresholds: {', '.join(f'`{k}`' for k in kind.required)}.")
     if kind.optional_thresholds:
         lines.append("At least one threshold must be set.")
-    if kind.takes_model:
+    if kind.default_check:
+        lines.append(f"Without a threshold it checks {kind.default_check}.")
+    if not kind.takes_pair:
+        lines.append("Runs on a single `model:`.")
+    elif kind.takes_model:
         lines.append("Runs on a pair (checks the student) or on a single `model:`.")
     return "\n".join(lines) + "\n"

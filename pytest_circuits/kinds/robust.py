@@ -10,6 +10,7 @@ from ..recording import Blame, GateResult, MetricCheck, as_model_info
 from ..tables import format_table
 from .finish import (
     Tolerance,
+    bridges_match,
     check_drop_tolerance,
     check_margin,
     finish,
@@ -68,6 +69,9 @@ def assert_ablation_robust(
     subject = model_or_pair.student if is_pair else model_or_pair
     require_gpu(gate, *((model_or_pair.teacher, subject) if is_pair else (subject,)))
     task = as_task(task, n_prompts, seed)
+    bridges_match(KIND, task, _subject(subject.name, components),
+                  {"teacher": model_or_pair.teacher, "student": subject} if is_pair
+                  else {"model": subject}, seed=seed)
     settings = dict(components=components, ablation=ablation, seed=seed, margin=margin,
                     tolerance=tolerance)
     if is_pair:  # a student that lost the task fails; a single model that cannot do it errs
@@ -135,7 +139,7 @@ def assert_ablation_robust(
     head = f"ablation robustness of {name} on task '{report.task}'"
     if teacher is not None:
         head += f" (teacher {model_name(teacher.model)} for context)"
-    finish(result, head, details)
+    finish(result, head, details, task=task)
     return report
 
 

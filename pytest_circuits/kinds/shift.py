@@ -17,7 +17,17 @@ from typing import Any
 from ..errors import GateConfigError
 from ..recording import GateResult, MetricCheck
 from ..tables import format_table
-from .finish import Tolerance, finish, tolerances
+from .finish import (
+    Tolerance,
+    bridges_match,
+    check_margin,
+    finish,
+    read_baseline_tolerance,
+    require_gpu,
+    student_must_do_task,
+    task_options,
+    tolerances,
+)
 from .registry import GateKind, Metric, Threshold
 
 #: Hypothesis examples tried when looking for the smallest prompt that breaks the student.
@@ -115,28 +125,40 @@ def smallest_break(
     return f"{found.prompts[0]!r} -> {found.correct[0]!r} over {found.distractors[0]!r}"
 
 
+def base_task(pair: Any, task: Any, shift: str, *, n_prompts: int | None = None,
+              seed: int = 0) -> Any:
+    """The built-in ``task`` a shift is measured against: a name is built for the teacher's
+    tokenizer (so an adapted task says so in ``task.adaptation``), a Task is taken as given."""
+    from ..analysis.cached import as_task
+    from ..tasks import resolve_task
+
+    if isinstance(task, str):
+        _check_shift_name(task, shift)
+        return resolve_task(task, n_prompts=n_prompts, seed=seed,
+                            tokenizer=pair.teacher.tokenizer, kind=pair.teacher.kind)
+    base = as_task(task, n_prompts, seed)
+    _check_shift_name(base.name, shift)
+    return base
+
+
 def measure_shift(
     pair: Any, task: Any, shift: str, *, n_prompts: int | None = None, seed: int = 0,
     margin: float = 0.1,
 ) -> tuple[ShiftMeasurement, Any, Any]:
     """Both models on the built-in ``task`` and its ``shift``: the measurement, the base task
-    and the shifted task (built for the teacher's tokenizer)."""
+    and the shifted task (built for the teacher's tokenizer). Raises ``InvalidTaskError`` when
+    either model cannot do the base task (clean logit difference not above ``margin``)."""
     from ..analysis import require_valid_task
-    from ..analysis.cached import as_pair, as_task
-    from ..tasks import resolve_task
+    from ..analysis.cached import as_pair
     from ..tasks.shifts import shifted_task
 
     pair = as_pair(pair)
     tokenizer, kind = pair.teacher.tokenizer, pair.teacher.kind
-    if isinstance(task, str):
-        _check_shift_name(task, shift)
-        base = resolve_task(task, n_prompts=n_prompts, seed=seed, tokenizer=tokenizer, kind=kind)
-    else:
-        base = as_task(task, n_prompts, seed)
-        _check_shift_name(base.name, shift)
-    shifted = shifted_task(base.name, shift, len(base), seed, tokenizer=tokenizer, kind=kind)
+    base = base_task(pair, task, shift, n_prompts=n_prompts, seed=seed)
     teacher, student = _performance(pair.teacher, base), _performance(pair.student, base)
+    # first: a model that cannot do the task is reported as such, whatever the shift
     require_valid_task([teacher, student], margin=margin)
+    shifted = shifted_task(base.name, shift, len(base), seed, tokenizer=tokenizer, kind=kind)
     teacher_s, student_s = _performance(pair.teacher, shifted), _performance(pair.student, shifted)
     broken = tuple(
         prompt for prompt, t, s in zip(shifted.prompts, teacher_s.per_prompt,
@@ -162,7 +184,7 @@ def assert_shift_robust(
     max_gap: float | None = None,
     max_accuracy_gap: float | None = None,
     n_prompts: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     margin: float = 0.1,
     max_examples: int = DEFAULT_MAX_EXAMPLES,
     baseline_tolerance: Tolerance = None,
@@ -173,22 +195,29 @@ def assert_shift_robust(
     more top-1 accuracy. ``task`` is a built-in (``numerals``, ``numwords``, ``ioi``), built for
     the teacher's tokenizer; ``shift`` one of ``tasks.shifts.SHIFTS[task]``. On a failure the
     message lists the shifted prompts the student broke on and the teacher did not, and the
-    smallest one Hypothesis finds in ``max_examples`` derandomised draws. Returns the
+    smallest one Hypothesis finds in ``max_examples`` derandomised draws. A student that
+    cannot do the built-in task fails the gate; a teacher that cannot is an error. Returns the
     :class:`ShiftMeasurement`."""
     __tracebackhide__ = True
     limits = KIND.read_thresholds({"max_gap": max_gap, "max_accuracy_gap": max_accuracy_gap})
-    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
-        raise GateConfigError(
-            f"assert_shift_robust: max_examples={max_examples!r} must be a positive integer"
-        )
-    if isinstance(task, str):
+    gate = KIND.function_name
+    check_max_examples(max_examples, gate)
+    n_prompts, seed = task_options(n_prompts, seed, gate)
+    margin = check_margin(margin, gate)
+    read_baseline_tolerance(baseline_tolerance, f"{gate}: baseline_tolerance", KIND)
+    if isinstance(task, str):  # before any model loads
         _check_shift_name(task, shift)
     from ..analysis.ablation import make_fingerprint
     from ..analysis.cached import as_pair
 
     pair = as_pair(pair)
-    measured, _, shifted = measure_shift(pair, task, shift, n_prompts=n_prompts, seed=seed,
-                                         margin=margin)
+    require_gpu(gate, pair.teacher, pair.student)
+    base = base_task(pair, task, shift, n_prompts=n_prompts, seed=seed)
+    models = {"teacher": pair.teacher, "student": pair.student}
+    bridges_match(KIND, base, pair.name, models, seed=seed)
+    with student_must_do_task(KIND, pair, base, pair.name, margin=margin, seed=seed):
+        measured, _, shifted = measure_shift(pair, base, shift, n_prompts=n_prompts, seed=seed,
+                                             margin=margin)
     checks: list[MetricCheck] = []
     if limits["max_gap"] is not None:
         checks.append(MetricCheck("shift_gap", measured.gap, limits["max_gap"], "<=",
@@ -221,11 +250,22 @@ def assert_shift_robust(
         values=values,
         fingerprint=fingerprint.to_dict(),
         models={"teacher": pair.teacher.describe(), "student": pair.student.describe()},
-        tolerances=tolerances(baseline_tolerance, list(values)),
+        tolerances=tolerances(baseline_tolerance, list(values), KIND),
     )
     finish(result, f"robustness of {pair.name} to shift '{shift}' of task '{measured.task}'",
-           _details(measured, len(shifted)))
+           _details(measured, len(shifted)), task=base)
     return measured
+
+
+def check_max_examples(max_examples: Any, gate: str) -> int:
+    """Hypothesis draws for the smallest breaking prompt: a whole number >= 1."""
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+        raise GateConfigError(
+            f"{gate}: max_examples={max_examples!r} must be a positive integer (Hypothesis "
+            f"draws when searching for the smallest breaking prompt; default "
+            f"{DEFAULT_MAX_EXAMPLES})"
+        )
+    return max_examples
 
 
 def _details(measured: ShiftMeasurement, n_prompts: int) -> str:
