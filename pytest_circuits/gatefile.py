@@ -18,7 +18,13 @@ from .dtypes import DTYPES, canonical_dtype
 from .errors import CircuitsError
 from .fixtures import memo_of
 from .kinds import KINDS
-from .kinds.finish import check_drop_tolerance, check_margin, read_baseline_tolerance
+from .kinds.finish import (
+    check_atol,
+    check_drop_tolerance,
+    check_margin,
+    read_baseline_tolerance,
+)
+from .kinds.shift import check_max_examples
 from .settings import DEVICE_PATTERN, Value, closest, model_source, resolve
 from .tasks.task import MAX_N_PROMPTS
 from .yamlfile import Items, Node, YamlError, load_yaml
@@ -43,12 +49,17 @@ RUN_SETTINGS = ("pair", "model", "task", "n_prompts", "seed", "device", "dtype",
 ANALYSIS_SETTINGS = ("matching", "direction", "ablation", "similarity", "margin", "tolerance")
 DEFAULT_KEYS = RUN_SETTINGS + ANALYSIS_SETTINGS
 TOP_KEYS = ("pairs", "models", "defaults", "gates")
+#: Number-valued keys that are not thresholds, each with its gate's own rule.
+ANALYSIS_NUMBERS = {"margin": check_margin, "tolerance": check_drop_tolerance,
+                    "atol": check_atol}
 #: Number-valued keys: every kind's thresholds, plus the analysis numbers.
 NUMBERS = frozenset(
-    {t.name for kind in KINDS.values() for t in kind.thresholds} | {"margin", "tolerance"}
+    {t.name for kind in KINDS.values() for t in kind.thresholds} | set(ANALYSIS_NUMBERS)
 )
+#: Whole-number keys of a check (n_prompts and seed are gate keys, checked on their own).
+INTEGERS = {"max_examples": check_max_examples}
 STRINGS = frozenset({"name", "pair", "model", "task", "xfail", "device", "dtype", "matching",
-                     "direction", "ablation", "similarity"})
+                     "direction", "ablation", "similarity", "shift"})
 #: Keys that were renamed, with what to write instead (checked before "unknown key").
 RENAMED = {"method": "matching"}
 
@@ -121,13 +132,19 @@ class _Checker:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise self.fail(line, f"{what}: {key} must be a number, got {_kind(value)}")
             try:  # the analysis numbers have the gates' own rules, checked here with the line
-                if key == "margin":
-                    check_margin(value, what)
-                elif key == "tolerance":
-                    check_drop_tolerance(value, what)
+                if key in ANALYSIS_NUMBERS:
+                    ANALYSIS_NUMBERS[key](value, what)
             except CircuitsError as exc:
                 raise self.fail(line, str(exc)) from None
             return float(value)
+        if key in INTEGERS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.fail(line, f"{what}: {key} must be a whole number, got "
+                                      f"{_kind(value)}")
+            try:
+                return INTEGERS[key](value, what)
+            except CircuitsError as exc:
+                raise self.fail(line, str(exc)) from None
         if key in ("n_prompts", "seed"):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise self.fail(line, f"{what}: {key} must be a whole number, got "
@@ -313,7 +330,7 @@ def _gate(
         raise check.fail(kind_line, f"{what}: {kind_name} sets no threshold, so it would check "
                                     f"nothing: add at least one of {', '.join(one_of)}")
     for key, value in arguments.items():
-        if key in NUMBERS and key not in ("margin", "tolerance"):
+        if key in NUMBERS and key not in ANALYSIS_NUMBERS:
             try:  # the range, here, so a wrong threshold is a collection error with its line
                 kind.threshold(key).read(value, f"{what}: {kind_name}")
             except CircuitsError as exc:
@@ -341,11 +358,18 @@ def _gate(
             raise check.fail(lines["model"], _unknown("model", model_name, models))
         teacher, subject = None, models[model_name]
     elif "pair" in settings:
+        if not kind.takes_pair:
+            raise check.fail(lines["pair"], f"{what}: {kind_name} checks one model at a time: "
+                                            "give model: NAME (declared under models:) instead "
+                                            "of pair:")
         pair_name = settings["pair"]
         if pair_name not in pairs:
             raise check.fail(lines["pair"], _unknown("pair", pair_name, pairs))
         teacher, subject = pairs[pair_name]
     else:
+        if not kind.takes_pair:
+            raise check.fail(line, f"{what} names no model: add model: NAME (declared under "
+                                   "models:)")
         raise check.fail(line, f"{what} names no pair: add pair: NAME (declared under pairs:)"
                          + (" or model: NAME" if kind.takes_model else ""))
     if "task" not in settings:

@@ -201,3 +201,62 @@ def test_gates_are_collected_as_items_and_a_bad_file_is_a_collection_error(
     ])
     assert "Traceback" not in result.stdout.str()
     assert result.ret == pytest.ExitCode.INTERRUPTED
+
+
+SHIFT_AND_PARITY = """\
+pairs:
+  good: {teacher: "zoo:tiny-teacher", student: "zoo:tiny-student"}
+models:
+  teacher: zoo:tiny-teacher
+defaults: {n_prompts: 8, pair: good}
+gates:
+  - name: ioi-objects
+    task: ioi
+    shift_robust: {shift: objects, max_gap: 30, max_examples: 5}
+  - name: teacher-parity
+    model: teacher
+    task: numerals
+    bridge_parity: {atol: 0.00001}
+"""
+
+
+def test_shift_and_parity_gates_read_their_own_keys(tmp_path: Path) -> None:
+    shift, parity = load_gate_file(write(tmp_path, SHIFT_AND_PARITY))
+    assert (shift.kind, shift.teacher.name, shift.subject.name) == (
+        "shift_robust", "zoo:tiny-teacher", "zoo:tiny-student")
+    assert shift.arguments == {"shift": "objects", "max_gap": 30.0, "max_examples": 5}
+    assert isinstance(shift.arguments["max_examples"], int)  # Hypothesis needs a count
+    # bridge_parity sets no threshold: it checks the dtype's tolerance, which is not nothing
+    assert (parity.kind, parity.teacher, parity.subject.name) == (
+        "bridge_parity", None, "zoo:tiny-teacher")
+    assert parity.arguments == {"atol": 1e-5}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "message"),
+    [
+        ("shift: objects", "shift: 3", 9,
+         "gate 'ioi-objects': shift_robust: shift must be a non-empty string, got a number 3"),
+        ("shift: objects, ", "", 9, "gate 'ioi-objects': shift_robust needs shift: add shift:"),
+        ("max_examples: 5", "max_examples: 0", 9,
+         "shift_robust: max_examples=0 must be a positive integer"),
+        ("max_examples: 5", "max_examples: 2.5", 9,
+         "shift_robust: max_examples must be a whole number, got a number 2.5"),
+        ("atol: 0.00001", "atol: -1", 13,
+         "gate 'teacher-parity': bridge_parity: atol=-1 must be a finite number >= 0"),
+        ("atol: 0.00001", "rtol: 2", 13, "rtol=2.0 is out of range: it must lie in [0, 1]"),
+        ("    model: teacher\n", "    pair: good\n", 11,
+         "gate 'teacher-parity': bridge_parity checks one model at a time: give model: NAME"),
+        ("    model: teacher\n", "", 5,  # the defaults' pair does not fit a one-model check
+         "bridge_parity checks one model at a time"),
+    ],
+)
+def test_shift_and_parity_mistakes_are_reported_with_their_line(
+    tmp_path: Path, old: str, new: str, line: int, message: str
+) -> None:
+    assert old in SHIFT_AND_PARITY
+    path = write(tmp_path, SHIFT_AND_PARITY.replace(old, new, 1))
+    with pytest.raises(GateFileError) as raised:
+        load_gate_file(path)
+    assert str(raised.value).startswith(f"{path}:{line}: ")
+    assert message in str(raised.value)

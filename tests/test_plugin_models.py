@@ -18,6 +18,9 @@ pytestmark = pytest.mark.slow
 #: good one's worst head costs about 87 points, the brittle one's 100 (one head carries the
 #: task). Both lean on MLP0, so the gates look at heads. Retraining the zoo may move these.
 MAX_SINGLE_DROP = 95.0
+#: On 8 IOI prompts with unseen objects the good student keeps about 8 points less of its logit
+#: difference than the teacher, the brittle one about 115 (it flips two of the eight).
+MAX_SHIFT_GAP = 30.0
 
 SUITE = f'''
 import json
@@ -43,6 +46,8 @@ GATES = f'''\
 pairs:
   good: {{teacher: "zoo:tiny-teacher", student: "zoo:tiny-student"}}
   brittle: {{teacher: "zoo:tiny-teacher", student: "zoo:tiny-student-brittle"}}
+models:
+  teacher: "zoo:tiny-teacher"
 defaults: {{n_prompts: 8}}
 gates:
   - name: good-robust
@@ -58,6 +63,20 @@ gates:
     pair: brittle
     task: numerals
     ablation_robust: {{max_single_drop: {MAX_SINGLE_DROP}, components: heads}}
+  - name: good-shift
+    pair: good
+    task: ioi
+    shift_robust: {{shift: objects, max_gap: {MAX_SHIFT_GAP}, max_accuracy_gap: 0.2,
+                   max_examples: 5}}
+  - name: brittle-shift
+    pair: brittle
+    task: ioi
+    shift_robust: {{shift: objects, max_gap: {MAX_SHIFT_GAP}, max_examples: 5}}
+    xfail: "breaks on objects it was not distilled on"
+  - name: teacher-parity
+    model: teacher
+    task: numerals
+    bridge_parity: {{rtol: 0.0001}}
 '''
 
 OPTIONS = ("--circuits-teacher=zoo:tiny-teacher", "--circuits-student=zoo:tiny-student",
@@ -80,7 +99,7 @@ def suite(shared: tuple[Path, pytest.RunResult]) -> Path:
 
 @pytest.fixture(scope="module")
 def serial(shared: tuple[Path, pytest.RunResult]) -> pytest.RunResult:
-    shared[1].assert_outcomes(passed=2, failed=2, xfailed=1)
+    shared[1].assert_outcomes(passed=4, failed=2, xfailed=2)
     return shared[1]
 
 
@@ -102,6 +121,24 @@ def test_the_json_holds_the_score_the_report_returned(serial: pytest.RunResult, 
     assert results["circuits.yaml::brittle-robust"]["verdict"] == "XFAIL"
 
 
+def test_yaml_shift_and_parity_gates_run_on_the_zoo(serial: pytest.RunResult, suite: Path
+                                                    ) -> None:
+    results = {r["nodeid"]: r for r in load_json(suite / "out.json")["results"]}
+    good = results["circuits.yaml::good-shift"]
+    assert (good["gate"], good["task"], good["verdict"]) == ("shift_robust", "ioi-objects",
+                                                            "PASS")
+    assert good["values"]["shift_gap"] <= MAX_SHIFT_GAP
+    assert good["fingerprint"]["n_prompts"] == 8  # the file's defaults reached the shift
+    brittle = results["circuits.yaml::brittle-shift"]
+    assert brittle["verdict"] == "XFAIL" and brittle["values"]["shift_gap"] > MAX_SHIFT_GAP
+    assert "smallest such prompt (Hypothesis, shrunk)" in brittle["message"]
+    parity = results["circuits.yaml::teacher-parity"]
+    assert (parity["gate"], parity["subject"], parity["verdict"]) == (
+        "bridge_parity", "zoo:tiny-teacher", "PASS")
+    assert 0 <= parity["values"]["bridge_rel_diff"] < 1e-4
+    assert parity["checks"][0]["threshold"] == 1e-4
+
+
 def test_the_summary_fails_the_brittle_student(serial: pytest.RunResult) -> None:
     row = summary_row(serial.outlines, "test_brittle_student")
     assert "zoo:tiny-student-brittle" in row and f"<= {MAX_SINGLE_DROP:g}" in row
@@ -114,7 +151,7 @@ def test_a_failing_yaml_gate_shows_its_table_without_a_traceback(serial: pytest.
                                                                  ) -> None:
     text = "\n".join(serial.outlines)
     section = text.split("ablation_robust gate brittle-blocked")[1].split("\n___")[0]
-    assert "circuits.yaml:15: gate 'brittle-blocked' failed" in section
+    assert "circuits.yaml:17: gate 'brittle-blocked' failed" in section
     assert "ablation robustness of zoo:tiny-student-brittle on task 'numerals'" in section
     assert "max_single_drop" in section and "components to blame" in section
     assert "Traceback" not in section and "assertions.py" not in section
@@ -132,9 +169,12 @@ def test_the_baseline_records_each_real_result(serial: pytest.RunResult, suite: 
     assert sorted(entries) == sorted(results) == [
         "ablation_robust::zoo:tiny-student [heads]::numerals",
         "ablation_robust::zoo:tiny-student-brittle [heads]::numerals",
+        "bridge_parity::zoo:tiny-teacher::numerals",
         "circuit_aligned::zoo:tiny-teacher -> zoo:tiny-student::numerals",
+        "shift_robust::zoo:tiny-teacher -> zoo:tiny-student-brittle::ioi-objects",
+        "shift_robust::zoo:tiny-teacher -> zoo:tiny-student::ioi-objects",
     ]
     for key, entry in entries.items():
         assert entry["values"] == results[key]["values"]
-        assert entry["fingerprint"]["ablation"] == "mean"
+        assert entry["fingerprint"]["ablation"] in ("mean", "none")
         assert entry["fingerprint"]["n_prompts"] == 8
