@@ -17,6 +17,7 @@ from typing import Any
 from .atomic import write_bytes_atomic
 from .baseline import BaselineCheck
 from .kinds import UNIT_SYMBOLS, metric_spec
+from .kinds.finish import ADAPTATION_KEY
 from .recording import GateResult, MetricCheck
 from .tables import format_number, format_table
 
@@ -164,6 +165,17 @@ def summary_lines(records: list[GateRecord], with_baseline: bool) -> list[str]:
         headers.append("baseline")
     headers.append("verdict")
     return format_table(headers, summary_rows(records, with_baseline)).splitlines()
+
+
+def adaptation_lines(records: Iterable[GateRecord]) -> list[str]:
+    """One line per built-in task that had to be adapted to a tokenizer: its numbers are not
+    the paper's prompts', so the summary says so under the table (once per task and change)."""
+    seen: dict[tuple[str, str], None] = {}
+    for record in sorted(records, key=sort_key):
+        note = record.result.fingerprint.get(ADAPTATION_KEY)
+        if note:
+            seen.setdefault((record.result.task, str(note)), None)
+    return [f"circuits: task '{task}' was {note}" for task, note in seen]
 
 
 def environment(records: list[GateRecord]) -> dict[str, Any]:

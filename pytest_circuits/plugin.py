@@ -41,6 +41,7 @@ from .fixtures import (  # the fixtures are imported here so that pytest finds t
 )
 from .output import (
     GateRecord,
+    adaptation_lines,
     environment,
     junit_properties,
     plain,
@@ -494,6 +495,8 @@ class CircuitsRun:
             verdicts = [r.verdict for r in records]
             write(f"circuits: {len(records)} gate results: {verdicts.count('PASS')} passed, "
                   f"{verdicts.count('FAIL')} failed, {verdicts.count('XFAIL')} xfailed")
+            for line in adaptation_lines(records):
+                write(line)
         if self.stale:
             what = "removed from the baseline" if self.update_baseline and any(
                 "stale removed" in n for n in self.notes) else "not produced by this run"

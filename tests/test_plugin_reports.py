@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import (
@@ -121,3 +122,91 @@ def test_xdist_run_prints_and_writes_what_a_serial_run_does(
     one, two = load_json(suite / "out.json"), load_json(pytester.path / "out-n2.json")
     del one["created"], two["created"]
     assert one == two
+
+
+# ----------------------------------------------------------------------------- adapted tasks
+
+#: What a built-in task built for a BPE tokenizer says about itself (``TaskAdaptation.summary``).
+ADAPTED = "adapted to tokenizer 'tok': numbers 1..9 (not 1..12; left out: ten, eleven, twelve)"
+
+ADAPTED_TESTS = f'''
+import fakegates
+
+
+def test_adapted():
+    fakegates.aligned(0.9, task_adaptation={ADAPTED!r})
+
+
+def test_adapted_again():  # the same task and change: said once
+    fakegates.aligned(0.95, subject="teacher -> other", task_adaptation={ADAPTED!r})
+
+
+def test_paper_prompts():
+    fakegates.robust(10.0)
+'''
+
+
+def _record(task: str, note: str | None) -> Any:
+    from pytest_circuits.output import GateRecord
+    from pytest_circuits.recording import GateResult
+
+    fingerprint = {"task_adaptation": note} if note else {}
+    return GateRecord(GateResult(gate="circuit_aligned", subject="t -> s", task=task, checks=[],
+                                 fingerprint=fingerprint), index=0)
+
+
+def test_the_summary_names_each_adapted_task_once() -> None:
+    from pytest_circuits.output import adaptation_lines
+
+    records = [_record("numerals", ADAPTED), _record("numerals", ADAPTED),
+               _record("ioi", None), _record("numwords", "adapted to tokenizer 'tok': x")]
+    assert adaptation_lines(records) == [
+        f"circuits: task 'numerals' was {ADAPTED}",
+        "circuits: task 'numwords' was adapted to tokenizer 'tok': x",
+    ]
+    assert adaptation_lines([_record("ioi", None)]) == []
+
+
+def test_the_terminal_summary_prints_the_adaptation_under_the_table(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(fakegates=FAKE_GATES, test_adapted=ADAPTED_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+    section = summary_section(result.outlines)
+    assert section[-1] == f"circuits: task 'numerals' was {ADAPTED}"
+    assert sum("adapted to tokenizer" in line for line in section) == 1
+
+
+@pytest.mark.slow
+def test_a_gate_on_an_adapted_task_says_so_in_its_headline_and_result() -> None:
+    import dataclasses
+
+    from pytest_circuits import kinds
+    from pytest_circuits.errors import CircuitAssertionError
+    from pytest_circuits.models import load_pair
+    from pytest_circuits.recording import GateResult, recording
+    from pytest_circuits.tasks import builtin_task
+    from pytest_circuits.tasks.task import TaskAdaptation
+
+    adaptation = TaskAdaptation(tokenizer="tok", kind="causal",
+                                changes=("numbers 1..9 (not 1..12; left out: ten, eleven, "
+                                         "twelve)",))
+    assert adaptation.summary() == ADAPTED
+    task = dataclasses.replace(builtin_task("numerals", n_prompts=8), adaptation=adaptation)
+    pair = load_pair("zoo:tiny-teacher", "zoo:tiny-student")
+    seen: list[GateResult] = []
+    with recording(seen.append):
+        kinds.assert_behavior_preserved(pair, task, min_retained=0)
+        with pytest.raises(CircuitAssertionError) as caught:
+            kinds.assert_behavior_preserved(pair, task, min_retained=1000)
+    headline = str(caught.value).splitlines()[:2]
+    assert headline == [
+        "behaviour of zoo:tiny-teacher -> zoo:tiny-student on task 'numerals'",
+        f"  task 'numerals' {ADAPTED}",
+    ]
+    assert [r.fingerprint["task_adaptation"] for r in seen] == [ADAPTED, ADAPTED]
+    plain = builtin_task("numerals", n_prompts=8)  # the paper's prompts: nothing to say
+    with recording(seen.append):
+        kinds.assert_behavior_preserved(pair, plain, min_retained=0)
+    assert "task_adaptation" not in seen[-1].fingerprint
