@@ -139,6 +139,7 @@ class Run:
     ablation: str
     similarity: str
     matching: str
+    preset: str | None
     margin: float
     device: str
     dtype: str | None
@@ -165,8 +166,8 @@ class Run:
         with self.progress.step(f"{task}: {teacher} -> {student}"):
             return pair_report(
                 pair, task, ablation=self.ablation, similarity=self.similarity,
-                matching=self.matching, n_prompts=self.n_prompts, seed=self.seed,
-                margin=self.margin,
+                matching=self.matching, preset=self.preset, n_prompts=self.n_prompts,
+                seed=self.seed, margin=self.margin,
             )
 
     def model_report(self, source: str, task: str) -> Any:
@@ -186,9 +187,15 @@ def _run_from(args: argparse.Namespace, steps: int) -> Run:
     else:
         cache.configure(args.cache_dir, enabled=True)
     tasks = args.task or ["numerals"]
+    if args.preset is not None and (args.matching, args.similarity) != ("paper", "paper"):
+        raise UsageError(
+            f"--preset {args.preset} sets the matching and the similarity itself; drop "
+            f"--matching {args.matching} / --similarity {args.similarity}, or the preset"
+        )
     return Run(
         tasks=tasks, n_prompts=args.n_prompts, seed=args.seed, ablation=args.ablation,
-        similarity=args.similarity, matching=args.matching, margin=args.margin,
+        similarity=args.similarity, matching=args.matching, preset=args.preset,
+        margin=args.margin,
         device=args.device, dtype=args.dtype,
         progress=Progress(steps, enabled=not args.quiet),
     )
@@ -819,9 +826,15 @@ def _analysis_options(parser: argparse.ArgumentParser) -> None:
                        help="prompts per built-in task (default: the plugin's, 32)")
     group.add_argument("--seed", type=int, default=0, help="task and ablation seed (default 0)")
     group.add_argument("--ablation", choices=("mean", "zero", "resample"), default="mean")
-    group.add_argument("--similarity", choices=("paper", "cka"), default="paper")
-    group.add_argument("--matching", choices=("paper", "causal"), default="paper",
-                       help="paper: by similarity; causal: by ablation effect (any tokenizers)")
+    group.add_argument("--similarity", choices=("paper", "subspace", "cka"), default="paper",
+                       help="how MLPs (and, for cka, heads) are compared (default: paper)")
+    group.add_argument("--matching", choices=("paper", "causal", "tie_aware"), default="paper",
+                       help="paper: by similarity; causal: by ablation effect (any tokenizers); "
+                            "tie_aware: by similarity, near-ties decided by effect")
+    group.add_argument("--preset", choices=("paper", "recommended"), default=None,
+                       help="recommended: tie-aware matching, subspace MLP similarity and a "
+                            "3-point noise floor under the weighted score (for real models); "
+                            "not combinable with --matching/--similarity")
     group.add_argument("--margin", type=float, default=0.1,
                        help="a model must reach this clean logit difference (default 0.1)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")

@@ -217,3 +217,22 @@ def test_a_model_that_does_not_exist_is_an_analysis_error_without_traceback() ->
     code, _, err = run("compare", TEACHER, "zoo:no-such-student", *FAST, "--no-cache")
     assert code == EXIT_ANALYSIS
     assert "no-such-student" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_the_recommended_preset_reaches_the_analysis(tmp_path: Path) -> None:
+    out_json = tmp_path / "recommended.json"
+    code, _, err = run("compare", TEACHER, GOOD, "--task", "numerals", *FAST,
+                       "--preset", "recommended", "--cache-dir", str(tmp_path / "cache"),
+                       "--json", str(out_json))
+    assert code == EXIT_OK, err
+    (report,) = load_reports(str(out_json))
+    assert report.fingerprint.matching == "tie_aware"
+    assert report.fingerprint.similarity == "subspace"
+
+
+def test_a_preset_with_a_conflicting_matching_is_refused_before_any_model_loads() -> None:
+    code, _, err = run("compare", TEACHER, "zoo:no-such-student", *FAST, "--no-cache",
+                       "--preset", "recommended", "--matching", "causal")
+    assert code == EXIT_USAGE
+    assert "preset" in err and "Traceback" not in err
