@@ -1,8 +1,21 @@
-"""The bundled zoo: a tiny GPT-2 teacher and two distilled students trained on a toy language.
+"""The bundled zoo: tiny models of the paper's three teacher/student families, trained offline
+on one toy language (numerals, numwords and IOI sentences; see README.md here).
+
+- GPT-2 -> DistilGPT-2: ``tiny-teacher`` (4 layers), ``tiny-student`` (2 layers made from the
+  teacher's layers 0 and 2, distilled) and ``tiny-student-brittle`` (the same student
+  head-pruned to one head per layer, then distilled: the candidate the gates should block).
+- BERT -> DistilBERT (masked LMs): ``tiny-bert-teacher`` (``BertForMaskedLM``) and
+  ``tiny-distilbert-student`` (``DistilBertForMaskedLM`` from alternate teacher layers). They
+  answer at a ``[MASK]`` token, not after the last one: their tokenizer has a mask token, so
+  built-in tasks built for it are the masked variants (``... Sun done in [MASK].``).
+- Llama -> Llama-Minitron-Depth (grouped-query attention, RoPE, RMSNorm):
+  ``tiny-llama-teacher`` (4 layers, 4 query heads sharing 2 key/value heads) and
+  ``tiny-llama-student-depth`` (its cheapest 2-layer block dropped, then distilled).
 
 ``zoo_path(name)`` gives a model's directory (an ordinary Hugging Face directory: config.json,
-model.safetensors, tokenizer files) to load with ``AutoTokenizer``/``AutoModelForCausalLM`` or
-TransformerLens. ``verify_zoo()`` checks every file against ``MANIFEST.json``. Rebuild with
+model.safetensors, tokenizer files) to load with ``AutoTokenizer`` and
+``AutoModelForCausalLM``/``AutoModelForMaskedLM``, or as ``load_model("zoo:NAME")``.
+``verify_zoo()`` checks every file against ``MANIFEST.json``. Rebuild with
 ``python -m pytest_circuits.zoo.train`` (see README.md). Imports nothing heavy.
 """
 
@@ -41,6 +54,23 @@ ZOO_MODELS: dict[str, str] = {
     "tiny-student-brittle": (
         "release candidate the gates should block: the same student structurally head-pruned "
         "to one attention head per layer (the others zeroed and kept zero), then distilled"
+    ),
+    # The two BERT-family models are masked LMs: they answer at [MASK], and built-in tasks
+    # built for their tokenizer are the masked variants ("... Sun done in [MASK].").
+    "tiny-bert-teacher": (
+        "masked-LM teacher: BertForMaskedLM, 4 layers x 4 heads, d_model 128, answers at [MASK]"
+    ),
+    "tiny-distilbert-student": (
+        "DistilBertForMaskedLM, 2 layers x 4 heads, from BERT teacher layers 0 and 2, "
+        "distilled on the teacher's MLM logits; answers at [MASK]"
+    ),
+    "tiny-llama-teacher": (
+        "LlamaForCausalLM teacher, 4 layers x 4 query heads sharing 2 key/value heads "
+        "(grouped-query attention), RoPE, RMSNorm, SwiGLU, d_model 128"
+    ),
+    "tiny-llama-student-depth": (
+        "Minitron-Depth student: the Llama teacher without its cheapest block of 2 layers "
+        "(kept: 0 and 1), then distilled on the teacher's logits"
     ),
 }
 
