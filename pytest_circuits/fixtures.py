@@ -86,8 +86,12 @@ class ModelMemo:
         return self._get(("pair", id(teacher), id(student)), build)
 
     def task(self, spec: str, *, n_prompts: int | None, seed: int,
-             search_paths: tuple[Path, ...] = ()) -> Task:
-        """``resolve_task(spec)``: a built-in name or a task file found under ``search_paths``."""
+             search_paths: tuple[Path, ...] = (), model: CircuitModel | None = None) -> Task:
+        """``resolve_task(spec)``: a built-in name or a task file found under ``search_paths``.
+
+        A built-in is built for ``model``'s tokenizer and kind (a BERT teacher gets the masked
+        variant), so the fixture hands a gate the same task the gate would build from the name.
+        """
 
         def build() -> Task:
             from .tasks import resolve_task
@@ -95,9 +99,13 @@ class ModelMemo:
             options: dict[str, Any] = {"seed": seed, "search_paths": search_paths}
             if n_prompts is not None:
                 options["n_prompts"] = n_prompts
+            if model is not None:
+                options.update(tokenizer=model.tokenizer, kind=model.kind)
             return resolve_task(spec, **options)
 
-        return self._get(("task", spec, n_prompts, seed, search_paths), build)
+        # The memo holds the models for the whole process, so their ids stay unique.
+        key = ("task", spec, n_prompts, seed, search_paths, None if model is None else id(model))
+        return self._get(key, build)
 
 
 MEMO_KEY = pytest.StashKey[ModelMemo]()
@@ -195,15 +203,22 @@ def circuit_pair(request: pytest.FixtureRequest, teacher: CircuitModel,
 @pytest.fixture
 def circuit_task(request: pytest.FixtureRequest) -> Task:
     """The task (``--circuits-task``, default ``numerals``) as a ``Task``."""
-    from .tasks import TaskError
+    from .tasks import BUILTIN_TASKS, TaskError
 
     spec = _setting(request, "task")
+    # A built-in is built for the teacher's tokenizer and kind when a teacher is configured
+    # (the teacher is loaded anyway by any gate that uses this task); without one it is the
+    # paper's GPT-2 task, as before.
+    model = None
+    if str(spec.value) in BUILTIN_TASKS and _setting(request, "teacher").value is not None:
+        model = request.getfixturevalue("teacher")
     try:
         return memo_of(request.config).task(
             str(spec.value),
             n_prompts=_setting(request, "n_prompts").value,
             seed=_setting(request, "seed").value,
             search_paths=(spec.base, request.config.rootpath),
+            model=model,
         )
     except TaskError as exc:
         problem = f"task from {spec.origin}: {exc}"

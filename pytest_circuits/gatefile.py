@@ -46,7 +46,8 @@ GATE_KEYS = ("name", "pair", "model", "task", "xfail", "marks", "n_prompts", "se
 RUN_SETTINGS = ("pair", "model", "task", "n_prompts", "seed", "device", "dtype",
                 "baseline_tolerance")
 #: Analysis keys ``defaults:`` may set; each gate receives those its kind accepts.
-ANALYSIS_SETTINGS = ("matching", "direction", "ablation", "similarity", "margin", "tolerance")
+ANALYSIS_SETTINGS = ("matching", "direction", "ablation", "similarity", "preset", "margin",
+                     "tolerance")
 DEFAULT_KEYS = RUN_SETTINGS + ANALYSIS_SETTINGS
 TOP_KEYS = ("pairs", "models", "defaults", "gates")
 #: Number-valued keys that are not thresholds, each with its gate's own rule.
@@ -59,7 +60,11 @@ NUMBERS = frozenset(
 #: Whole-number keys of a check (n_prompts and seed are gate keys, checked on their own).
 INTEGERS = {"max_examples": check_max_examples}
 STRINGS = frozenset({"name", "pair", "model", "task", "xfail", "device", "dtype", "matching",
-                     "direction", "ablation", "similarity", "shift"})
+                     "direction", "ablation", "similarity", "shift", "preset"})
+#: String keys with a fixed set of values, checked here so a typo is a collection error with
+#: its line. The presets are ``analysis.compare.PRESETS``' names (a test keeps them equal);
+#: written out because importing the analysis would load torch at collection.
+CHOICES = {"preset": ("paper", "recommended")}
 #: Keys that were renamed, with what to write instead (checked before "unknown key").
 RENAMED = {"method": "matching"}
 
@@ -165,6 +170,9 @@ class _Checker:
             if key == "dtype" and canonical_dtype(value) is None:
                 raise self.fail(line, f"{what}: dtype {value!r} is not one of "
                                       f"{', '.join(DTYPES)}")
+            if key in CHOICES and value not in CHOICES[key]:
+                raise self.fail(line, f"{what}: {key} {value!r} is not one of "
+                                      f"{', '.join(CHOICES[key])}{closest(value, CHOICES[key])}")
             return canonical_dtype(value) if key == "dtype" else value
         if key == "components":
             return self.components(value, line, what)

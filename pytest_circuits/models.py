@@ -647,6 +647,55 @@ def _boot_bridge(
     )
 
 
+#: The name under which a TransformerLens bridge nests each Hugging Face module it wraps.
+BRIDGE_WRAPPED = "_original_component"
+
+
+def strip_bridge_names(name: str) -> str:
+    """The Hugging Face name of a parameter or buffer named inside a bridge."""
+    return name.replace(f".{BRIDGE_WRAPPED}", "").replace(f"{BRIDGE_WRAPPED}.", "")
+
+
+def unbridged_copy(source: Any, label: str) -> Any:
+    """A copy of the Hugging Face model ``source`` with its own module tree and weights.
+
+    A model that came out of a bridge (``copy.deepcopy(loaded.hf_model)``, the usual way to
+    derive an edited or quantised student from a loaded model) has the bridge's wrappers in its
+    module tree and its weights under renamed keys (``..._original_component...``, plus split
+    q/k/v views). Booting a second bridge over it, saving it or rebuilding the plain model for
+    the parity check would all see those names, so the plain module is rebuilt from the config
+    and given the weights under their Hugging Face names. Raises ModelLoadError when a weight of
+    the plain model has no counterpart.
+    """
+    if not any(BRIDGE_WRAPPED in name for name, _ in source.named_modules()):
+        return copy.deepcopy(source)
+    import torch
+
+    config = copy.deepcopy(source.config)
+    plain = type(source)(config)  # non-persistent buffers (rotary tables) come from __init__
+    wanted = plain.state_dict()
+    weights: dict[str, Any] = {}
+    for name, tensor in source.state_dict().items():
+        hf_name = strip_bridge_names(name)
+        if hf_name in wanted:  # the bridge's extra views (split q/k/v) have no HF name
+            weights.setdefault(hf_name, tensor)
+    missing = sorted(set(wanted) - set(weights))
+    if missing:
+        raise ModelLoadError(
+            f"{label}: this {type(source).__name__} was taken out of a TransformerLens bridge "
+            f"and {len(missing)} of its Hugging Face weights cannot be recovered (e.g. "
+            f"{', '.join(missing[:3])}); save the loaded model with "
+            "CircuitModel.save_pretrained(directory) and load that directory instead"
+        )
+    with torch.no_grad():
+        plain.load_state_dict(weights, strict=True)
+    # keep the source's floating dtype (load_state_dict copied into __init__'s float32)
+    floating = [t.dtype for t in weights.values() if t.is_floating_point()]
+    if floating:
+        plain.to(dtype=floating[0])
+    return plain
+
+
 def _embedding_device(hf_model: Any) -> str:
     return str(hf_model.get_input_embeddings().weight.device)
 
@@ -714,8 +763,9 @@ def load_model(
         location = None
         arch_name, entry = _loadable_architecture(source, label)
         # The bridge replaces the model's submodules in place: work on a copy, so the caller's
-        # model keeps its module tree, weights, device and dtype.
-        hf_model = copy.deepcopy(source)
+        # model keeps its module tree, weights, device and dtype. A model taken out of a
+        # bridge (``loaded.hf_model``) is rebuilt as the plain Hugging Face module first.
+        hf_model = unbridged_copy(source, label)
         _detach_gguf_quantizer(hf_model)
         if not getattr(hf_model, "hf_device_map", None):
             hf_model.to(device=torch_device)

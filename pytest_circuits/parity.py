@@ -25,7 +25,7 @@ import torch
 
 from .analysis import engine
 from .errors import CircuitsError
-from .models import CircuitModel
+from .models import CircuitModel, strip_bridge_names
 from .tasks import Task
 
 __all__ = [
@@ -108,11 +108,6 @@ class ParityResult:
         return asdict(self)
 
 
-def _strip_bridge_names(name: str) -> str:
-    # The bridge nests each wrapped module under "_original_component".
-    return name.replace("._original_component", "").replace("_original_component.", "")
-
-
 def plain_hf_model(model: CircuitModel) -> Any:
     """A plain Hugging Face model (no bridge) sharing ``model``'s weight tensors.
 
@@ -132,8 +127,29 @@ def plain_hf_model(model: CircuitModel) -> Any:
     auto = AutoModelForCausalLM if model.is_causal else AutoModelForMaskedLM
     with torch.device("meta"):
         plain = auto.from_config(config, attn_implementation="eager", dtype=_dtype(model))
-    plain.load_state_dict(state, strict=True, assign=True)
-    buffers = {_strip_bridge_names(n): b for n, b in model.hf_model.named_buffers()}
+    expected = set(plain.state_dict())
+    if set(state) != expected:
+        # A raw load_state_dict error would fail every gate on this model without saying why:
+        # the recorded weights are not the plain model's (an in-memory model whose keys were
+        # renamed, or a config that does not describe these weights).
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ParityError(
+            f"{model.name}: the recorded Hugging Face weights do not match a plain "
+            f"{type(plain).__name__} built from its config ({len(missing)} missing, e.g. "
+            f"{', '.join(missing[:3]) or '-'}; {len(unexpected)} unexpected, e.g. "
+            f"{', '.join(unexpected[:3]) or '-'}), so the bridge cannot be checked; save the "
+            "model with CircuitModel.save_pretrained(directory) from the plain Hugging Face "
+            "weights and load that directory"
+        )
+    try:
+        plain.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:  # same names, other shapes: the config does not fit
+        raise ParityError(
+            f"{model.name}: the recorded Hugging Face weights do not fit a plain "
+            f"{type(plain).__name__} built from its config ({exc}); load the model from its "
+            "saved directory so config and weights agree"
+        ) from exc
+    buffers = {strip_bridge_names(n): b for n, b in model.hf_model.named_buffers()}
     for name, buffer in list(plain.named_buffers()):
         if buffer.device.type != "meta":
             continue

@@ -79,8 +79,11 @@ def test_a_gate_given_a_task_name_uses_the_run_settings(monkeypatch: pytest.Monk
 
     seen: list[tuple[Any, ...]] = []
 
-    def fake_as_task(task: Any, n_prompts: int | None, seed: int) -> Any:
+    built_for: list[Any] = []
+
+    def fake_as_task(task: Any, n_prompts: int | None, seed: int, model: Any = None) -> Any:
         seen.append((task, n_prompts, seed))
+        built_for.append(model)
         raise Stop
 
     monkeypatch.setattr(cached, "as_task", fake_as_task)
@@ -95,6 +98,7 @@ def test_a_gate_given_a_task_name_uses_the_run_settings(monkeypatch: pytest.Monk
         kinds.assert_ablation_robust(model, "numerals", max_severity=0.5)
     assert seen == [("numerals", 7, 3), ("numerals", 2, 0), ("numerals", None, 0),
                     ("numerals", 32, 0)]
+    assert all(m is model for m in built_for)  # the built-in is built for the model checked
 
 
 class CpuModel:

@@ -13,6 +13,7 @@ from .finish import (
     check_margin,
     finish,
     headline,
+    method_settings,
     pair_result,
     read_baseline_tolerance,
     require_gpu,
@@ -32,6 +33,7 @@ def assert_circuit_aligned(
     direction: str = "teacher_to_student",
     ablation: str = "mean",
     similarity: str = "paper",
+    preset: str | None = None,
     n_prompts: int | None = None,
     seed: int | None = None,
     margin: float = 0.1,
@@ -57,14 +59,14 @@ def assert_circuit_aligned(
     read_baseline_tolerance(baseline_tolerance, f"{gate}: baseline_tolerance", KIND)
     pair = as_pair(pair)
     require_gpu(gate, pair.teacher, pair.student)
-    task = as_task(task, n_prompts, seed)
+    task = as_task(task, n_prompts, seed, pair.teacher)
     subject = f"{pair.teacher.name} -> {pair.student.name}"
     bridges_match(KIND, task, subject, {"teacher": pair.teacher, "student": pair.student},
                   seed=seed)
     with student_must_do_task(KIND, pair, task, subject, margin=margin, seed=seed):
         report = pair_report(
             pair, task, ablation=ablation, similarity=similarity, matching=matching,
-            direction=direction, seed=seed, margin=margin,
+            direction=direction, seed=seed, margin=margin, preset=preset,
         )
     a = report.alignment
     if not a.pairs:
@@ -92,7 +94,7 @@ def assert_circuit_aligned(
     details = (
         f"  parts: mean similarity {a.mean_similarity:.4f}, influence term "
         f"{a.influence_term:+.4f}, weighted variant {a.weighted_score:.4f} "
-        f"({len(a.pairs)} matched pairs, matching={matching}, similarity={similarity})\n"
+        f"({len(a.pairs)} matched pairs, {method_settings(preset, report)})\n"
         "  pairs that pull the score down most:\n"
         + format_table(
             ["teacher", "student", "similarity", "teacher share", "student share", "term"],
@@ -123,5 +125,5 @@ KIND = GateKind(
                meaning="the influence-weighted variant of A"),
         Metric("n_pairs", "count", None, meaning="matched teacher/student pairs"),
     ),
-    options=("matching", "direction", "ablation", "similarity", "margin"),
+    options=("matching", "direction", "ablation", "similarity", "margin", "preset"),
 )

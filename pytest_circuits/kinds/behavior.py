@@ -43,7 +43,7 @@ def assert_behavior_preserved(
     read_baseline_tolerance(baseline_tolerance, f"{gate}: baseline_tolerance", KIND)
     pair = as_pair(pair)
     require_gpu(gate, pair.teacher, pair.student)
-    task = as_task(task, n_prompts, seed)
+    task = as_task(task, n_prompts, seed, pair.teacher)
     bridges_match(KIND, task, pair.name, {"teacher": pair.teacher, "student": pair.student},
                   seed=seed)
     teacher = task_performance(pair.teacher, task)

@@ -360,3 +360,20 @@ def finish(result: GateResult, headline: str, details: str, *, task: Any = None)
     record(result)
     if failed:
         raise CircuitAssertionError(message)
+
+
+def method_settings(preset: str | None, report: Any) -> str:
+    """How a pair report matched and compared components, for a failure's "parts:" line.
+
+    The values come from the report's fingerprint, since a preset replaces the matching and
+    similarity the caller passed; the preset is named first so a reader knows where they came
+    from ("no preset": the options were given one by one, or left at the paper's defaults).
+    """
+    method = report.fingerprint
+    parts = [f"preset={preset}" if preset else "no preset", f"matching={method.matching}",
+             f"similarity={method.similarity}"]
+    if method.tie_margin is not None:
+        parts.append(f"tie_margin={method.tie_margin:g}")
+    if method.noise_floor:
+        parts.append(f"noise_floor={method.noise_floor:g}")
+    return ", ".join(parts)

@@ -14,6 +14,7 @@ from .finish import (
     check_margin,
     finish,
     headline,
+    method_settings,
     model_name,
     pair_result,
     read_baseline_tolerance,
@@ -35,6 +36,7 @@ def assert_mechanism_preserved(
     direction: str = "teacher_to_student",
     similarity: str = "paper",
     ablation: str = "mean",
+    preset: str | None = None,
     n_prompts: int | None = None,
     seed: int | None = None,
     margin: float = 0.1,
@@ -62,14 +64,14 @@ def assert_mechanism_preserved(
     names = [Component.parse(c).name for c in components]
     pair = as_pair(pair)
     require_gpu(gate, pair.teacher, pair.student)
-    task = as_task(task, n_prompts, seed)
+    task = as_task(task, n_prompts, seed, pair.teacher)
     subject = f"{pair.teacher.name} -> {pair.student.name}"
     bridges_match(KIND, task, subject, {"teacher": pair.teacher, "student": pair.student},
                   seed=seed)
     with student_must_do_task(KIND, pair, task, subject, margin=margin, seed=seed):
         report = pair_report(
             pair, task, ablation=ablation, similarity=similarity, matching=matching,
-            direction=direction, seed=seed, margin=margin,
+            direction=direction, seed=seed, margin=margin, preset=preset,
         )
     by_teacher = {p.teacher: p for p in report.alignment.pairs}
     missing = [n for n in names if n not in by_teacher]
@@ -97,7 +99,7 @@ def assert_mechanism_preserved(
                                           "student_influence": p.student_influence})
              for p in pairs]
     result = pair_result(KIND, report, checks, values, blame, baseline_tolerance)
-    details = "  counterparts:\n" + format_table(
+    details = f"  parts: {method_settings(preset, report)}\n  counterparts:\n" + format_table(
         ["teacher", "teacher infl", "student match", "similarity", "student infl"],
         [[p.teacher, p.teacher_influence, p.student, p.similarity, p.student_influence]
          for p in pairs],
@@ -121,6 +123,6 @@ KIND = GateKind(
         Metric("student_influence", "points", ">=", 2.0, per_component=True,
                meaning="the drop the counterpart's ablation causes"),
     ),
-    options=("matching", "direction", "similarity", "ablation", "margin"),
+    options=("matching", "direction", "similarity", "ablation", "margin", "preset"),
     required=("components",),
 )

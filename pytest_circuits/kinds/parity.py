@@ -50,7 +50,7 @@ def assert_bridge_parity(
     from ..parity import bridge_parity
 
     require_gpu(gate, model)
-    task = as_task(task, n_prompts, seed)
+    task = as_task(task, n_prompts, seed, model)
     # The check itself, not the memoised preflight: the caller's tolerance decides here.
     parity = bridge_parity(model, task, rtol=limits["rtol"], atol=atol)
     # The verdict is the parity check's own. Its rule (|diff| <= atol + rtol x scale) allows a

@@ -68,7 +68,7 @@ def assert_ablation_robust(
     read_baseline_tolerance(baseline_tolerance, f"{gate}: baseline_tolerance", KIND)
     subject = model_or_pair.student if is_pair else model_or_pair
     require_gpu(gate, *((model_or_pair.teacher, subject) if is_pair else (subject,)))
-    task = as_task(task, n_prompts, seed)
+    task = as_task(task, n_prompts, seed, model_or_pair.teacher if is_pair else subject)
     bridges_match(KIND, task, _subject(subject.name, components),
                   {"teacher": model_or_pair.teacher, "student": subject} if is_pair
                   else {"model": subject}, seed=seed)

@@ -136,7 +136,7 @@ def base_task(pair: Any, task: Any, shift: str, *, n_prompts: int | None = None,
         _check_shift_name(task, shift)
         return resolve_task(task, n_prompts=n_prompts, seed=seed,
                             tokenizer=pair.teacher.tokenizer, kind=pair.teacher.kind)
-    base = as_task(task, n_prompts, seed)
+    base = as_task(task, n_prompts, seed, pair.teacher)
     _check_shift_name(base.name, shift)
     return base
 
