@@ -223,6 +223,31 @@ def test_every_single_ablation_replays_like_a_full_forward(case: Case, kind: str
     assert moved >= case.model.n_layers + 1
 
 
+@pytest.mark.parametrize("n_prompts", [1, 3])
+def test_a_few_prompts_replay_like_a_full_forward(gpt2_deep: Case, n_prompts: int) -> None:
+    """One and three prompts: the rows of the last block and the head are padded (BLAS kernels
+    for one to three rows sum in another order), and the padding never reaches the result."""
+    full = gpt2_deep.task
+    task = dataclasses.replace(
+        full,
+        name=f"{full.name}-{n_prompts}",
+        prompts=full.prompts[:n_prompts],
+        correct=full.correct[:n_prompts],
+        distractors=full.distractors[:n_prompts],
+    )
+    case = Case(f"gpt2 x{n_prompts}", gpt2_deep.model, task)
+    for comp in every_component(case.model):
+        hooks = ablation(case, [comp], "mean")
+        got = fast(case, comp.layer, hooks)
+        assert got.shape == (n_prompts,)
+        assert_same(got, naive(case, hooks), f"{comp.name} x{n_prompts}")
+    stacked = [Component.head_at(2, 0), Component.parse("MLP2")]
+    got = fast(case, 2, ablation(case, stacked, "mean"), reps=2)
+    for j, comp in enumerate(stacked):
+        want = naive(case, ablation(case, [comp], "mean"))
+        assert_same(got[j * n_prompts : (j + 1) * n_prompts], want, f"stacked {comp.name}")
+
+
 def test_stacked_mixed_ablations_replay_like_one_per_forward(case: Case) -> None:
     """A stack of a layer's first head, its MLP and its last head (each ablation in its own copy
     of the batch, as ``ablations_per_forward`` > 1 runs them): copy j is the full forward with
@@ -394,7 +419,8 @@ def test_a_head_replay_skips_its_attention_and_cuts_the_last_block_to_the_rows(
     assert shapes["o0"] == [(n, seq, D_MODEL)] and shapes["mlp0"] == [(n, seq, D_MODEL)]
     assert shapes["k1"] == [(n, seq, D_MODEL)] and shapes["mlp1"] == [(n, seq, D_MODEL)]
     assert shapes["k2"] == [(n, seq, D_MODEL)]
-    assert shapes["o2"] == [(n, 1, D_MODEL)] and shapes["mlp2"] == [(n, 1, D_MODEL)]
+    rows = max(n, engine.MIN_ROWS)  # padded so the BLAS keeps its many-row kernel
+    assert shapes["o2"] == [(rows, 1, D_MODEL)] and shapes["mlp2"] == [(rows, 1, D_MODEL)]
 
 
 def test_an_mlp_replay_starts_at_the_next_block(gpt2_deep: Case) -> None:
@@ -414,7 +440,7 @@ def test_an_mlp_replay_starts_at_the_next_block(gpt2_deep: Case) -> None:
     # block 1 runs whole; block 2 is stopped at its output projection, then its MLP sees rows
     n = engine.task_tensors(model, case.task).n_prompts
     assert len(shapes["block1"]) == 1 and shapes["block2"] == []
-    assert shapes["mlp1"] != [] and shapes["mlp2"] == [(n, 1, D_MODEL)]
+    assert shapes["mlp1"] != [] and shapes["mlp2"] == [(max(n, engine.MIN_ROWS), 1, D_MODEL)]
     hooks = ablation(case, [Component.parse("MLP2")], "mean")
     with counting(modules) as shapes:
         fast(case, 2, hooks)
@@ -447,7 +473,9 @@ def test_counted_work_is_what_the_floor_predicts(gpt2_deep: Case) -> None:
     answers = set(tensors.correct.tolist()) | set(tensors.distractor.tolist())
     columns = len(answers | set(range(min(vocab, engine.MIN_HEAD_COLUMNS))))
     assert columns < vocab
-    rows = 2 * n * 9 * d * d + 2 * n * d * columns  # output projection, MLP and head on the rows
+    # output projection, MLP and head on the rows, padded to MIN_ROWS (see engine._pad_rows)
+    r = max(n, engine.MIN_ROWS)
+    rows = 2 * r * 9 * d * d + 2 * r * d * columns
     engine.clean_run(model, case.task)
     head = ablation(case, [Component.head_at(0, 2)], "zero")
     assert matmul_flops(lambda: fast(case, 0, head)) == (

@@ -311,7 +311,24 @@ def head_logits(model: CircuitModel, rows: torch.Tensor) -> torch.Tensor:
     # Under device_map the head may sit on another device than the last block.
     head = model.arch.prediction_modules(model.hf_model)
     first = next((d for d in map(_module_device, head) if d is not None), None)
-    return model.arch.prediction_logits(model.hf_model, _to_device(rows, first))
+    logits = model.arch.prediction_logits(model.hf_model, _pad_rows(_to_device(rows, first)))
+    return logits[: rows.shape[0]]
+
+
+#: Work on the prediction rows alone (the last block past its attention, the prediction head) runs
+#: on at least this many rows, padded with copies of the first: BLAS libraries switch to other
+#: kernels for matrices of very few rows, which sum each dot product in another order; from 4
+#: rows on, the CPU build measured computes every row bit for bit as in the full batch.
+MIN_ROWS = 16
+
+
+def _pad_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` with copies of its first row appended up to ``MIN_ROWS`` (callers slice the
+    padding off again)."""
+    short = MIN_ROWS - rows.shape[0]
+    if short <= 0:
+        return rows
+    return torch.cat([rows, rows[:1].expand(short, *rows.shape[1:])])
 
 
 def _rows(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -515,7 +532,7 @@ def replay_rows(
         z3 = _to_device(_merge_heads(z), part.device)
         pre = _stack(_to_device(capture.resid_pre[start_layer].detach(), part.device), reps)
         if rows_only:
-            z3, pre = _rows(z3, positions), _rows(pre, positions)
+            z3, pre = _pad_rows(_rows(z3, positions)), _pad_rows(_rows(pre, positions))
         mid = _after_attention(layout, part, pre, z3)
         mlp_out = _apply_hooks(mlp_fns, _mlp_out(layout, part, mid), _hook_point(model, mlp_name))
     else:
@@ -526,10 +543,11 @@ def replay_rows(
             _hook_point(model, mlp_name),
         )
         if rows_only:
-            mid, mlp_out = _rows(mid, positions), _rows(mlp_out, positions)
+            mid = _pad_rows(_rows(mid, positions))
+            mlp_out = _pad_rows(_rows(mlp_out, positions))
     post = _after_mlp(layout, part, mid, _to_device(mlp_out, part.device))
     if last:
-        return (post if rows_only else _rows(post, positions))[:, 0]
+        return (post if rows_only else _rows(post, positions))[: positions.shape[0] * reps, 0]
     hidden = post
     for index in range(start_layer + 1, len(parts) - 1):
         hidden = _first(_run_block(model, capture, index, hidden, reps))
@@ -565,9 +583,10 @@ def _last_block_rows(
         return _rows(_first(out), positions)[:, 0]
     finally:
         handle.remove()
-    pre = _rows(_to_device(hidden, part.device), positions)
-    mid = _after_attention(layout, part, pre, _rows(z, positions))
-    return _after_mlp(layout, part, mid, _mlp_out(layout, part, mid))[:, 0]
+    pre = _pad_rows(_rows(_to_device(hidden, part.device), positions))
+    mid = _after_attention(layout, part, pre, _pad_rows(_rows(z, positions)))
+    post = _after_mlp(layout, part, mid, _mlp_out(layout, part, mid))
+    return post[: positions.shape[0] * reps, 0]
 
 
 def replay_logit_differences(
@@ -623,7 +642,7 @@ def head_logit_differences(
     if unembed is None:
         return logit_differences(head_logits(model, rows), correct, distractor)
     first = next((d for d in map(_module_device, [*transform, unembed]) if d is not None), None)
-    hidden = _to_device(rows, first)
+    hidden = _pad_rows(_to_device(rows, first))
     for module in transform:
         hidden = module(hidden)
     hidden = _to_device(hidden, unembed.weight.device)
@@ -632,8 +651,8 @@ def head_logit_differences(
     padding = torch.arange(min(vocab, MIN_HEAD_COLUMNS), device=hidden.device)
     columns = torch.unique(torch.cat([answers.flatten(), padding]))  # sorted
     bias = None if unembed.bias is None else unembed.bias[columns]
-    logits = torch.nn.functional.linear(hidden, unembed.weight[columns], bias)  # [rows, cols]
-    reps = hidden.shape[0] // answers.shape[0]
+    logits = torch.nn.functional.linear(hidden, unembed.weight[columns], bias)[: rows.shape[0]]
+    reps = rows.shape[0] // answers.shape[0]
     where = torch.searchsorted(columns, answers)
     picked = logits.gather(1, where.repeat(reps, 1) if reps > 1 else where)  # [rows, 2]
     return (picked[:, 0] - picked[:, 1]).float()
