@@ -61,7 +61,7 @@ class _Codec:
 def _codecs() -> list[_Codec]:
     # Imported here: the plugin imports this module at load, and the analysis imports torch.
     from .analysis.ablation import SweepResult
-    from .analysis.compare import ModelReport, PairReport, report_from_dict
+    from .analysis.comparison import ModelReport, PairReport, report_from_dict
 
     return [
         _Codec("report", lambda v: isinstance(v, (ModelReport, PairReport)), report_from_dict),

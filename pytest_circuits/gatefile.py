@@ -62,7 +62,7 @@ INTEGERS = {"max_examples": check_max_examples}
 STRINGS = frozenset({"name", "pair", "model", "task", "xfail", "device", "dtype", "matching",
                      "direction", "ablation", "similarity", "shift", "preset"})
 #: String keys with a fixed set of values, checked here so a typo is a collection error with
-#: its line. The presets are ``analysis.compare.PRESETS``' names (a test keeps them equal);
+#: its line. The presets are ``analysis.comparison.PRESETS``' names (a test keeps them equal);
 #: written out because importing the analysis would load torch at collection.
 CHOICES = {"preset": ("paper", "recommended")}
 #: Keys that were renamed, with what to write instead (checked before "unknown key").

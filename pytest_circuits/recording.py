@@ -64,7 +64,7 @@ def report_from_data(data: Any) -> Any:
     if not isinstance(data, Mapping) or "kind" not in data:
         return data
     try:
-        from .analysis.compare import report_from_dict
+        from .analysis.comparison import report_from_dict
     except ImportError:
         return dict(data)
     return report_from_dict(dict(data))

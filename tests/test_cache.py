@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from pytest_circuits import cache
 from pytest_circuits.analysis.ablation import SweepResult
-from pytest_circuits.analysis.compare import ModelReport, model_report
+from pytest_circuits.analysis.comparison import ModelReport, model_report
 from pytest_circuits.models import load_model
 from pytest_circuits.tasks import builtin_task
 

@@ -13,7 +13,7 @@ import torch
 
 from pytest_circuits.analysis import compare, model_report
 from pytest_circuits.analysis.cached import pair_report
-from pytest_circuits.analysis.compare import CompareSettings, MatchedPair, find_discarded
+from pytest_circuits.analysis.comparison import CompareSettings, MatchedPair, find_discarded
 from pytest_circuits.analysis.matching import fan_in, match_by_effect, match_by_similarity
 from pytest_circuits.analysis.similarity import (
     eigenvector_similarity,
@@ -353,3 +353,15 @@ def test_every_match_is_either_effective_fan_in_or_onto_a_dead_component(base):
     assert absorbed and all(
         base.student.sweep.effect(name).influence < floor for name in absorbed
     )
+
+
+def test_the_package_name_compare_is_the_function_whatever_was_imported_first() -> None:
+    # A submodule named like a function would replace that function on the package once
+    # imported (why the module is comparison.py, as the sweep's is ablation.py).
+    import pytest_circuits
+    import pytest_circuits.analysis as analysis
+    import pytest_circuits.analysis.comparison as comparison
+
+    assert analysis.compare is comparison.compare and callable(analysis.compare)
+    assert pytest_circuits.compare is comparison.compare
+    assert analysis.sweep.__module__ == "pytest_circuits.analysis.ablation"

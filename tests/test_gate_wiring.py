@@ -108,7 +108,7 @@ def test_a_preset_beside_a_conflicting_matching_is_refused_by_the_gate(gpt2_pair
 
 
 def test_gate_files_accept_exactly_the_analysis_presets() -> None:
-    from pytest_circuits.analysis.compare import PRESETS
+    from pytest_circuits.analysis.comparison import PRESETS
     from pytest_circuits.gatefile import CHOICES
 
     assert CHOICES["preset"] == tuple(PRESETS)

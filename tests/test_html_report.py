@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pytest_circuits.analysis.cached import pair_report
-from pytest_circuits.analysis.compare import report_from_dict
+from pytest_circuits.analysis.comparison import report_from_dict
 from pytest_circuits.errors import CircuitAssertionError
 from pytest_circuits.htmlreport import (
     MODEL_PARTS,

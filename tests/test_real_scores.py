@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from pytest_circuits.analysis.cached import pair_report
-from pytest_circuits.analysis.compare import PRESETS, PairReport
+from pytest_circuits.analysis.comparison import PRESETS, PairReport
 from pytest_circuits.models import CircuitModel, load_model, load_pair, smollm2_gguf_path
 from pytest_circuits.tasks import Task
 

@@ -21,7 +21,7 @@ from pytest_circuits.analysis.ablation import (
     TaskPerformance,
     task_performance,
 )
-from pytest_circuits.analysis.compare import (
+from pytest_circuits.analysis.comparison import (
     Alignment,
     AmbiguousGroup,
     CompareSettings,

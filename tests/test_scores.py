@@ -15,7 +15,7 @@ import torch
 from pytest_circuits import cache
 from pytest_circuits.analysis import ablation
 from pytest_circuits.analysis.cached import model_report, pair_report
-from pytest_circuits.analysis.compare import PRESETS, PairReport, compare
+from pytest_circuits.analysis.comparison import PRESETS, PairReport, compare
 from pytest_circuits.analysis.matching import match_tie_aware
 from pytest_circuits.analysis.similarity import (
     SUBSPACE_DIM,

@@ -28,7 +28,7 @@ from test_families import output_projection
 from pytest_circuits.analysis import engine
 from pytest_circuits.analysis.ablation import sweep
 from pytest_circuits.analysis.cached import as_task
-from pytest_circuits.analysis.compare import PairReport, compare
+from pytest_circuits.analysis.comparison import PairReport, compare
 from pytest_circuits.models import CircuitModel, ModelPair, load_pair
 from pytest_circuits.parity import bridge_parity
 from pytest_circuits.tasks import Task

@@ -134,7 +134,7 @@ def pair_report(
     and ``preset`` as in ``compare``. The two sweeps inside come from :func:`sweep_result`, so
     they are shared with every other report on the same models.
     """
-    from .compare import compare, resolve_preset
+    from .comparison import compare, resolve_preset
 
     pair = as_pair(pair)
     task = as_task(task, n_prompts, seed, pair.teacher)
@@ -188,7 +188,7 @@ def model_report(
 ) -> Any:
     """A model's report from its memoised sweep (see :func:`sweep_result`); the brittleness
     statistics at ``tolerance`` are recomputed from it, which costs no forward pass."""
-    from .compare import report_from_sweep
+    from .comparison import report_from_sweep
 
     task = as_task(task, n_prompts, seed, model)
     result = sweep_result(
