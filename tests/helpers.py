@@ -27,10 +27,18 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_circuits.tasks import Task
-from pytest_circuits.tasks.builtin import IOI_NAMES, IOI_OBJECTS, IOI_PLACES, NUMERAL_MEMBERS
+from pytest_circuits.tasks.builtin import (
+    IOI_NAMES,
+    IOI_OBJECTS,
+    IOI_PLACES,
+    NUMBER_WORDS,
+    NUMERAL_MEMBERS,
+    NUMERAL_VERBS,
+)
 
 if TYPE_CHECKING:  # torch is imported inside the functions, so conftest stays cheap
     import torch
+    from transformers import PreTrainedTokenizerFast
 
 #: Words of the tiny tokenizer: the built-in tasks' words, so built-in tasks encode too.
 WORDS: tuple[str, ...] = tuple(
@@ -398,3 +406,111 @@ def load_json(path: Path) -> dict[str, Any]:
 def results_by_test(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The JSON results keyed by test name (the part of the node id after '::')."""
     return {r["nodeid"].split("::")[-1]: r for r in document["results"]}
+
+
+# ------------------------------------------------------------ masked models and tokenizers
+
+
+def masked_prompt(first: str, second: str, subject: str) -> str:
+    # The [MASK] is second to last: reading the last position instead would be caught.
+    return f"When {first} and {second} went to the store , {subject} gave a drink to [MASK] ."
+
+
+def preferred_masked_task(hf: Any, tokenizer: Any, name: str) -> Task:
+    """IOI-shaped masked prompts whose answers the random model prefers at the [MASK]: the
+    highest-scoring name is correct, the lowest the distractor."""
+    import torch
+
+    pairs = [(ANSWER_NAMES[i], ANSWER_NAMES[(i + 3) % 12]) for i in range(6)]
+    prompts = [masked_prompt(a, b, b if i % 2 else a) for i, (a, b) in enumerate(pairs)]
+    ids = torch.tensor([tokenizer(p)["input_ids"] for p in prompts])
+    mask = (ids == tokenizer.mask_token_id).nonzero()[:, 1]
+    with torch.no_grad():
+        at_mask = hf(ids).logits[torch.arange(len(prompts)), mask]
+    names = torch.tensor([tokenizer.convert_tokens_to_ids(n) for n in ANSWER_NAMES])
+    scores = at_mask[:, names]
+    corrupted = [
+        masked_prompt("Kate", "Peter", "Kate"),
+        masked_prompt("Emily", "Jack", "Jack"),
+        masked_prompt("Laura", "Michael", "Laura"),
+        masked_prompt("Amy", "Eric", "Eric"),
+    ]
+    return Task(
+        name=name,
+        prompts=tuple(prompts),
+        correct=tuple(" " + ANSWER_NAMES[int(i)] for i in scores.argmax(-1)),
+        distractors=tuple(" " + ANSWER_NAMES[int(i)] for i in scores.argmin(-1)),
+        corrupted=tuple(corrupted),
+    )
+
+
+def output_projection(hf: Any, family: str, layer: int) -> torch.nn.Linear:
+    """The attention output projection whose input columns are the heads' z slices."""
+    if family == "bert":
+        return hf.bert.encoder.layer[layer].attention.output.dense
+    return hf.distilbert.transformer.layer[layer].attention.out_lin
+
+
+def tokenizer_words(extra: tuple[str, ...] = ()) -> list[str]:
+    words = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[MASK]", "[CLS]", "[SEP]", ".", ","]
+    words += [str(n) for n in range(21)] + list(NUMBER_WORDS) + list(NUMERAL_VERBS)
+    words += list(NUMERAL_MEMBERS) + list(IOI_NAMES) + list(IOI_PLACES) + list(IOI_OBJECTS)
+    words += ["When", "and", "went", "to", "the", "gave", "a", "in", *extra]
+    return list(dict.fromkeys(words))
+
+
+def word_tokenizer(
+    *, style: str = "causal", split_digits: bool = False, extra: tuple[str, ...] = ()
+) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer. style: causal (BOS first), eos (BOS ... EOS), bert ([CLS] ... [SEP]
+    with a [MASK] token), plain (no special tokens, no mask)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: index for index, word in enumerate(tokenizer_words(extra))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    steps = [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
+    if split_digits:
+        steps.append(pre_tokenizers.Digits(individual_digits=True))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(steps)
+    templates = {
+        "causal": "[BOS] $A",
+        "eos": "[BOS] $A [EOS]",
+        "bert": "[CLS] $A [SEP]",
+    }
+    if style in templates:
+        specials = [(tok, vocab[tok]) for tok in ("[BOS]", "[EOS]", "[CLS]", "[SEP]")]
+        backend.post_processor = processors.TemplateProcessing(
+            single=templates[style], special_tokens=specials
+        )
+    kwargs: dict[str, str] = {"unk_token": "[UNK]", "pad_token": "[PAD]"}
+    if style in ("causal", "eos"):
+        kwargs.update(bos_token="[BOS]", eos_token="[EOS]")
+    if style == "bert":
+        kwargs.update(cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
+
+
+def bpe_tokenizer(*, at_start: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained in-test that splits digits from their space, as SmolLM2's and
+    Llama 3's tokenizers do (``' 5'`` -> ``['Ġ', '5']``, ``' 10'`` -> ``['Ġ', '1', '0']``).
+
+    Every word is seen after a space; only the words in ``at_start`` are also seen at the start
+    of a line, so the others split into pieces at the start of a prompt."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    words = [*NUMERAL_MEMBERS, *NUMERAL_VERBS, *NUMBER_WORDS, *IOI_NAMES, *IOI_PLACES,
+             *IOI_OBJECTS, "When", "and", "went", "to", "the", "gave", "a", "in"]
+    corpus = [" ".join(f"x {w}" for w in words) + " ."] * 50 + [f"{w} x" for w in at_start] * 50
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=2000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    backend.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend)

@@ -22,8 +22,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import preferred_task, save_word_tokenizer
-from test_families import preferred_masked_task
+from helpers import preferred_masked_task, preferred_task, save_word_tokenizer
 
 from pytest_circuits.analysis import engine
 from pytest_circuits.architectures.base import resolve_module

@@ -20,7 +20,15 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import ANSWER_NAMES, D_HEAD, N_HEADS, N_LAYERS, mean_logit_diff
+from helpers import (
+    D_HEAD,
+    N_HEADS,
+    N_LAYERS,
+    masked_prompt,
+    mean_logit_diff,
+    output_projection,
+    preferred_masked_task,
+)
 
 from pytest_circuits.analysis import engine
 from pytest_circuits.analysis.ablation import sweep, task_performance
@@ -79,37 +87,6 @@ def save_masked(family: str, directory: Path, *, seed: int = 0) -> Path:
     return directory
 
 
-def masked_prompt(first: str, second: str, subject: str) -> str:
-    # The [MASK] is second to last: reading the last position instead would be caught.
-    return f"When {first} and {second} went to the store , {subject} gave a drink to [MASK] ."
-
-
-def preferred_masked_task(hf: Any, tokenizer: Any, name: str) -> Task:
-    """IOI-shaped masked prompts whose answers the random model prefers at the [MASK]: the
-    highest-scoring name is correct, the lowest the distractor."""
-    pairs = [(ANSWER_NAMES[i], ANSWER_NAMES[(i + 3) % 12]) for i in range(6)]
-    prompts = [masked_prompt(a, b, b if i % 2 else a) for i, (a, b) in enumerate(pairs)]
-    ids = torch.tensor([tokenizer(p)["input_ids"] for p in prompts])
-    mask = (ids == tokenizer.mask_token_id).nonzero()[:, 1]
-    with torch.no_grad():
-        at_mask = hf(ids).logits[torch.arange(len(prompts)), mask]
-    names = torch.tensor([tokenizer.convert_tokens_to_ids(n) for n in ANSWER_NAMES])
-    scores = at_mask[:, names]
-    corrupted = [
-        masked_prompt("Kate", "Peter", "Kate"),
-        masked_prompt("Emily", "Jack", "Jack"),
-        masked_prompt("Laura", "Michael", "Laura"),
-        masked_prompt("Amy", "Eric", "Eric"),
-    ]
-    return Task(
-        name=name,
-        prompts=tuple(prompts),
-        correct=tuple(" " + ANSWER_NAMES[int(i)] for i in scores.argmax(-1)),
-        distractors=tuple(" " + ANSWER_NAMES[int(i)] for i in scores.argmin(-1)),
-        corrupted=tuple(corrupted),
-    )
-
-
 @dataclass
 class Masked:
     family: str
@@ -155,13 +132,6 @@ def hf_masked_metric(hf: Any, case: Masked) -> float:
     with torch.no_grad():
         logits = hf(case.tokens).logits
     return mean_logit_diff(logits, case.mask_positions, case.correct, case.distractor)
-
-
-def output_projection(hf: Any, family: str, layer: int) -> torch.nn.Linear:
-    """The attention output projection whose input columns are the heads' z slices."""
-    if family == "bert":
-        return hf.bert.encoder.layer[layer].attention.output.dense
-    return hf.distilbert.transformer.layer[layer].attention.out_lin
 
 
 def mlp_output_module(hf: Any, family: str, layer: int) -> torch.nn.Module:

@@ -6,9 +6,9 @@ import re
 from typing import Any
 
 import pytest
+from helpers import bpe_tokenizer
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
-from test_tasks import bpe_tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from pytest_circuits import strategies
@@ -149,7 +149,7 @@ def test_a_shifted_task_has_one_length_and_is_reproducible(name: str, shift: str
 
 
 def test_masked_draws_end_at_the_mask() -> None:
-    from test_tasks import word_tokenizer
+    from helpers import word_tokenizer
 
     bert = word_tokenizer(style="bert")
 

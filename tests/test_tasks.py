@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from helpers import bpe_tokenizer, tokenizer_words, word_tokenizer
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from pytest_circuits.tasks import (
@@ -44,43 +45,6 @@ WORD_VALUE = {word: index + 1 for index, word in enumerate(NUMBER_WORDS)}
 
 
 # ----------------------------------------------------------------------------- tokenizers
-
-
-def _vocab(extra: tuple[str, ...] = ()) -> list[str]:
-    words = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[MASK]", "[CLS]", "[SEP]", ".", ","]
-    words += [str(n) for n in range(21)] + list(NUMBER_WORDS) + list(NUMERAL_VERBS)
-    words += list(NUMERAL_MEMBERS) + list(IOI_NAMES) + list(IOI_PLACES) + list(IOI_OBJECTS)
-    words += ["When", "and", "went", "to", "the", "gave", "a", "in", *extra]
-    return list(dict.fromkeys(words))
-
-
-def word_tokenizer(
-    *, style: str = "causal", split_digits: bool = False, extra: tuple[str, ...] = ()
-) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer. style: causal (BOS first), eos (BOS ... EOS), bert ([CLS] ... [SEP]
-    with a [MASK] token), plain (no special tokens, no mask)."""
-    vocab = {word: index for index, word in enumerate(_vocab(extra))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    steps = [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
-    if split_digits:
-        steps.append(pre_tokenizers.Digits(individual_digits=True))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(steps)
-    templates = {
-        "causal": "[BOS] $A",
-        "eos": "[BOS] $A [EOS]",
-        "bert": "[CLS] $A [SEP]",
-    }
-    if style in templates:
-        specials = [(tok, vocab[tok]) for tok in ("[BOS]", "[EOS]", "[CLS]", "[SEP]")]
-        backend.post_processor = processors.TemplateProcessing(
-            single=templates[style], special_tokens=specials
-        )
-    kwargs: dict[str, str] = {"unk_token": "[UNK]", "pad_token": "[PAD]"}
-    if style in ("causal", "eos"):
-        kwargs.update(bos_token="[BOS]", eos_token="[EOS]")
-    if style == "bert":
-        kwargs.update(cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -507,7 +471,7 @@ def test_encode_position_rule_mismatch(tok: PreTrainedTokenizerFast) -> None:
 
 def test_unknown_token_that_doubles_as_bos_is_not_an_unknown_word() -> None:
     # GPT-2 style: <|endoftext|> is unk, bos and eos at once; a prompt may contain it.
-    vocab = {word: index for index, word in enumerate(_vocab(("<|endoftext|>",)))}
+    vocab = {word: index for index, word in enumerate(tokenizer_words(("<|endoftext|>",)))}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(
@@ -525,30 +489,6 @@ def test_unknown_token_that_doubles_as_bos_is_not_an_unknown_word() -> None:
 
 
 # ------------------------------------------------------------------------- fitting to a tokenizer
-
-
-def bpe_tokenizer(*, at_start: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained in-test that splits digits from their space, as SmolLM2's and
-    Llama 3's tokenizers do (``' 5'`` -> ``['Ġ', '5']``, ``' 10'`` -> ``['Ġ', '1', '0']``).
-
-    Every word is seen after a space; only the words in ``at_start`` are also seen at the start
-    of a line, so the others split into pieces at the start of a prompt."""
-    from tokenizers import decoders, trainers
-
-    words = [*NUMERAL_MEMBERS, *NUMERAL_VERBS, *NUMBER_WORDS, *IOI_NAMES, *IOI_PLACES,
-             *IOI_OBJECTS, "When", "and", "went", "to", "the", "gave", "a", "in"]
-    corpus = [" ".join(f"x {w}" for w in words) + " ."] * 50 + [f"{w} x" for w in at_start] * 50
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=2000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    backend.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend)
 
 
 @pytest.fixture(scope="module")
@@ -610,7 +550,7 @@ def test_numwords_and_ioi_keep_the_papers_forms_on_the_bpe(bpe: PreTrainedTokeni
 
 def test_answer_form_is_chosen_by_what_the_tokenizer_keeps_whole() -> None:
     # Without "eleven"/"twelve" in the vocabulary, numwords stops at ten.
-    vocab = tuple(w for w in _vocab() if w not in ("eleven", "twelve"))
+    vocab = tuple(w for w in tokenizer_words() if w not in ("eleven", "twelve"))
     tok = _word_level(vocab)
     task = builtin_task("numwords", n_prompts=100, seed=0, tokenizer=tok)
     assert {a.strip() for a in task.correct} <= set(NUMBER_WORDS[:10])
@@ -622,7 +562,7 @@ def test_answer_form_is_chosen_by_what_the_tokenizer_keeps_whole() -> None:
 
 
 def test_names_missing_from_the_vocabulary_are_left_out_and_listed() -> None:
-    tok = _word_level(tuple(w for w in _vocab() if w not in ("Mary", "Victoria")))
+    tok = _word_level(tuple(w for w in tokenizer_words() if w not in ("Mary", "Victoria")))
     task = builtin_task("ioi", n_prompts=300, seed=0, tokenizer=tok)
     used = {w for p in task.prompts + task.corrupted for w in IOI_RE.match(p).groups()[:2]}
     assert not used & {"Mary", "Victoria"} and len(used) == 38
@@ -631,7 +571,7 @@ def test_names_missing_from_the_vocabulary_are_left_out_and_listed() -> None:
 
 
 def test_a_task_that_cannot_be_built_names_the_words_and_suggests_a_task_file() -> None:
-    no_digits = _word_level(tuple(w for w in _vocab() if not w.isdigit() or int(w) < 3))
+    no_digits = _word_level(tuple(w for w in tokenizer_words() if not w.isdigit() or int(w) < 3))
     with pytest.raises(TaskValidationError) as caught:
         builtin_task("numerals", tokenizer=no_digits)
     message = str(caught.value)
@@ -642,7 +582,7 @@ def test_a_task_that_cannot_be_built_names_the_words_and_suggests_a_task_file() 
     assert "'3' (' 3' is not in the tokenizer's vocabulary)" in message
     assert "Write a task file" in message and "SCHEMA.md" in message
     assert "save_task_file(builtin_task('numerals'), 'numerals.yaml')" in message
-    few_names = _word_level(tuple(w for w in _vocab() if w not in IOI_NAMES[3:]))
+    few_names = _word_level(tuple(w for w in tokenizer_words() if w not in IOI_NAMES[3:]))
     with pytest.raises(TaskValidationError, match=r"IOI needs 5 names .* only 3 are.*'Dan'"):
         builtin_task("ioi", tokenizer=few_names)
 
@@ -681,7 +621,7 @@ def test_masked_variant_is_chosen_for_a_masked_tokenizer(name: str) -> None:
 
 
 def test_masked_variant_uses_the_tokenizers_own_mask_token() -> None:
-    vocab = tuple(w if w != "[MASK]" else "<mask>" for w in _vocab())
+    vocab = tuple(w if w != "[MASK]" else "<mask>" for w in tokenizer_words())
     tok = _word_level(vocab)
     tok.add_special_tokens({"mask_token": "<mask>"})
     task = builtin_task("ioi", n_prompts=2, seed=0, tokenizer=tok)

@@ -22,8 +22,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import load_json, mean_logit_diff, shared_run
-from test_families import output_projection
+from helpers import load_json, mean_logit_diff, output_projection, shared_run
 
 from pytest_circuits.analysis import engine
 from pytest_circuits.analysis.ablation import sweep
