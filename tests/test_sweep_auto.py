@@ -282,9 +282,9 @@ def test_an_unknown_method_is_refused_naming_the_choices(gpt2: CircuitModel,
 
 def failing_stacks(monkeypatch: pytest.MonkeyPatch, error: Exception, *,
                    times: int | None = None) -> list[int]:
-    """Make ``engine.replay`` raise ``error`` for stacked replays (all, or the first
+    """Make the engine's replay raise ``error`` for stacked replays (all, or the first
     ``times``); returns the stack sizes it was called with."""
-    real = engine.replay
+    real = engine.replay_logit_differences
     calls: list[int] = []
 
     def replay(*args: Any, reps: int = 1, **kwargs: Any) -> torch.Tensor:
@@ -294,7 +294,7 @@ def failing_stacks(monkeypatch: pytest.MonkeyPatch, error: Exception, *,
             raise error
         return real(*args, reps=reps, **kwargs)
 
-    monkeypatch.setattr(engine, "replay", replay)
+    monkeypatch.setattr(engine, "replay_logit_differences", replay)
     return calls
 
 
@@ -333,7 +333,7 @@ def test_other_errors_and_out_of_memory_without_a_stack_are_not_swallowed(
     def always(*args: Any, **kwargs: Any) -> torch.Tensor:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(engine, "replay", always)
+    monkeypatch.setattr(engine, "replay_logit_differences", always)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         sweep(gpt2, gpt2_task, method="exact", ablations_per_forward=1)
 

@@ -427,9 +427,8 @@ def _replay_metrics(
     """Mean logit difference of each of ``reps`` stacked copies, replayed from ``layer``."""
     tensors = engine.task_tensors(model, task)
     run = engine.clean_run(model, task)
-    final = engine.replay(model, run.capture, layer, hooks, reps=reps)
-    logits = engine.prediction_logits(model, final, tensors.positions)
-    diffs = engine.logit_differences(logits, tensors.correct, tensors.distractor)
+    # resumes after the ablated part and unembeds only the answer tokens (see the engine)
+    diffs = engine.replay_logit_differences(model, run.capture, layer, tensors, hooks, reps=reps)
     return diffs.view(reps, tensors.n_prompts).double().mean(1).cpu().numpy()
 
 
