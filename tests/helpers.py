@@ -532,3 +532,49 @@ def smollm2_gguf() -> Path:
         if os.environ.get("CI"):
             pytest.fail(f"CI runs the real-model tier, but: {exc}")
         pytest.skip(str(exc))
+
+
+def save_masked(
+    family: str, directory: Path, *, seed: int = 0, n_layers: int = N_LAYERS, d_model: int = 32
+) -> Path:
+    """A random masked LM of ``family`` (bert or distilbert; 4 heads) saved with the zoo's masked
+    tokenizer."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        DistilBertConfig,
+        DistilBertForMaskedLM,
+    )
+
+    from pytest_circuits.zoo.language import build_masked_tokenizer
+
+    tokenizer = build_masked_tokenizer()
+    torch.manual_seed(seed)
+    if family == "bert":
+        model: Any = BertForMaskedLM(
+            BertConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=d_model,
+                num_hidden_layers=n_layers,
+                num_attention_heads=N_HEADS,
+                intermediate_size=64,
+                max_position_embeddings=64,
+                initializer_range=0.2,
+            )
+        )
+    else:
+        model = DistilBertForMaskedLM(
+            DistilBertConfig(
+                vocab_size=len(tokenizer),
+                dim=d_model,
+                n_layers=n_layers,
+                n_heads=N_HEADS,
+                hidden_dim=48,  # not 4 * dim: the adapter must read hidden_dim
+                max_position_embeddings=64,
+                initializer_range=0.2,
+            )
+        )
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -22,7 +22,13 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import preferred_masked_task, preferred_task, save_word_tokenizer
+from helpers import (
+    WORDS,
+    preferred_masked_task,
+    preferred_task,
+    save_masked,
+    save_word_tokenizer,
+)
 
 from pytest_circuits.analysis import engine
 from pytest_circuits.architectures.base import resolve_module
@@ -46,74 +52,45 @@ def build_random(family: str, directory: Path) -> Any:
     """A random 3-layer, 4-head, d_model 32 model of ``family`` saved with its tokenizer, and the
     same model as a plain Hugging Face model (to pick answers it prefers)."""
     from transformers import (
-        BertConfig,
-        BertForMaskedLM,
-        DistilBertConfig,
-        DistilBertForMaskedLM,
         GPT2Config,
         GPT2LMHeadModel,
         LlamaConfig,
         LlamaForCausalLM,
     )
 
-    from pytest_circuits.zoo.language import build_masked_tokenizer
-
-    torch.manual_seed(1)
     if family in ("bert", "distilbert"):
-        tokenizer = build_masked_tokenizer()
-        if family == "bert":
-            model: Any = BertForMaskedLM(
-                BertConfig(
-                    vocab_size=len(tokenizer),
-                    hidden_size=D_MODEL,
-                    num_hidden_layers=N_LAYERS,
-                    num_attention_heads=N_HEADS,
-                    intermediate_size=64,
-                    max_position_embeddings=64,
-                    initializer_range=0.2,
-                )
-            )
-        else:
-            model = DistilBertForMaskedLM(
-                DistilBertConfig(
-                    vocab_size=len(tokenizer),
-                    dim=D_MODEL,
-                    n_layers=N_LAYERS,
-                    n_heads=N_HEADS,
-                    hidden_dim=48,
-                    max_position_embeddings=64,
-                    initializer_range=0.2,
-                )
-            )
-        tokenizer.save_pretrained(directory)
-    else:
-        from helpers import WORDS
+        from transformers import AutoModelForMaskedLM
 
-        if family == "gpt2":
-            model = GPT2LMHeadModel(
-                GPT2Config(
-                    vocab_size=len(WORDS),
-                    n_positions=64,
-                    n_embd=D_MODEL,
-                    n_layer=N_LAYERS,
-                    n_head=N_HEADS,
-                    initializer_range=0.2,
-                )
+        save_masked(family, directory, seed=1, n_layers=N_LAYERS, d_model=D_MODEL)
+        return AutoModelForMaskedLM.from_pretrained(directory).eval()
+    torch.manual_seed(1)
+    model: Any
+
+    if family == "gpt2":
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=len(WORDS),
+                n_positions=64,
+                n_embd=D_MODEL,
+                n_layer=N_LAYERS,
+                n_head=N_HEADS,
+                initializer_range=0.2,
             )
-        else:
-            model = LlamaForCausalLM(
-                LlamaConfig(
-                    vocab_size=len(WORDS),
-                    hidden_size=D_MODEL,
-                    intermediate_size=48,
-                    num_hidden_layers=N_LAYERS,
-                    num_attention_heads=N_HEADS,
-                    num_key_value_heads=2,  # grouped-query attention
-                    max_position_embeddings=64,
-                    initializer_range=0.2,
-                )
+        )
+    else:
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=len(WORDS),
+                hidden_size=D_MODEL,
+                intermediate_size=48,
+                num_hidden_layers=N_LAYERS,
+                num_attention_heads=N_HEADS,
+                num_key_value_heads=2,  # grouped-query attention
+                max_position_embeddings=64,
+                initializer_range=0.2,
             )
-        save_word_tokenizer(directory)
+        )
+    save_word_tokenizer(directory)
     model.eval()
     model.save_pretrained(directory)
     return model

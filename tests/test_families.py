@@ -28,6 +28,7 @@ from helpers import (
     mean_logit_diff,
     output_projection,
     preferred_masked_task,
+    save_masked,
 )
 
 from pytest_circuits.analysis import engine
@@ -43,48 +44,6 @@ MASKED = ("bert", "distilbert")
 
 
 # --------------------------------------------------------------------------- masked fixtures
-
-
-def save_masked(family: str, directory: Path, *, seed: int = 0) -> Path:
-    """A random 2-layer, 4-head, d_model 32 masked LM saved with the zoo's masked tokenizer."""
-    from transformers import (
-        BertConfig,
-        BertForMaskedLM,
-        DistilBertConfig,
-        DistilBertForMaskedLM,
-    )
-
-    from pytest_circuits.zoo.language import build_masked_tokenizer
-
-    tokenizer = build_masked_tokenizer()
-    torch.manual_seed(seed)
-    if family == "bert":
-        model: Any = BertForMaskedLM(
-            BertConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=D_MODEL,
-                num_hidden_layers=N_LAYERS,
-                num_attention_heads=N_HEADS,
-                intermediate_size=64,
-                max_position_embeddings=64,
-                initializer_range=0.2,
-            )
-        )
-    else:
-        model = DistilBertForMaskedLM(
-            DistilBertConfig(
-                vocab_size=len(tokenizer),
-                dim=D_MODEL,
-                n_layers=N_LAYERS,
-                n_heads=N_HEADS,
-                hidden_dim=48,  # not 4 * dim: the adapter must read hidden_dim
-                max_position_embeddings=64,
-                initializer_range=0.2,
-            )
-        )
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 @dataclass
