@@ -87,6 +87,8 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+|:auto)?)$")
 #: Whole-number settings and the smallest value each accepts (0 prompts would mean "nothing
 #: measured", and a negative seed or thread count is meaningless).
 _MINIMUM = {"n_prompts": 1, "seed": 0, "threads": 1}
+#: More intra-op threads than this is a typo, not a machine: OpenMP would try to start them all.
+MAX_THREADS = 1024
 
 
 def closest(word: str, choices: Any) -> str:
@@ -194,6 +196,11 @@ def _convert(setting: Setting, value: Value) -> Any:
         if least is not None and number < least:
             raise pytest.UsageError(
                 f"{value.origin}: {setting.name} must be at least {least}, got {number}"
+            )
+        if setting.name == "threads" and number > MAX_THREADS:
+            raise pytest.UsageError(
+                f"{value.origin}: threads must be at most {MAX_THREADS} (this machine has "
+                f"{os.cpu_count()} cores), got {number:,}"
             )
         if setting.name == "n_prompts" and number > MAX_N_PROMPTS:
             raise pytest.UsageError(

@@ -148,6 +148,7 @@ def test_require_gpu_fails_a_gpu_test_without_cuda(pytester: pytest.Pytester,
         ("--circuits-n-prompts=10001", "n_prompts must be at most 10,000"),
         ("--circuits-seed=-1", "--circuits-seed: seed must be at least 0, got -1"),
         ("--circuits-threads=0", "--circuits-threads: threads must be at least 1, got 0"),
+        ("--circuits-threads=100000000", "threads must be at most 1024"),
         ("--circuits-device=cuda:x", "device 'cuda:x' is not one of auto, cpu, cuda, cuda:N, "
                                      "cuda:auto"),
         ("--circuits-device=tpu", "--circuits-device: device 'tpu' is not one of auto, cpu"),
