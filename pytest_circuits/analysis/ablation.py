@@ -324,14 +324,14 @@ def task_performance(model: CircuitModel, task: Task) -> TaskPerformance:
     ``engine.check_finite_logits`` before it is memoised): a NaN outside the two answer tokens
     leaves the logit difference finite but makes top-1 accuracy meaningless.
     """
-    run = engine.clean_run(model, task)
-    diffs = run.logit_diff.double().cpu().numpy()
+    logit_diff, top1_correct = engine.clean_metrics(model, task)
+    diffs = logit_diff.double().cpu().numpy()
     return TaskPerformance(
         model=model.name,
         task=task.name,
         mean_logit_diff=float(diffs.mean()),
         per_prompt=tuple(float(x) for x in diffs),
-        accuracy=float(run.top1_correct.float().mean()),
+        accuracy=float(top1_correct.float().mean()),
         pairwise_accuracy=float((diffs > 0).mean()),
     )
 
@@ -428,13 +428,38 @@ def _replay_metrics(
     layer: int,
     hooks: Sequence[tuple[str, Any]],
     reps: int,
+    prompts: slice | None = None,
 ) -> np.ndarray:
-    """Mean logit difference of each of ``reps`` stacked copies, replayed from ``layer``."""
+    """Mean logit difference of each of ``reps`` stacked copies, replayed from ``layer``, over
+    the prompts in ``prompts`` (the whole task by default; ``hooks`` must be built for them)."""
     tensors = engine.task_tensors(model, task)
-    run = engine.clean_run(model, task)
+    if prompts is not None:
+        tensors = tensors.rows(prompts)
+    run = engine.clean_run(model, task, prompts=prompts)
     # resumes after the ablated part and unembeds only the answer tokens (see the engine)
     diffs = engine.replay_logit_differences(model, run.capture, layer, tensors, hooks, reps=reps)
     return diffs.view(reps, tensors.n_prompts).double().mean(1).cpu().numpy()
+
+
+class _ChunkMeans:
+    """Per-key means over all prompts from per-chunk means: with one chunk, that chunk's mean
+    itself (bit-identical to the unchunked run), else the prompt-weighted sum over ``n``."""
+
+    def __init__(self, n: int, n_chunks: int) -> None:
+        self.n = n
+        self.single = n_chunks == 1
+        self.sums: dict[Any, float] = {}
+
+    def add(self, key: Any, mean: float, size: int) -> None:
+        if self.single:
+            self.sums[key] = mean
+        else:
+            self.sums[key] = self.sums.get(key, 0.0) + mean * size
+
+    def means(self) -> dict[Any, float]:
+        if self.single:
+            return dict(self.sums)
+        return {key: total / self.n for key, total in self.sums.items()}
 
 
 def _exact_metrics(
@@ -447,49 +472,58 @@ def _exact_metrics(
 ) -> dict[Component, float]:
     """Each component's ablated metric, ``ablations_per_forward`` of a layer per replay.
 
-    A stack that runs out of accelerator memory is halved and retried (down to one ablation per
-    replay, which is what a CPU runs anyway), and later stacks keep the smaller size: a gate
-    should get slower under memory pressure, not fail.
+    Prompts run in chunks of ``engine.PROMPT_BATCH``, the chunk loop outermost so that each
+    chunk's clean run is captured once and dropped before the next. A stack that runs out of
+    accelerator memory is halved and retried (down to one ablation per replay, which is what a
+    CPU runs anyway), and later stacks keep the smaller size: a gate should get slower under
+    memory pressure, not fail.
     """
-    batch = engine.task_tensors(model, task).n_prompts
+    n = engine.task_tensors(model, task).n_prompts
+    chunks = engine.prompt_chunks(n)
     by_layer: dict[int, list[Component]] = {}
     for comp in components:
         by_layer.setdefault(comp.layer, []).append(comp)
     per_forward = ablations_per_forward
-    ablated: dict[Component, float] = {}
+    totals = _ChunkMeans(n, len(chunks))
     with torch.no_grad():
-        for layer, comps in sorted(by_layer.items()):
-            start = 0
-            while start < len(comps):
-                chunk = comps[start : start + per_forward]
-                values = [
-                    engine.replacement(model, task, c, ablation, seed=seed) for c in chunk
-                ]
-                hooks = engine.ablation_hooks(chunk, values, batch)
-                try:
-                    per_copy = _replay_metrics(model, task, layer, hooks, len(chunk))
-                except RuntimeError as error:
-                    if len(chunk) == 1 or not is_out_of_memory(error):
-                        raise
-                    out_of_memory = True
-                else:
-                    out_of_memory = False
-                if out_of_memory:  # outside the except block, so its frames are freed first
-                    del hooks, values
-                    _release_accelerator_memory()
-                    per_forward = max(1, len(chunk) // 2)
-                    warnings.warn(
-                        f"{model.name}: {len(chunk)} stacked ablations of layer {layer} ran out "
-                        f"of accelerator memory; retrying with {per_forward} per replay (pass "
-                        f"ablations_per_forward={per_forward} to skip the failed attempt)",
-                        OutOfMemoryRetryWarning,
-                        stacklevel=3,
-                    )
-                    continue
-                for comp, value in zip(chunk, per_copy, strict=True):
-                    ablated[comp] = float(value)
-                start += len(chunk)
-    return ablated
+        for prompts in chunks:
+            batch = prompts.stop - prompts.start
+            # the whole task as one chunk passes no slice: exactly the unchunked path
+            part = None if len(chunks) == 1 else prompts
+            for layer, comps in sorted(by_layer.items()):
+                start = 0
+                while start < len(comps):
+                    chunk = comps[start : start + per_forward]
+                    values = [
+                        engine.replacement(model, task, c, ablation, seed=seed, prompts=part)
+                        for c in chunk
+                    ]
+                    hooks = engine.ablation_hooks(chunk, values, batch)
+                    try:
+                        per_copy = _replay_metrics(model, task, layer, hooks, len(chunk), part)
+                    except RuntimeError as error:
+                        if len(chunk) == 1 or not is_out_of_memory(error):
+                            raise
+                        out_of_memory = True
+                    else:
+                        out_of_memory = False
+                    if out_of_memory:  # outside the except block, so its frames are freed first
+                        del hooks, values
+                        _release_accelerator_memory()
+                        per_forward = max(1, len(chunk) // 2)
+                        warnings.warn(
+                            f"{model.name}: {len(chunk)} stacked ablations of layer {layer} ran "
+                            f"out of accelerator memory; retrying with {per_forward} per replay "
+                            f"(pass ablations_per_forward={per_forward} to skip the failed "
+                            "attempt)",
+                            OutOfMemoryRetryWarning,
+                            stacklevel=3,
+                        )
+                        continue
+                    for comp, value in zip(chunk, per_copy, strict=True):
+                        totals.add(comp, float(value), batch)
+                    start += len(chunk)
+    return totals.means()
 
 
 def _joint_head_metrics(
@@ -504,24 +538,34 @@ def _joint_head_metrics(
     Used only to check the screen: its first-order estimate is the sum of the heads' estimated
     changes, so a head whose estimate is far off usually shows up as a far-off joint estimate.
     """
-    joint: dict[int, float] = {}
+    n = engine.task_tensors(model, task).n_prompts
+    chunks = engine.prompt_chunks(n)
+    totals = _ChunkMeans(n, len(chunks))
     with torch.no_grad():
-        for layer, heads in sorted(heads_by_layer.items()):
-            values = [engine.replacement(model, task, h, ablation, seed=seed) for h in heads]
+        for prompts in chunks:  # chunk-outermost: each chunk's clean run is captured once
+            part = None if len(chunks) == 1 else prompts
+            for layer, heads in sorted(heads_by_layer.items()):
+                values = [
+                    engine.replacement(model, task, h, ablation, seed=seed, prompts=part)
+                    for h in heads
+                ]
 
-            def edit(act: torch.Tensor, hook: Any, heads: Any = heads, values: Any = values) -> Any:
-                out = act.clone()
-                for head, value in zip(heads, values, strict=True):
-                    target = out[:, :, head.order]
-                    if value is None:
-                        target.zero_()
-                    else:
-                        target.copy_(value.to(target.dtype).expand_as(target))
-                return out
+                def edit(
+                    act: torch.Tensor, hook: Any, heads: Any = heads, values: Any = values
+                ) -> Any:
+                    out = act.clone()
+                    for head, value in zip(heads, values, strict=True):
+                        target = out[:, :, head.order]
+                        if value is None:
+                            target.zero_()
+                        else:
+                            target.copy_(value.to(target.dtype).expand_as(target))
+                    return out
 
-            hooks = [(engine.z_hook(layer, model), edit)]
-            joint[layer] = float(_replay_metrics(model, task, layer, hooks, 1)[0])
-    return joint
+                hooks = [(engine.z_hook(layer, model), edit)]
+                mean = float(_replay_metrics(model, task, layer, hooks, 1, part)[0])
+                totals.add(layer, mean, prompts.stop - prompts.start)
+    return totals.means()
 
 
 def _attribution_metrics(
@@ -536,13 +580,55 @@ def _attribution_metrics(
     tensors = engine.task_tensors(model, task)
     layers = sorted({c.layer for c in components})
     names = [engine.z_hook(i) for i in layers] + [engine.mlp_out_hook(i) for i in layers]
+    n = tensors.n_prompts
+    chunks = engine.prompt_chunks(n)
+    if len(chunks) == 1:
+        # one chunk: today's computation, so small tasks give bit-identical estimates
+        clean, deltas = _attribution_chunk(
+            model, task, tensors, components, names, ablation, seed, None, n
+        )
+        return clean, {comp: clean + delta for comp, delta in deltas.items()}
+    # The metric is the mean over all n prompts, so each chunk backpropagates its sum / n: the
+    # gradients, and the summed (a' - a) * grad products, add up over chunks to the whole task's.
+    clean_total = 0.0
+    delta_total: dict[Component, float] = {}
+    for prompts in chunks:
+        chunk_clean, deltas = _attribution_chunk(
+            model, task, tensors.rows(prompts), components, names, ablation, seed, prompts, n
+        )
+        clean_total += chunk_clean
+        for comp, delta in deltas.items():
+            delta_total[comp] = delta_total.get(comp, 0.0) + delta
+    return clean_total, {comp: clean_total + delta for comp, delta in delta_total.items()}
+
+
+def _attribution_chunk(
+    model: CircuitModel,
+    task: Task,
+    tensors: engine.TaskTensors,
+    components: Sequence[Component],
+    names: Sequence[str],
+    ablation: str,
+    seed: int,
+    prompts: slice | None,
+    n: int,
+) -> tuple[float, dict[Component, float]]:
+    """One forward and backward pass over ``tensors``' prompts: their contribution to the
+    clean metric (sum / ``n``; the mean when they are the whole task) and each component's
+    first-order change of the metric from them."""
     capture = engine.run_capture(model, tensors.tokens, cache_names=names, track_grad=True)
     with torch.enable_grad():
         logits = engine.prediction_logits(model, capture.final, tensors.positions)
         diffs = engine.logit_differences(logits, tensors.correct, tensors.distractor)
-        diffs.mean().backward()
-    clean = float(diffs.detach().double().mean())
-    estimates: dict[Component, float] = {}
+        if prompts is None:
+            diffs.mean().backward()
+        else:
+            (diffs.sum() / n).backward()
+    if prompts is None:
+        clean = float(diffs.detach().double().mean())
+    else:
+        clean = float(diffs.detach().double().sum()) / n
+    deltas: dict[Component, float] = {}
     with torch.no_grad():
         for comp in components:
             act = capture.cache[engine.component_hook(comp)]
@@ -551,12 +637,11 @@ def _attribution_metrics(
                 raise RuntimeError(f"no gradient reached {comp.name}; attribution impossible")
             if comp.kind == "head":
                 act, grad = act[:, :, comp.order], grad[:, :, comp.order]
-            value = engine.replacement(model, task, comp, ablation, seed=seed)
+            value = engine.replacement(model, task, comp, ablation, seed=seed, prompts=prompts)
             target = torch.zeros_like(act) if value is None else value.to(act.dtype).expand_as(act)
-            delta = ((target - act) * grad).double().sum()
             # grad is of the mean metric, so the summed product is already the mean's change
-            estimates[comp] = clean + float(delta)
-    return clean, estimates
+            deltas[comp] = float(((target - act) * grad).double().sum())
+    return clean, deltas
 
 
 @dataclass

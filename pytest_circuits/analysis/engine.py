@@ -12,6 +12,7 @@ them along the batch dimension, which pays on a GPU.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,26 @@ from ..tasks import EncodedTask, Task, encode_task
 HookFn = Callable[[torch.Tensor, Any], Any]
 
 ABLATIONS = ("zero", "mean", "resample")
+
+#: Every analysis runs at most this many prompts through the model at once: a clean run keeps
+#: every block's input residual and call arguments for its replays, so a whole 10,000-prompt task
+#: in one batch needed about 9.5 GB on the zoo. Per-prompt results are computed chunk by chunk and
+#: averaged at the end, so peak memory depends on this number, not on the task's size. A task of
+#: at most this many prompts runs as one batch, exactly as before chunking existed. Overridable
+#: with the ``PYTEST_CIRCUITS_PROMPT_BATCH`` environment variable (read at import) or by setting
+#: this attribute (read at each call).
+PROMPT_BATCH: int = int(os.environ.get("PYTEST_CIRCUITS_PROMPT_BATCH", "256"))
+
+
+def prompt_chunks(n: int, batch: int | None = None) -> list[slice]:
+    """The consecutive slices of ``n`` prompts, each at most ``batch`` (default
+    :data:`PROMPT_BATCH`) long; one slice covering everything when ``n <= batch``."""
+    size = PROMPT_BATCH if batch is None else batch
+    if size < 1:
+        raise ValueError(f"PROMPT_BATCH must be >= 1, got {size}")
+    if n <= size:
+        return [slice(0, n)]
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 def _hooks(model: CircuitModel | None) -> HookNames:
@@ -82,6 +103,18 @@ class TaskTensors:
     @property
     def n_prompts(self) -> int:
         return int(self.tokens.shape[0])
+
+    def rows(self, prompts: slice) -> TaskTensors:
+        """The prompts in ``prompts`` (views, no copies); the reference set stays whole, since
+        mean-ablation values are over all of it whichever prompts they replace."""
+        return TaskTensors(
+            encoded=self.encoded,
+            tokens=self.tokens[prompts],
+            positions=self.positions[prompts],
+            correct=self.correct[prompts],
+            distractor=self.distractor[prompts],
+            corrupted=self.corrupted,
+        )
 
 
 def task_tensors(model: CircuitModel, task: Task) -> TaskTensors:
@@ -708,14 +741,43 @@ class CleanRun:
         return float(self.logit_diff.double().mean())
 
 
-def clean_run(model: CircuitModel, task: Task, *, cache_names: Sequence[str] = ()) -> CleanRun:
-    """Capture the clean run (memoised per model and task; extra hooks are cached on demand)."""
-    key = ("clean", task.fingerprint())
+def _whole(prompts: slice | None, n: int) -> bool:
+    return prompts is None or (prompts.start in (None, 0) and prompts.stop in (None, n))
+
+
+def clean_run(
+    model: CircuitModel,
+    task: Task,
+    *,
+    cache_names: Sequence[str] = (),
+    prompts: slice | None = None,
+) -> CleanRun:
+    """Capture the clean run (memoised per model and task; extra hooks are cached on demand).
+
+    ``prompts`` restricts the run to a chunk of the task (one of :func:`prompt_chunks`). The
+    whole task's run is memoised as before; of the chunks only the latest is kept, so memory
+    holds one chunk's capture however many prompts the task has (callers loop chunk-outermost).
+    """
+    tensors = task_tensors(model, task)
+    whole = _whole(prompts, tensors.n_prompts)
     memo = model_cache(model)
-    existing: CleanRun | None = memo.get(key)
+    span: tuple[int, int] | None = None
+    if whole:
+        key: tuple[Any, ...] = ("clean", task.fingerprint())
+        existing: CleanRun | None = memo.get(key)
+    else:
+        assert prompts is not None
+        span = (prompts.start or 0, prompts.stop)
+        key = ("clean_chunk", task.fingerprint())
+        held = memo.get(key)
+        existing = held[1] if held is not None and held[0] == span else None
     if existing is not None and all(n in existing.capture.cache for n in cache_names):
         return existing
-    tensors = task_tensors(model, task)
+    if not whole:
+        assert prompts is not None
+        tensors = tensors.rows(prompts)
+        # drop the previous chunk before capturing the next, so two never coexist
+        memo.pop(key, None)
     names = set(cache_names) | set(replay_cache_names(model))
     names |= set(existing.capture.cache) if existing else set()
     with torch.inference_mode(False), torch.no_grad():
@@ -728,8 +790,27 @@ def clean_run(model: CircuitModel, task: Task, *, cache_names: Sequence[str] = (
         logit_diff=diffs,
         top1_correct=logits.argmax(-1) == tensors.correct.to(logits.device),
     )
-    memo[key] = run
+    memo[key] = run if span is None else (span, run)
     return run
+
+
+def clean_metrics(model: CircuitModel, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-prompt clean logit difference ([n] float32) and top-1 correctness ([n] bool) over
+    the whole task, chunk by chunk (a task of one chunk reads its memoised clean run)."""
+    n = task_tensors(model, task).n_prompts
+    chunks = prompt_chunks(n)
+    if len(chunks) == 1:
+        run = clean_run(model, task)
+        return run.logit_diff, run.top1_correct
+    key = ("clean_metrics", task.fingerprint())
+    memo = model_cache(model)
+    if key not in memo:
+        runs = [clean_run(model, task, prompts=chunk) for chunk in chunks]
+        memo[key] = (
+            torch.cat([r.logit_diff for r in runs]),
+            torch.cat([r.top1_correct for r in runs]),
+        )
+    return memo[key]
 
 
 @dataclass
@@ -755,11 +836,19 @@ def reference(model: CircuitModel, task: Task) -> Reference:
     tensors = task_tensors(model, task)
     layers = range(model.n_layers)
     names = [z_hook(i, model) for i in layers] + [mlp_out_hook(i, model) for i in layers]
-    with torch.no_grad():
-        capture = run_capture(model, tensors.corrupted, cache_names=names)
+    zs: list[list[torch.Tensor]] = [[] for _ in layers]
+    mlps: list[list[torch.Tensor]] = [[] for _ in layers]
+    # chunked like the task's prompts: only the hooked activations are kept, not the residuals
+    for chunk in prompt_chunks(int(tensors.corrupted.shape[0])):
+        with torch.no_grad():
+            capture = run_capture(model, tensors.corrupted[chunk], cache_names=names)
+        for i in layers:
+            zs[i].append(capture.cache[z_hook(i, model)].detach())
+            mlps[i].append(capture.cache[mlp_out_hook(i, model)].detach())
+        del capture
     ref = Reference(
-        z=[capture.cache[z_hook(i, model)].detach() for i in layers],
-        mlp_out=[capture.cache[mlp_out_hook(i, model)].detach() for i in layers],
+        z=[parts[0] if len(parts) == 1 else torch.cat(parts) for parts in zs],
+        mlp_out=[parts[0] if len(parts) == 1 else torch.cat(parts) for parts in mlps],
     )
     memo[key] = ref
     return ref
@@ -772,11 +861,14 @@ def replacement(
     ablation: str,
     *,
     seed: int = 0,
+    prompts: slice | None = None,
 ) -> torch.Tensor | None:
     """The value an ablated component's activation is replaced with (None for zero).
 
     Heads: a [seq, d_head] (mean) or [n, seq, d_head] (resample) slice for that head's z.
-    MLPs: [seq, d_model] or [n, seq, d_model].
+    MLPs: [seq, d_model] or [n, seq, d_model]. With ``prompts`` a resample value covers only
+    those prompts (the same picks as the whole task's, so chunks add up to the unchunked run);
+    a mean value is the whole reference set's for every chunk.
     """
     if ablation == "zero":
         return None
@@ -791,6 +883,8 @@ def replacement(
         source = ref.z[layer] if component.kind == "head" else ref.mlp_out[layer]
         generator = torch.Generator().manual_seed(seed)
         picks = torch.randint(0, source.shape[0], (n,), generator=generator).to(source.device)
+        if prompts is not None:
+            picks = picks[prompts]
         chosen = source[picks]
         return chosen[:, :, component.order] if component.kind == "head" else chosen
     raise ValueError(f"ablation {ablation!r} is not one of {', '.join(ABLATIONS)}")

@@ -60,11 +60,28 @@ def signatures(model: CircuitModel, task: Task) -> Signatures:
     names = [engine.pattern_hook(i) for i in range(model.n_layers)]
     names += [engine.z_hook(i) for i in range(model.n_layers)]
     names += [engine.mlp_out_hook(i) for i in range(model.n_layers)]
+    heads = [Component.head_at(layer, h) for layer in range(model.n_layers)
+             for h in range(model.n_heads)]
+    n = engine.task_tensors(model, task).n_prompts
+    chunks = engine.prompt_chunks(n)
+    if len(chunks) == 1:
+        result = _signatures_at_once(model, task, names, heads)
+    else:
+        result = _signatures_by_chunk(model, task, names, heads, chunks, n)
+    memo[key] = result
+    _SHARED[shared_key] = result
+    while len(_SHARED) > _SHARED_MAX:
+        _SHARED.pop(next(iter(_SHARED)))
+    return result
+
+
+def _signatures_at_once(
+    model: CircuitModel, task: Task, names: list[str], heads: list[Component]
+) -> Signatures:
+    """Signatures from one clean run of the whole task (a task of one chunk)."""
     run = engine.clean_run(model, task, cache_names=names)
     cache = run.capture.cache
     patterns, outputs, mlps, eig = [], [], [], []
-    heads = [Component.head_at(layer, h) for layer in range(model.n_layers)
-             for h in range(model.n_heads)]
     with torch.no_grad():
         for layer in range(model.n_layers):
             pattern = cache[engine.pattern_hook(layer)].float().mean(0)  # [head, q, k]
@@ -74,7 +91,7 @@ def signatures(model: CircuitModel, task: Task) -> Signatures:
             out = cache[engine.mlp_out_hook(layer)].float().reshape(-1, model.d_model).cpu()
             mlps.append(out.numpy())
             eig.append(top_eigenvectors(out.double().numpy(), max(N_EIGENVECTORS, SUBSPACE_DIM)))
-    result = Signatures(
+    return Signatures(
         heads=heads,
         mlps=[Component.mlp_at(i) for i in range(model.n_layers)],
         patterns=np.concatenate(patterns, axis=0).astype(np.float64),
@@ -82,11 +99,64 @@ def signatures(model: CircuitModel, task: Task) -> Signatures:
         mlp_outputs=np.stack(mlps).astype(np.float64),
         mlp_eigenvectors=np.stack(eig),
     )
-    memo[key] = result
-    _SHARED[shared_key] = result
-    while len(_SHARED) > _SHARED_MAX:
-        _SHARED.pop(next(iter(_SHARED)))
-    return result
+
+
+def _signatures_by_chunk(
+    model: CircuitModel,
+    task: Task,
+    names: list[str],
+    heads: list[Component],
+    chunks: list[slice],
+    n: int,
+) -> Signatures:
+    """Signatures of a task of several chunks: the attention patterns are summed and the MLP
+    output second moments X^T X accumulated chunk by chunk (float64), one chunk's clean run at
+    a time. Head and MLP outputs per token (CKA's inputs, and the exact-copy check) are kept
+    as compact float32 rows and only widened at the end."""
+    layers = range(model.n_layers)
+    pattern_sums: list[np.ndarray | None] = [None for _ in layers]
+    moments: list[np.ndarray | None] = [None for _ in layers]
+    outputs: list[list[torch.Tensor]] = [[] for _ in layers]
+    mlps: list[list[np.ndarray]] = [[] for _ in layers]
+    tokens = 0
+    with torch.no_grad():
+        for prompts in chunks:
+            cache = engine.clean_run(model, task, cache_names=names, prompts=prompts).capture.cache
+            for layer in layers:
+                pattern = cache[engine.pattern_hook(layer)].float().double().sum(0).cpu().numpy()
+                total = pattern_sums[layer]
+                pattern_sums[layer] = pattern if total is None else total + pattern
+                z = cache[engine.z_hook(layer)].float()  # [chunk, seq, head, d_head]
+                outputs[layer].append(
+                    z.permute(2, 0, 1, 3).reshape(model.n_heads, -1, z.shape[-1]).cpu()
+                )
+                out = cache[engine.mlp_out_hook(layer)].float().reshape(-1, model.d_model).cpu()
+                mlps[layer].append(out.numpy())
+                x = out.double().numpy()
+                moment = moments[layer]
+                moments[layer] = x.T @ x if moment is None else moment + x.T @ x
+                if layer == 0:
+                    tokens += x.shape[0]
+    k = max(N_EIGENVECTORS, SUBSPACE_DIM)
+    eig = [_top_eigenvectors_of(m / tokens, k) for m in moments if m is not None]
+    patterns = [p / n for p in pattern_sums if p is not None]
+    return Signatures(
+        heads=heads,
+        mlps=[Component.mlp_at(i) for i in layers],
+        patterns=np.concatenate(patterns, axis=0).astype(np.float64),
+        head_outputs=torch.cat([torch.cat(parts, dim=1) for parts in outputs], dim=0)
+        .numpy()
+        .astype(np.float64),
+        mlp_outputs=np.stack([np.concatenate(parts) for parts in mlps]).astype(np.float64),
+        mlp_eigenvectors=np.stack(eig),
+    )
+
+
+def _top_eigenvectors_of(second_moment: np.ndarray, k: int) -> np.ndarray:
+    """Top-k eigenvectors (columns, largest eigenvalue first) of a symmetric second moment."""
+    values, vectors = np.linalg.eigh(second_moment)
+    order = np.argsort(values)[::-1][:k]
+    return vectors[:, order]
 
 
 def top_eigenvectors(x: np.ndarray, k: int = N_EIGENVECTORS) -> np.ndarray:

@@ -1,0 +1,175 @@
+"""Prompts run in chunks of ``engine.PROMPT_BATCH`` (issue 11): chunked analyses give the
+unchunked numbers (up to float summation order) and the model never sees a wider batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pytest_circuits import cache
+from pytest_circuits.analysis import ablation, compare, engine, similarity
+from pytest_circuits.models import CircuitModel, load_model, load_pair
+from pytest_circuits.tasks import Task, builtin_task
+
+TINY_BATCH = 3
+RTOL = 1e-6
+
+
+@pytest.fixture()
+def fresh() -> Iterator[Callable[[str], CircuitModel]]:
+    """Loads a model with no memoised clean runs, signatures or cached results, so each side of
+    a comparison computes everything under its own PROMPT_BATCH."""
+    cache.forget()
+    similarity._SHARED.clear()
+    yield load_model
+    cache.forget()
+    similarity._SHARED.clear()
+
+
+@pytest.fixture()
+def task() -> Task:
+    return builtin_task("numerals", n_prompts=10)
+
+
+def _close(a: float, b: float) -> None:
+    assert a == pytest.approx(b, rel=RTOL, abs=1e-9)
+
+
+def _sweep_both(
+    fresh: Callable[[str], CircuitModel],
+    monkeypatch: pytest.MonkeyPatch,
+    task: Task,
+    **kwargs: Any,
+) -> tuple[ablation.SweepResult, ablation.SweepResult]:
+    whole = ablation.sweep(fresh("zoo:tiny-teacher"), task, **kwargs)
+    monkeypatch.setattr(engine, "PROMPT_BATCH", TINY_BATCH)
+    chunked = ablation.sweep(fresh("zoo:tiny-teacher"), task, **kwargs)
+    return whole, chunked
+
+
+def test_chunks_cover_every_prompt_once() -> None:
+    assert engine.prompt_chunks(10, 3) == [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 10)]
+    # a task that fits takes the one-batch path
+    assert engine.prompt_chunks(3, 3) == [slice(0, 3)]
+    with pytest.raises(ValueError, match="PROMPT_BATCH"):
+        engine.prompt_chunks(5, 0)
+
+
+@pytest.mark.parametrize("ablation_kind", ["mean", "resample", "zero"])
+def test_chunked_exact_sweep_equals_the_whole_batch(
+    fresh: Callable[[str], CircuitModel],
+    monkeypatch: pytest.MonkeyPatch,
+    task: Task,
+    ablation_kind: str,
+) -> None:
+    whole, chunked = _sweep_both(fresh, monkeypatch, task, ablation=ablation_kind, seed=3)
+    assert chunked.names == whole.names
+    _close(chunked.clean_metric, whole.clean_metric)
+    for a, b in zip(chunked.effects, whole.effects, strict=True):
+        _close(a.ablated_metric, b.ablated_metric)
+    # the ablations do something, so equality is not vacuous
+    assert np.abs(whole.drops).max() > 1.0
+
+
+def test_chunked_attribution_sweep_equals_the_whole_batch(
+    fresh: Callable[[str], CircuitModel], monkeypatch: pytest.MonkeyPatch, task: Task
+) -> None:
+    whole, chunked = _sweep_both(fresh, monkeypatch, task, method="attribution")
+    for a, b in zip(chunked.effects, whole.effects, strict=True):
+        _close(a.ablated_metric, b.ablated_metric)
+    assert chunked.estimated_names == whole.estimated_names
+
+
+def test_chunked_auto_sweep_equals_the_whole_batch(
+    fresh: Callable[[str], CircuitModel], monkeypatch: pytest.MonkeyPatch, task: Task
+) -> None:
+    whole, chunked = _sweep_both(fresh, monkeypatch, task, method="auto")
+    assert chunked.exact_names == whole.exact_names
+    for a, b in zip(chunked.effects, whole.effects, strict=True):
+        _close(a.ablated_metric, b.ablated_metric)
+
+
+def test_chunked_task_performance_equals_the_whole_batch(
+    fresh: Callable[[str], CircuitModel], monkeypatch: pytest.MonkeyPatch, task: Task
+) -> None:
+    whole = ablation.task_performance(fresh("zoo:tiny-student"), task)
+    monkeypatch.setattr(engine, "PROMPT_BATCH", TINY_BATCH)
+    chunked = ablation.task_performance(fresh("zoo:tiny-student"), task)
+    assert chunked.n_prompts == whole.n_prompts == 10
+    # per-prompt values come from the same rows: float32 logits, so allow rounding only
+    np.testing.assert_allclose(chunked.per_prompt, whole.per_prompt, rtol=RTOL, atol=1e-6)
+    _close(chunked.mean_logit_diff, whole.mean_logit_diff)
+    assert chunked.accuracy == whole.accuracy
+    assert chunked.pairwise_accuracy == whole.pairwise_accuracy
+
+
+def test_chunked_compare_equals_the_whole_batch(
+    fresh: Callable[[str], CircuitModel], monkeypatch: pytest.MonkeyPatch, task: Task
+) -> None:
+    whole = compare(load_pair(fresh("zoo:tiny-teacher"), fresh("zoo:tiny-student")), task)
+    cache.forget()
+    similarity._SHARED.clear()
+    monkeypatch.setattr(engine, "PROMPT_BATCH", TINY_BATCH)
+    chunked = compare(load_pair(fresh("zoo:tiny-teacher"), fresh("zoo:tiny-student")), task)
+    _close(chunked.alignment.score, whole.alignment.score)
+    _close(chunked.alignment.mean_similarity, whole.alignment.mean_similarity)
+    _close(chunked.compression, whole.compression)
+    assert chunked.fan_in_all == whole.fan_in_all
+    for side in ("teacher", "student"):
+        a, b = getattr(chunked, side), getattr(whole, side)
+        np.testing.assert_allclose(a.sweep.drops, b.sweep.drops, rtol=RTOL, atol=1e-6)
+
+
+def test_chunked_signatures_equal_the_whole_batch(
+    fresh: Callable[[str], CircuitModel], monkeypatch: pytest.MonkeyPatch, task: Task
+) -> None:
+    whole = similarity.signatures(fresh("zoo:tiny-teacher"), task)
+    similarity._SHARED.clear()
+    monkeypatch.setattr(engine, "PROMPT_BATCH", TINY_BATCH)
+    chunked = similarity.signatures(fresh("zoo:tiny-teacher"), task)
+    np.testing.assert_allclose(chunked.patterns, whole.patterns, rtol=RTOL, atol=1e-7)
+    np.testing.assert_array_equal(chunked.head_outputs, whole.head_outputs)
+    np.testing.assert_array_equal(chunked.mlp_outputs, whole.mlp_outputs)
+    # eigenvectors have no sign: compare the projectors they span
+    for a, b in zip(chunked.mlp_eigenvectors, whole.mlp_eigenvectors, strict=True):
+        k = similarity.N_EIGENVECTORS
+        np.testing.assert_allclose(
+            np.abs(np.sum(a[:, :k] * b[:, :k], axis=0)), np.ones(k), atol=1e-6
+        )
+
+
+def test_no_forward_pass_sees_more_than_prompt_batch_prompts(
+    fresh: Callable[[str], CircuitModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The memory check without timing anything: every capture and every replayed block runs on
+    at most PROMPT_BATCH prompts (times the ablations stacked in it) for a 50-prompt task."""
+    task = builtin_task("numerals", n_prompts=50)
+    monkeypatch.setattr(engine, "PROMPT_BATCH", 4)
+    seen: list[int] = []
+    capture, run_block = engine.run_capture, engine._run_block
+
+    def spy_capture(model: CircuitModel, tokens: torch.Tensor, **kwargs: Any) -> Any:
+        seen.append(int(tokens.shape[0]))
+        return capture(model, tokens, **kwargs)
+
+    def spy_block(model: Any, cap: Any, index: int, hidden: torch.Tensor, reps: int) -> Any:
+        seen.append(int(hidden.shape[0]) // reps)
+        return run_block(model, cap, index, hidden, reps)
+
+    monkeypatch.setattr(engine, "run_capture", spy_capture)
+    monkeypatch.setattr(engine, "_run_block", spy_block)
+    model = fresh("zoo:tiny-teacher")
+    ablation.sweep(model, task, ablation="resample")
+    ablation.sweep(model, task, method="attribution", confirm_top_k=2)
+    similarity.signatures(model, task)
+    assert seen, "the spies saw no forward pass"
+    assert max(seen) <= 4
+    # and the memo holds one chunk's clean run, not the whole task's
+    memo = engine.model_cache(model)
+    assert ("clean", task.fingerprint()) not in memo
+    span, run = memo[("clean_chunk", task.fingerprint())]
+    assert run.capture.batch <= 4
