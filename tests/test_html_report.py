@@ -296,3 +296,16 @@ def test_chromium_renders_every_section_without_console_errors(
     done = subprocess.run([*base, "--window-size=1300,2400", f"--screenshot={shot}",
                            path.as_uri()], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and shot.stat().st_size > 50_000, done.stderr[-2000:]
+
+
+def test_ambiguous_groups_of_tie_aware_matching_are_listed(good_report: Any) -> None:
+    import dataclasses
+
+    from pytest_circuits.analysis.comparison import AmbiguousGroup
+
+    without = render_html([good_report])
+    assert "Ambiguous groups" not in without
+    group = AmbiguousGroup(kind="head", teachers=("L2H0", "L3H1"), students=("L1H0", "L1H2"))
+    page = render_html([dataclasses.replace(good_report, ambiguous=[group])])
+    assert "Ambiguous groups (tie-aware matching)" in page
+    assert re.search(r"<td>head</td>\s*<td>L2H0, L3H1</td>\s*<td>L1H0, L1H2</td>", page)

@@ -335,6 +335,16 @@ def pair_section(report: Any, gates: Sequence[Gate]) -> str:
              "components (compression). A hollow dot with a cross: the match lands on a dead "
              "student component, whose ablation costs almost nothing (a dotted grey line ends "
              "there). Dashed: a discarded mechanism.</p>")
+    if report.ambiguous:
+        # tie-aware matching: these matches were decided by ablation effect, not similarity,
+        # and are left out of fan-in; a reviewer should know which ones
+        corr += ("<h4>Ambiguous groups (tie-aware matching)</h4>" + _table(
+            ["type", "teacher components", "student candidates within the tie margin"],
+            [[esc(g.kind), esc(", ".join(g.teachers)), esc(", ".join(g.students))]
+             for g in report.ambiguous],
+        ) + '<p class="note">Components whose most similar counterparts lie within the tie '
+            "margin of each other (for example heads that all attend to the first token): their "
+            "matches were decided by ablation effect and are not counted as compression.</p>")
 
     dist = _img(figures.drop_distributions(_distribution_models(
         [(f"teacher {teacher}", report.teacher), (f"student {student}", report.student)]),
