@@ -23,7 +23,7 @@ from pytest_circuits.analysis.similarity import (
 )
 from pytest_circuits.components import Component
 from pytest_circuits.errors import CircuitsError, IncompatiblePairError
-from pytest_circuits.models import load_model, load_pair
+from pytest_circuits.models import CircuitModel, load_model, load_pair
 from pytest_circuits.tasks import builtin_task
 from pytest_circuits.zoo import zoo_path
 
@@ -157,8 +157,8 @@ def test_random_student_of_same_shape_scores_clearly_lower(zoo_teacher, zoo_stud
     random_student = _clone_with(zoo_student, scramble, "random-student")
     distilled = base
     # a random student does not perform the task, so influence percentages are meaningless and
-    # compare refuses it by default; the margin is lowered here only to read the similarity
-    scrambled = compare(load_pair(zoo_teacher, random_student), task, margin=-1e9)
+    # compare refuses it by default; the guard is turned off here only to read the similarity
+    scrambled = compare(load_pair(zoo_teacher, random_student), task, margin=None)
     assert scrambled.alignment.mean_similarity < distilled.alignment.mean_similarity - 0.1
     assert scrambled.alignment.score < distilled.alignment.score - 0.1
 
@@ -208,7 +208,7 @@ def test_discarded_lists_influential_teacher_components_without_counterpart(zoo_
     influential = {e.name for e in report.sweep.effects if e.kind == "head" and e.influence >= 10}
     assert influential, "the teacher should have influential heads on numerals"
     pair = load_pair(zoo_teacher, headless)
-    cmp = compare(pair, task, margin=-1e9)
+    cmp = compare(pair, task, margin=None)  # a headless model does not do the task
     discarded = {d.teacher for d in cmp.discarded}
     assert influential <= discarded
 
@@ -365,3 +365,17 @@ def test_the_package_name_compare_is_the_function_whatever_was_imported_first() 
     assert analysis.compare is comparison.compare and callable(analysis.compare)
     assert pytest_circuits.compare is comparison.compare
     assert analysis.sweep.__module__ == "pytest_circuits.analysis.ablation"
+
+
+@pytest.mark.parametrize("margin", [-5.0, float("nan"), float("inf")])
+def test_a_margin_that_would_switch_off_the_task_guard_is_refused_everywhere(
+    zoo_teacher: CircuitModel, zoo_student: CircuitModel, margin: float
+) -> None:
+    # not only through the gates: compare(), sweep() and the CLI reach the guard directly
+    from pytest_circuits.analysis import sweep
+
+    task = builtin_task("numerals", n_prompts=4)
+    with pytest.raises(CircuitsError, match="margin=.* must be a finite number >= 0"):
+        compare(load_pair(zoo_teacher, zoo_student), task, margin=margin)
+    with pytest.raises(CircuitsError, match="margin=.* must be a finite number >= 0"):
+        sweep(zoo_student, task, margin=margin)

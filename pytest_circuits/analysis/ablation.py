@@ -342,9 +342,24 @@ def logit_diff(model: CircuitModel, task: Task) -> TaskPerformance:
 
 
 def require_valid_task(
-    performances: Sequence[TaskPerformance], *, margin: float = DEFAULT_MARGIN
+    performances: Sequence[TaskPerformance], *, margin: float | None = DEFAULT_MARGIN
 ) -> None:
-    """Refuse a task that any of the models does not perform (clean metric <= margin)."""
+    """Refuse a task that any of the models does not perform (clean metric <= margin).
+
+    The margin itself is checked first: a negative, NaN or infinite margin would switch this
+    guard off (or refuse everything with a misleading message), whoever passed it in.
+    ``margin=None`` turns the guard off explicitly, for research on a model that does not do
+    the task (reading a random model's similarities, say); no gate accepts it.
+    """
+    if margin is None:
+        return
+    if (isinstance(margin, bool) or not isinstance(margin, (int, float))
+            or not math.isfinite(margin) or margin < 0):
+        raise SweepConfigError(
+            f"margin={margin!r} must be a finite number >= 0: it is the clean logit difference a "
+            f"model must exceed to count as doing the task (default {DEFAULT_MARGIN}); a negative "
+            "margin would let a model that prefers the distractor through"
+        )
     failing = [p for p in performances if not p.mean_logit_diff > margin]
     if failing:
         shown = "; ".join(
@@ -786,7 +801,7 @@ def sweep(
     method: str = "exact",
     confirm_top_k: int = 0,
     seed: int = 0,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = DEFAULT_MARGIN,
     ablations_per_forward: int | None = None,
     thresholds: GateThresholds | None = None,
 ) -> SweepResult:

@@ -248,7 +248,7 @@ class CompareSettings:
     influential: float = DEFAULT_INFLUENTIAL
     weak_similarity: float = DEFAULT_WEAK_SIMILARITY
     min_student_influence: float = DEFAULT_MIN_STUDENT_INFLUENCE
-    margin: float = DEFAULT_MARGIN
+    margin: float | None = DEFAULT_MARGIN
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -390,7 +390,7 @@ def model_report(
     ablation: str = "mean",
     method: str = "exact",
     seed: int = 0,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = DEFAULT_MARGIN,
     tolerance: float = 20.0,
 ) -> ModelReport:
     """Sweep ``model`` on ``task`` and summarise its brittleness.
@@ -467,7 +467,7 @@ def compare(
     direction: str = DEFAULT_DIRECTION,
     method: str = "exact",
     seed: int = 0,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = DEFAULT_MARGIN,
     tolerance: float = 20.0,
     influential: float = DEFAULT_INFLUENTIAL,
     weak_similarity: float = DEFAULT_WEAK_SIMILARITY,
