@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import progress
 from .errors import CircuitsError
 
 EXIT_OK = 0
@@ -83,13 +84,18 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.detail = ""  # the running sweep: "zoo:tiny-student 40/156 ablations"
+
+    def components(self, model_name: str, done: int, total: int) -> None:
+        """The sweep's callback (``pytest_circuits.progress``): the ticker draws it."""
+        self.detail = f", {model_name} {done}/{total} ablations" if done < total else ""
 
     def _draw(self, label: str, started: float) -> None:
         width = 24
         filled = int(width * self.done / self.total)
         bar = "#" * filled + "-" * (width - filled)
         self.stream.write(f"\r[{bar}] {self.done}/{self.total} {label} "
-                          f"({time.monotonic() - started:.1f}s)\x1b[K")
+                          f"({time.monotonic() - started:.1f}s{self.detail})\x1b[K")
         self.stream.flush()
 
     @contextmanager
@@ -115,8 +121,10 @@ class Progress:
         self._draw(label, started)
         ticker.start()
         try:
-            yield
+            with progress.reporting(self.components):
+                yield
         finally:
+            self.detail = ""
             stop.set()
             ticker.join()
             self.done += 1

@@ -258,3 +258,39 @@ def unwritable(path: Path, *, directory: bool = False) -> str | None:
     os.close(fd)
     os.unlink(probe)
     return None
+
+
+class SweepProgress:
+    """Lines on the terminal for a sweep that runs longer than ``after`` seconds: when it passes
+    that mark, at each further quarter, and when it is done. Whole lines (never carriage
+    returns), so pytest's progress line and CI logs stay readable; quick sweeps print nothing.
+    An xdist worker has no terminal, so only a serial run installs it.
+    """
+
+    def __init__(self, write_line: Any, after: float = 3.0, clock: Any = None) -> None:
+        import time
+
+        self.write_line = write_line
+        self.after = after
+        self.clock = clock if clock is not None else time.monotonic
+        self._started: dict[str, float] = {}
+        self._quarter: dict[str, int] = {}  # last quarter announced; absent: nothing shown yet
+
+    def __call__(self, model_name: str, done: int, total: int) -> None:
+        now = self.clock()
+        started = self._started.setdefault(model_name, now)
+        elapsed = now - started
+        if done >= total:
+            if model_name in self._quarter:
+                self.write_line(f"circuits: swept {model_name}: {total} ablations in "
+                                f"{elapsed:.1f} s")
+            self._started.pop(model_name, None)
+            self._quarter.pop(model_name, None)
+            return
+        if elapsed < self.after:
+            return
+        quarter = 4 * done // total
+        if self._quarter.get(model_name, -1) < quarter:
+            self._quarter[model_name] = quarter
+            self.write_line(f"circuits: sweeping {model_name}: {done}/{total} ablations after "
+                            f"{elapsed:.1f} s")

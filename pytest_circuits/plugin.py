@@ -21,6 +21,7 @@ as they were; every output path is checked for writability at startup, before a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -30,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from . import progress
 from .baseline import Baseline, BaselineCheck, BaselineFileError
 from .errors import CircuitAssertionError
 from .fixtures import (  # the fixtures are imported here so that pytest finds them
@@ -41,6 +43,7 @@ from .fixtures import (  # the fixtures are imported here so that pytest finds t
 )
 from .output import (
     GateRecord,
+    SweepProgress,
     adaptation_lines,
     environment,
     junit_properties,
@@ -314,6 +317,13 @@ class CircuitsRun:
             require_gpu=self.require_gpu,
         )
 
+    def _sweep_progress(self) -> Any:
+        """Lines on the terminal while a long sweep runs (serial runs: a worker has none)."""
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        if self.is_worker or terminal is None:
+            return contextlib.nullcontext()
+        return progress.reporting(SweepProgress(terminal.write_line))
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
         try:
@@ -326,7 +336,7 @@ class CircuitsRun:
             apply_threads(self.threads)
         recorder = _Recorder(item, self, marker)
         item.stash[RECORDS] = recorder.records
-        with recording(recorder), using_settings(settings):
+        with recording(recorder), using_settings(settings), self._sweep_progress():
             try:
                 outcome = yield
             except KeyboardInterrupt:  # no report will carry them: keep what the test measured

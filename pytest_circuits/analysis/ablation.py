@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import metrics
+from .. import metrics, progress
 from ..components import Component, select_components
 from ..errors import CircuitsError, InvalidTaskError, NonFiniteError
 from ..identity import ModelInfo
@@ -500,6 +500,7 @@ def _exact_metrics(
         by_layer.setdefault(comp.layer, []).append(comp)
     per_forward = ablations_per_forward
     totals = _ChunkMeans(n, len(chunks))
+    measured, to_measure = 0, len(components) * len(chunks)
     with torch.no_grad():
         for prompts in chunks:
             batch = prompts.stop - prompts.start
@@ -538,6 +539,8 @@ def _exact_metrics(
                     for comp, value in zip(chunk, per_copy, strict=True):
                         totals.add(comp, float(value), batch)
                     start += len(chunk)
+                    measured += len(chunk)
+                    progress.report(model.name, measured, to_measure)
     return totals.means()
 
 
