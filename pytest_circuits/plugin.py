@@ -322,7 +322,15 @@ class CircuitsRun:
         terminal = self.config.pluginmanager.get_plugin("terminalreporter")
         if self.is_worker or terminal is None:
             return contextlib.nullcontext()
-        return progress.reporting(SweepProgress(terminal.write_line))
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+
+        def write_line(line: str) -> None:
+            # the test's output is being captured (fd level): step outside it, as live logs do
+            with (capture.global_and_fixture_disabled() if capture is not None
+                  else contextlib.nullcontext()):
+                terminal.write_line(line)
+
+        return progress.reporting(SweepProgress(write_line))
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from pytest_circuits import progress
 from pytest_circuits.analysis.ablation import sweep
 from pytest_circuits.cli import Progress
@@ -67,3 +69,23 @@ def test_the_cli_bar_shows_the_running_sweep_and_forgets_it_when_done() -> None:
     assert bar.detail == ", zoo:tiny-student 40/156 ablations"
     bar.components("zoo:tiny-student", 156, 156)
     assert bar.detail == ""
+
+
+@pytest.mark.slow
+def test_a_serial_pytest_run_prints_the_sweep_outside_the_captured_output(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(
+        "import pytest_circuits.output as output\n"
+        "output.SweepProgress.__init__.__defaults__ = (0.0, None)  # every sweep is 'long'\n"
+    )
+    pytester.makepyfile(
+        "from pytest_circuits import assert_ablation_robust\n"
+        "def test_sweep(teacher):\n"
+        "    assert_ablation_robust(teacher, 'numerals', max_severity=1.0, n_prompts=4)\n"
+    )
+    result = pytester.runpytest_subprocess("--circuits-teacher=zoo:tiny-teacher",
+                                           "--circuits-no-cache")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["circuits: sweeping zoo:tiny-teacher: 1/20 ablations after *",
+                                 "circuits: swept zoo:tiny-teacher: 20 ablations in *"])
