@@ -815,43 +815,147 @@ def clean_metrics(model: CircuitModel, task: Task) -> tuple[torch.Tensor, torch.
 
 @dataclass
 class Reference:
-    """Activations on the corrupted reference prompts, for mean and resample ablation."""
+    """Activations on the corrupted reference prompts, for mean and resample ablation.
 
-    z: list[torch.Tensor]  # per layer [m, seq, heads, d_head]
-    mlp_out: list[torch.Tensor]  # per layer [m, seq, d_model]
+    The per-position means (what mean ablation writes) are always held: per layer [seq, heads,
+    d_head] and [seq, d_model], whatever the reference set's size. The activations themselves
+    (``z``, ``mlp_out``: per layer [m, seq, ...], what resample ablation picks rows from) are
+    held only for a reference set of at most one prompt chunk; a larger set is summed chunk by
+    chunk into the means and its picked rows are recomputed per chunk of the task
+    (:func:`resample_rows`), so memory does not grow with the number of prompts.
+    """
+
+    means_z: list[torch.Tensor]  # per layer [seq, heads, d_head]
+    means_mlp: list[torch.Tensor]  # per layer [seq, d_model]
+    z: list[torch.Tensor] | None = None  # per layer [m, seq, heads, d_head], one chunk only
+    mlp_out: list[torch.Tensor] | None = None  # per layer [m, seq, d_model], one chunk only
+    size: int = 0  # m, the number of reference prompts
 
     def mean_z(self, layer: int) -> torch.Tensor:
-        return self.z[layer].mean(0)
+        return self.means_z[layer]
 
     def mean_mlp(self, layer: int) -> torch.Tensor:
-        return self.mlp_out[layer].mean(0)
+        return self.means_mlp[layer]
+
+
+def _reference_names(model: CircuitModel) -> list[str]:
+    layers = range(model.n_layers)
+    return [z_hook(i, model) for i in layers] + [mlp_out_hook(i, model) for i in layers]
 
 
 def reference(model: CircuitModel, task: Task) -> Reference:
-    """Run the corrupted reference set once per model and task (memoised)."""
+    """Run the corrupted reference set once per model and task (memoised), a chunk at a time."""
     key = ("reference", task.fingerprint())
     memo = model_cache(model)
     if key in memo:
         return memo[key]
     tensors = task_tensors(model, task)
     layers = range(model.n_layers)
-    names = [z_hook(i, model) for i in layers] + [mlp_out_hook(i, model) for i in layers]
+    names = _reference_names(model)
+    m = int(tensors.corrupted.shape[0])
+    chunks = prompt_chunks(m)
+    if len(chunks) == 1:
+        # one chunk: keep the activations (resample picks rows of them); the means are the same
+        # reductions as ever, so small tasks give bit-identical values
+        with torch.no_grad():
+            capture = run_capture(model, tensors.corrupted, cache_names=names)
+        zs = [capture.cache[z_hook(i, model)].detach() for i in layers]
+        mlps = [capture.cache[mlp_out_hook(i, model)].detach() for i in layers]
+        del capture
+        ref = Reference(
+            means_z=[z.mean(0) for z in zs],
+            means_mlp=[o.mean(0) for o in mlps],
+            z=zs,
+            mlp_out=mlps,
+            size=m,
+        )
+    else:
+        # several chunks: only running sums (float64, so the order of chunks hardly matters),
+        # never the activations of all m prompts
+        sums_z: list[torch.Tensor | None] = [None for _ in layers]
+        sums_mlp: list[torch.Tensor | None] = [None for _ in layers]
+        for chunk in chunks:
+            with torch.no_grad():
+                capture = run_capture(model, tensors.corrupted[chunk], cache_names=names)
+            for i in layers:
+                for sums, name in ((sums_z, z_hook(i, model)), (sums_mlp, mlp_out_hook(i, model))):
+                    part = capture.cache[name].detach().double().sum(0)
+                    total = sums[i]
+                    sums[i] = part if total is None else total + part
+            del capture
+        dtype = tensors_dtype(model)
+        ref = Reference(
+            means_z=[(t / m).to(dtype) for t in sums_z if t is not None],
+            means_mlp=[(t / m).to(dtype) for t in sums_mlp if t is not None],
+            size=m,
+        )
+    memo[key] = ref
+    return ref
+
+
+def tensors_dtype(model: CircuitModel) -> torch.dtype:
+    """The dtype the model computes its activations in (that of its first floating parameter)."""
+    for param in model.bridge.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return torch.float32
+
+
+def resample_picks(model: CircuitModel, task: Task, seed: int) -> torch.Tensor:
+    """Which reference prompt resample ablation gives each prompt of the task ([n], on CPU):
+    seeded, the same for every component, so chunks of the task add up to the whole."""
+    n = task_tensors(model, task).n_prompts
+    m = reference(model, task).size
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, m, (n,), generator=generator)
+
+
+def resample_rows(
+    model: CircuitModel, task: Task, seed: int, prompts: slice | None
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer, the z and MLP output of the reference prompts picked for ``prompts`` (all of
+    the task when None): [k, seq, heads, d_head] and [k, seq, d_model].
+
+    A reference set of one chunk is held whole and indexed. A larger one is not held, so the
+    picked prompts are run again (one forward of at most a chunk, memoised for the latest chunk
+    like the clean run): rows of the same prompts through the same model, equal to the held
+    activations up to the float rounding of another batch.
+    """
+    memo = model_cache(model)
+    key = ("resample_rows", task.fingerprint())
+    span = (seed, None if prompts is None else (prompts.start or 0, prompts.stop))
+    held = memo.get(key)
+    if held is not None and held[0] == span:
+        return held[1]
+    memo.pop(key, None)
+    ref = reference(model, task)
+    picks = resample_picks(model, task, seed)
+    if prompts is not None:
+        picks = picks[prompts]
+    if ref.z is not None and ref.mlp_out is not None:
+        index = picks.to(ref.z[0].device)
+        picked = ([z[index] for z in ref.z], [o[index] for o in ref.mlp_out])
+        memo[key] = (span, picked)
+        return picked
+    tensors = task_tensors(model, task)
+    names = _reference_names(model)
+    layers = range(model.n_layers)
     zs: list[list[torch.Tensor]] = [[] for _ in layers]
     mlps: list[list[torch.Tensor]] = [[] for _ in layers]
-    # chunked like the task's prompts: only the hooked activations are kept, not the residuals
-    for chunk in prompt_chunks(int(tensors.corrupted.shape[0])):
+    for chunk in prompt_chunks(int(picks.shape[0])):
+        tokens = tensors.corrupted[picks[chunk].to(tensors.corrupted.device)]
         with torch.no_grad():
-            capture = run_capture(model, tensors.corrupted[chunk], cache_names=names)
+            capture = run_capture(model, tokens, cache_names=names)
         for i in layers:
             zs[i].append(capture.cache[z_hook(i, model)].detach())
             mlps[i].append(capture.cache[mlp_out_hook(i, model)].detach())
         del capture
-    ref = Reference(
-        z=[parts[0] if len(parts) == 1 else torch.cat(parts) for parts in zs],
-        mlp_out=[parts[0] if len(parts) == 1 else torch.cat(parts) for parts in mlps],
+    rows = (
+        [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in zs],
+        [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in mlps],
     )
-    memo[key] = ref
-    return ref
+    memo[key] = (span, rows)
+    return rows
 
 
 def replacement(
@@ -872,21 +976,16 @@ def replacement(
     """
     if ablation == "zero":
         return None
-    ref = reference(model, task)
     if ablation == "mean":
+        ref = reference(model, task)
         if component.kind == "head":
             return ref.mean_z(component.layer)[:, component.order]
         return ref.mean_mlp(component.layer)
     if ablation == "resample":
-        n = task_tensors(model, task).n_prompts
-        layer = component.layer
-        source = ref.z[layer] if component.kind == "head" else ref.mlp_out[layer]
-        generator = torch.Generator().manual_seed(seed)
-        picks = torch.randint(0, source.shape[0], (n,), generator=generator).to(source.device)
-        if prompts is not None:
-            picks = picks[prompts]
-        chosen = source[picks]
-        return chosen[:, :, component.order] if component.kind == "head" else chosen
+        zs, mlps = resample_rows(model, task, seed, prompts)
+        if component.kind == "head":
+            return zs[component.layer][:, :, component.order]
+        return mlps[component.layer]
     raise ValueError(f"ablation {ablation!r} is not one of {', '.join(ABLATIONS)}")
 
 
