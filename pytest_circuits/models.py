@@ -184,7 +184,8 @@ def fingerprint_state_dict(state: dict[str, Any]) -> str:
         digest.update(key.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.view(-1).view(_byte_dtype()).numpy().tobytes())
+        # the array's own buffer (the same bytes as tobytes(), without copying every tensor)
+        digest.update(memoryview(tensor.view(-1).view(_byte_dtype()).numpy()))
     return digest.hexdigest()
 
 

@@ -227,3 +227,25 @@ def test_a_large_reference_set_keeps_means_not_activations(
         engine.resample_picks(model, task, 5), engine.resample_picks(model, task, 6)
     )
     assert seen == [4, 4] and not torch.allclose(other[0], zs[0])
+
+
+def test_a_sweep_after_task_performance_does_not_capture_its_first_chunk_again(
+    fresh: Callable[[str], CircuitModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = builtin_task("numerals", n_prompts=12)
+    monkeypatch.setattr(engine, "PROMPT_BATCH", 4)
+    model = fresh("zoo:tiny-teacher")
+    seen: list[int] = []
+    capture = engine.run_capture
+
+    def spy(m: CircuitModel, tokens: torch.Tensor, **kwargs: Any) -> Any:
+        seen.append(int(tokens.shape[0]))
+        return capture(m, tokens, **kwargs)
+
+    monkeypatch.setattr(engine, "run_capture", spy)
+    ablation.task_performance(model, task)
+    assert seen == [4, 4, 4]  # three chunks, each once
+    seen.clear()
+    ablation.sweep(model, task, ablation="zero", margin=None)
+    # chunks 1 and 2 again (only one chunk's capture is ever held), but not chunk 0
+    assert seen == [4, 4]

@@ -805,7 +805,9 @@ def clean_metrics(model: CircuitModel, task: Task) -> tuple[torch.Tensor, torch.
     key = ("clean_metrics", task.fingerprint())
     memo = model_cache(model)
     if key not in memo:
-        runs = [clean_run(model, task, prompts=chunk) for chunk in chunks]
+        # last chunk first, so the chunk held afterwards is the first one: the sweep that
+        # usually follows starts there and does not capture it again
+        runs = [clean_run(model, task, prompts=chunk) for chunk in reversed(chunks)][::-1]
         memo[key] = (
             torch.cat([r.logit_diff for r in runs]),
             torch.cat([r.top1_correct for r in runs]),
