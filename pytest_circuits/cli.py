@@ -151,6 +151,7 @@ class Run:
     margin: float
     device: str
     dtype: str | None
+    method: str | None = None  # None: auto from settings.AUTO_MIN_COMPONENTS components on
     progress: Progress = field(default_factory=lambda: Progress(1, enabled=False))
     _models: dict[str, Any] = field(default_factory=dict)
 
@@ -175,7 +176,7 @@ class Run:
             return pair_report(
                 pair, task, ablation=self.ablation, similarity=self.similarity,
                 matching=self.matching, preset=self.preset, n_prompts=self.n_prompts,
-                seed=self.seed, margin=self.margin,
+                seed=self.seed, margin=self.margin, method=self.method,
             )
 
     def model_report(self, source: str, task: str) -> Any:
@@ -184,7 +185,7 @@ class Run:
         model = self.model(source)
         with self.progress.step(f"{task}: {source}"):
             return model_report(model, task, ablation=self.ablation, n_prompts=self.n_prompts,
-                                seed=self.seed, margin=self.margin)
+                                seed=self.seed, margin=self.margin, method=self.method)
 
 
 def _run_from(args: argparse.Namespace, steps: int) -> Run:
@@ -204,7 +205,7 @@ def _run_from(args: argparse.Namespace, steps: int) -> Run:
         tasks=tasks, n_prompts=args.n_prompts, seed=args.seed, ablation=args.ablation,
         similarity=args.similarity, matching=args.matching, preset=args.preset,
         margin=args.margin,
-        device=args.device, dtype=args.dtype,
+        device=args.device, dtype=args.dtype, method=args.method,
         progress=Progress(steps, enabled=not args.quiet),
     )
 
@@ -845,6 +846,10 @@ def _analysis_options(parser: argparse.ArgumentParser) -> None:
                             "not combinable with --matching/--similarity")
     group.add_argument("--margin", type=float, default=0.1,
                        help="a model must reach this clean logit difference (default 0.1)")
+    group.add_argument("--method", choices=("exact", "auto"), default=None,
+                       help="sweep algorithm: exact, or auto (screen by attribution, measure "
+                            "exactly what could change a verdict or the top 5) (default: as the "
+                            "gates, auto for a model of 1,000 components or more, exact below)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     group.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
     group.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), metavar="DIR",

@@ -25,7 +25,15 @@ from .kinds.finish import (
     read_baseline_tolerance,
 )
 from .kinds.shift import check_max_examples
-from .settings import DEVICE_PATTERN, Value, closest, model_source, resolve
+from .settings import (
+    DEVICE_PATTERN,
+    SWEEP_METHODS,
+    Value,
+    closest,
+    method_hint,
+    model_source,
+    resolve,
+)
 from .tasks.task import MAX_N_PROMPTS
 from .yamlfile import Items, Node, YamlError, load_yaml
 
@@ -47,7 +55,7 @@ RUN_SETTINGS = ("pair", "model", "task", "n_prompts", "seed", "device", "dtype",
                 "baseline_tolerance")
 #: Analysis keys ``defaults:`` may set; each gate receives those its kind accepts.
 ANALYSIS_SETTINGS = ("matching", "direction", "ablation", "similarity", "preset", "margin",
-                     "tolerance")
+                     "tolerance", "method")
 DEFAULT_KEYS = RUN_SETTINGS + ANALYSIS_SETTINGS
 TOP_KEYS = ("pairs", "models", "defaults", "gates")
 #: Number-valued keys that are not thresholds, each with its gate's own rule.
@@ -60,13 +68,14 @@ NUMBERS = frozenset(
 #: Whole-number keys of a check (n_prompts and seed are gate keys, checked on their own).
 INTEGERS = {"max_examples": check_max_examples}
 STRINGS = frozenset({"name", "pair", "model", "task", "xfail", "device", "dtype", "matching",
-                     "direction", "ablation", "similarity", "shift", "preset"})
+                     "direction", "ablation", "similarity", "shift", "preset", "method"})
 #: String keys with a fixed set of values, checked here so a typo is a collection error with
 #: its line. The presets are ``analysis.comparison.PRESETS``' names (a test keeps them equal);
 #: written out because importing the analysis would load torch at collection.
-CHOICES = {"preset": ("paper", "recommended")}
-#: Keys that were renamed, with what to write instead (checked before "unknown key").
-RENAMED = {"method": "matching"}
+CHOICES = {"preset": ("paper", "recommended"), "method": SWEEP_METHODS}
+#: ``method:`` meant the matching strategy in early releases; it is now the sweep algorithm
+#: (``settings.SWEEP_METHODS``), and a matching name written there gets this hint.
+MATCHING_NAMES = ("paper", "causal", "tie_aware")
 
 
 class GateFileError(CircuitsError, ValueError):
@@ -117,13 +126,6 @@ class _Checker:
 
     def keys(self, node: Node, allowed: tuple[str, ...], what: str) -> None:
         for key in node:
-            renamed = RENAMED.get(key)
-            if key not in allowed and renamed in allowed:
-                raise self.fail(
-                    node.lines[key],
-                    f"{key!r} in {what} is now {renamed!r} (the matching strategy: paper or "
-                    f"causal); write {renamed}: {node[key]}",
-                )
             if key not in allowed:
                 raise self.fail(
                     node.lines[key],
@@ -170,9 +172,15 @@ class _Checker:
             if key == "dtype" and canonical_dtype(value) is None:
                 raise self.fail(line, f"{what}: dtype {value!r} is not one of "
                                       f"{', '.join(DTYPES)}")
+            if key == "method" and value in MATCHING_NAMES:
+                raise self.fail(line, f"{what}: method: {value} names a matching strategy, but "
+                                      "method is now the sweep algorithm (exact or auto); write "
+                                      f"matching: {value}")
             if key in CHOICES and value not in CHOICES[key]:
+                why = f" ({method_hint(value)})" if key == "method" else ""
                 raise self.fail(line, f"{what}: {key} {value!r} is not one of "
-                                      f"{', '.join(CHOICES[key])}{closest(value, CHOICES[key])}")
+                                      f"{', '.join(CHOICES[key])}{closest(value, CHOICES[key])}"
+                                      f"{why}")
             return canonical_dtype(value) if key == "dtype" else value
         if key == "components":
             return self.components(value, line, what)

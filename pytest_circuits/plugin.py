@@ -317,6 +317,14 @@ class CircuitsRun:
             require_gpu=self.require_gpu,
         )
 
+    def _sweep_method(self, item: pytest.Item, marker: dict[str, Any]) -> Any:
+        """The run's ``--circuits-method`` (marker, option, ini key) for the gates of ``item``;
+        unset, each gate picks by its models' size."""
+        from .kinds.finish import using_method
+
+        chosen = resolve(self.config, "method", marker, Path(str(item.path)).parent)
+        return using_method(chosen.value, chosen.origin)
+
     def _sweep_progress(self) -> Any:
         """Lines on the terminal while a long sweep runs (serial runs: a worker has none)."""
         terminal = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -337,6 +345,7 @@ class CircuitsRun:
         try:
             marker = merged_marker_kwargs(item)
             settings = self._run_settings(item, marker)
+            method = self._sweep_method(item, marker)
         except pytest.UsageError as exc:
             problem = str(exc)
             pytest.fail(problem, pytrace=False)
@@ -344,7 +353,7 @@ class CircuitsRun:
             apply_threads(self.threads)
         recorder = _Recorder(item, self, marker)
         item.stash[RECORDS] = recorder.records
-        with recording(recorder), using_settings(settings), self._sweep_progress():
+        with recording(recorder), using_settings(settings), method, self._sweep_progress():
             try:
                 outcome = yield
             except KeyboardInterrupt:  # no report will carry them: keep what the test measured
@@ -515,6 +524,8 @@ class CircuitsRun:
                   f"{verdicts.count('FAIL')} failed, {verdicts.count('XFAIL')} xfailed")
             for line in adaptation_lines(records):
                 write(line)
+            for line in method_lines(records):
+                write(line)
         if self.stale:
             what = "removed from the baseline" if self.update_baseline and any(
                 "stale removed" in n for n in self.notes) else "not produced by this run"
@@ -523,6 +534,21 @@ class CircuitsRun:
                 write(f"  {key}")
         for note in self.notes:
             write(f"circuits: {note}")
+
+
+def method_lines(records: list[GateRecord]) -> list[str]:
+    """One line per gate whose sweeps were not all exact: which method ran and how many values
+    are exact and how many bounded estimates (a passing gate has no message to say it in)."""
+    lines = []
+    for record in records:
+        data = record.result.fingerprint.get("sweep_method")
+        if not isinstance(data, dict) or not any(
+                isinstance(s, dict) and s.get("method") == "auto"
+                for s in dict(data.get("sweeps") or {}).values()):
+            continue
+        lines.append(f"circuits: {record.result.nodeid} [{record.result.gate}] "
+                     f"{data.get('note', '')}")
+    return lines
 
 
 def _attach_html_snippet(report: pytest.TestReport, records: list[GateRecord]) -> None:

@@ -20,6 +20,27 @@ from .dtypes import DTYPES, canonical_dtype
 from .tasks.builtin import DEFAULT_N_PROMPTS
 from .tasks.task import MAX_N_PROMPTS
 
+#: The sweep algorithms a gate may be told to use (``method=``, ``--circuits-method``, the ini
+#: key ``circuits_method``, ``@pytest.mark.circuits(method=...)`` and YAML ``method:``).
+#: "exact" measures every component; "auto" screens every component by attribution and measures
+#: exactly each one whose value could change the gate's verdict or its blamed components (see
+#: ``analysis.ablation.sweep``). "attribution" is not offered to gates: its estimates carry no
+#: bound, so a verdict could rest on one.
+SWEEP_METHODS = ("exact", "auto")
+
+#: A gate left at ``method=None`` with no ``--circuits-method`` sweeps a model of at least this
+#: many components (heads plus MLPs) with ``method="auto"``, a smaller one exactly.
+#:
+#: 1,000 puts the Llama-3.1-8B class (32 layers x 32 heads + 32 MLPs = 1,056) and larger models
+#: on auto, where an exact sweep costs hundreds of forward passes of a multi-billion-parameter
+#: model and auto measured a third of the exact sweep's cost (16.8 against 54 forward-pass
+#: equivalents on GPT-2-small shapes, benchmarks/README.md). Below it the exact sweep stays the
+#: default: it is affordable there (GPT-2-small: 156 components, SmolLM2-135M: 300), and auto's
+#: bounds are empirical: on SmolLM2-135M 8 of its 239 unmeasured estimates fell outside their
+#: bands (benchmarks/README.md), so a small model's gate keeps the numbers that rest on no
+#: estimate. Read at call time, so a test may lower it.
+AUTO_MIN_COMPONENTS = 1000
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -53,6 +74,10 @@ SETTINGS: tuple[Setting, ...] = (
             kind="int", default=DEFAULT_N_PROMPTS, per_test=True, metavar="N"),
     Setting("seed", "seed of the built-in task's prompts and of the analyses (default: 0)",
             kind="int", default=0, per_test=True, metavar="N"),
+    Setting("method", "sweep algorithm of the gates that ablate components: exact or auto (auto: "
+            "screen by attribution, measure exactly whatever could change a verdict) (default: "
+            f"auto for a model of {AUTO_MIN_COMPONENTS:,} components or more, exact below)",
+            per_test=True, metavar="METHOD"),
     Setting("device", "device to load models on: auto, cpu, cuda, cuda:N, or cuda:auto (each "
             "xdist worker on its own GPU: gwN -> cuda:N mod the device count) (default: auto)",
             default="auto", per_test=True, metavar="DEVICE"),
@@ -95,6 +120,17 @@ def closest(word: str, choices: Any) -> str:
     """' (did you mean 'x'?)' for the nearest of ``choices``, or '' when nothing is close."""
     found = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {found[0]!r}?)" if found else ""
+
+
+def method_hint(value: Any) -> str:
+    """Why ``value`` is not a gate's sweep method, for the error that refuses it."""
+    if value == "attribution":
+        return ("attribution estimates carry no bound, so a gate does not use them; auto screens "
+                "by attribution and measures exactly what could change the verdict")
+    if value in ("paper", "causal", "tie_aware"):
+        return (f"{value!r} is a matching strategy: write matching={value!r}; method chooses how "
+                "components are ablated")
+    return "exact measures every component, auto screens first"
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -216,6 +252,13 @@ def _convert(setting: Setting, value: Value) -> Any:
     if setting.name == "device" and not DEVICE_PATTERN.match(text):
         raise pytest.UsageError(
             f"{value.origin}: device {text!r} is not one of auto, cpu, cuda, cuda:N, cuda:auto"
+        )
+    if setting.name == "method" and text not in SWEEP_METHODS:
+        raise pytest.UsageError(
+            f"{value.origin}: method {text!r} is not a sweep method{closest(text, SWEEP_METHODS)}; "
+            f"use {' or '.join(SWEEP_METHODS)} ({method_hint(text)}), or leave it unset for the "
+            f"default (auto for a model of {AUTO_MIN_COMPONENTS:,} components or more, exact "
+            "below)"
         )
     if setting.name == "dtype":
         dtype = canonical_dtype(text)

@@ -82,8 +82,10 @@ def test_a_valid_file_gives_one_spec_per_gate_with_defaults_applied(tmp_path: Pa
         ("{min_score: 0.85}", "{matching: causal}", 13,
          "gate 'numerals-aligned': circuit_aligned needs min_score"),
         ("{min_score: 0.85}", "{min_score: 0.85, method: causal}", 13,
-         "'method' in gate 'numerals-aligned': circuit_aligned is now 'matching' (the matching "
-         "strategy: paper or causal); write matching: causal"),
+         "gate 'numerals-aligned': circuit_aligned: method: causal names a matching strategy, "
+         "but method is now the sweep algorithm (exact or auto); write matching: causal"),
+        ("{min_score: 0.85}", "{min_score: 0.85, method: fast}", 13,
+         "gate 'numerals-aligned': circuit_aligned: method 'fast' is not one of exact, auto"),
         ("{min_score: 0.85}", "{min_score: 1.5}", 13,
          "gate 'numerals-aligned': circuit_aligned: min_score=1.5 is out of range: it must lie "
          "in [0, 1] (a score from 0 to 1)"),

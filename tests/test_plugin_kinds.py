@@ -59,10 +59,14 @@ def test_every_threshold_bounds_a_reported_metric_in_its_direction(name: str) ->
         assert threshold.required == (default is inspect.Parameter.empty)
 
 
-def test_matching_is_the_matching_strategy_and_method_is_gone_from_the_gates() -> None:
+def test_matching_is_the_matching_strategy_and_method_is_the_sweep_algorithm() -> None:
+    sweeping = {"circuit_aligned", "mechanism_preserved", "ablation_robust"}
     for kind in KINDS.values():
         parameters = inspect.signature(kind.function).parameters
-        assert "method" not in parameters
+        if kind.name in sweeping:
+            assert parameters["method"].default is None and "method" in kind.options
+        else:
+            assert "method" not in parameters and "method" not in kind.options
     for name in ("circuit_aligned", "mechanism_preserved"):
         parameters = inspect.signature(KINDS[name].function).parameters
         assert parameters["matching"].default == "paper"

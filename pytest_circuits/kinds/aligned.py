@@ -16,8 +16,10 @@ from .finish import (
     method_settings,
     pair_result,
     read_baseline_tolerance,
+    record_method,
     require_gpu,
     student_must_do_task,
+    sweep_method,
     task_options,
 )
 from .registry import GateKind, Metric, Threshold
@@ -34,6 +36,7 @@ def assert_circuit_aligned(
     ablation: str = "mean",
     similarity: str = "paper",
     preset: str | None = None,
+    method: str | None = None,
     n_prompts: int | None = None,
     seed: int | None = None,
     margin: float = 0.1,
@@ -45,7 +48,11 @@ def assert_circuit_aligned(
     ablation effect); ``direction`` says who picks ("teacher_to_student", the paper's, or
     "student_to_teacher"). ``min_weighted_score`` also gates the influence-weighted variant,
     which drops when an influential teacher component's counterpart carries no influence.
-    Returns the PairReport.
+    ``method`` is the sweep algorithm: "exact", "auto" (screen by attribution, then measure
+    exactly every component whose influence could cross compare's cut points or be among the 5
+    largest; the score itself reads the rest as bounded estimates) or None (the run's
+    ``--circuits-method``, else auto for a model of ``settings.AUTO_MIN_COMPONENTS`` components
+    or more). Returns the PairReport.
     """
     __tracebackhide__ = True
     from ..analysis.cached import as_pair, as_task, pair_report
@@ -57,16 +64,23 @@ def assert_circuit_aligned(
     n_prompts, seed = task_options(n_prompts, seed, gate)
     margin = check_margin(margin, gate)
     read_baseline_tolerance(baseline_tolerance, f"{gate}: baseline_tolerance", KIND)
+    requested, origin = sweep_method(method, gate)
     pair = as_pair(pair)
     require_gpu(gate, pair.teacher, pair.student)
     task = as_task(task, n_prompts, seed, pair.teacher)
     subject = f"{pair.teacher.name} -> {pair.student.name}"
     bridges_match(KIND, task, subject, {"teacher": pair.teacher, "student": pair.student},
                   seed=seed)
+    from ..analysis.ablation import GateThresholds
+
+    # the score reads every influence; an auto sweep decides exactly compare's own cut points
+    # (tolerance, influential, dead floor, noise floor: pair_report adds them) and the top 5
+    thresholds = GateThresholds(drop=(), top_k=5)
     with student_must_do_task(KIND, pair, task, subject, margin=margin, seed=seed):
         report = pair_report(
             pair, task, ablation=ablation, similarity=similarity, matching=matching,
-            direction=direction, seed=seed, margin=margin, preset=preset,
+            direction=direction, seed=seed, margin=margin, preset=preset, method=requested,
+            thresholds=thresholds,
         )
     a = report.alignment
     if not a.pairs:
@@ -91,10 +105,13 @@ def assert_circuit_aligned(
         for p in weakest
     ]
     result = pair_result(KIND, report, checks, values, blame, baseline_tolerance)
+    method_line = record_method(result, requested, origin,
+                                {"teacher": report.teacher.sweep, "student": report.student.sweep})
     details = (
         f"  parts: mean similarity {a.mean_similarity:.4f}, influence term "
         f"{a.influence_term:+.4f}, weighted variant {a.weighted_score:.4f} "
         f"({len(a.pairs)} matched pairs, {method_settings(preset, report)})\n"
+        f"  {method_line}\n"
         "  pairs that pull the score down most:\n"
         + format_table(
             ["teacher", "student", "similarity", "teacher share", "student share", "term"],
@@ -125,5 +142,5 @@ KIND = GateKind(
                meaning="the influence-weighted variant of A"),
         Metric("n_pairs", "count", None, meaning="matched teacher/student pairs"),
     ),
-    options=("matching", "direction", "ablation", "similarity", "margin", "preset"),
+    options=("matching", "direction", "ablation", "similarity", "margin", "preset", "method"),
 )

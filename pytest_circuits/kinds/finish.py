@@ -6,6 +6,7 @@ keys its baseline entry the same way.
 
 from __future__ import annotations
 
+import contextvars
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -119,6 +120,102 @@ def task_options(n_prompts: Any, seed: Any, gate: str) -> tuple[int | None, int]
     elif isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise GateConfigError(f"{gate}: seed={seed!r} must be a whole number >= 0")
     return n_prompts, seed
+
+
+# ----------------------------------------------------------------------------- sweep method
+
+#: The run's ``--circuits-method`` for the test running now (None: unset) and where it came
+#: from; the plugin installs it per test (:func:`using_method`).
+_session_method: contextvars.ContextVar[tuple[str | None, str]] = contextvars.ContextVar(
+    "pytest_circuits_sweep_method", default=(None, "default")
+)
+
+
+@contextmanager
+def using_method(method: str | None, origin: str) -> Iterator[None]:
+    """Install the run's sweep method (``--circuits-method``, ini key or marker) for the block."""
+    token = _session_method.set((method, origin))
+    try:
+        yield
+    finally:
+        _session_method.reset(token)
+
+
+def sweep_method(method: Any, gate: str) -> tuple[str | None, str]:
+    """A gate's ``method=`` checked, with where it came from: its own argument when given, else
+    the run's ``--circuits-method`` (or ini key, or marker), else None: the default by size
+    (auto from ``settings.AUTO_MIN_COMPONENTS`` components, exact below)."""
+    from ..settings import AUTO_MIN_COMPONENTS, SWEEP_METHODS, closest, method_hint
+
+    if method is None:
+        return _session_method.get()
+    if not isinstance(method, str) or method not in SWEEP_METHODS:
+        raise GateConfigError(
+            f"{gate}: method={method!r} is not a sweep method{closest(method, SWEEP_METHODS)}; "
+            f"pass method='exact' or method='auto' ({method_hint(method)}), or None for the "
+            f"run's --circuits-method, else the default (auto for a model of "
+            f"{AUTO_MIN_COMPONENTS:,} components or more, exact below)"
+        )
+    return method, f"method={method!r}"
+
+
+def sweep_line(sweep: Any) -> str:
+    """How one model's sweep was measured: "M: auto: 25 of 156 exact, 131 bounded (mean drop
+    within +-0.40 points)" or "M: exact (156 of 156 values measured)"."""
+    n = len(sweep.effects)
+    exact = len(sweep.exact_names)
+    name = model_name(sweep.model)
+    if sweep.fingerprint.method != "auto":
+        return f"{name}: {sweep.fingerprint.method} ({exact} of {n} values measured)"
+    bounded = sum(1 for e in sweep.effects if not e.is_exact and e.bound is not None)
+    unbounded = n - exact - bounded
+    text = f"{name}: auto: {exact} of {n} exact, {bounded} bounded"
+    if unbounded:
+        text += f", {unbounded} without a bound"
+    return text + f" (mean drop within +-{sweep.mean_drop_bound:.2f} points)"
+
+
+def record_method(result: GateResult, requested: str | None, origin: str,
+                  sweeps: Mapping[str, Any]) -> str:
+    """Write into ``result`` how its sweeps were measured, and return the line its message
+    prints: "sweep method: auto (method='auto'): student M: auto: 3 of 10 exact, 7 bounded...".
+
+    ``sweeps`` maps roles ("student", "teacher", "model") to SweepResults. The result's
+    fingerprint ``method`` is the method the gate ran by (``requested``, or the default for its
+    models' size), not what served it: an exact sweep already stored may serve an auto request,
+    and a baseline must not be refused for that. ``fingerprint["sweep_method"]`` holds the
+    requested method, its origin, the line, and per role the method of the sweep that served
+    and how many of its values are exact and how many bounded estimates.
+    """
+    from ..analysis.cached import default_method
+    from ..settings import AUTO_MIN_COMPONENTS
+
+    per_role: dict[str, Any] = {}
+    ran_by = set()
+    for role, sweep in sweeps.items():
+        ran_by.add(requested or default_method(sweep.model))  # ModelInfo has layers and heads
+        per_role[role] = {
+            "model": model_name(sweep.model),
+            "method": sweep.fingerprint.method,
+            "components": len(sweep.effects),
+            "exact": len(sweep.exact_names),
+            "bounded": sum(1 for e in sweep.effects if not e.is_exact and e.bound is not None),
+            "estimated": len(sweep.estimated_names),
+            "mean_drop_bound": sweep.mean_drop_bound,
+        }
+    method = "auto" if "auto" in ran_by else "exact"
+    if requested is None:
+        origin = (f"default: auto for a model of {AUTO_MIN_COMPONENTS:,} components or more, "
+                  "exact below")
+    line = f"sweep method: {method} ({origin}): " + "; ".join(
+        f"{role} {sweep_line(sweep)}" for role, sweep in sweeps.items())
+    result.fingerprint = {
+        **result.fingerprint,
+        "method": method,
+        "sweep_method": {"requested": requested, "origin": origin, "note": line,
+                         "sweeps": per_role},
+    }
+    return line
 
 
 def check_margin(margin: Any, gate: str) -> float:

@@ -18,8 +18,10 @@ from .finish import (
     model_name,
     pair_result,
     read_baseline_tolerance,
+    record_method,
     require_gpu,
     student_must_do_task,
+    sweep_method,
     task_options,
 )
 from .registry import GateKind, Metric, Threshold
@@ -37,6 +39,7 @@ def assert_mechanism_preserved(
     similarity: str = "paper",
     ablation: str = "mean",
     preset: str | None = None,
+    method: str | None = None,
     n_prompts: int | None = None,
     seed: int | None = None,
     margin: float = 0.1,
@@ -45,7 +48,9 @@ def assert_mechanism_preserved(
     """Named teacher components (say a "similar member" head) keep an influential student
     counterpart: the matched student component has similarity >= ``min_similarity`` and its
     ablation costs >= ``min_influence`` points. ``matching`` and ``direction`` pair the
-    components as in :func:`assert_circuit_aligned`. Returns the PairReport."""
+    components as in :func:`assert_circuit_aligned`. ``method`` is the sweep algorithm as there:
+    "exact", "auto" (every influence that could cross ``min_influence`` is measured exactly) or
+    None (the run's ``--circuits-method``, else the default by size). Returns the PairReport."""
     __tracebackhide__ = True
     from ..analysis.cached import as_pair, as_task, pair_report
     from ..components import Component
@@ -61,6 +66,7 @@ def assert_mechanism_preserved(
     n_prompts, seed = task_options(n_prompts, seed, gate)
     margin = check_margin(margin, gate)
     read_baseline_tolerance(baseline_tolerance, f"{gate}: baseline_tolerance", KIND)
+    requested, origin = sweep_method(method, gate)
     names = [Component.parse(c).name for c in components]
     pair = as_pair(pair)
     require_gpu(gate, pair.teacher, pair.student)
@@ -68,10 +74,17 @@ def assert_mechanism_preserved(
     subject = f"{pair.teacher.name} -> {pair.student.name}"
     bridges_match(KIND, task, subject, {"teacher": pair.teacher, "student": pair.student},
                   seed=seed)
+    from ..analysis.ablation import GateThresholds
+
+    # an auto sweep decides exactly the influence floor and the 5 most influential components
+    # (pair_report adds compare's own cut points: tolerance, influential, dead floor)
+    floor = () if limits["min_influence"] is None else (limits["min_influence"],)
+    thresholds = GateThresholds(drop=floor, top_k=5)
     with student_must_do_task(KIND, pair, task, subject, margin=margin, seed=seed):
         report = pair_report(
             pair, task, ablation=ablation, similarity=similarity, matching=matching,
-            direction=direction, seed=seed, margin=margin, preset=preset,
+            direction=direction, seed=seed, margin=margin, preset=preset, method=requested,
+            thresholds=thresholds,
         )
     by_teacher = {p.teacher: p for p in report.alignment.pairs}
     missing = [n for n in names if n not in by_teacher]
@@ -99,7 +112,10 @@ def assert_mechanism_preserved(
                                           "student_influence": p.student_influence})
              for p in pairs]
     result = pair_result(KIND, report, checks, values, blame, baseline_tolerance)
-    details = f"  parts: {method_settings(preset, report)}\n  counterparts:\n" + format_table(
+    method_line = record_method(result, requested, origin,
+                                {"teacher": report.teacher.sweep, "student": report.student.sweep})
+    details = (f"  parts: {method_settings(preset, report)}\n  {method_line}\n"
+               "  counterparts:\n") + format_table(
         ["teacher", "teacher infl", "student match", "similarity", "student infl"],
         [[p.teacher, p.teacher_influence, p.student, p.similarity, p.student_influence]
          for p in pairs],
@@ -123,6 +139,6 @@ KIND = GateKind(
         Metric("student_influence", "points", ">=", 2.0, per_component=True,
                meaning="the drop the counterpart's ablation causes"),
     ),
-    options=("matching", "direction", "similarity", "ablation", "margin", "preset"),
+    options=("matching", "direction", "similarity", "ablation", "margin", "preset", "method"),
     required=("components",),
 )

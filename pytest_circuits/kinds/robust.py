@@ -16,8 +16,10 @@ from .finish import (
     finish,
     model_name,
     read_baseline_tolerance,
+    record_method,
     require_gpu,
     student_must_do_task,
+    sweep_method,
     task_options,
     tolerances,
 )
@@ -35,6 +37,7 @@ def assert_ablation_robust(
     components: str | Sequence[str] = "all",
     ablation: str = "mean",
     tolerance: float = 20.0,
+    method: str | None = None,
     n_prompts: int | None = None,
     seed: int | None = None,
     margin: float = 0.1,
@@ -44,7 +47,11 @@ def assert_ablation_robust(
 
     Given a pair, the student is tested and ``max_severity_increase`` (student minus teacher
     severity) applies; given a model, that model is tested. Drops are percentage points of the
-    clean metric (``100 - retained``, clamped to [0, 100]). Returns the student's ModelReport.
+    clean metric (``100 - retained``, clamped to [0, 100]). ``method`` is the sweep algorithm:
+    "exact", "auto" (screen by attribution, then measure exactly every component whose value
+    could decide ``tolerance``, ``max_single_drop``, ``max_mean_drop`` or the 5 blamed
+    components) or None (the run's ``--circuits-method``, else auto for a model of
+    ``settings.AUTO_MIN_COMPONENTS`` components or more). Returns the student's ModelReport.
     """
     __tracebackhide__ = True
     limits = KIND.read_thresholds({  # before torch loads: a wrong call fails at once
@@ -66,14 +73,22 @@ def assert_ablation_robust(
     margin = check_margin(margin, gate)
     tolerance = check_drop_tolerance(tolerance, gate)
     read_baseline_tolerance(baseline_tolerance, f"{gate}: baseline_tolerance", KIND)
+    requested, origin = sweep_method(method, gate)
     subject = model_or_pair.student if is_pair else model_or_pair
     require_gpu(gate, *((model_or_pair.teacher, subject) if is_pair else (subject,)))
     task = as_task(task, n_prompts, seed, model_or_pair.teacher if is_pair else subject)
     bridges_match(KIND, task, _subject(subject.name, components),
                   {"teacher": model_or_pair.teacher, "student": subject} if is_pair
                   else {"model": subject}, seed=seed)
+    from ..analysis.ablation import GateThresholds
+
+    # what an auto sweep must decide exactly: the tolerance (added by model_report), the
+    # single-drop and mean-drop limits, and the 5 components the gate blames
+    single = () if limits["max_single_drop"] is None else (limits["max_single_drop"],)
+    mean = () if limits["max_mean_drop"] is None else (limits["max_mean_drop"],)
     settings = dict(components=components, ablation=ablation, seed=seed, margin=margin,
-                    tolerance=tolerance)
+                    tolerance=tolerance, method=requested,
+                    thresholds=GateThresholds(drop=single, mean_drop=mean, top_k=BLAMED))
     if is_pair:  # a student that lost the task fails; a single model that cannot do it errs
         with student_must_do_task(KIND, model_or_pair, task,
                                   _subject(subject.name, components), margin=margin, seed=seed):
@@ -109,7 +124,7 @@ def assert_ablation_robust(
     if tb is not None:
         values["severity_increase"] = b.severity - tb.severity
         values["teacher_severity"] = tb.severity
-    worst = report.sweep.worst(5)
+    worst = report.sweep.worst(BLAMED)
     models = {"model": as_model_info(report.model)}
     if teacher is not None:
         models["teacher"] = as_model_info(teacher.model)
@@ -126,7 +141,12 @@ def assert_ablation_robust(
         report=report,
         tolerances=tolerances(baseline_tolerance, list(values), KIND),
     )
+    sweeps = {"student" if is_pair else "model": report.sweep}
+    if teacher is not None:
+        sweeps["teacher"] = teacher.sweep
+    method_line = record_method(result, requested, origin, sweeps)
     details = (
+        f"  {method_line}\n"
         f"  mean drop {b.mean_drop:.2f} (95% CI {b.mean_drop_ci[0]:.2f}..{b.mean_drop_ci[1]:.2f}),"
         f" {b.count_above_tolerance} of {b.n_components} components drop more than "
         f"{b.tolerance:g} points, worst-5% mean {b.worst5_mean:.2f}, Gini {b.gini:.3f}\n"
@@ -141,6 +161,10 @@ def assert_ablation_robust(
         head += f" (teacher {model_name(teacher.model)} for context)"
     finish(result, head, details, task=task)
     return report
+
+
+#: How many components the gate blames (and an auto sweep measures exactly among the worst).
+BLAMED = 5
 
 
 def _subject(name: str, components: str | Sequence[str]) -> str:
@@ -177,6 +201,6 @@ KIND = GateKind(
                meaning="student severity minus teacher severity (pairs only)"),
         Metric("teacher_severity", "score", None, meaning="the teacher's severity (pairs only)"),
     ),
-    options=("components", "ablation", "tolerance", "margin"),
+    options=("components", "ablation", "tolerance", "margin", "method"),
     takes_model=True,
 )
