@@ -385,3 +385,13 @@ def test_yaml_method_is_the_sweep_algorithm(tmp_path: Path) -> None:
                                       "behavior_preserved: {min_retained: 50, method: auto}"))
     with pytest.raises(GateFileError, match="unknown key 'method'"):
         load_gate_file(path)
+
+
+def test_the_command_line_takes_the_same_method() -> None:
+    from pytest_circuits.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["compare", "zoo:a", "zoo:b"]).method is None  # the gates' rule
+    assert parser.parse_args(["compare", "zoo:a", "zoo:b", "--method", "auto"]).method == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["rank", "zoo:a", "zoo:b", "--method", "attribution"])
