@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,14 +29,57 @@ SUBSPACE_DIM = 8
 
 @dataclass
 class Signatures:
-    """What similarity is computed from, for every head and MLP of one model on one task."""
+    """What similarity is computed from, for every head and MLP of one model on one task.
+
+    Everything here is independent of the number of prompts except ``head_outputs`` and
+    ``mlp_outputs``, which are kept only for a task of one chunk (at most
+    ``engine.PROMPT_BATCH`` prompts) and are None for a task of several: the exact-copy check
+    reads the digests, and CKA over several chunks streams both models together
+    (:func:`similarity_matrices`).
+    """
 
     heads: list[Component]
     mlps: list[Component]
     patterns: np.ndarray  # [n_heads_total, query, key], averaged over prompts
-    head_outputs: np.ndarray  # [n_heads_total, tokens, d_head] (z), for CKA
-    mlp_outputs: np.ndarray  # [n_layers, tokens, d_model]
+    head_outputs: np.ndarray | None  # [n_heads_total, tokens, d_head] (z); one chunk only
+    mlp_outputs: np.ndarray | None  # [n_layers, tokens, d_model]; one chunk only
     mlp_eigenvectors: np.ndarray  # [n_layers, d_model, k], top eigenvectors of X^T X / n
+    #: per head / per MLP, a digest of its float32 outputs over every token in prompt order
+    #: (and of their shape): equal exactly when the outputs are equal bit for bit
+    head_digests: tuple[bytes, ...] = ()
+    mlp_digests: tuple[bytes, ...] = ()
+
+
+class _Digests:
+    """Streaming SHA-256 of each component's outputs: the bytes of its float32 outputs chunk
+    after chunk in prompt order, then their total shape, so two digests are equal exactly when
+    the concatenated outputs (and their shapes) are equal, without holding them."""
+
+    def __init__(self, n: int) -> None:
+        self._hashes = [hashlib.sha256() for _ in range(n)]
+        self._tokens = [0] * n
+        self._width = [0] * n
+
+    def update(self, rows: torch.Tensor, first: int = 0) -> None:
+        """Components ``first, first + 1, ...`` of one chunk: ``rows`` [n, tokens, width]."""
+        data = rows.detach().float().contiguous().cpu().numpy()
+        for i, row in enumerate(data, start=first):
+            self._hashes[i].update(memoryview(row).cast("B"))
+            self._tokens[i] += int(row.shape[0])
+            self._width[i] = int(row.shape[1])
+
+    def digests(self) -> tuple[bytes, ...]:
+        out = []
+        for h, tokens, width in zip(self._hashes, self._tokens, self._width, strict=True):
+            final = h.copy()
+            final.update(struct.pack("<qq", tokens, width))
+            out.append(final.digest())
+        return tuple(out)
+
+
+def _head_rows(z: torch.Tensor) -> torch.Tensor:
+    """z [n, seq, head, d_head] as [head, n * seq, d_head] float32 (tokens in prompt order)."""
+    return z.float().permute(2, 0, 1, 3).reshape(z.shape[2], -1, z.shape[-1])
 
 
 #: Signatures of models with the same weights (two loads of one teacher) are shared in the
@@ -82,14 +127,17 @@ def _signatures_at_once(
     run = engine.clean_run(model, task, cache_names=names)
     cache = run.capture.cache
     patterns, outputs, mlps, eig = [], [], [], []
+    head_digests, mlp_digests = _Digests(len(heads)), _Digests(model.n_layers)
     with torch.no_grad():
         for layer in range(model.n_layers):
             pattern = cache[engine.pattern_hook(layer)].float().mean(0)  # [head, q, k]
             patterns.append(pattern.cpu().numpy())
-            z = cache[engine.z_hook(layer)].float()  # [n, seq, head, d_head]
-            outputs.append(z.permute(2, 0, 1, 3).reshape(model.n_heads, -1, z.shape[-1]).cpu())
+            z = _head_rows(cache[engine.z_hook(layer)]).cpu()  # [head, n * seq, d_head]
+            outputs.append(z)
+            head_digests.update(z, first=layer * model.n_heads)
             out = cache[engine.mlp_out_hook(layer)].float().reshape(-1, model.d_model).cpu()
             mlps.append(out.numpy())
+            mlp_digests.update(out[None], first=layer)
             eig.append(top_eigenvectors(out.double().numpy(), max(N_EIGENVECTORS, SUBSPACE_DIM)))
     return Signatures(
         heads=heads,
@@ -98,6 +146,8 @@ def _signatures_at_once(
         head_outputs=torch.cat(outputs, dim=0).numpy().astype(np.float64),
         mlp_outputs=np.stack(mlps).astype(np.float64),
         mlp_eigenvectors=np.stack(eig),
+        head_digests=head_digests.digests(),
+        mlp_digests=mlp_digests.digests(),
     )
 
 
@@ -109,15 +159,15 @@ def _signatures_by_chunk(
     chunks: list[slice],
     n: int,
 ) -> Signatures:
-    """Signatures of a task of several chunks: the attention patterns are summed and the MLP
-    output second moments X^T X accumulated chunk by chunk (float64), one chunk's clean run at
-    a time. Head and MLP outputs per token (CKA's inputs, and the exact-copy check) are kept
-    as compact float32 rows and only widened at the end."""
+    """Signatures of a task of several chunks, one chunk's clean run at a time, holding only
+    statistics whose size does not depend on the number of prompts: attention patterns summed
+    and MLP output second moments X^T X accumulated (float64), and a streaming digest of every
+    head's and MLP's outputs for the exact-copy check. No per-token outputs are kept
+    (``head_outputs`` and ``mlp_outputs`` are None); CKA streams both models instead."""
     layers = range(model.n_layers)
     pattern_sums: list[np.ndarray | None] = [None for _ in layers]
     moments: list[np.ndarray | None] = [None for _ in layers]
-    outputs: list[list[torch.Tensor]] = [[] for _ in layers]
-    mlps: list[list[np.ndarray]] = [[] for _ in layers]
+    head_digests, mlp_digests = _Digests(len(heads)), _Digests(model.n_layers)
     tokens = 0
     with torch.no_grad():
         for prompts in chunks:
@@ -126,17 +176,16 @@ def _signatures_by_chunk(
                 pattern = cache[engine.pattern_hook(layer)].float().double().sum(0).cpu().numpy()
                 total = pattern_sums[layer]
                 pattern_sums[layer] = pattern if total is None else total + pattern
-                z = cache[engine.z_hook(layer)].float()  # [chunk, seq, head, d_head]
-                outputs[layer].append(
-                    z.permute(2, 0, 1, 3).reshape(model.n_heads, -1, z.shape[-1]).cpu()
-                )
+                z = _head_rows(cache[engine.z_hook(layer)])
+                head_digests.update(z, first=layer * model.n_heads)
                 out = cache[engine.mlp_out_hook(layer)].float().reshape(-1, model.d_model).cpu()
-                mlps[layer].append(out.numpy())
+                mlp_digests.update(out[None], first=layer)
                 x = out.double().numpy()
                 moment = moments[layer]
                 moments[layer] = x.T @ x if moment is None else moment + x.T @ x
                 if layer == 0:
                     tokens += x.shape[0]
+            del cache
     k = max(N_EIGENVECTORS, SUBSPACE_DIM)
     eig = [_top_eigenvectors_of(m / tokens, k) for m in moments if m is not None]
     patterns = [p / n for p in pattern_sums if p is not None]
@@ -144,11 +193,11 @@ def _signatures_by_chunk(
         heads=heads,
         mlps=[Component.mlp_at(i) for i in layers],
         patterns=np.concatenate(patterns, axis=0).astype(np.float64),
-        head_outputs=torch.cat([torch.cat(parts, dim=1) for parts in outputs], dim=0)
-        .numpy()
-        .astype(np.float64),
-        mlp_outputs=np.stack([np.concatenate(parts) for parts in mlps]).astype(np.float64),
+        head_outputs=None,
+        mlp_outputs=None,
         mlp_eigenvectors=np.stack(eig),
+        head_digests=head_digests.digests(),
+        mlp_digests=mlp_digests.digests(),
     )
 
 
@@ -206,11 +255,34 @@ def _identical(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
     return same
 
 
-def _exact_for_copies(
-    values: np.ndarray, teacher_inputs: np.ndarray, student_inputs: np.ndarray
+def _identical_digests(
+    teacher: tuple[bytes, ...], student: tuple[bytes, ...]
 ) -> np.ndarray:
+    """[n_t, n_s] True where a teacher component's output digest equals a student one's: what
+    :func:`_identical` says of the outputs themselves, read from :class:`_Digests`."""
+    s_index: dict[bytes, list[int]] = {}
+    for j, key in enumerate(student):
+        s_index.setdefault(key, []).append(j)
+    same = np.zeros((len(teacher), len(student)), dtype=bool)
+    for i, key in enumerate(teacher):
+        for j in s_index.get(key, ()):
+            same[i, j] = True
+    return same
+
+
+def _exact_for_copies(
+    values: np.ndarray,
+    teacher_inputs: np.ndarray | tuple[bytes, ...],
+    student_inputs: np.ndarray | tuple[bytes, ...],
+) -> np.ndarray:
+    """``values`` clipped to [-1, 1], exactly 1 where the two components' inputs (arrays, or
+    tuples of output digests) are identical."""
     values = np.clip(values, -1.0, 1.0)
-    values[_identical(teacher_inputs, student_inputs)] = 1.0
+    if isinstance(teacher_inputs, tuple) and isinstance(student_inputs, tuple):
+        values[_identical_digests(teacher_inputs, student_inputs)] = 1.0
+    else:
+        assert isinstance(teacher_inputs, np.ndarray) and isinstance(student_inputs, np.ndarray)
+        values[_identical(teacher_inputs, student_inputs)] = 1.0
     return values
 
 
@@ -275,6 +347,116 @@ def cka_matrix(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
     return np.array([[linear_cka(a, b) for b in student] for a in teacher])
 
 
+class _CenteredMoments:
+    """One model's side of streamed linear CKA for one component type (every head, or every
+    MLP): per component the token count, the sum and the second moment of its outputs, kept
+    shifted by the first chunk's means (centring is shift-invariant; the shift keeps the final
+    ``X^T X - N m m^T`` from cancelling catastrophically when the means are large)."""
+
+    def __init__(self, n_components: int, width: int) -> None:
+        self.n, self.width = n_components, width
+        self.tokens = 0
+        self.shift: np.ndarray | None = None
+        self.sum = np.zeros(n_components * width)
+        self.moment = np.zeros((n_components, width, width))
+
+    def shifted(self, x: np.ndarray) -> np.ndarray:
+        """Add one chunk ``x`` [tokens, n_components * width] (float64); return it shifted."""
+        if self.shift is None:
+            self.shift = x.mean(0)
+        xs = x - self.shift
+        self.tokens += xs.shape[0]
+        self.sum += xs.sum(0)
+        per = xs.reshape(xs.shape[0], self.n, self.width)
+        self.moment += np.matmul(per.transpose(1, 2, 0), per.transpose(1, 0, 2))
+        return xs
+
+    def mean(self) -> np.ndarray:
+        return self.sum / self.tokens
+
+    def norms(self) -> np.ndarray:
+        """[n_components] ``||Xc^T Xc||_F``, Xc the component's centred outputs."""
+        m = self.mean().reshape(self.n, self.width)
+        centred = self.moment - self.tokens * np.einsum("cd,ce->cde", m, m)
+        return np.linalg.norm(centred, axis=(1, 2))
+
+
+class _StreamedCka:
+    """Linear CKA of every teacher component against every student one (one component type),
+    accumulated chunk by chunk from both models' outputs on the same tokens: the cross moments
+    ``Y^T X`` of all pairs at once ([W_s, W_t] float64, W the summed output widths of all
+    components of that type; 1 MB for the GPT-2 zoo's heads), plus each side's own moments.
+    Exactly :func:`linear_cka`'s formula, ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)``,
+    up to float64 summation order; the size never depends on the number of prompts."""
+
+    def __init__(self, teacher: tuple[int, int], student: tuple[int, int]) -> None:
+        self.t, self.s = _CenteredMoments(*teacher), _CenteredMoments(*student)
+        self.cross = np.zeros((self.s.n * self.s.width, self.t.n * self.t.width))
+
+    def update(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Teacher outputs ``x`` [tokens, W_t] and student outputs ``y`` [tokens, W_s]."""
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"CKA needs the same tokens on both sides ({x.shape[0]} vs {y.shape[0]} in "
+                "one chunk); use the same tokenizer and task"
+            )
+        xs, ys = self.t.shifted(x), self.s.shifted(y)
+        self.cross += ys.T @ xs
+
+    def matrix(self) -> np.ndarray:
+        """[n_t, n_s] linear CKA."""
+        t, s = self.t, self.s
+        centred = self.cross - t.tokens * np.outer(s.mean(), t.mean())
+        blocks = (centred**2).reshape(s.n, s.width, t.n, t.width).sum(axis=(1, 3)).T
+        norm = np.outer(t.norms(), s.norms())
+        safe = np.where(norm > 0, norm, 1.0)
+        return np.where(norm > 0, blocks / safe, 0.0)
+
+
+def _cka_outputs(model: CircuitModel, task: Task, prompts: slice,
+                 digests: tuple[_Digests, _Digests]) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk's head outputs [tokens, n_heads_total * d_head] and MLP outputs
+    [tokens, n_layers * d_model] (float64, tokens in prompt order), digests updated."""
+    names = [engine.z_hook(i) for i in range(model.n_layers)]
+    names += [engine.mlp_out_hook(i) for i in range(model.n_layers)]
+    cache = engine.clean_run(model, task, cache_names=names, prompts=prompts).capture.cache
+    heads, mlps = [], []
+    for layer in range(model.n_layers):
+        z = cache[engine.z_hook(layer)].float()  # [chunk, seq, head, d_head]
+        digests[0].update(_head_rows(z), first=layer * model.n_heads)
+        heads.append(z.reshape(-1, z.shape[2] * z.shape[3]).cpu())
+        out = cache[engine.mlp_out_hook(layer)].float().reshape(-1, model.d_model).cpu()
+        digests[1].update(out[None], first=layer)
+        mlps.append(out)
+    return (torch.cat(heads, dim=1).double().numpy(), torch.cat(mlps, dim=1).double().numpy())
+
+
+def _cka_by_chunk(
+    teacher: CircuitModel, student: CircuitModel, task: Task, chunks: list[slice]
+) -> tuple[np.ndarray, np.ndarray]:
+    """[n_t, n_s] linear CKA of heads and of MLPs over a task of several chunks, both models
+    run chunk by chunk together (CKA needs their outputs on the same tokens at once); exact
+    copies score exactly 1 (by output digest), as in the one-chunk path."""
+    heads = _StreamedCka(
+        (teacher.n_layers * teacher.n_heads, teacher.d_head),
+        (student.n_layers * student.n_heads, student.d_head),
+    )
+    mlps = _StreamedCka((teacher.n_layers, teacher.d_model), (student.n_layers, student.d_model))
+    t_digests = (_Digests(teacher.n_layers * teacher.n_heads), _Digests(teacher.n_layers))
+    s_digests = (_Digests(student.n_layers * student.n_heads), _Digests(student.n_layers))
+    with torch.no_grad():
+        for prompts in chunks:
+            t_heads, t_mlps = _cka_outputs(teacher, task, prompts, t_digests)
+            s_heads, s_mlps = _cka_outputs(student, task, prompts, s_digests)
+            heads.update(t_heads, s_heads)
+            mlps.update(t_mlps, s_mlps)
+            del t_heads, t_mlps, s_heads, s_mlps
+    return (
+        _exact_for_copies(heads.matrix(), t_digests[0].digests(), s_digests[0].digests()),
+        _exact_for_copies(mlps.matrix(), t_digests[1].digests(), s_digests[1].digests()),
+    )
+
+
 def check_similarity(similarity: str) -> str:
     """Return ``similarity`` when it is one of :data:`SIMILARITIES`, else raise naming them."""
     if similarity not in SIMILARITIES:
@@ -303,12 +485,41 @@ class SimilarityMatrices:
 def similarity_matrices(
     teacher: CircuitModel, student: CircuitModel, task: Task, similarity: str = "paper"
 ) -> SimilarityMatrices:
-    """Similarity of every teacher component to every student component of the same type."""
+    """Similarity of every teacher component to every student component of the same type.
+
+    Memory does not grow with the task's size. A task of one chunk (``engine.PROMPT_BATCH``
+    prompts) is computed from its per-token outputs, as always; over several chunks the
+    signatures keep only averaged patterns, second moments and output digests, and
+    ``similarity="cka"`` runs teacher and student chunk by chunk together, accumulating the
+    cross moments of every teacher/student pair (see :class:`_StreamedCka`: exact CKA, at
+    ``8 * W_t * W_s`` bytes per component type, W the summed output widths of that type).
+    """
     check_similarity(similarity)
+    n = engine.task_tensors(teacher, task).n_prompts
+    chunks = engine.prompt_chunks(n)
+    if similarity == "cka" and len(chunks) > 1:
+        # several chunks: no per-token outputs are kept, so stream both models together
+        _check_same_tokens(teacher, student, task)
+        heads, mlps = _cka_by_chunk(teacher, student, task, chunks)
+        teacher_heads = [Component.head_at(layer, h) for layer in range(teacher.n_layers)
+                         for h in range(teacher.n_heads)]
+        student_heads = [Component.head_at(layer, h) for layer in range(student.n_layers)
+                         for h in range(student.n_heads)]
+        return SimilarityMatrices(
+            heads=heads,
+            mlps=mlps,
+            teacher_heads=teacher_heads,
+            student_heads=student_heads,
+            teacher_mlps=[Component.mlp_at(i) for i in range(teacher.n_layers)],
+            student_mlps=[Component.mlp_at(i) for i in range(student.n_layers)],
+            similarity=similarity,
+        )
     t, s = signatures(teacher, task), signatures(student, task)
     if similarity == "cka":
+        assert t.head_outputs is not None and s.head_outputs is not None
+        assert t.mlp_outputs is not None and s.mlp_outputs is not None
         heads = _exact_for_copies(
-            cka_matrix(t.head_outputs, s.head_outputs), t.head_outputs, s.head_outputs
+            cka_matrix(t.head_outputs, s.head_outputs), t.head_digests, s.head_digests
         )
         mlps = cka_matrix(t.mlp_outputs, s.mlp_outputs)
     else:
@@ -319,7 +530,7 @@ def similarity_matrices(
             mlps = eigenvector_similarity(t.mlp_eigenvectors, s.mlp_eigenvectors)
         else:
             mlps = subspace_similarity(t.mlp_eigenvectors, s.mlp_eigenvectors)
-    mlps = _exact_for_copies(mlps, t.mlp_outputs, s.mlp_outputs)
+    mlps = _exact_for_copies(mlps, t.mlp_digests, s.mlp_digests)
     return SimilarityMatrices(
         heads=heads,
         mlps=mlps,
@@ -329,3 +540,15 @@ def similarity_matrices(
         student_mlps=s.mlps,
         similarity=similarity,
     )
+
+
+def _check_same_tokens(teacher: CircuitModel, student: CircuitModel, task: Task) -> None:
+    """CKA compares the two models token by token: raise as :func:`cka_matrix` does when the
+    task encodes to different token grids for them."""
+    t = engine.task_tensors(teacher, task).tokens.shape
+    s = engine.task_tensors(student, task).tokens.shape
+    if tuple(t) != tuple(s):
+        raise ValueError(
+            f"CKA needs the same tokens on both sides ({t[0] * t[1]} vs {s[0] * s[1]}); use "
+            "the same tokenizer and task"
+        )
