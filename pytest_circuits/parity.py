@@ -195,43 +195,85 @@ def bridge_parity(
     if rtol < 0 or atol < 0 or rtol != rtol or atol != atol:
         raise ValueError(f"rtol and atol must be non-negative numbers, got {rtol!r}, {atol!r}")
     tensors = engine.task_tensors(model, task)
-    with torch.no_grad():
-        capture = engine.run_capture(model, tensors.tokens)
-        ours = engine.prediction_logits(model, capture.final, tensors.positions).float().cpu()
-        plain_model = plain_hf_model(model)
-        full = plain_model(tensors.tokens).logits
-        rows = torch.arange(full.shape[0], device=full.device)
-        theirs = full[rows, tensors.positions.to(full.device)].float().cpu()
-    del plain_model, full
-    diff = (ours - theirs).abs()
-    scale = theirs.abs().amax(-1, keepdim=True).clamp_min(1e-30)
-    rel = diff / scale
-    # NaN anywhere is the worst possible difference, and never a pass.
-    rel = torch.where(torch.isnan(rel), torch.full_like(rel, float("inf")), rel)
-    excess = diff - (atol + rtol * scale)
-    excess = torch.where(torch.isnan(excess), torch.full_like(excess, float("inf")), excess)
-    flat = int(torch.argmax(rel))
-    prompt, token = divmod(flat, ours.shape[1])
+    worst = _Worst()
+    plain_model = plain_hf_model(model)
+    # prompts in chunks of engine.PROMPT_BATCH: the plain model's full logits [chunk, seq,
+    # vocab] are the largest thing here, so memory holds one chunk's, whatever the task's size
+    for prompts in engine.prompt_chunks(tensors.n_prompts):
+        rows = tensors.rows(prompts)
+        with torch.no_grad():
+            capture = engine.run_capture(model, rows.tokens)
+            ours = engine.prediction_logits(model, capture.final, rows.positions).float().cpu()
+            del capture
+            full = plain_model(rows.tokens).logits
+            index = torch.arange(full.shape[0], device=full.device)
+            theirs = full[index, rows.positions.to(full.device)].float().cpu()
+            del full
+        worst.add(prompts.start or 0, ours, theirs, rtol=rtol, atol=atol)
+    del plain_model
+    prompt, token = worst.prompt, worst.token
     token_text = model.tokenizer.convert_ids_to_tokens([token])[0]
     return ParityResult(
         model=model.name,
         task=task.name,
         dtype=model.dtype,
-        n_prompts=int(ours.shape[0]),
-        vocab_size=int(ours.shape[1]),
+        n_prompts=tensors.n_prompts,
+        vocab_size=worst.vocab_size,
         rtol=rtol,
         atol=atol,
-        passed=bool((excess <= 0).all()),
-        max_abs_diff=float(torch.nan_to_num(diff, nan=float("inf")).max()),
-        max_rel_diff=float(rel.max()),
+        passed=worst.passed,
+        max_abs_diff=worst.max_abs_diff,
+        max_rel_diff=worst.max_rel_diff,
         worst_prompt_index=prompt,
         worst_prompt=tensors.encoded.task.prompts[prompt],
         worst_position=int(tensors.positions[prompt]),
         worst_token_id=token,
         worst_token=str(token_text),
-        worst_bridge_logit=float(ours[prompt, token]),
-        worst_plain_logit=float(theirs[prompt, token]),
+        worst_bridge_logit=worst.bridge_logit,
+        worst_plain_logit=worst.plain_logit,
     )
+
+
+class _Worst:
+    """The parity verdict and the largest difference, accumulated over chunks of prompts:
+    what one comparison of all prompts at once gives (the first largest relative difference
+    in prompt order, NaN counted as infinitely large and never a pass)."""
+
+    def __init__(self) -> None:
+        self.passed = True
+        self.max_abs_diff = float("-inf")
+        self.max_rel_diff = float("-inf")
+        self.prompt = 0
+        self.token = 0
+        self.vocab_size = 0
+        self.bridge_logit = float("nan")
+        self.plain_logit = float("nan")
+
+    def add(
+        self, first: int, ours: torch.Tensor, theirs: torch.Tensor, *, rtol: float, atol: float
+    ) -> None:
+        """One chunk: ``ours`` and ``theirs`` [chunk, vocab] float32, prompts from ``first``."""
+        diff = (ours - theirs).abs()
+        scale = theirs.abs().amax(-1, keepdim=True).clamp_min(1e-30)
+        rel = diff / scale
+        # NaN anywhere is the worst possible difference, and never a pass.
+        rel = torch.where(torch.isnan(rel), torch.full_like(rel, float("inf")), rel)
+        excess = diff - (atol + rtol * scale)
+        excess = torch.where(torch.isnan(excess), torch.full_like(excess, float("inf")), excess)
+        self.passed = self.passed and bool((excess <= 0).all())
+        self.vocab_size = int(ours.shape[1])
+        self.max_abs_diff = max(
+            self.max_abs_diff, float(torch.nan_to_num(diff, nan=float("inf")).max())
+        )
+        flat = int(torch.argmax(rel))
+        largest = float(rel.reshape(-1)[flat])
+        # strictly larger: on a tie the earlier prompt stays, as argmax over all prompts picks
+        if largest > self.max_rel_diff:
+            self.max_rel_diff = largest
+            row, self.token = divmod(flat, ours.shape[1])
+            self.prompt = first + row
+            self.bridge_logit = float(ours[row, self.token])
+            self.plain_logit = float(theirs[row, self.token])
 
 
 def ensure_bridge_parity(model: CircuitModel, task: Task) -> ParityResult:
