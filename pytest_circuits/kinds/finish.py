@@ -176,7 +176,7 @@ def sweep_line(sweep: Any) -> str:
 
 
 def record_method(result: GateResult, requested: str | None, origin: str,
-                  sweeps: Mapping[str, Any]) -> str:
+                  sweeps: Mapping[str, Any], settled: Sequence[str] = ()) -> str:
     """Write into ``result`` how its sweeps were measured, and return the line its message
     prints: "sweep method: auto (method='auto'): student M: auto: 3 of 10 exact, 7 bounded...".
 
@@ -209,11 +209,14 @@ def record_method(result: GateResult, requested: str | None, origin: str,
                   "exact below")
     line = f"sweep method: {method} ({origin}): " + "; ".join(
         f"{role} {sweep_line(sweep)}" for role, sweep in sweeps.items())
+    if settled:  # the gate swept again exactly (see ``unsettled``)
+        line += ("; swept exactly, since estimates within their bands could decide "
+                 + ", ".join(settled))
     result.fingerprint = {
         **result.fingerprint,
         "method": method,
         "sweep_method": {"requested": requested, "origin": origin, "note": line,
-                         "sweeps": per_role},
+                         "sweeps": per_role, "settled_exactly": list(settled)},
     }
     return line
 
@@ -474,3 +477,101 @@ def method_settings(preset: str | None, report: Any) -> str:
     if method.noise_floor:
         parts.append(f"noise_floor={method.noise_floor:g}")
     return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- verdicts that an
+# auto sweep's estimates could not decide
+#
+# An auto sweep measures exactly every component whose value could cross a threshold it was
+# given or enter the blamed top 5; the rest are estimates with a band. A gate's metric can still
+# read those estimates (severity sums the excess of every drop over the tolerance, the alignment
+# score normalises every matched influence), so each sweeping gate bounds its metrics over the
+# bands, and when a threshold lies inside a metric's interval it sweeps again exactly: the
+# verdict never rests on an estimate.
+
+
+def _bands(sweep: Any) -> Any:
+    """Per effect of ``sweep``, the half-width of its band in drop points: 0 for an exact value,
+    inf for an estimate without a bound."""
+    import numpy as np
+
+    return np.array([0.0 if e.is_exact else (math.inf if e.bound is None else float(e.bound))
+                     for e in sweep.effects])
+
+
+def has_estimates(*sweeps: Any) -> bool:
+    return any(not e.is_exact for sweep in sweeps for e in sweep.effects)
+
+
+def drop_intervals(sweep: Any) -> tuple[Any, Any]:
+    """The lowest and highest clamped drop (the paper's m_i, in [0, 100]) each component of
+    ``sweep`` can have within its band."""
+    import numpy as np
+
+    drops = np.array([e.drop for e in sweep.effects], dtype=float)
+    bands = _bands(sweep)
+    return np.clip(drops - bands, 0.0, 100.0), np.clip(drops + bands, 0.0, 100.0)
+
+
+def brittleness_intervals(sweep: Any, summary: Any) -> dict[str, tuple[float, float]]:
+    """Intervals of the robust gate's metrics over ``sweep``'s bands (``summary``: its
+    BrittlenessSummary, for the tolerance, limit and alpha): severity and the mean are monotone
+    in every drop, the worst drop is the largest."""
+    from ..metrics import severity_score
+
+    lo, hi = drop_intervals(sweep)
+    params = dict(tolerance=summary.tolerance, limit=summary.limit, alpha=summary.alpha)
+    return {
+        "severity": (severity_score(lo, **params), severity_score(hi, **params)),
+        "max_single_drop": (float(lo.max()), float(hi.max())),
+        "mean_drop": (float(lo.mean()), float(hi.mean())),
+    }
+
+
+def alignment_slack(report: Any) -> tuple[float, float]:
+    """How far the paper's A and the weighted variant of a PairReport can move while each
+    estimated influence moves within its band: (paper, weighted), inf when not bounded.
+
+    Per side, the matched list's influences I_i (a component counted once per pair) with bands
+    b_i, T = sum I_i and B = sum b_i: every share I_i / T moves by at most
+    (b_i + share_i * B) / (T - B), so the shares together by at most 2B / (T - B). Then
+    A = (1/N) sum S_i (1 - |s_i - t_i|) moves by at most max|S| / N times the two sides' sums,
+    and the weighted sum S_i min(s_i, t_i) by at most max|S| times them. A matching that reads
+    influences (causal, or tie-aware decisions) could itself change, which no band bounds.
+    """
+    pairs = report.alignment.pairs
+    sweeps = {"teacher": report.teacher.sweep, "student": report.student.sweep}
+    if not has_estimates(*sweeps.values()):
+        return 0.0, 0.0
+    fingerprint = report.fingerprint
+    if fingerprint.matching != "paper" or fingerprint.tie_margin is not None or not pairs:
+        return math.inf, math.inf
+    total = 0.0
+    for side, sweep in sweeps.items():
+        band = dict(zip((e.name for e in sweep.effects), _bands(sweep), strict=True))
+        names = [getattr(p, side) for p in pairs]
+        influence = sum(float(getattr(p, f"{side}_influence")) for p in pairs)
+        spread = sum(float(band.get(name, math.inf)) for name in names)
+        if not spread:
+            continue
+        if spread >= influence:
+            return math.inf, math.inf
+        total += 2.0 * spread / (influence - spread)
+    largest = max(abs(float(p.similarity)) for p in pairs)
+    return largest * total / len(pairs), largest * total
+
+
+def unsettled(checks: Any, intervals: Mapping[str, tuple[float, float]]) -> list[str]:
+    """The metrics of ``checks`` whose threshold lies inside their interval: their verdict is
+    not the same everywhere in it."""
+    names = []
+    for check in checks:
+        low, high = intervals.get(check.metric, (check.value, check.value))
+        if check.op == "<=":
+            decided = high <= check.threshold or low > check.threshold
+        else:
+            decided = low >= check.threshold or high < check.threshold
+        if not decided:
+            names.append(check.metric)
+    return names
+

@@ -13,6 +13,7 @@ from .finish import (
     bridges_match,
     check_margin,
     finish,
+    has_estimates,
     headline,
     method_settings,
     model_name,
@@ -86,6 +87,16 @@ def assert_mechanism_preserved(
             direction=direction, seed=seed, margin=margin, preset=preset, method=requested,
             thresholds=thresholds,
         )
+    undecided: list[str] = []
+    if has_estimates(report.teacher.sweep, report.student.sweep):
+        undecided = _undecided(report, names, limits)
+        if undecided:  # settled by the exact sweeps, never by an estimate
+            with student_must_do_task(KIND, pair, task, subject, margin=margin, seed=seed):
+                report = pair_report(
+                    pair, task, ablation=ablation, similarity=similarity, matching=matching,
+                    direction=direction, seed=seed, margin=margin, preset=preset,
+                    method="exact", thresholds=thresholds,
+                )
     by_teacher = {p.teacher: p for p in report.alignment.pairs}
     missing = [n for n in names if n not in by_teacher]
     if missing:
@@ -113,7 +124,8 @@ def assert_mechanism_preserved(
              for p in pairs]
     result = pair_result(KIND, report, checks, values, blame, baseline_tolerance)
     method_line = record_method(result, requested, origin,
-                                {"teacher": report.teacher.sweep, "student": report.student.sweep})
+                                {"teacher": report.teacher.sweep, "student": report.student.sweep},
+                                undecided)
     details = (f"  parts: {method_settings(preset, report)}\n  {method_line}\n"
                "  counterparts:\n") + format_table(
         ["teacher", "teacher infl", "student match", "similarity", "student infl"],
@@ -122,6 +134,29 @@ def assert_mechanism_preserved(
     )
     finish(result, headline("mechanism preservation", report), details, task=task)
     return report
+
+
+def _undecided(report: Any, names: Sequence[str], limits: dict[str, Any]) -> list[str]:
+    """The checks an auto sweep's estimates could decide: every check when the matching reads
+    influences (causal or tie-aware matching could pair other components), else each named
+    component's student influence whose band reaches ``min_influence``."""
+    fingerprint = report.fingerprint
+    if fingerprint.matching != "paper" or fingerprint.tie_margin is not None:
+        return ["the matching (it reads influences)"]
+    floor = limits["min_influence"]
+    if floor is None:
+        return []
+    bands = {e.name: e for e in report.student.sweep.effects}
+    undecided = []
+    for pair in report.alignment.pairs:
+        effect = bands.get(pair.student)
+        if pair.teacher not in names or effect is None or effect.is_exact:
+            continue
+        band = float("inf") if effect.bound is None else effect.bound
+        low, high = pair.student_influence - band, pair.student_influence + band
+        if not (low >= floor or high < floor):
+            undecided.append(f"{pair.teacher}.student_influence")
+    return undecided
 
 
 KIND = GateKind(

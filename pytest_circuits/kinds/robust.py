@@ -11,9 +11,11 @@ from ..tables import format_table
 from .finish import (
     Tolerance,
     bridges_match,
+    brittleness_intervals,
     check_drop_tolerance,
     check_margin,
     finish,
+    has_estimates,
     model_name,
     read_baseline_tolerance,
     record_method,
@@ -22,6 +24,7 @@ from .finish import (
     sweep_method,
     task_options,
     tolerances,
+    unsettled,
 )
 from .registry import GateKind, Metric, Threshold
 
@@ -96,22 +99,19 @@ def assert_ablation_robust(
     else:
         report = model_report(subject, task, **settings)
     teacher = model_report(model_or_pair.teacher, task, **settings) if is_pair else None
+    checks = _checks(report, teacher, limits)
+    sweeps = [report.sweep] + ([teacher.sweep] if teacher is not None else [])
+    undecided: list[str] = []
+    if has_estimates(*sweeps):
+        # a verdict an estimate could flip is settled by the exact sweep (see finish.unsettled)
+        undecided = unsettled(checks, _intervals(report, teacher))
+        if undecided:
+            settings["method"] = "exact"
+            report = model_report(subject, task, **settings)
+            teacher = model_report(model_or_pair.teacher, task, **settings) if is_pair else None
+            checks = _checks(report, teacher, limits)
     b = report.brittleness
     tb = teacher.brittleness if teacher is not None else None
-    if b.n_components == 0:
-        raise CircuitAssertionError("ablation sweep evaluated zero components")
-    measured = {
-        "max_severity": ("severity", b.severity, tb.severity if tb else None),
-        "max_single_drop": ("max_single_drop", b.worst_drop, tb.worst_drop if tb else None),
-        "max_mean_drop": ("mean_drop", b.mean_drop, tb.mean_drop if tb else None),
-        "max_severity_increase": ("severity_increase",
-                                  b.severity - tb.severity if tb else None, None),
-    }
-    checks = [
-        MetricCheck(metric, value, limits[name], "<=", teacher_value)
-        for name, (metric, value, teacher_value) in measured.items()
-        if limits[name] is not None and value is not None
-    ]
     values = {
         "severity": b.severity,
         "max_single_drop": b.worst_drop,
@@ -141,10 +141,10 @@ def assert_ablation_robust(
         report=report,
         tolerances=tolerances(baseline_tolerance, list(values), KIND),
     )
-    sweeps = {"student" if is_pair else "model": report.sweep}
+    by_role = {"student" if is_pair else "model": report.sweep}
     if teacher is not None:
-        sweeps["teacher"] = teacher.sweep
-    method_line = record_method(result, requested, origin, sweeps)
+        by_role["teacher"] = teacher.sweep
+    method_line = record_method(result, requested, origin, by_role, undecided)
     details = (
         f"  {method_line}\n"
         f"  mean drop {b.mean_drop:.2f} (95% CI {b.mean_drop_ci[0]:.2f}..{b.mean_drop_ci[1]:.2f}),"
@@ -161,6 +161,35 @@ def assert_ablation_robust(
         head += f" (teacher {model_name(teacher.model)} for context)"
     finish(result, head, details, task=task)
     return report
+
+
+def _checks(report: Any, teacher: Any, limits: dict[str, Any]) -> list[MetricCheck]:
+    b = report.brittleness
+    tb = teacher.brittleness if teacher is not None else None
+    if b.n_components == 0:
+        raise CircuitAssertionError("ablation sweep evaluated zero components")
+    measured = {
+        "max_severity": ("severity", b.severity, tb.severity if tb else None),
+        "max_single_drop": ("max_single_drop", b.worst_drop, tb.worst_drop if tb else None),
+        "max_mean_drop": ("mean_drop", b.mean_drop, tb.mean_drop if tb else None),
+        "max_severity_increase": ("severity_increase",
+                                  b.severity - tb.severity if tb else None, None),
+    }
+    return [
+        MetricCheck(metric, value, limits[name], "<=", teacher_value)
+        for name, (metric, value, teacher_value) in measured.items()
+        if limits[name] is not None and value is not None
+    ]
+
+
+def _intervals(report: Any, teacher: Any) -> dict[str, tuple[float, float]]:
+    """Each checked metric's interval over the sweeps' bands."""
+    intervals = brittleness_intervals(report.sweep, report.brittleness)
+    if teacher is not None:
+        t_lo, t_hi = brittleness_intervals(teacher.sweep, teacher.brittleness)["severity"]
+        s_lo, s_hi = intervals["severity"]
+        intervals["severity_increase"] = (s_lo - t_hi, s_hi - t_lo)
+    return intervals
 
 
 #: How many components the gate blames (and an auto sweep measures exactly among the worst).
