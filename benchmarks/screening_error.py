@@ -1,13 +1,14 @@
 """How far the attribution screen is from the exact sweep, and whether auto's bands held.
 
 ``sweep(method="auto")`` keeps a component's screened value when its band (``SCREEN_SAFETY``
-times the largest screening error observed in its layer, plus ``SCREEN_FLOOR``, in drop points)
-keeps it clear of every threshold and of the top-k. Attribution is a linear approximation, not a
-bound, so that rule is only as good as this measurement: on the zoo and on random GPT-2 shapes,
-for every component auto left unconfirmed, how large its true error was against the error
-observed in its layer (``ratio``: must stay below ``SCREEN_SAFETY``, with room to spare) and
-against its band (``err/band``: must stay below 1), and whether auto's verdicts and blamed
-components equal the exact sweep's.
+times its layer's error rate times the head's prompt-mass scale, plus ``SCREEN_FLOOR``, in drop
+points; see ``Screening``) keeps it clear of every threshold and of the top-k. Attribution is a
+linear approximation, not a bound, so that rule is only as good as this measurement: on the zoo
+and on random GPT-2 shapes, for every component auto left unconfirmed, how large its true error
+was against the error its layer's rate predicts for it (``ratio``: rate x scale; must stay
+below ``SCREEN_SAFETY``, with room to spare) and against its band (``err/band``: must stay below
+1), and whether auto's verdicts and blamed components equal the exact sweep's. The band rule
+itself was chosen offline with ``auto_bounds.py`` (also on SmolLM2).
 
 Run ``python benchmarks/screening_error.py --help`` for the options.
 """
@@ -150,7 +151,7 @@ def measure(model: Any, task: Any, label: str, ablation: str, margin: float) -> 
         thresholds=GateThresholds(drop=DROP_THRESHOLDS, mean_drop=MEAN_DROP_LIMITS, top_k=TOP_K),
     )
     assert auto.screening is not None
-    observed = dict(auto.screening.layer_errors)
+    scales = dict(auto.screening.scales)
     max_ratio = max_over_band = max_rel = 0.0
     for e, s, a in zip(exact.effects, screen.effects, auto.effects, strict=True):
         if a.method == "exact":
@@ -158,7 +159,7 @@ def measure(model: Any, task: Any, label: str, ablation: str, margin: float) -> 
             max_rel = max(max_rel, rel)
             continue
         error = abs(e.drop - s.drop)
-        layer_error = observed.get(e.layer, 0.0)
+        layer_error = auto.screening.error_rate(e.layer) * scales.get(e.name, 1.0)
         max_ratio = max(max_ratio, error / layer_error if layer_error > 0 else 0.0)
         max_over_band = max(max_over_band, error / a.bound if a.bound else np.inf)
     return Row(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,13 +35,20 @@ DEFAULT_TOP_K = 5
 DEFAULT_DROP_THRESHOLDS: tuple[float, ...] = (20.0,)
 
 #: An auto sweep bounds an unconfirmed head's exact drop by its screened drop plus or minus
-#: ``SCREEN_SAFETY * (its layer's error scale) + SCREEN_FLOOR`` points (see :class:`Screening`).
-#: Set from ``benchmarks/screening_error.py`` on the zoo and random GPT-2 shapes, where the worst
-#: unmeasured error was 3.6 times its layer's scale (the figures, and SmolLM2, where the bounds
-#: failed for 8 heads, are in benchmarks/README.md); the floor covers a layer whose observed
-#: errors happen to be near 0.
+#: ``SCREEN_SAFETY * rate * scale + SCREEN_FLOOR`` points (see :class:`Screening`): ``scale`` is
+#: the head's prompt mass (sum over prompts of |its first-order change on that prompt|, in drop
+#: points) plus ``SCREEN_MASS_EPS`` of the mean over the swept heads, and ``rate`` the largest
+#: error per unit of scale seen in its layer, but at least ``SCREEN_MODEL_SHARE`` of the largest
+#: seen in any layer. Chosen with ``benchmarks/auto_bounds.py`` on saved exact sweeps of the zoo,
+#: 57 random GPT-2 sweeps, the GPT-2-small shape and SmolLM2-135M (IOI, mean and zero ablation):
+#: no kept estimate lay outside its band, the worst used 0.50 of it (SmolLM2's L5H6, screened
+#: 0.09, exact 2.27 points), so the margin is 2x on the data seen; with one scale per layer (the
+#: rule before) 31 of SmolLM2's estimates lay outside, up to 6.6 times. The floor covers a
+#: layer whose observed errors happen to be near 0.
 SCREEN_SAFETY = 4.0
 SCREEN_FLOOR = 0.25
+SCREEN_MODEL_SHARE = 0.3
+SCREEN_MASS_EPS = 0.05
 
 
 class SweepConfigError(CircuitsError, ValueError):
@@ -133,29 +140,51 @@ class Screening:
     """How an auto sweep decided which values to measure exactly, and how far to trust the rest.
 
     Every MLP is measured exactly; a head may stay a first-order estimate. Attribution is a
-    linear approximation, not a bound, so each layer's bound on its heads is empirical:
-    ``safety`` times the layer's error scale (``layer_errors``: the larger of the largest error
-    seen on its measured heads and the error of the joint ablation of all its swept heads shared
-    out over them) plus ``floor``, in drop points. Every head whose interval could reach a
-    threshold or the top-k was measured exactly, so the verdicts and the blamed components are
-    exact as long as each estimate lies within its layer's bound. That is an empirical claim,
-    measured on the zoo and random GPT-2 shapes (benchmarks/screening_error.py), not a theorem:
-    a single head whose screened value is far off while the rest of its layer is screened well
-    is caught only in proportion to its share of the joint error. On SmolLM2-135M 8 of 239
-    estimates fell outside their bands (up to 4.1 times; benchmarks/README.md) while the
-    verdicts still matched: treat the bounds as estimates, and use ``method="exact"`` where a
-    verdict must not rest on one.
+    linear approximation, not a bound, so a head's bound is empirical: ``safety`` times its
+    layer's error rate times the head's scale, plus ``floor``, in drop points. The scale
+    (``scales``) is the head's prompt mass, the sum over prompts of the absolute first-order
+    change on each (a head whose estimate is a sum of large per-prompt changes that cancel, or
+    that moves single prompts a lot, is where the screen goes wrong), plus a small share of the
+    mean. The error rate (``layer_errors``) is the largest error per unit of scale seen on the
+    layer's measured heads or in the joint ablation of all its swept heads (its error shared in
+    proportion to their scales), but at least ``model_share`` of the largest rate of any layer:
+    a layer whose measured heads happened to be screened well still inherits part of the
+    model's worst. Every head whose interval could reach a threshold or the top-k was measured
+    exactly, so the verdicts and the blamed components are exact as long as each estimate lies
+    within its bound. That is an empirical claim, not a theorem: on saved exact sweeps of the
+    zoo, random GPT-2 shapes, the GPT-2-small shape and SmolLM2-135M (IOI, mean and zero
+    ablation; ``benchmarks/auto_bounds.py``, figures in benchmarks/README.md) every kept
+    estimate lay within its band, the worst at half of it. A head the screen gets badly wrong
+    while its prompt mass is small and its layer looks clean would still escape; use
+    ``method="exact"`` where a verdict must not rest on an estimate.
     """
 
     thresholds: GateThresholds
     safety: float
     floor: float
-    layer_errors: tuple[tuple[int, float], ...]  # (layer, error scale of its heads, points)
+    #: (layer, largest screening error per unit of scale seen on the layer's heads)
+    layer_errors: tuple[tuple[int, float], ...]
     rounds: int  # confirmation rounds until no interval reached a threshold or the top-k
+    #: a layer's error rate is at least this share of the largest in the model
+    model_share: float = 0.0
+    #: (head, its scale: prompt mass in drop points plus a small share of the mean), every
+    #: swept head
+    scales: tuple[tuple[str, float], ...] = ()
 
-    def band(self, layer: int) -> float:
-        observed = dict(self.layer_errors).get(layer, 0.0)
-        return self.safety * observed + self.floor
+    def error_rate(self, layer: int) -> float:
+        """The error per unit of scale assumed for ``layer``'s unconfirmed heads."""
+        observed = dict(self.layer_errors)
+        model_wide = max(observed.values(), default=0.0)
+        return max(observed.get(layer, 0.0), self.model_share * model_wide)
+
+    def band(self, layer: int, scale: float = 1.0) -> float:
+        """Half-width, in drop points, of the interval of a head of ``layer`` with ``scale``."""
+        return self.safety * self.error_rate(layer) * scale + self.floor
+
+    def head_band(self, component: Component | str) -> float:
+        """The band of one swept head (its own scale, see ``scales``)."""
+        comp = component if isinstance(component, Component) else Component.parse(component)
+        return self.band(comp.layer, dict(self.scales).get(comp.name, 1.0))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -164,6 +193,8 @@ class Screening:
             "floor": self.floor,
             "layer_errors": [[layer, error] for layer, error in self.layer_errors],
             "rounds": self.rounds,
+            "model_share": self.model_share,
+            "scales": [[name, scale] for name, scale in self.scales],
         }
 
     @classmethod
@@ -174,6 +205,8 @@ class Screening:
             floor=data["floor"],
             layer_errors=tuple((int(layer), error) for layer, error in data["layer_errors"]),
             rounds=data["rounds"],
+            model_share=data.get("model_share", 0.0),  # records from before the prompt mass
+            scales=tuple((str(name), scale) for name, scale in data.get("scales", ())),
         )
 
 
@@ -595,6 +628,16 @@ def _attribution_metrics(
     z slice or an MLP's output and ``a'`` its ablation value. Returns the clean metric of that
     pass and the estimates.
     """
+    clean, estimates, _ = _attribution_screen(model, task, components, ablation, seed)
+    return clean, estimates
+
+
+def _attribution_screen(
+    model: CircuitModel, task: Task, components: Sequence[Component], ablation: str, seed: int
+) -> tuple[float, dict[Component, float], dict[Component, float]]:
+    """:func:`_attribution_metrics`, plus each component's prompt mass: the sum over prompts of
+    the absolute value of that prompt's first-order term (in units of the metric, so at least
+    the estimate's own change; auto's error predictor, see :class:`Screening`)."""
     tensors = engine.task_tensors(model, task)
     layers = sorted({c.layer for c in components})
     names = [engine.z_hook(i) for i in layers] + [engine.mlp_out_hook(i) for i in layers]
@@ -602,22 +645,26 @@ def _attribution_metrics(
     chunks = engine.prompt_chunks(n)
     if len(chunks) == 1:
         # one chunk: today's computation, so small tasks give bit-identical estimates
-        clean, deltas = _attribution_chunk(
+        clean, deltas, masses = _attribution_chunk(
             model, task, tensors, components, names, ablation, seed, None, n
         )
-        return clean, {comp: clean + delta for comp, delta in deltas.items()}
+        return clean, {comp: clean + delta for comp, delta in deltas.items()}, masses
     # The metric is the mean over all n prompts, so each chunk backpropagates its sum / n: the
-    # gradients, and the summed (a' - a) * grad products, add up over chunks to the whole task's.
+    # gradients, and the summed (a' - a) * grad products, add up over chunks to the whole task's
+    # (and the per-prompt masses, each prompt in one chunk, too).
     clean_total = 0.0
     delta_total: dict[Component, float] = {}
+    mass_total: dict[Component, float] = {}
     for prompts in chunks:
-        chunk_clean, deltas = _attribution_chunk(
+        chunk_clean, deltas, masses = _attribution_chunk(
             model, task, tensors.rows(prompts), components, names, ablation, seed, prompts, n
         )
         clean_total += chunk_clean
         for comp, delta in deltas.items():
             delta_total[comp] = delta_total.get(comp, 0.0) + delta
-    return clean_total, {comp: clean_total + delta for comp, delta in delta_total.items()}
+            mass_total[comp] = mass_total.get(comp, 0.0) + masses[comp]
+    estimates = {comp: clean_total + delta for comp, delta in delta_total.items()}
+    return clean_total, estimates, mass_total
 
 
 def _attribution_chunk(
@@ -630,10 +677,11 @@ def _attribution_chunk(
     seed: int,
     prompts: slice | None,
     n: int,
-) -> tuple[float, dict[Component, float]]:
+) -> tuple[float, dict[Component, float], dict[Component, float]]:
     """One forward and backward pass over ``tensors``' prompts: their contribution to the
-    clean metric (sum / ``n``; the mean when they are the whole task) and each component's
-    first-order change of the metric from them."""
+    clean metric (sum / ``n``; the mean when they are the whole task), each component's
+    first-order change of the metric from them, and the sum over them of its per-prompt
+    change's absolute value."""
     capture = engine.run_capture(model, tensors.tokens, cache_names=names, track_grad=True)
     with torch.enable_grad():
         logits = engine.prediction_logits(model, capture.final, tensors.positions)
@@ -647,6 +695,7 @@ def _attribution_chunk(
     else:
         clean = float(diffs.detach().double().sum()) / n
     deltas: dict[Component, float] = {}
+    masses: dict[Component, float] = {}
     with torch.no_grad():
         for comp in components:
             act = capture.cache[engine.component_hook(comp)]
@@ -658,14 +707,19 @@ def _attribution_chunk(
             value = engine.replacement(model, task, comp, ablation, seed=seed, prompts=prompts)
             target = torch.zeros_like(act) if value is None else value.to(act.dtype).expand_as(act)
             # grad is of the mean metric, so the summed product is already the mean's change
-            deltas[comp] = float(((target - act) * grad).double().sum())
-    return clean, deltas
+            product = ((target - act) * grad).double()
+            deltas[comp] = float(product.sum())
+            masses[comp] = float(product.flatten(1).sum(1).abs().sum())
+    return clean, deltas, masses
 
 
 @dataclass
 class _AutoState:
     """The working state of an auto sweep: screened drops, exact metrics so far, observed
-    screening errors per layer (all drops in points of the clean metric)."""
+    screening errors per layer (all drops in points of the clean metric).
+
+    ``scale`` holds each head's error predictor (see :class:`Screening`; 1 when absent), and
+    ``layer_errors`` the largest error per unit of it seen in each layer."""
 
     clean: float
     components: Sequence[Component]
@@ -673,23 +727,43 @@ class _AutoState:
     thresholds: GateThresholds
     safety: float
     floor: float
+    scale: dict[Component, float] = field(default_factory=dict)
+    model_share: float = 0.0  # a layer's error per unit is at least this share of the model's
+    n_layers: int = 0  # the model's, for the cost of a replay (0: every value costs the same)
     exact: dict[Component, float] = field(default_factory=dict)
     layer_errors: dict[int, float] = field(default_factory=dict)
 
     def drop(self, ablated: float) -> float:
         return 100.0 - 100.0 * (ablated / self.clean)
 
+    def scale_of(self, comp: Component) -> float:
+        return self.scale.get(comp, 1.0)
+
     def observe(self, layer: int, error: float) -> None:
         self.layer_errors[layer] = max(self.layer_errors.get(layer, 0.0), error)
+
+    def observe_joint(self, layer: int, heads: Sequence[Component], error: float) -> None:
+        """The joint ablation's error, shared over its heads in proportion to their scale."""
+        total = sum(self.scale_of(h) for h in heads)
+        if total > 0:
+            self.observe(layer, error / total)
 
     def record(self, measured: dict[Component, float]) -> None:
         for comp, value in measured.items():
             self.exact[comp] = value
             if comp.kind == "head":  # MLPs are all measured: their errors bound no estimate
-                self.observe(comp.layer, abs(self.drop(value) - self.screened_drop[comp]))
+                error = abs(self.drop(value) - self.screened_drop[comp])
+                scale = self.scale_of(comp)
+                self.observe(comp.layer, error / scale if scale > 0 else math.inf)
 
-    def band(self, layer: int) -> float:
-        return self.safety * self.layer_errors.get(layer, 0.0) + self.floor
+    def error_rate(self, layer: int) -> float:
+        """Error per unit of scale assumed for ``layer``'s unconfirmed heads: the largest seen
+        in the layer, but at least ``model_share`` of the largest seen in any layer."""
+        model_wide = max(self.layer_errors.values(), default=0.0)
+        return max(self.layer_errors.get(layer, 0.0), self.model_share * model_wide)
+
+    def band(self, comp: Component) -> float:
+        return self.safety * self.error_rate(comp.layer) * self.scale_of(comp) + self.floor
 
     def unconfirmed(self) -> list[Component]:
         return [c for c in self.components if c not in self.exact]
@@ -708,7 +782,7 @@ class _AutoState:
         kth_influence = exact_influences[k - 1] if 0 < k <= len(exact_influences) else -math.inf
         chosen: set[Component] = set()
         for comp in pending:
-            s, b = self.screened_drop[comp], self.band(comp.layer)
+            s, b = self.screened_drop[comp], self.band(comp)
             low, high = s - b, s + b
             # drop, clamped drop and influence cross t at drop = t or drop = -t
             if any(low <= t <= high or low <= -t <= high for t in limits.drop):
@@ -716,24 +790,116 @@ class _AutoState:
             elif k > 0 and (high >= kth_drop or max(abs(low), abs(high)) >= kth_influence):
                 chosen.add(comp)
         if limits.mean_drop:
-            chosen.update(self._for_mean_drop([c for c in pending if c not in chosen]))
+            chosen.update(self._for_mean_drop(pending, chosen))
         return sorted(chosen)
 
-    def _for_mean_drop(self, pending: list[Component]) -> list[Component]:
-        values = [float(np.clip(self.drop(v), 0.0, 100.0)) for v in self.exact.values()]
-        values += [float(np.clip(self.screened_drop[c], 0.0, 100.0)) for c in self.unconfirmed()]
-        n = len(values)
-        mean = sum(values) / n
-        gap = min(abs(mean - limit) for limit in self.thresholds.mean_drop)
-        widest = sorted(pending, key=lambda c: -self.band(c.layer))
-        bound = sum(self.band(c.layer) for c in self.unconfirmed()) / n
+    def cost(self, comp: Component) -> float:
+        """Relative cost of measuring ``comp``: a replay runs the blocks from its layer up."""
+        return float(self.n_layers - comp.layer) if self.n_layers > comp.layer else 1.0
+
+    def clamped_interval(self, comp: Component) -> tuple[float, float]:
+        """Where ``comp``'s exact clamped drop lies: its own value once measured, else its band
+        around the estimate, clamped to [0, 100] (a band wholly below 0 pins it at 0)."""
+        if comp in self.exact:
+            value = float(np.clip(self.drop(self.exact[comp]), 0.0, 100.0))
+            return value, value
+        s, b = self.screened_drop[comp], self.band(comp)
+        return float(np.clip(s - b, 0.0, 100.0)), float(np.clip(s + b, 0.0, 100.0))
+
+    def _for_mean_drop(self, pending: list[Component], chosen: set[Component]) -> list[Component]:
+        """The fewest values, widest clamped interval per unit of cost first, whose measurement
+        would leave the mean clamped drop's interval clear of every limit (assuming each lands
+        on its estimate, as are those ``chosen`` already; the next round checks with the values
+        it actually got)."""
+        n = len(self.components)
+        intervals = {c: self.clamped_interval(c) for c in self.components}
+        low = sum(lo for lo, _ in intervals.values()) / n
+        high = sum(hi for _, hi in intervals.values()) / n
+        estimate = {c: float(np.clip(self.screened_drop[c], 0.0, 100.0)) for c in pending}
+        for comp in chosen:
+            lo, hi = intervals[comp]
+            low += (estimate[comp] - lo) / n
+            high -= (hi - estimate[comp]) / n
+
+        def undecided(low: float, high: float) -> bool:
+            # the verdict is mean <= limit: decided when the whole interval is on one side
+            return any(low <= limit < high for limit in self.thresholds.mean_drop)
+
+        widest = sorted(
+            (c for c in pending if c not in chosen),
+            key=lambda c: -(intervals[c][1] - intervals[c][0]) / self.cost(c),
+        )
         picked: list[Component] = []
         for comp in widest:
-            if bound < gap:
+            if not undecided(low, high):
                 break
+            lo, hi = intervals[comp]
+            if hi <= lo:
+                continue
             picked.append(comp)
-            bound -= self.band(comp.layer) / n
+            low += (estimate[comp] - lo) / n
+            high -= (hi - estimate[comp]) / n
         return picked
+
+
+def _head_scales(
+    masses: dict[Component, float], clean: float
+) -> dict[Component, float]:
+    """Each head's error predictor in drop points: its prompt mass (see
+    :func:`_attribution_screen`) plus ``SCREEN_MASS_EPS`` of the mean over the swept heads, so
+    that a head the screen sees no change in still gets a share of its layer's error."""
+    points = {c: 100.0 * mass / abs(clean) for c, mass in masses.items() if c.kind == "head"}
+    if not points:
+        return {}
+    mean = sum(points.values()) / len(points)
+    return {c: value + SCREEN_MASS_EPS * mean for c, value in points.items()}
+
+
+def _first_round(state: _AutoState) -> list[Component]:
+    """What round 0 measures: every MLP, every head alone in its layer, and the top-k by
+    screened drop and by screened influence."""
+    components = state.components
+    per_layer: dict[int, list[Component]] = {}
+    for comp in components:
+        if comp.kind == "head":
+            per_layer.setdefault(comp.layer, []).append(comp)
+    first = {c for c in components if c.kind == "mlp"}
+    first.update(heads[0] for heads in per_layer.values() if len(heads) == 1)
+    k = state.thresholds.top_k
+    first.update(sorted(components, key=lambda c: -state.screened_drop[c])[:k])
+    first.update(sorted(components, key=lambda c: -abs(state.screened_drop[c]))[:k])
+    return sorted(first)
+
+
+def _grouped_heads(components: Sequence[Component]) -> dict[int, list[Component]]:
+    """Each layer's swept heads, for the layers with more than one."""
+    per_layer: dict[int, list[Component]] = {}
+    for comp in components:
+        if comp.kind == "head":
+            per_layer.setdefault(comp.layer, []).append(comp)
+    return {layer: heads for layer, heads in per_layer.items() if len(heads) > 1}
+
+
+def _confirm(
+    state: _AutoState,
+    joint_drops: dict[int, float],
+    measure: Callable[[list[Component]], dict[Component, float]],
+) -> int:
+    """Auto's confirmation loop on a screened state: the joint ablations' errors (``joint_drops``:
+    each grouped layer's exact drop with all its heads ablated) set the first bands, then rounds
+    of ``measure`` until no unconfirmed interval reaches a threshold or the top-k. Returns the
+    number of rounds. ``benchmarks/auto_bounds.py`` runs it on saved exact values."""
+    for layer, heads in _grouped_heads(state.components).items():
+        if layer in joint_drops:
+            linear = sum(state.screened_drop[h] for h in heads)
+            state.observe_joint(layer, heads, abs(joint_drops[layer] - linear))
+    pending = _first_round(state)
+    rounds = 0
+    while pending:
+        rounds += 1
+        state.record(measure(pending))
+        pending = state.candidates()
+    return rounds
 
 
 def _auto_metrics(
@@ -750,11 +916,12 @@ def _auto_metrics(
 
     Round 0 measures exactly every MLP, the top-k by screened drop and by screened influence,
     and each layer's heads ablated jointly (a check on the screen that costs one replay a layer);
-    the head errors seen there set each layer's band. Each later round measures exactly every
-    unconfirmed component whose band reaches a threshold or the top-k, and widens the bands by
-    the errors it saw, until none does.
+    the head errors seen there set each layer's error rate. Each later round measures exactly
+    every unconfirmed component whose band reaches a threshold or the top-k, and as many more as
+    the mean clamped drop's interval needs to clear every mean-drop limit (widest interval per
+    unit of replay cost first), and widens the bands by the errors it saw, until none is left.
     """
-    screen_clean, screened = _attribution_metrics(model, task, components, ablation, seed)
+    _, screened, masses = _attribution_screen(model, task, components, ablation, seed)
     state = _AutoState(
         clean=clean,
         components=components,
@@ -762,28 +929,20 @@ def _auto_metrics(
         thresholds=thresholds,
         safety=SCREEN_SAFETY,
         floor=SCREEN_FLOOR,
+        scale=_head_scales(masses, clean),
+        model_share=SCREEN_MODEL_SHARE,
+        n_layers=model.n_layers,
     )
-    heads_by_layer: dict[int, list[Component]] = {}
-    for comp in components:
-        if comp.kind == "head":
-            heads_by_layer.setdefault(comp.layer, []).append(comp)
-    first = {c for c in components if c.kind == "mlp"}
-    first.update(heads[0] for heads in heads_by_layer.values() if len(heads) == 1)
-    k = thresholds.top_k
-    first.update(sorted(components, key=lambda c: -state.screened_drop[c])[:k])
-    first.update(sorted(components, key=lambda c: -abs(state.screened_drop[c]))[:k])
-    grouped = {layer: heads for layer, heads in heads_by_layer.items() if len(heads) > 1}
-    for layer, joint in _joint_head_metrics(model, task, grouped, ablation, seed).items():
-        linear = screen_clean + sum(screened[h] - screen_clean for h in grouped[layer])
-        # a shared systematic error shows in full per head; one far-off head in part
-        joint_error = abs(state.drop(joint) - state.drop(linear))
-        state.observe(layer, joint_error / len(grouped[layer]))
-    pending = sorted(first)
-    rounds = 0
-    while pending:
-        rounds += 1
-        state.record(_exact_metrics(model, task, pending, ablation, seed, per_forward))
-        pending = state.candidates()
+    grouped = _grouped_heads(components)
+    joint = {
+        layer: state.drop(value)
+        for layer, value in _joint_head_metrics(model, task, grouped, ablation, seed).items()
+    }
+    rounds = _confirm(
+        state, joint, lambda pending: _exact_metrics(
+            model, task, pending, ablation, seed, per_forward
+        ),
+    )
     ablated = {c: state.exact.get(c, screened[c]) for c in components}
     screening = Screening(
         thresholds=thresholds,
@@ -791,6 +950,8 @@ def _auto_metrics(
         floor=state.floor,
         layer_errors=tuple(sorted(state.layer_errors.items())),
         rounds=rounds,
+        model_share=state.model_share,
+        scales=tuple((c.name, state.scale_of(c)) for c in components if c.kind == "head"),
     )
     return ablated, set(state.exact), screening
 
@@ -879,7 +1040,7 @@ def sweep(
             influence=float(infl[i]),
             method=used_method[c],
             bound=(
-                screening.band(c.layer)
+                screening.head_band(c)
                 if screening is not None and used_method[c] != "exact"
                 else None
             ),
