@@ -253,3 +253,33 @@ def test_a_sweep_after_task_performance_does_not_capture_its_first_chunk_again(
     ablation.sweep(model, task, ablation="zero", margin=None)
     # chunks 1 and 2 again (only one chunk's capture is ever held), but not chunk 0
     assert seen == [4, 4]
+
+
+def test_task_performance_holds_one_chunks_capture_at_a_time(
+    fresh: Callable[[str], CircuitModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the metrics of a many-chunk task are gathered, no earlier chunk's capture stays
+    alive (they once did until the last chunk was done: memory grew with the prompts)."""
+    import gc
+    import weakref
+
+    task = builtin_task("numerals", n_prompts=12)
+    monkeypatch.setattr(engine, "PROMPT_BATCH", 4)
+    model = fresh("zoo:tiny-teacher")
+    alive: list[weakref.ref[Any]] = []
+    capture = engine.run_capture
+    most = 0
+
+    def spy(m: CircuitModel, tokens: torch.Tensor, **kwargs: Any) -> Any:
+        nonlocal most
+        gc.collect()
+        most = max(most, sum(ref() is not None for ref in alive))
+        result = capture(m, tokens, **kwargs)
+        alive.append(weakref.ref(result))
+        return result
+
+    monkeypatch.setattr(engine, "run_capture", spy)
+    ablation.task_performance(model, task)
+    assert len(alive) == 3
+    # when each capture starts, at most the one memoised chunk is alive (dropped just after)
+    assert most <= 1

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import load_plain_hf, preferred_task, save_tiny_gpt2
+from helpers import load_plain_hf, preferred_task, save_tiny_gpt2, smollm2_gguf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -53,6 +53,16 @@ def assert_same_verdicts(exact: SweepResult, auto: SweepResult) -> None:
     assert [x.name for x in auto_by_influence] == [x.name for x in by_influence]
 
 
+def assert_bands_hold(exact: SweepResult, auto: SweepResult, share: float = 1.0) -> None:
+    """Every estimate auto kept lies within ``share`` of its band of the exact drop, and its
+    band is the one the screening record gives that head."""
+    assert auto.screening is not None
+    for e, a in zip(exact.effects, auto.effects, strict=True):
+        if a.method != "exact":
+            assert a.bound == auto.screening.head_band(a.name)
+            assert abs(a.drop - e.drop) <= share * a.bound, (a.name, a.drop, e.drop, a.bound)
+
+
 def assert_confirmed_values_are_exact(exact: SweepResult, auto: SweepResult) -> None:
     for e, a in zip(exact.effects, auto.effects, strict=True):
         assert a.name == e.name
@@ -83,6 +93,7 @@ def test_auto_matches_exact_on_the_zoo(zoo_models: dict[str, CircuitModel], name
     auto = sweep(model, task, ablation=ablation, method="auto", thresholds=THRESHOLDS)
     assert_same_verdicts(exact, auto)
     assert_confirmed_values_are_exact(exact, auto)
+    assert_bands_hold(exact, auto)
     assert auto.fingerprint.method == "auto" and auto.screening is not None
 
 
@@ -97,11 +108,10 @@ def test_a_layer_the_screen_gets_wrong_is_measured_whole(
     exact = sweep(model, task, ablation="zero", method="exact")
     auto = sweep(model, task, ablation="zero", method="auto")
     assert auto.screening is not None
-    assert dict(auto.screening.layer_errors)[0] > 20.0
+    rates = dict(auto.screening.layer_errors)
+    assert rates[0] == max(rates.values())  # the worst screened layer sets the model's rate
     assert all(e.method == "exact" for e in auto.effects if e.layer == 0)
-    for e, a in zip(exact.effects, auto.effects, strict=True):
-        if a.bound is not None:
-            assert abs(a.drop - e.drop) <= a.bound
+    assert_bands_hold(exact, auto)
 
 
 # --------------------------------------------------------------------------- random GPT-2 shapes
@@ -130,6 +140,7 @@ def test_auto_matches_exact_on_random_gpt2_shapes(tmp_path_factory: pytest.TempP
         auto = sweep(model, task, ablation=ablation, method="auto", thresholds=THRESHOLDS)
         assert_same_verdicts(exact, auto)
         assert_confirmed_values_are_exact(exact, auto)
+        assert_bands_hold(exact, auto)
 
 
 @pytest.fixture(scope="module")
@@ -150,34 +161,75 @@ def test_where_the_screen_is_good_auto_keeps_bounded_estimates(
     assert_confirmed_values_are_exact(exact, auto)
     assert [x.name for x in auto.worst(5)] == [x.name for x in exact.worst(5)]
     assert auto.brittleness().severity == exact.brittleness().severity
-    assert auto.screening is not None
-    for e, a in zip(exact.effects, auto.effects, strict=True):
-        if a.method != "exact":  # the empirical bound held, with half of it to spare
-            assert a.bound == auto.screening.band(a.layer)
-            assert abs(a.drop - e.drop) <= a.bound / 2
+    assert_bands_hold(exact, auto, share=0.5)  # the empirical bound held, half of it to spare
     # every MLP is measured, whatever its screened value (MLP0 is where screens go wrong)
     assert all(e.method == "exact" for e in auto.effects if e.kind == "mlp")
+
+
+# --------------------------------------------------------------------------- the real model
+
+#: IOI over names SmolLM2's tokenizer keeps as one token after a space (as bench_sweep.py's).
+REAL_IOI = (("Mary", "John", "Emma"), ("Tom", "Anna", "Paul"), ("James", "Sarah", "Lisa"),
+            ("Paul", "Mark", "Kate"), ("Alice", "Bob", "Ryan"), ("David", "Laura", "Amy"),
+            ("Peter", "Kate", "Jack"), ("Michael", "Emma", "Tom"))
+#: The layers of SmolLM2 where one error scale per layer left heads outside their bands (L5H6,
+#: L8H1, L11H8, L16H0 on 32 prompts; benchmarks/README.md), with their MLPs.
+REAL_LAYERS = (5, 8, 11, 16, 17)
+
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_every_band_holds_on_the_real_model() -> None:
+    # one exact sweep of 50 components on 8 prompts: about a minute of CPU with the load
+    model = load_model(smollm2_gguf(), device="cpu")
+    places = ("store", "park", "school", "beach")
+    prompts, corrupted = [], []
+    for i, (a, b, c) in enumerate(REAL_IOI):
+        first, second = (a, b) if i % 2 == 0 else (b, a)
+        place = places[i % len(places)]
+        prompts.append(f"When {first} and {second} went to the {place}, {b} gave a drink to")
+        corrupted.append(f"When {first} and {second} went to the {place}, {c} gave a drink to")
+    task = Task(name="smollm2-ioi-8", prompts=tuple(prompts),
+                correct=tuple(" " + a for a, _, _ in REAL_IOI),
+                distractors=tuple(" " + b for _, b, _ in REAL_IOI), corrupted=tuple(corrupted))
+    chosen = [f"L{layer}H{head}" for layer in REAL_LAYERS for head in range(model.n_heads)]
+    chosen += [f"MLP{layer}" for layer in REAL_LAYERS]
+    exact = sweep(model, task, components=chosen, method="exact")
+    auto = sweep(model, task, components=chosen, method="auto")
+    assert auto.estimated_names, "nothing was left to the screen: this test checks nothing"
+    assert_confirmed_values_are_exact(exact, auto)
+    assert_bands_hold(exact, auto)
+    assert [x.name for x in auto.worst(5)] == [x.name for x in exact.worst(5)]
+    assert auto.brittleness().severity == exact.brittleness().severity
 
 
 # --------------------------------------------------------------------------- the confirmation rule
 
 
-def rule(screened: dict[str, float], exact: dict[str, float], errors: dict[int, float],
-         thresholds: GateThresholds) -> list[str]:
-    """The components the rule would measure next (clean metric 10: a drop of d points is an
-    ablated metric of 10 - d/10)."""
+def state_for(screened: dict[str, float], exact: dict[str, float], errors: dict[int, float],
+              thresholds: GateThresholds, scales: dict[str, float] | None = None,
+              model_share: float = 0.0) -> _AutoState:
+    """An auto sweep's state (clean metric 10: a drop of d points is an ablated metric of
+    10 - d/10); heads' scales 1 unless given."""
     components = [Component.parse(name) for name in screened]
-    state = _AutoState(
+    return _AutoState(
         clean=10.0,
         components=components,
         screened_drop={Component.parse(n): d for n, d in screened.items()},
         thresholds=thresholds,
         safety=SCREEN_SAFETY,
         floor=SCREEN_FLOOR,
+        scale={Component.parse(n): v for n, v in (scales or {}).items()},
+        model_share=model_share,
         exact={Component.parse(n): 10.0 - d / 10.0 for n, d in exact.items()},
         layer_errors=dict(errors),
     )
-    return [c.name for c in state.candidates()]
+
+
+def rule(screened: dict[str, float], exact: dict[str, float], errors: dict[int, float],
+         thresholds: GateThresholds, **kwargs: Any) -> list[str]:
+    """The components the rule would measure next."""
+    return [c.name for c in state_for(screened, exact, errors, thresholds, **kwargs).candidates()]
 
 
 def error_for_band(band: float) -> float:
@@ -202,6 +254,34 @@ def test_an_estimate_that_could_enter_the_top_k_is_measured() -> None:
     # band 7.25: 3 + 7.25 reaches 9.5, 1 + 7.25 does not
     errors = {0: error_for_band(7.25)}
     assert rule(screened, exact, errors, GateThresholds(drop=(), top_k=2)) == ["L0H1"]
+
+
+def test_a_head_the_screen_sees_more_change_in_gets_a_wider_band() -> None:
+    # SmolLM2's L11H8 (screened -3.2, exact -0.6 points) sat in a layer whose other heads were
+    # screened well: one error scale per layer left it outside its band. Scaled by each head's
+    # prompt mass, a head with a large first-order change per prompt gets a wider band.
+    screened = {"L1H0": 3.0, "L1H1": 3.0, "MLP1": 60.0}
+    errors = {1: error_for_band(6.25)}  # a band of 6.25 for a head of scale 1
+    scales = {"L1H0": 1.0, "L1H1": 3.0}
+    state = state_for(screened, {"MLP1": 60.0}, errors, GateThresholds(drop=(20.0,), top_k=1),
+                      scales=scales)
+    assert state.band(Component.parse("L1H0")) == pytest.approx(6.25)
+    assert state.band(Component.parse("L1H1")) == pytest.approx(3 * 6.0 + SCREEN_FLOOR)
+    assert [c.name for c in state.candidates()] == ["L1H1"]  # 3 + 18.25 reaches 20
+
+
+def test_a_layer_is_trusted_at_most_a_share_of_the_worst_layer() -> None:
+    # a layer whose measured heads happened to be screened well still gets a share of the
+    # model's worst error rate (SmolLM2's L5H6 and L16H0 sat in such layers)
+    screened = {"L0H0": 1.0, "L1H0": 1.0, "MLP0": 60.0, "MLP1": 50.0}
+    exact = {"MLP0": 60.0, "MLP1": 50.0}
+    errors = {0: 4.0, 1: 0.0}
+    state = state_for(screened, exact, errors, GateThresholds(drop=(20.0,), top_k=2),
+                      model_share=0.5)
+    assert state.error_rate(1) == 2.0 and state.error_rate(0) == 4.0
+    assert state.band(Component.parse("L1H0")) == SCREEN_SAFETY * 2.0 + SCREEN_FLOOR
+    alone = state_for(screened, exact, errors, GateThresholds(drop=(20.0,), top_k=2))
+    assert alone.band(Component.parse("L1H0")) == SCREEN_FLOOR
 
 
 def test_the_mean_drop_is_confirmed_until_its_bound_clears_the_limit() -> None:

@@ -807,11 +807,15 @@ def clean_metrics(model: CircuitModel, task: Task) -> tuple[torch.Tensor, torch.
     if key not in memo:
         # last chunk first, so the chunk held afterwards is the first one: the sweep that
         # usually follows starts there and does not capture it again
-        runs = [clean_run(model, task, prompts=chunk) for chunk in reversed(chunks)][::-1]
-        memo[key] = (
-            torch.cat([r.logit_diff for r in runs]),
-            torch.cat([r.top1_correct for r in runs]),
-        )
+        # only each chunk's per-prompt metrics are kept, never its capture (one chunk held)
+        diffs: list[torch.Tensor] = []
+        correct: list[torch.Tensor] = []
+        for chunk in reversed(chunks):
+            run = clean_run(model, task, prompts=chunk)
+            diffs.append(run.logit_diff)
+            correct.append(run.top1_correct)
+            del run
+        memo[key] = (torch.cat(diffs[::-1]), torch.cat(correct[::-1]))
     return memo[key]
 
 
