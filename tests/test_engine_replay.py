@@ -375,8 +375,8 @@ def test_a_head_replay_skips_its_attention_and_cuts_the_last_block_to_the_rows(
     gpt2_deep: Case,
 ) -> None:
     """A head in layer 0 of a 3-layer GPT-2: layer 0's attention never runs (its output
-    projection does, once, at every position); layer 1 runs whole; layer 2's attention runs at
-    every position but its output projection and MLP only on one row per prompt."""
+    projection does, once, at every position); layer 1 runs whole; layer 2's keys and values run
+    at every position, but its queries, output projection and MLP only on one row per prompt."""
     case = gpt2_deep
     model = case.model
     tensors = engine.task_tensors(model, case.task)
@@ -384,6 +384,7 @@ def test_a_head_replay_skips_its_attention_and_cuts_the_last_block_to_the_rows(
     blocks = model.bridge.blocks
     modules = (
         {f"k{i}": blocks[i].attn.k for i in range(N_LAYERS)}
+        | {f"q{i}": blocks[i].attn.q for i in range(N_LAYERS)}
         | {f"o{i}": layout_module(model, i, "attn.c_proj") for i in range(N_LAYERS)}
         | {f"mlp{i}": layout_module(model, i, "mlp") for i in range(N_LAYERS)}
     )
@@ -396,6 +397,8 @@ def test_a_head_replay_skips_its_attention_and_cuts_the_last_block_to_the_rows(
     assert shapes["k1"] == [(n, seq, D_MODEL)] and shapes["mlp1"] == [(n, seq, D_MODEL)]
     assert shapes["k2"] == [(n, seq, D_MODEL)]
     rows = max(n, engine.MIN_ROWS)  # padded so the BLAS keeps its many-row kernel
+    # the last block's queries only on the rows (no other position's output is read)
+    assert shapes["q1"] == [(n, seq, D_MODEL)] and shapes["q2"] == [(rows, 1, D_MODEL)]
     assert shapes["o2"] == [(rows, 1, D_MODEL)] and shapes["mlp2"] == [(rows, 1, D_MODEL)]
 
 
@@ -452,14 +455,16 @@ def test_counted_work_is_what_the_floor_predicts(gpt2_deep: Case) -> None:
     # output projection, MLP and head on the rows, padded to MIN_ROWS (see engine._pad_rows)
     r = max(n, engine.MIN_ROWS)
     rows = 2 * r * 9 * d * d + 2 * r * d * columns
+    # the last block: keys and values at every position, queries on the rows only
+    last = 2 * t * 2 * d * d + 2 * r * d * d + attention
     engine.clean_run(model, case.task)
     head = ablation(case, [Component.head_at(0, 2)], "zero")
     assert matmul_flops(lambda: fast(case, 0, head)) == (
-        (out + mlp) + (qkv + attention + out + mlp) + (qkv + attention) + rows
+        (out + mlp) + (qkv + attention + out + mlp) + last + rows
     )
     mlp0 = ablation(case, [Component.parse("MLP0")], "zero")
     assert matmul_flops(lambda: fast(case, 0, mlp0)) == (
-        (qkv + attention + out + mlp) + (qkv + attention) + rows
+        (qkv + attention + out + mlp) + last + rows
     )
     # a full forward: three whole layers and the head at every position
     forward = 3 * (qkv + attention + out + mlp) + 2 * t * d * vocab

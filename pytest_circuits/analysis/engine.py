@@ -605,21 +605,62 @@ def _last_block_rows(
     def stop(module: Any, args: tuple[Any, ...]) -> None:
         raise _StopAtOutputProjection(args[0])
 
-    handle = part.attn_output.register_forward_pre_hook(stop)
+    handles = [part.attn_output.register_forward_pre_hook(stop)]
+    handles += _queries_at_rows(model.bridge.blocks[index], positions)
     try:
         out = _run_block(model, capture, index, hidden, reps)
     except _StopAtOutputProjection as stopped:
         z = stopped.z
     else:
         # The attention never called its output projection as a module (a bridge that sums
-        # per-head results itself): the block ran to its end, and that output is exact too.
+        # per-head results itself): the block ran to its end; its rows are exact too (the
+        # queries elsewhere were left at zero, and no row reads another row's query).
         return _rows(_first(out), positions)[:, 0]
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     pre = _pad_rows(_rows(_to_device(hidden, part.device), positions))
     mid = _after_attention(layout, part, pre, _pad_rows(_rows(z, positions)))
     post = _after_mlp(layout, part, mid, _mlp_out(layout, part, mid))
     return post[: positions.shape[0] * reps, 0]
+
+
+def _queries_at_rows(block: Any, positions: torch.Tensor) -> list[Any]:
+    """Hooks that make the block's query projection (the bridge's ``attn.q``) compute only the
+    prediction rows, returning zeros at every other position; [] when it has none.
+
+    An attention output at position i reads the query at i and the keys and values at every
+    position, never another position's query; the last block's output is read at the prediction
+    rows only, so the queries elsewhere are work without a reader (about a third of its q, k, v
+    projections). The rows' queries are computed on the rows alone, padded to ``MIN_ROWS`` as
+    the rest of the last block's row work is, so they are the full projection's numbers; keys,
+    values and every shape the attention sees are unchanged.
+    """
+    attention = getattr(block, "attn", None)
+    query = getattr(attention, "q", None)
+    if not isinstance(query, torch.nn.Module):
+        return []
+    shapes: list[tuple[int, int]] = []
+
+    def rows_in(module: Any, args: tuple[Any, ...]) -> Any:
+        if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() != 3:
+            return None  # not the [batch, seq, d_model] call this is for: leave it whole
+        hidden = args[0]
+        shapes.append((hidden.shape[0], hidden.shape[1]))
+        return (_pad_rows(_rows(hidden, positions)), *args[1:])
+
+    def spread_out(module: Any, args: tuple[Any, ...], output: Any) -> Any:
+        if not shapes:
+            return None
+        batch, seq = shapes.pop()
+        rows = _first(output)[:batch, 0]
+        full = rows.new_zeros(batch, seq, rows.shape[-1])
+        pos = positions.to(rows.device)
+        pos = pos.repeat(batch // pos.shape[0]) if batch > pos.shape[0] else pos
+        full[torch.arange(batch, device=rows.device), pos] = rows
+        return full
+
+    return [query.register_forward_pre_hook(rows_in), query.register_forward_hook(spread_out)]
 
 
 def replay_logit_differences(
