@@ -382,7 +382,8 @@ def _rows(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 # tensors: the arithmetic of a full forward, without the part that cannot change. Above the
 # ablated layer whole blocks run as in ``replay``, except the last one: there everything after
 # attention is per position, so only the prediction rows go through the output projection, the
-# MLP and the norms (its attention still runs at every position, for the keys and values).
+# MLP and the norms; its keys and values still run at every position, its queries only at the
+# prediction rows (see ``_queries_at_rows``).
 
 
 @dataclass
@@ -594,8 +595,9 @@ def _last_block_rows(
     positions: torch.Tensor,
     reps: int,
 ) -> torch.Tensor:
-    """The last block on ``hidden`` at the prediction rows: its attention runs at every position
-    (keys and values need them) and stops at the output projection; the rest runs on the rows."""
+    """The last block on ``hidden`` at the prediction rows: its keys and values run at every
+    position, its queries on the rows only, and it stops at the output projection; the rest
+    runs on the rows."""
     parts = _block_parts(model)
     layout = model.arch.layout
     assert parts is not None and layout is not None
