@@ -468,7 +468,7 @@ class CircuitsRun:
         if self.json_path is not None:
             write_json_atomic(self.json_path, results_document(
                 records, extra, complete=stopped is None, interruption=stopped))
-            self.notes.append(f"wrote {len(records)} gate results to {self.json_path}"
+            self.notes.append(f"wrote {len(records)} gate results to {_shown(self.json_path)}"
                               + (f" (INCOMPLETE: {stopped})" if stopped else ""))
         if self.html_path is not None:
             if interrupted:
@@ -563,3 +563,11 @@ def _attach_html_snippet(report: pytest.TestReport, records: list[GateRecord]) -
     if snippet:
         report.extras = [*getattr(report, "extras", []), extras.html(snippet)]
 
+
+def _shown(path: Path) -> str:
+    """``path`` as a note prints it: relative to the working directory when it lies inside it
+    (``examples/gate-results.json``), else as it is."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
