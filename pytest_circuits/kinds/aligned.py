@@ -79,12 +79,16 @@ def assert_circuit_aligned(
     # the score reads every influence; an auto sweep decides exactly compare's own cut points
     # (tolerance, influential, dead floor, noise floor: pair_report adds them) and the top 5
     thresholds = GateThresholds(drop=(), top_k=5)
-    with student_must_do_task(KIND, pair, task, subject, margin=margin, seed=seed):
-        report = pair_report(
-            pair, task, ablation=ablation, similarity=similarity, matching=matching,
-            direction=direction, seed=seed, margin=margin, preset=preset, method=requested,
-            thresholds=thresholds,
-        )
+
+    def measure(method: str | None) -> Any:
+        with student_must_do_task(KIND, pair, task, subject, margin=margin, seed=seed):
+            return pair_report(
+                pair, task, ablation=ablation, similarity=similarity, matching=matching,
+                direction=direction, seed=seed, margin=margin, preset=preset, method=method,
+                thresholds=thresholds,
+            )
+
+    report = measure(requested)
     checks = _checks(report, limits)
     undecided: list[str] = []
     if has_estimates(report.teacher.sweep, report.student.sweep):
@@ -97,12 +101,7 @@ def assert_circuit_aligned(
             "weighted_alignment": (a.weighted_score - weighted, a.weighted_score + weighted),
         })
         if undecided:
-            with student_must_do_task(KIND, pair, task, subject, margin=margin, seed=seed):
-                report = pair_report(
-                    pair, task, ablation=ablation, similarity=similarity, matching=matching,
-                    direction=direction, seed=seed, margin=margin, preset=preset,
-                    method="exact", thresholds=thresholds,
-                )
+            report = measure("exact")
             checks = _checks(report, limits)
     a = report.alignment
     values = {

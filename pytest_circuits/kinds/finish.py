@@ -543,8 +543,7 @@ def alignment_slack(report: Any) -> tuple[float, float]:
     sweeps = {"teacher": report.teacher.sweep, "student": report.student.sweep}
     if not has_estimates(*sweeps.values()):
         return 0.0, 0.0
-    fingerprint = report.fingerprint
-    if fingerprint.matching != "paper" or fingerprint.tie_margin is not None or not pairs:
+    if matching_reads_influences(report) or not pairs:
         return math.inf, math.inf
     total = 0.0
     for side, sweep in sweeps.items():
@@ -559,6 +558,12 @@ def alignment_slack(report: Any) -> tuple[float, float]:
         total += 2.0 * spread / (influence - spread)
     largest = max(abs(float(p.similarity)) for p in pairs)
     return largest * total / len(pairs), largest * total
+
+
+def matching_reads_influences(report: Any) -> bool:
+    """Whether a PairReport's matching depends on ablation effects (causal matching, or
+    tie-aware matching deciding ties by effect), so estimates could change who is paired."""
+    return report.fingerprint.matching != "paper" or report.fingerprint.tie_margin is not None
 
 
 def unsettled(checks: Any, intervals: Mapping[str, tuple[float, float]]) -> list[str]:

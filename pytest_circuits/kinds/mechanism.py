@@ -15,6 +15,7 @@ from .finish import (
     finish,
     has_estimates,
     headline,
+    matching_reads_influences,
     method_settings,
     model_name,
     pair_result,
@@ -81,22 +82,21 @@ def assert_mechanism_preserved(
     # (pair_report adds compare's own cut points: tolerance, influential, dead floor)
     floor = () if limits["min_influence"] is None else (limits["min_influence"],)
     thresholds = GateThresholds(drop=floor, top_k=5)
-    with student_must_do_task(KIND, pair, task, subject, margin=margin, seed=seed):
-        report = pair_report(
-            pair, task, ablation=ablation, similarity=similarity, matching=matching,
-            direction=direction, seed=seed, margin=margin, preset=preset, method=requested,
-            thresholds=thresholds,
-        )
+
+    def measure(method: str | None) -> Any:
+        with student_must_do_task(KIND, pair, task, subject, margin=margin, seed=seed):
+            return pair_report(
+                pair, task, ablation=ablation, similarity=similarity, matching=matching,
+                direction=direction, seed=seed, margin=margin, preset=preset, method=method,
+                thresholds=thresholds,
+            )
+
+    report = measure(requested)
     undecided: list[str] = []
     if has_estimates(report.teacher.sweep, report.student.sweep):
         undecided = _undecided(report, names, limits)
         if undecided:  # settled by the exact sweeps, never by an estimate
-            with student_must_do_task(KIND, pair, task, subject, margin=margin, seed=seed):
-                report = pair_report(
-                    pair, task, ablation=ablation, similarity=similarity, matching=matching,
-                    direction=direction, seed=seed, margin=margin, preset=preset,
-                    method="exact", thresholds=thresholds,
-                )
+            report = measure("exact")
     by_teacher = {p.teacher: p for p in report.alignment.pairs}
     missing = [n for n in names if n not in by_teacher]
     if missing:
@@ -140,8 +140,7 @@ def _undecided(report: Any, names: Sequence[str], limits: dict[str, Any]) -> lis
     """The checks an auto sweep's estimates could decide: every check when the matching reads
     influences (causal or tie-aware matching could pair other components), else each named
     component's student influence whose band reaches ``min_influence``."""
-    fingerprint = report.fingerprint
-    if fingerprint.matching != "paper" or fingerprint.tie_margin is not None:
+    if matching_reads_influences(report):
         return ["the matching (it reads influences)"]
     floor = limits["min_influence"]
     if floor is None:
