@@ -283,3 +283,34 @@ def test_task_performance_holds_one_chunks_capture_at_a_time(
     assert len(alive) == 3
     # when each capture starts, at most the one memoised chunk is alive (dropped just after)
     assert most <= 1
+
+
+@pytest.mark.parametrize("text", ["abc", "-3"])
+def test_a_bad_prompt_batch_in_the_environment_is_refused_by_name(text: str) -> None:
+    """The variable is read when the engine is imported: a value that is not a whole number
+    >= 1 stops there with an error naming the variable, not a bare int() failure later."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTEST_CIRCUITS_PROMPT_BATCH": text}
+    run = subprocess.run(
+        [sys.executable, "-c", "import pytest_circuits.analysis.engine"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode != 0
+    assert "GateConfigError: PYTEST_CIRCUITS_PROMPT_BATCH=" in run.stderr
+
+
+def test_a_prompt_batch_in_the_environment_is_read() -> None:
+    import os
+    import subprocess
+    import sys
+
+    good = subprocess.run(
+        [sys.executable, "-c",
+         "from pytest_circuits.analysis import engine; print(engine.PROMPT_BATCH)"],
+        env={**os.environ, "PYTEST_CIRCUITS_PROMPT_BATCH": " 64 "},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert good.stdout.strip() == "64"

@@ -22,7 +22,7 @@ import torch
 from ..architectures import BRIDGE_HOOKS, BlockLayout, HookNames
 from ..architectures.base import resolve_module
 from ..components import Component
-from ..errors import NonFiniteError
+from ..errors import GateConfigError, NonFiniteError
 from ..models import CircuitModel
 from ..tasks import EncodedTask, Task, encode_task
 
@@ -37,15 +37,32 @@ ABLATIONS = ("zero", "mean", "resample")
 #: at most this many prompts runs as one batch, exactly as before chunking existed. Overridable
 #: with the ``PYTEST_CIRCUITS_PROMPT_BATCH`` environment variable (read at import) or by setting
 #: this attribute (read at each call).
-PROMPT_BATCH: int = int(os.environ.get("PYTEST_CIRCUITS_PROMPT_BATCH", "256"))
+def _prompt_batch_from_env() -> int:
+    text = os.environ.get("PYTEST_CIRCUITS_PROMPT_BATCH", "256").strip()
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise GateConfigError(
+            f"PYTEST_CIRCUITS_PROMPT_BATCH={text!r} is not a whole number >= 1; it is how many "
+            "prompts run through the model at once (default 256): unset it or set e.g. 64"
+        )
+    return value
+
+
+PROMPT_BATCH: int = _prompt_batch_from_env()
 
 
 def prompt_chunks(n: int, batch: int | None = None) -> list[slice]:
     """The consecutive slices of ``n`` prompts, each at most ``batch`` (default
     :data:`PROMPT_BATCH`) long; one slice covering everything when ``n <= batch``."""
     size = PROMPT_BATCH if batch is None else batch
-    if size < 1:
-        raise ValueError(f"PROMPT_BATCH must be >= 1, got {size}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise GateConfigError(
+            f"PROMPT_BATCH must be a whole number >= 1, got {size!r}; it is how many prompts "
+            "run through the model at once (default 256)"
+        )
     if n <= size:
         return [slice(0, n)]
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
