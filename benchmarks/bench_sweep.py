@@ -645,7 +645,9 @@ def run_zoo(args: argparse.Namespace) -> ZooResult:
     from pytest_circuits.analysis.ablation import (
         DEFAULT_MARGIN,
         spearman,
-        task_performance,
+    )
+    from pytest_circuits.analysis.ablation import (
+        measure_task_performance as task_performance,
     )
     from pytest_circuits.errors import InvalidTaskError
     from pytest_circuits.models import load_model

@@ -36,5 +36,11 @@ class NonFiniteError(CircuitsError, ValueError):
 
 
 class GateConfigError(CircuitsError, ValueError):
-    """A gate was called with an argument it cannot use: a threshold out of range, none at all,
-    an unknown teacher component, or a pair-only check on a single model."""
+    """A gate (or an analysis) was called with an argument it cannot use: a threshold or option
+    out of range, no threshold at all, an unknown teacher component, or a pair-only check on a
+    single model."""
+
+
+class SweepConfigError(CircuitsError, ValueError):
+    """``sweep`` was called with an argument it cannot use (unknown method or ablation, a
+    threshold that is not a finite number, a stack size below one)."""

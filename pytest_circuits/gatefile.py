@@ -14,26 +14,20 @@ from typing import Any
 
 import pytest
 
-from .dtypes import DTYPES, canonical_dtype
-from .errors import CircuitsError
-from .fixtures import memo_of
-from .kinds import KINDS
-from .kinds.finish import (
+from .config.options import (
+    SWEEP_METHODS,
     check_atol,
     check_drop_tolerance,
     check_margin,
-    read_baseline_tolerance,
-)
-from .kinds.shift import check_max_examples
-from .settings import (
-    DEVICE_PATTERN,
-    SWEEP_METHODS,
-    Value,
     closest,
     method_hint,
-    model_source,
-    resolve,
 )
+from .dtypes import DTYPES, canonical_dtype
+from .errors import CircuitsError
+from .fixtures import memo_of
+from .kinds import KINDS, read_baseline_tolerance
+from .kinds.shift import check_max_examples
+from .settings import DEVICE_PATTERN, Value, model_source, resolve
 from .tasks.task import MAX_N_PROMPTS
 from .yamlfile import Items, Node, YamlError, load_yaml
 

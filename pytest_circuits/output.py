@@ -17,7 +17,7 @@ from typing import Any
 from .atomic import write_bytes_atomic
 from .baseline import BaselineCheck
 from .kinds import UNIT_SYMBOLS, metric_spec
-from .kinds.finish import ADAPTATION_KEY
+from .kinds.runner import ADAPTATION_KEY
 from .recording import GateResult, MetricCheck
 from .tables import format_number, format_table
 

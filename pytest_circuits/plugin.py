@@ -320,7 +320,7 @@ class CircuitsRun:
     def _sweep_method(self, item: pytest.Item, marker: dict[str, Any]) -> Any:
         """The run's ``--circuits-method`` (marker, option, ini key) for the gates of ``item``;
         unset, each gate picks by its models' size."""
-        from .kinds.finish import using_method
+        from .kinds.runner import using_method
 
         chosen = resolve(self.config, "method", marker, Path(str(item.path)).parent)
         return using_method(chosen.value, chosen.origin)

@@ -6,7 +6,6 @@ Torch-free: the plugin imports this at load time.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import sys
@@ -16,31 +15,15 @@ from typing import Any
 
 import pytest
 
+from .config.options import (  # noqa: F401 (AUTO_MIN_COMPONENTS re-exported)
+    AUTO_MIN_COMPONENTS,
+    SWEEP_METHODS,
+    closest,
+    method_hint,
+)
 from .dtypes import DTYPES, canonical_dtype
 from .tasks.builtin import DEFAULT_N_PROMPTS
 from .tasks.task import MAX_N_PROMPTS
-
-#: The sweep algorithms a gate may be told to use (``method=``, ``--circuits-method``, the ini
-#: key ``circuits_method``, ``@pytest.mark.circuits(method=...)`` and YAML ``method:``).
-#: "exact" measures every component; "auto" screens every component by attribution and measures
-#: exactly each one whose value could change the gate's verdict or its blamed components (see
-#: ``analysis.ablation.sweep``). "attribution" is not offered to gates: its estimates carry no
-#: bound, so a verdict could rest on one.
-SWEEP_METHODS = ("exact", "auto")
-
-#: A gate left at ``method=None`` with no ``--circuits-method`` sweeps a model of at least this
-#: many components (heads plus MLPs) with ``method="auto"``, a smaller one exactly.
-#:
-#: 1,000 puts the Llama-3.1-8B class (32 layers x 32 heads + 32 MLPs = 1,056) and larger models
-#: on auto, where an exact sweep costs hundreds of forward passes of a multi-billion-parameter
-#: model and auto costs about a third of the exact sweep or less (GPT-2-small shape: 16 FE
-#: against 54; SmolLM2-135M: 31 against 130, benchmarks/README.md). Below it the exact sweep
-#: stays the default: it is affordable there (GPT-2-small: 156 components, SmolLM2-135M: 300),
-#: and auto's bands are empirical (fitted on the zoo, random shapes and SmolLM2, where an
-#: earlier rule let 8 of 239 estimates escape), so a small model's gate keeps numbers that rest
-#: on no estimate. Either way a gate sweeps exactly whenever an estimate could decide its verdict
-#: (kinds/finish.py). Read at call time, so a test may lower it.
-AUTO_MIN_COMPONENTS = 1000
 
 
 @dataclass(frozen=True)
@@ -117,23 +100,6 @@ _MINIMUM = {"n_prompts": 1, "seed": 0, "threads": 1}
 MAX_THREADS = 1024
 
 
-def closest(word: str, choices: Any) -> str:
-    """' (did you mean 'x'?)' for the nearest of ``choices``, or '' when nothing is close."""
-    found = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {found[0]!r}?)" if found else ""
-
-
-def method_hint(value: Any) -> str:
-    """Why ``value`` is not a gate's sweep method, for the error that refuses it."""
-    if value == "attribution":
-        return ("attribution estimates carry no bound, so a gate does not use them; auto screens "
-                "by attribution and measures exactly what could change the verdict")
-    if value in ("paper", "causal", "tie_aware"):
-        return (f"{value!r} is a matching strategy: write matching={value!r}; method chooses how "
-                "components are ablated")
-    return "exact measures every component, auto screens first"
-
-
 def add_options(parser: pytest.Parser) -> None:
     """Register every setting as a command-line option and an ini key."""
     group = parser.getgroup("circuits", "circuit gates (pytest-circuits)")
@@ -190,7 +156,7 @@ def merged_marker_kwargs(node: pytest.Item | pytest.Node) -> dict[str, Any]:
                 merged[key] = value
     if "baseline_tolerance" in merged:
         from .errors import GateConfigError
-        from .kinds.finish import read_baseline_tolerance
+        from .kinds import read_baseline_tolerance
 
         try:
             merged["baseline_tolerance"] = read_baseline_tolerance(

@@ -28,7 +28,9 @@ from pytest_circuits.analysis.ablation import (
     require_valid_task,
     spearman,
     sweep,
-    task_performance,
+)
+from pytest_circuits.analysis.ablation import (
+    measure_task_performance as task_performance,
 )
 from pytest_circuits.components import Component
 from pytest_circuits.errors import ComponentError, InvalidTaskError, NonFiniteError

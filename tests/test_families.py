@@ -32,7 +32,8 @@ from helpers import (
 )
 
 from pytest_circuits.analysis import engine
-from pytest_circuits.analysis.ablation import sweep, task_performance
+from pytest_circuits.analysis.ablation import measure_task_performance as task_performance
+from pytest_circuits.analysis.ablation import sweep
 from pytest_circuits.components import Component
 from pytest_circuits.errors import ModelLoadError
 from pytest_circuits.models import CircuitModel, load_model, load_pair

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from helpers import results_by_test
 
-from pytest_circuits import cache, settings
+from pytest_circuits import cache
 from pytest_circuits.analysis import ablation
+from pytest_circuits.config import options as settings
 from pytest_circuits.errors import CircuitAssertionError, GateConfigError
 from pytest_circuits.gatefile import GateFileError, load_gate_file
 from pytest_circuits.kinds import (

@@ -1,5 +1,5 @@
 """A gate's verdict never rests on an auto sweep's estimate: each sweeping gate bounds its
-metrics over the estimates' bands (``kinds.finish``) and sweeps again exactly when a threshold
+metrics over the estimates' bands (``analysis.bounds``) and sweeps again exactly when a threshold
 lies inside a metric's interval.
 
 The intervals are checked against the metric functions themselves (perturbing every estimate
@@ -18,12 +18,12 @@ import pytest
 
 from pytest_circuits import cache, metrics
 from pytest_circuits.analysis import ablation
+from pytest_circuits.analysis import bounds as finish
 from pytest_circuits.analysis.ablation import ComponentEffect, GateThresholds
 from pytest_circuits.kinds import (
     assert_ablation_robust,
     assert_circuit_aligned,
     assert_mechanism_preserved,
-    finish,
 )
 from pytest_circuits.models import CircuitModel, ModelPair, load_model, load_pair
 from pytest_circuits.recording import MetricCheck, recording

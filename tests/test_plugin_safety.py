@@ -16,8 +16,10 @@ from helpers import FAKE_GATES, load_json, run_pytest
 
 from pytest_circuits import kinds
 from pytest_circuits.atomic import write_bytes_atomic
+from pytest_circuits.config.options import check_margin
 from pytest_circuits.errors import CircuitAssertionError, GateConfigError, InvalidTaskError
-from pytest_circuits.kinds.finish import check_margin, read_baseline_tolerance, task_options
+from pytest_circuits.kinds import read_baseline_tolerance
+from pytest_circuits.kinds.runner import task_options
 from pytest_circuits.recording import GateResult, RunSettings, recording, using_settings
 from pytest_circuits.settings import default_threads, spread_device
 
@@ -75,7 +77,7 @@ def test_markers_merge_from_module_class_and_function(pytester: pytest.Pytester)
 
 def test_a_gate_given_a_task_name_uses_the_run_settings(monkeypatch: pytest.MonkeyPatch
                                                         ) -> None:
-    import pytest_circuits.analysis.cached as cached
+    import pytest_circuits.analysis.store as cached
 
     seen: list[tuple[Any, ...]] = []
 
@@ -274,7 +276,7 @@ def test_a_student_that_lost_the_task_fails_the_gate_and_a_teacher_that_cannot_e
 
 def test_require_gpu_fails_a_gate_whose_models_are_on_the_cpu(monkeypatch: pytest.MonkeyPatch
                                                               ) -> None:
-    import pytest_circuits.analysis.cached as cached
+    import pytest_circuits.analysis.store as cached
     from pytest_circuits.kinds import shift
 
     monkeypatch.setattr(cached, "as_task", lambda *a: (_ for _ in ()).throw(Stop()))

@@ -100,9 +100,9 @@ def test_chunked_auto_sweep_equals_the_whole_batch(
 def test_chunked_task_performance_equals_the_whole_batch(
     fresh: Callable[[str], CircuitModel], monkeypatch: pytest.MonkeyPatch, task: Task
 ) -> None:
-    whole = ablation.task_performance(fresh("zoo:tiny-student"), task)
+    whole = ablation.measure_task_performance(fresh("zoo:tiny-student"), task)
     monkeypatch.setattr(engine, "PROMPT_BATCH", TINY_BATCH)
-    chunked = ablation.task_performance(fresh("zoo:tiny-student"), task)
+    chunked = ablation.measure_task_performance(fresh("zoo:tiny-student"), task)
     assert chunked.n_prompts == whole.n_prompts == 10
     # per-prompt values come from the same rows: float32 logits, so allow rounding only
     np.testing.assert_allclose(chunked.per_prompt, whole.per_prompt, rtol=RTOL, atol=1e-6)
@@ -247,7 +247,7 @@ def test_a_sweep_after_task_performance_does_not_capture_its_first_chunk_again(
         return capture(m, tokens, **kwargs)
 
     monkeypatch.setattr(engine, "run_capture", spy)
-    ablation.task_performance(model, task)
+    ablation.measure_task_performance(model, task)
     assert seen == [4, 4, 4]  # three chunks, each once
     seen.clear()
     ablation.sweep(model, task, ablation="zero", margin=None)
@@ -279,7 +279,7 @@ def test_task_performance_holds_one_chunks_capture_at_a_time(
         return result
 
     monkeypatch.setattr(engine, "run_capture", spy)
-    ablation.task_performance(model, task)
+    ablation.measure_task_performance(model, task)
     assert len(alive) == 3
     # when each capture starts, at most the one memoised chunk is alive (dropped just after)
     assert most <= 1

@@ -20,7 +20,8 @@ import torch
 from helpers import smollm2_gguf
 
 from pytest_circuits.analysis import engine
-from pytest_circuits.analysis.ablation import sweep, task_performance
+from pytest_circuits.analysis.ablation import measure_task_performance as task_performance
+from pytest_circuits.analysis.ablation import sweep
 from pytest_circuits.models import CircuitModel, load_model
 from pytest_circuits.parity import bridge_parity, plain_hf_model
 from pytest_circuits.tasks import Task

@@ -19,7 +19,9 @@ from pytest_circuits.analysis.ablation import (
     ComponentEffect,
     SweepResult,
     TaskPerformance,
-    task_performance,
+)
+from pytest_circuits.analysis.ablation import (
+    measure_task_performance as task_performance,
 )
 from pytest_circuits.analysis.comparison import (
     Alignment,

@@ -14,25 +14,21 @@ import torch
 
 from .. import metrics, progress
 from ..components import Component, select_components
-from ..errors import CircuitsError, InvalidTaskError, NonFiniteError
+from ..config.options import (  # noqa: F401 (DEFAULT_TOP_K, DEFAULT_DROP_THRESHOLDS re-exported)
+    ANALYSIS_METHODS,
+    DEFAULT_DROP_THRESHOLDS,
+    DEFAULT_MARGIN,
+    DEFAULT_TOP_K,
+    GateThresholds,
+)
+from ..errors import InvalidTaskError, NonFiniteError, SweepConfigError
 from ..identity import ModelInfo
 from ..models import CircuitModel
 from ..tasks import Task
 from . import engine
 from .fingerprint import MethodFingerprint, library_versions
 
-DEFAULT_MARGIN = 0.1
-
-METHODS = ("exact", "attribution", "auto")
-
-#: How many blamed components a gate prints (``SweepResult.worst(5)``): ``method="auto"``
-#: measures exactly every component that could be among them.
-DEFAULT_TOP_K = 5
-
-#: The single-component thresholds (drop points) an auto sweep without ``thresholds=`` respects:
-#: the default severity tolerance (``count_above_tolerance`` and severity depend on which side
-#: of it every drop lies).
-DEFAULT_DROP_THRESHOLDS: tuple[float, ...] = (20.0,)
+METHODS = ANALYSIS_METHODS
 
 #: An auto sweep bounds an unconfirmed head's exact drop by its screened drop plus or minus
 #: ``SCREEN_SAFETY * rate * scale + SCREEN_FLOOR`` points (see :class:`Screening`): ``scale`` is
@@ -49,11 +45,6 @@ SCREEN_SAFETY = 4.0
 SCREEN_FLOOR = 0.25
 SCREEN_MODEL_SHARE = 0.3
 SCREEN_MASS_EPS = 0.05
-
-
-class SweepConfigError(CircuitsError, ValueError):
-    """``sweep`` was called with an argument it cannot use (unknown method or ablation, a
-    threshold that is not a finite number, a stack size below one)."""
 
 
 class OutOfMemoryRetryWarning(UserWarning):
@@ -93,46 +84,6 @@ class ComponentEffect:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ComponentEffect:
         return cls(**data)
-
-
-@dataclass(frozen=True)
-class GateThresholds:
-    """What a gate will compare an auto sweep's values with (see ``sweep(method="auto")``).
-
-    ``drop``: single-component thresholds in points, each read on the drop, the clamped drop
-    and the influence (the severity tolerance, ``max_single_drop``, compare's ``influential``
-    and ``min_student_influence``). ``mean_drop``: limits on the mean clamped drop. ``top_k``:
-    how many components are blamed, by drop and by influence.
-    """
-
-    drop: tuple[float, ...] = DEFAULT_DROP_THRESHOLDS
-    mean_drop: tuple[float, ...] = ()
-    top_k: int = DEFAULT_TOP_K
-
-    def __post_init__(self) -> None:
-        for name in ("drop", "mean_drop"):
-            values = tuple(getattr(self, name))
-            bad = [v for v in values if not isinstance(v, (int, float)) or not math.isfinite(v)]
-            if bad:
-                raise SweepConfigError(
-                    f"GateThresholds.{name} must be finite numbers of drop points, got {bad[0]!r}; "
-                    "pass the gate's thresholds (e.g. drop=(20.0,) for the default tolerance)"
-                )
-            object.__setattr__(self, name, tuple(float(v) for v in values))
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise SweepConfigError(
-                f"GateThresholds.top_k must be an integer >= 0, got {self.top_k!r}; it is how "
-                "many blamed components must be exact (gates print 5)"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"drop": list(self.drop), "mean_drop": list(self.mean_drop), "top_k": self.top_k}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GateThresholds:
-        return cls(
-            drop=tuple(data["drop"]), mean_drop=tuple(data["mean_drop"]), top_k=data["top_k"]
-        )
 
 
 @dataclass(frozen=True)
@@ -349,7 +300,7 @@ def model_info(model: CircuitModel) -> ModelInfo:
     return described if isinstance(described, ModelInfo) else ModelInfo.from_dict(described)
 
 
-def task_performance(model: CircuitModel, task: Task) -> TaskPerformance:
+def measure_task_performance(model: CircuitModel, task: Task) -> TaskPerformance:
     """Clean logit difference (per prompt and mean) and accuracy of ``model`` on ``task``.
 
     Only the prediction position is unembedded. Raises NonFiniteError when any logit there is
@@ -370,8 +321,9 @@ def task_performance(model: CircuitModel, task: Task) -> TaskPerformance:
 
 
 def logit_diff(model: CircuitModel, task: Task) -> TaskPerformance:
-    """Alias of :func:`task_performance` under the paper's name for the metric."""
-    return task_performance(model, task)
+    """:func:`measure_task_performance` under the paper's name for the metric (uncached; the
+    cached one is ``pytest_circuits.analysis.task_performance``)."""
+    return measure_task_performance(model, task)
 
 
 def require_valid_task(
@@ -997,7 +949,7 @@ def sweep(
             "thresholds=GateThresholds(drop=(20.0,), mean_drop=(2.0,))"
         )
     chosen = select_components(components, model.n_layers, model.n_heads, model_name=model.name)
-    performance = task_performance(model, task)
+    performance = measure_task_performance(model, task)
     require_valid_task([performance], margin=margin)
     clean = performance.mean_logit_diff
     per_forward = ablations_per_forward or default_ablations_per_forward(model)

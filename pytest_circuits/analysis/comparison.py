@@ -10,12 +10,21 @@ import numpy as np
 
 from .. import metrics
 from ..components import Component
+from ..config.options import (
+    DEFAULT_INFLUENTIAL,
+    DEFAULT_MARGIN,
+    DEFAULT_MIN_STUDENT_INFLUENCE,
+    DEFAULT_NOISE_FLOOR,
+    DEFAULT_TIE_MARGIN,
+    DEFAULT_WEAK_SIMILARITY,
+    PRESETS,
+    AnalysisOptions,
+)
 from ..errors import CircuitsError, IncompatiblePairError
 from ..identity import ModelInfo
 from ..models import CircuitModel, ModelPair
 from ..tasks import Task, resolve_task
 from .ablation import (
-    DEFAULT_MARGIN,
     SweepResult,
     TaskPerformance,
     make_fingerprint,
@@ -23,18 +32,21 @@ from .ablation import (
 )
 from .fingerprint import MethodFingerprint
 from .matching import (
-    DEFAULT_DIRECTION,
-    DEFAULT_MIN_STUDENT_INFLUENCE,
-    DEFAULT_TIE_MARGIN,
-    MATCHINGS,
     Match,
-    check_direction,
     fan_in,
     match_by_effect,
     match_by_similarity,
     match_tie_aware,
 )
-from .similarity import check_similarity, similarity_matrices
+from .similarity import similarity_matrices
+from .store import (
+    analysis_options,
+    as_task,
+    auto_thresholds,
+    default_method,
+    sweep_result,
+    task_performance,
+)
 
 __all__ = [
     "DEFAULT_INFLUENTIAL",
@@ -54,27 +66,7 @@ __all__ = [
     "model_report",
     "report_from_dict",
     "report_from_sweep",
-    "resolve_preset",
 ]
-
-#: A teacher component whose ablation costs at least this many points is "influential".
-DEFAULT_INFLUENTIAL = 10.0
-#: A match weaker than this similarity does not count as a counterpart.
-DEFAULT_WEAK_SIMILARITY = 0.5
-#: The recommended noise floor of the influence-weighted score, in points: pairs whose
-#: ablation costs less on both sides drop out (see metrics.weighted_alignment_score).
-DEFAULT_NOISE_FLOOR = 3.0
-
-#: Named combinations of method options. "paper" is the paper's method (the default);
-#: "recommended" is what docs/method.md measured to give meaningful numbers on real models:
-#: tie-aware matching, subspace similarity for MLPs and a noise floor under the weighted score.
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"matching": "paper", "similarity": "paper", "tie_margin": None,
-              "noise_floor": 0.0},
-    "recommended": {"matching": "tie_aware", "similarity": "subspace",
-                    "tie_margin": DEFAULT_TIE_MARGIN, "noise_floor": DEFAULT_NOISE_FLOOR},
-}
-
 
 class ReportFormatError(CircuitsError, ValueError):
     """A results document is not a report this version can read back."""
@@ -382,124 +374,56 @@ def report_from_sweep(result: SweepResult, *, tolerance: float = 20.0) -> ModelR
     )
 
 
-def model_report(
-    model: CircuitModel,
-    task: Task | str,
-    *,
-    components: str | Sequence[str] = "all",
-    ablation: str = "mean",
-    method: str = "exact",
-    seed: int = 0,
-    margin: float | None = DEFAULT_MARGIN,
-    tolerance: float = 20.0,
-) -> ModelReport:
-    """Sweep ``model`` on ``task`` and summarise its brittleness.
+def model_report(model: CircuitModel, task: Task | str, options: AnalysisOptions | None = None,
+                 **overrides: Any) -> ModelReport:
+    """Sweep ``model`` on ``task`` and summarise its brittleness at ``options.tolerance``
+    (keyword arguments are :class:`AnalysisOptions` fields; default: every component, exact).
 
-    The sweep comes from the session/disk memo (``cached.sweep_result``), so a model is swept
-    once per task and settings however many reports, gates and pairs ask for it.
+    The sweep comes from the session/disk memo (``store.sweep_result``), so a model is swept
+    once per task and settings however many reports, gates and pairs ask for it; the
+    brittleness statistics are recomputed from it, which costs no forward pass. An auto sweep
+    decides the options' thresholds plus the tolerance exactly.
     """
-    from .cached import sweep_result
-
-    result = sweep_result(
-        model, resolve_task(task), components=components, ablation=ablation, method=method,
-        seed=seed, margin=margin,
-    )
-    return report_from_sweep(result, tolerance=tolerance)
-
-
-def resolve_preset(
-    preset: str | None,
-    matching: str,
-    similarity: str,
-    tie_margin: float | None,
-    noise_floor: float,
-) -> tuple[str, str, float | None, float]:
-    """(matching, similarity, tie_margin, noise_floor) after applying ``preset``.
-
-    A preset sets all four; combining it with a non-default ``matching`` or ``similarity`` is
-    refused rather than silently overridden. Without a preset, ``tie_margin`` defaults to
-    ``DEFAULT_TIE_MARGIN`` for tie-aware matching and means nothing for the others.
-    """
-    if preset is not None:
-        if preset not in PRESETS:
-            raise IncompatiblePairError(
-                f"preset={preset!r} is not a preset; use 'recommended' (tie-aware matching, "
-                "subspace MLP similarity, a 3-point noise floor under the weighted score) or "
-                "'paper' (the paper's method, the default)"
-            )
-        chosen = [f"{name}={value!r}" for name, value in
-                  (("matching", matching), ("similarity", similarity)) if value != "paper"]
-        if chosen:
-            raise IncompatiblePairError(
-                f"preset={preset!r} sets matching and similarity itself, but "
-                f"{' and '.join(chosen)} was also given; pass either the preset or the options"
-            )
-        values = PRESETS[preset]
-        return (values["matching"], values["similarity"], values["tie_margin"],
-                values["noise_floor"])
-    if matching not in MATCHINGS:
-        raise IncompatiblePairError(
-            f"matching={matching!r} is not a matching; use one of {', '.join(MATCHINGS)}"
-        )
-    check_similarity(similarity)
-    if matching == "tie_aware":
-        tie_margin = DEFAULT_TIE_MARGIN if tie_margin is None else float(tie_margin)
-    elif tie_margin is not None:
-        raise IncompatiblePairError(
-            f"tie_margin={tie_margin!r} only applies to matching='tie_aware' (matching is "
-            f"{matching!r}); drop it, or choose matching='tie_aware'"
-        )
-    if not noise_floor >= 0:
-        raise IncompatiblePairError(
-            f"noise_floor={noise_floor!r}: it is the influence, in points, below which a pair "
-            "drops out of the weighted score on both sides, so it must be >= 0 (0 keeps all)"
-        )
-    return matching, similarity, tie_margin, float(noise_floor)
+    options = analysis_options("model_report", options, overrides)
+    task = as_task(task, options.n_prompts, options.seed, model)
+    if options.method == "auto" or options.method is None:
+        options = options.replace(thresholds=auto_thresholds(options, [options.tolerance]))
+    return report_from_sweep(sweep_result(model, task, options), tolerance=options.tolerance)
 
 
 def compare(
     pair: ModelPair,
     task: Task | str,
+    options: AnalysisOptions | None = None,
     *,
-    ablation: str = "mean",
-    similarity: str = "paper",
-    matching: str = "paper",
-    direction: str = DEFAULT_DIRECTION,
-    method: str = "exact",
-    seed: int = 0,
-    margin: float | None = DEFAULT_MARGIN,
-    tolerance: float = 20.0,
-    influential: float = DEFAULT_INFLUENTIAL,
-    weak_similarity: float = DEFAULT_WEAK_SIMILARITY,
-    min_student_influence: float = DEFAULT_MIN_STUDENT_INFLUENCE,
-    tie_margin: float | None = None,
-    noise_floor: float = 0.0,
-    preset: str | None = None,
+    sweeps: tuple[SweepResult, SweepResult] | None = None,
+    **overrides: Any,
 ) -> PairReport:
     """Measure how the student's mechanism relates to the teacher's on ``task``.
 
-    ``method`` is the sweep algorithm ("exact" or "attribution"), ``matching`` how components
-    are paired ("paper": attention/eigenvector similarity; "causal": ablation effect;
-    "tie_aware": similarity, with candidates within ``tie_margin`` of the best treated as a tie
-    decided by ablation effect and left out of fan-in), ``similarity`` what similarity means
-    ("paper", "subspace": principal angles between MLP output subspaces, or "cka") and
+    Keyword arguments are :class:`AnalysisOptions` fields (default: the paper's method, exact
+    sweeps). ``method`` is the sweep algorithm ("exact", "auto" or "attribution"), ``matching``
+    how components are paired ("paper": attention/eigenvector similarity; "causal": ablation
+    effect; "tie_aware": similarity, with candidates within ``tie_margin`` of the best treated
+    as a tie decided by ablation effect and left out of fan-in), ``similarity`` what similarity
+    means ("paper", "subspace": principal angles between MLP output subspaces, or "cka") and
     ``direction`` which side picks its best partner ("teacher_to_student", the paper's v2
     convention, or "student_to_teacher"). ``noise_floor`` (points) leaves pairs below it on
     both sides out of the influence-weighted score. ``preset="recommended"`` sets matching,
     similarity, tie_margin and noise_floor to the combination docs/method.md recommends for
     real models. ``min_student_influence`` is the dead-component floor (see PairReport).
+    ``sweeps`` (teacher's, student's) are sweeps already obtained for these options (the cached
+    ``pair_report`` passes its auto sweeps); otherwise they come from the session/disk memo
+    the gates use, so nothing is swept twice.
 
     Both models must perform the task (clean logit difference > ``margin``), otherwise
-    ``InvalidTaskError`` names both numbers and nothing is scored. Each side's sweep comes from
-    the same session/disk memo the gates use, so nothing is swept twice.
+    ``InvalidTaskError`` names both numbers and nothing is scored.
     """
-    from .cached import sweep_result, task_performance
-
+    options = analysis_options("compare", options, overrides).resolved()
     task = resolve_task(task)
-    matching, similarity, tie_margin, noise_floor = resolve_preset(
-        preset, matching, similarity, tie_margin, noise_floor
-    )
-    check_direction(direction)
+    matching, similarity, direction = options.matching, options.similarity, options.direction
+    tie_margin, noise_floor = options.tie_margin, options.noise_floor
+    min_student_influence = options.min_student_influence
     if matching != "causal" and not pair.same_tokenizer:
         raise IncompatiblePairError(
             "teacher and student use different tokenizers, so their attention patterns cover "
@@ -508,21 +432,22 @@ def compare(
         )
     require_valid_task(
         [task_performance(pair.teacher, task), task_performance(pair.student, task)],
-        margin=margin,
+        margin=options.margin,
     )
     settings = CompareSettings(
-        tolerance=tolerance,
-        influential=influential,
-        weak_similarity=weak_similarity,
+        tolerance=options.tolerance,
+        influential=options.influential,
+        weak_similarity=options.weak_similarity,
         min_student_influence=min_student_influence,
-        margin=margin,
+        margin=options.margin,
     )
+    if sweeps is None:
+        sweeps = (sweep_result(pair.teacher, task, options),
+                  sweep_result(pair.student, task, options))
+    else:
+        require_valid_task([s.performance for s in sweeps], margin=options.margin)
     teacher_report, student_report = (
-        report_from_sweep(
-            sweep_result(m, task, ablation=ablation, method=method, seed=seed, margin=margin),
-            tolerance=tolerance,
-        )
-        for m in (pair.teacher, pair.student)
+        report_from_sweep(result, tolerance=options.tolerance) for result in sweeps
     )
     # plain floats, so the reports hold what JSON gives back
     t_infl = {e.name: e.influence for e in teacher_report.sweep.effects}
@@ -567,8 +492,9 @@ def compare(
         teacher_report.brittleness, student_report.brittleness, compression
     )
     fingerprint = make_fingerprint(
-        pair.student, task, analysis="compare", ablation=ablation, method=method, seed=seed,
-        similarity=similarity, matching=matching, direction=direction,
+        pair.student, task, analysis="compare", ablation=options.ablation,
+        method=_compared_method(options, pair), seed=options.seed, similarity=similarity,
+        matching=matching, direction=direction,
     )
     fingerprint = replace(
         fingerprint, tie_margin=tie_margin, noise_floor=noise_floor if noise_floor > 0 else None
@@ -589,6 +515,15 @@ def compare(
         settings=settings,
         ambiguous=ambiguous_groups(matches, pair, direction),
     )
+
+
+def _compared_method(options: AnalysisOptions, pair: ModelPair) -> str:
+    """The method a compared pair is recorded with: the options', else "auto" when the default
+    rule sweeps either model with it."""
+    if options.method is not None:
+        return options.method
+    return "auto" if "auto" in (default_method(pair.teacher), default_method(pair.student)) \
+        else "exact"
 
 
 def ambiguous_groups(

@@ -22,13 +22,13 @@ import torch
 from ..architectures import BRIDGE_HOOKS, BlockLayout, HookNames
 from ..architectures.base import resolve_module
 from ..components import Component
+from ..config.options import ABLATIONS
 from ..errors import GateConfigError, NonFiniteError
 from ..models import CircuitModel
 from ..tasks import EncodedTask, Task, encode_task
 
 HookFn = Callable[[torch.Tensor, Any], Any]
 
-ABLATIONS = ("zero", "mean", "resample")
 
 #: Every analysis runs at most this many prompts through the model at once: a clean run keeps
 #: every block's input residual and call arguments for its replays, so a whole 10,000-prompt task
@@ -877,6 +877,16 @@ def clean_metrics(model: CircuitModel, task: Task) -> tuple[torch.Tensor, torch.
             del run
         memo[key] = (torch.cat(diffs[::-1]), torch.cat(correct[::-1]))
     return memo[key]
+
+
+def forget_task(model: CircuitModel, task: Task) -> None:
+    """Drop everything memoised for ``task`` on ``model``: its encoding, clean runs and
+    reference statistics. For callers that try many throwaway tasks (a shift gate's search
+    for the smallest breaking prompt), so the memo does not grow with every draw."""
+    fingerprint = task.fingerprint()
+    memo = model_cache(model)
+    for key in [k for k in memo if isinstance(k, tuple) and fingerprint in k]:
+        del memo[key]
 
 
 @dataclass

@@ -8,25 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..components import Component
-from ..errors import IncompatiblePairError
 
-#: "paper": most similar component; "causal": nearest normalised ablation effect;
-#: "tie_aware": most similar component, where candidates within ``tie_margin`` of the best are
-#: an ambiguous set decided by ablation effect and left out of fan-in.
-MATCHINGS = ("paper", "causal", "tie_aware")
-#: Who picks: each teacher component picks its best student component (the paper's v2
-#: convention, the default), or each student component picks its best teacher component (the
-#: authors' earlier notebooks; every student component then counts once, which scores higher).
-DIRECTIONS = ("teacher_to_student", "student_to_teacher")
-DEFAULT_DIRECTION = "teacher_to_student"
-#: The dead-component floor, in points of the clean metric: a student component whose ablation
-#: costs less does no measurable work on the task, so matches onto it are not counted as
-#: compression and its teacher partners are reported as discarded.
-DEFAULT_MIN_STUDENT_INFLUENCE = 2.0
-#: Similarity margin of tie-aware matching: candidates this close to the best are a tie. Chosen
-#: by measurement (docs/method.md): on SmolLM2-135M against its 4-bit copy, 0.02 puts a head's
-#: own copy within the margin of its best match for 256 of 270 heads (204 are the strict best).
-DEFAULT_TIE_MARGIN = 0.02
+# the choices and defaults are defined with the analysis options; re-exported here
+from ..config.options import (
+    DEFAULT_DIRECTION,
+    DEFAULT_MIN_STUDENT_INFLUENCE,
+    DEFAULT_TIE_MARGIN,
+    check_direction,
+)
+from ..errors import IncompatiblePairError
 
 
 @dataclass(frozen=True)
@@ -47,18 +37,6 @@ class Match:
     @property
     def ambiguous(self) -> bool:
         return len(self.candidates) > 1
-
-
-def check_direction(direction: str) -> str:
-    """Return ``direction`` when it is one of :data:`DIRECTIONS`, else raise naming both."""
-    if direction not in DIRECTIONS:
-        raise IncompatiblePairError(
-            f"direction={direction!r} is not a matching direction; use 'teacher_to_student' "
-            "(each teacher component takes its most similar student component, the paper's "
-            "convention) or 'student_to_teacher' (each student component takes its most "
-            "similar teacher component)"
-        )
-    return direction
 
 
 def _best_pairs(

@@ -10,15 +10,12 @@ import numpy as np
 import torch
 
 from ..components import Component
+from ..config.options import SIMILARITIES, check_similarity  # noqa: F401 (re-exported)
 from ..errors import IncompatiblePairError
 from ..models import CircuitModel
 from ..tasks import Task
 from . import engine
 
-#: "paper": heads by attention-pattern rows, MLPs by index-matched top-3 eigenvectors;
-#: "subspace": heads as the paper, MLPs by the principal angles between top-k subspaces;
-#: "cka": linear CKA of head outputs and MLP outputs.
-SIMILARITIES = ("paper", "subspace", "cka")
 #: The paper's MLP signature: the top-3 eigenvectors of the output second moment.
 N_EIGENVECTORS = 3
 #: Dimension of the MLP output subspaces compared by ``similarity="subspace"``. Chosen by
@@ -455,18 +452,6 @@ def _cka_by_chunk(
         _exact_for_copies(heads.matrix(), t_digests[0].digests(), s_digests[0].digests()),
         _exact_for_copies(mlps.matrix(), t_digests[1].digests(), s_digests[1].digests()),
     )
-
-
-def check_similarity(similarity: str) -> str:
-    """Return ``similarity`` when it is one of :data:`SIMILARITIES`, else raise naming them."""
-    if similarity not in SIMILARITIES:
-        raise IncompatiblePairError(
-            f"similarity={similarity!r} is not a similarity; use 'paper' (attention patterns and "
-            "top-3 eigenvectors, the paper's), 'subspace' (the paper's for heads, principal "
-            "angles between top-8 MLP output subspaces, stable under small weight changes) or "
-            "'cka' (linear CKA of head and MLP outputs)"
-        )
-    return similarity
 
 
 @dataclass

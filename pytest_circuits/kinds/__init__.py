@@ -13,10 +13,10 @@ import pkgutil
 from importlib import import_module
 from typing import Any
 
-from .registry import UNIT_SYMBOLS, UNITS, GateKind, Metric, Threshold
+from .registry import UNIT_SYMBOLS, UNITS, GateKind, Metric, Threshold, read_tolerance
 
 #: Modules of this package that hold shared machinery rather than a gate kind.
-_SUPPORT = frozenset({"registry", "finish"})
+_SUPPORT = frozenset({"registry", "runner", "shared"})
 
 
 def _discover() -> dict[str, GateKind]:
@@ -55,6 +55,13 @@ def metric_spec(gate: str, metric: str) -> Metric | None:
     return next((m for k in KINDS.values() if (m := k.metric(metric)) is not None), None)
 
 
+def read_baseline_tolerance(value: Any, what: str, kind: GateKind | None = None
+                            ) -> float | dict[str, float] | None:
+    """A baseline tolerance (a marker's, a gate file's, an assertion's) validated against
+    ``kind``'s metrics, or every kind's when none is given (see ``registry.read_tolerance``)."""
+    return read_tolerance(value, what, [kind] if kind is not None else list(KINDS.values()))
+
+
 __all__ = [
     "GATE_FUNCTIONS",
     "KINDS",
@@ -65,6 +72,7 @@ __all__ = [
     "Threshold",
     "kind_of",
     "metric_spec",
+    "read_baseline_tolerance",
     *GATE_FUNCTIONS,
 ]
 

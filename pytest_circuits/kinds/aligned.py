@@ -4,28 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config.options import DEFAULT_DIRECTION, DEFAULT_MARGIN, GateThresholds
 from ..errors import CircuitAssertionError
 from ..recording import Blame, MetricCheck
 from ..tables import format_table
-from .finish import (
-    Tolerance,
-    alignment_slack,
-    bridges_match,
-    check_margin,
-    finish,
-    has_estimates,
-    headline,
-    method_settings,
-    pair_result,
-    read_baseline_tolerance,
-    record_method,
-    require_gpu,
-    student_must_do_task,
-    sweep_method,
-    task_options,
-    unsettled,
-)
-from .registry import GateKind, Metric, Threshold
+from .registry import GateKind, Metric, Threshold, Tolerance
+from .runner import GateCall, Measurement, run_gate
+from .shared import measure_pair, method_settings, pair_headline, pair_models
 
 
 def assert_circuit_aligned(
@@ -35,14 +20,14 @@ def assert_circuit_aligned(
     min_score: float,
     min_weighted_score: float | None = None,
     matching: str = "paper",
-    direction: str = "teacher_to_student",
+    direction: str = DEFAULT_DIRECTION,
     ablation: str = "mean",
     similarity: str = "paper",
     preset: str | None = None,
     method: str | None = None,
     n_prompts: int | None = None,
     seed: int | None = None,
-    margin: float = 0.1,
+    margin: float = DEFAULT_MARGIN,
     baseline_tolerance: Tolerance = None,
 ) -> Any:
     """The student's circuit matches the teacher's: alignment score A >= ``min_score``.
@@ -54,76 +39,58 @@ def assert_circuit_aligned(
     ``method`` is the sweep algorithm: "exact", "auto" (screen by attribution, then measure
     exactly every component whose influence could cross compare's cut points or be among the 5
     largest; the score itself reads the rest as bounded estimates) or None (the run's
-    ``--circuits-method``, else auto for a model of ``settings.AUTO_MIN_COMPONENTS`` components
-    or more). Returns the PairReport.
+    ``--circuits-method``, else auto for a model of ``AUTO_MIN_COMPONENTS`` components or
+    more). Returns the PairReport.
     """
     __tracebackhide__ = True
-    from ..analysis.cached import as_pair, as_task, pair_report
-
-    limits = KIND.read_thresholds(
-        {"min_score": min_score, "min_weighted_score": min_weighted_score}
+    return run_gate(
+        KIND, pair, task, min_score=min_score, min_weighted_score=min_weighted_score,
+        matching=matching, direction=direction, ablation=ablation, similarity=similarity,
+        preset=preset, method=method, n_prompts=n_prompts, seed=seed, margin=margin,
+        baseline_tolerance=baseline_tolerance,
     )
-    gate = KIND.function_name
-    n_prompts, seed = task_options(n_prompts, seed, gate)
-    margin = check_margin(margin, gate)
-    read_baseline_tolerance(baseline_tolerance, f"{gate}: baseline_tolerance", KIND)
-    requested, origin = sweep_method(method, gate)
-    pair = as_pair(pair)
-    require_gpu(gate, pair.teacher, pair.student)
-    task = as_task(task, n_prompts, seed, pair.teacher)
-    subject = f"{pair.teacher.name} -> {pair.student.name}"
-    bridges_match(KIND, task, subject, {"teacher": pair.teacher, "student": pair.student},
-                  seed=seed)
-    from ..analysis.ablation import GateThresholds
+
+
+def _measure(call: GateCall, method: str | None) -> Measurement:
+    from ..analysis.bounds import alignment_slack, unsettled
 
     # the score reads every influence; an auto sweep decides exactly compare's own cut points
     # (tolerance, influential, dead floor, noise floor: pair_report adds them) and the top 5
-    thresholds = GateThresholds(drop=(), top_k=5)
-
-    def measure(method: str | None) -> Any:
-        with student_must_do_task(KIND, pair, task, subject, margin=margin, seed=seed):
-            return pair_report(
-                pair, task, ablation=ablation, similarity=similarity, matching=matching,
-                direction=direction, seed=seed, margin=margin, preset=preset, method=method,
-                thresholds=thresholds,
-            )
-
-    report = measure(requested)
-    checks = _checks(report, limits)
+    report, sweeps, estimated = measure_pair(call, method, GateThresholds(drop=(), top_k=5))
+    a = report.alignment
+    if not a.pairs:
+        raise CircuitAssertionError("alignment was computed over zero matched components")
+    checks = [MetricCheck("alignment", a.score, call.limits["min_score"], ">=")]
+    if call.limits["min_weighted_score"] is not None:
+        checks.append(MetricCheck("weighted_alignment", a.weighted_score,
+                                  call.limits["min_weighted_score"], ">="))
     undecided: list[str] = []
-    if has_estimates(report.teacher.sweep, report.student.sweep):
-        # the score reads every matched influence: a verdict that the estimates' bands could
-        # flip is settled by the exact sweeps (see finish.alignment_slack)
+    if estimated:  # the score reads every matched influence: bound it over the bands
         paper, weighted = alignment_slack(report)
-        a = report.alignment
         undecided = unsettled(checks, {
             "alignment": (a.score - paper, a.score + paper),
             "weighted_alignment": (a.weighted_score - weighted, a.weighted_score + weighted),
         })
-        if undecided:
-            report = measure("exact")
-            checks = _checks(report, limits)
-    a = report.alignment
-    values = {
-        "alignment": a.score,
-        "mean_similarity": a.mean_similarity,
-        "influence_term": a.influence_term,
-        "weighted_alignment": a.weighted_score,
-        "n_pairs": float(len(a.pairs)),
-    }
     weakest = a.weakest(5)
-    blame = [
-        Blame(p.teacher, p.student, {
-            "similarity": p.similarity, "teacher_share": p.teacher_share,
-            "student_share": p.student_share, "contribution": p.contribution,
-        })
-        for p in weakest
-    ]
-    result = pair_result(KIND, report, checks, values, blame, baseline_tolerance)
-    method_line = record_method(result, requested, origin,
-                                {"teacher": report.teacher.sweep, "student": report.student.sweep},
-                                undecided)
-    details = (
+    values = {"alignment": a.score, "mean_similarity": a.mean_similarity,
+              "influence_term": a.influence_term, "weighted_alignment": a.weighted_score,
+              "n_pairs": float(len(a.pairs))}
+    blame = [Blame(p.teacher, p.student, {
+        "similarity": p.similarity, "teacher_share": p.teacher_share,
+        "student_share": p.student_share, "contribution": p.contribution,
+    }) for p in weakest]
+    return Measurement(
+        value=report, checks=checks, values=values, blame=blame,
+        headline=pair_headline("circuit alignment", report),
+        details=lambda line: _details(line, report, call.options.preset, weakest),
+        fingerprint=report.fingerprint.to_dict(), models=pair_models(report), report=report,
+        sweeps=sweeps, unsettled=undecided, task=report.task,
+    )
+
+
+def _details(method_line: str, report: Any, preset: str | None, weakest: Any) -> str:
+    a = report.alignment
+    return (
         f"  parts: mean similarity {a.mean_similarity:.4f}, influence term "
         f"{a.influence_term:+.4f}, weighted variant {a.weighted_score:.4f} "
         f"({len(a.pairs)} matched pairs, {method_settings(preset, report)})\n"
@@ -135,19 +102,6 @@ def assert_circuit_aligned(
               p.contribution] for p in weakest],
         )
     )
-    finish(result, headline("circuit alignment", report), details, task=task)
-    return report
-
-
-def _checks(report: Any, limits: dict[str, Any]) -> list[MetricCheck]:
-    a = report.alignment
-    if not a.pairs:
-        raise CircuitAssertionError("alignment was computed over zero matched components")
-    checks = [MetricCheck("alignment", a.score, limits["min_score"], ">=")]
-    if limits["min_weighted_score"] is not None:
-        checks.append(MetricCheck("weighted_alignment", a.weighted_score,
-                                  limits["min_weighted_score"], ">="))
-    return checks
 
 
 KIND = GateKind(
@@ -170,4 +124,5 @@ KIND = GateKind(
         Metric("n_pairs", "count", None, meaning="matched teacher/student pairs"),
     ),
     options=("matching", "direction", "ablation", "similarity", "margin", "preset", "method"),
+    measure=_measure,
 )

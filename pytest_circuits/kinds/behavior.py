@@ -4,19 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..recording import GateResult, MetricCheck
+from ..config.options import DEFAULT_MARGIN
+from ..recording import MetricCheck
 from ..tables import format_table
-from .finish import (
-    Tolerance,
-    bridges_match,
-    check_margin,
-    finish,
-    read_baseline_tolerance,
-    require_gpu,
-    task_options,
-    tolerances,
-)
-from .registry import GateKind, Metric, Threshold
+from .registry import GateKind, Metric, Threshold, Tolerance
+from .runner import GateCall, Measurement, clean_fingerprint, run_gate
 
 
 def assert_behavior_preserved(
@@ -26,51 +18,27 @@ def assert_behavior_preserved(
     min_retained: float,
     n_prompts: int | None = None,
     seed: int | None = None,
-    margin: float = 0.1,
+    margin: float = DEFAULT_MARGIN,
     baseline_tolerance: Tolerance = None,
 ) -> Any:
     """The student still does the task: its clean metric is >= ``min_retained`` percent of the
-    teacher's. Returns the student's TaskPerformance."""
+    teacher's. A student whose clean logit difference is not above ``margin`` fails whatever
+    ``min_retained`` says (it no longer does the task). Returns the student's TaskPerformance."""
     __tracebackhide__ = True
-    limits = KIND.read_thresholds({"min_retained": min_retained})  # before torch loads
-    from ..analysis import require_valid_task, task_performance
-    from ..analysis.ablation import make_fingerprint
-    from ..analysis.cached import as_pair, as_task
+    return run_gate(KIND, pair, task, min_retained=min_retained, n_prompts=n_prompts, seed=seed,
+                    margin=margin, baseline_tolerance=baseline_tolerance)
 
-    gate = KIND.function_name
-    n_prompts, seed = task_options(n_prompts, seed, gate)
-    margin = check_margin(margin, gate)
-    read_baseline_tolerance(baseline_tolerance, f"{gate}: baseline_tolerance", KIND)
-    pair = as_pair(pair)
-    require_gpu(gate, pair.teacher, pair.student)
-    task = as_task(task, n_prompts, seed, pair.teacher)
-    bridges_match(KIND, task, pair.name, {"teacher": pair.teacher, "student": pair.student},
-                  seed=seed)
+
+def _measure(call: GateCall, method: str | None) -> Measurement:
+    from ..analysis import require_valid_task
+    from ..analysis.store import task_performance
+
+    pair, task = call.pair, call.task
     teacher = task_performance(pair.teacher, task)
     student = task_performance(pair.student, task)
-    require_valid_task([teacher], margin=margin)
+    # both must do the task: a student that does not fails the gate (the runner's rule)
+    require_valid_task([teacher, student], margin=call.options.margin)
     kept = 100.0 * student.mean_logit_diff / teacher.mean_logit_diff
-    checks = [MetricCheck("behavior_retained", kept, limits["min_retained"], ">=")]
-    values = {
-        "behavior_retained": kept,
-        "student_logit_diff": student.mean_logit_diff,
-        "teacher_logit_diff": teacher.mean_logit_diff,
-        "student_accuracy": student.accuracy,
-        "teacher_accuracy": teacher.accuracy,
-    }
-    fingerprint = make_fingerprint(
-        pair.student, task, analysis="behavior", ablation="none", method="clean", seed=seed
-    )
-    result = GateResult(
-        gate=KIND.name,
-        subject=pair.name,
-        task=task.name,
-        checks=checks,
-        values=values,
-        fingerprint=fingerprint.to_dict(),
-        models={"teacher": pair.teacher.describe(), "student": pair.student.describe()},
-        tolerances=tolerances(baseline_tolerance, list(values), KIND),
-    )
     details = format_table(
         ["model", "logit diff", "accuracy", "pairwise accuracy"],
         [
@@ -78,12 +46,18 @@ def assert_behavior_preserved(
             ["student", student.mean_logit_diff, student.accuracy, student.pairwise_accuracy],
         ],
     )
-    if not student.mean_logit_diff > margin:
-        details += (f"\n  behaviour lost: the student's clean logit difference "
-                    f"{student.mean_logit_diff:.4f} is not above margin={margin:g} (the "
-                    f"teacher's is {teacher.mean_logit_diff:.4f})")
-    finish(result, f"behaviour of {pair.name} on task '{task.name}'", details, task=task)
-    return student
+    return Measurement(
+        value=student,
+        checks=[MetricCheck("behavior_retained", kept, call.limits["min_retained"], ">=")],
+        values={"behavior_retained": kept, "student_logit_diff": student.mean_logit_diff,
+                "teacher_logit_diff": teacher.mean_logit_diff,
+                "student_accuracy": student.accuracy, "teacher_accuracy": teacher.accuracy},
+        headline=f"behaviour of {pair.name} on task '{task.name}'",
+        details=lambda line: details,
+        fingerprint=clean_fingerprint(pair.student, task, call.options.seed,
+                                      analysis="behavior", method="clean"),
+        models={"teacher": pair.teacher.describe(), "student": pair.student.describe()},
+    )
 
 
 KIND = GateKind(
@@ -103,4 +77,5 @@ KIND = GateKind(
         Metric("teacher_accuracy", "fraction", None, meaning="the teacher's top-1 accuracy"),
     ),
     options=("margin",),
+    measure=_measure,
 )

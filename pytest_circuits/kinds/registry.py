@@ -9,11 +9,15 @@ test holds ``GATES.md`` to it. Torch-free: the plugin reads it at load time.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..config.options import AnalysisOptions, closest
 from ..errors import GateConfigError
+
+#: A baseline tolerance as a caller gives it: one number for every metric, or per metric.
+Tolerance = float | Mapping[str, float] | None
 
 #: The units thresholds and metrics are measured in, with what a number in them means.
 UNITS: dict[str, str] = {
@@ -132,10 +136,28 @@ class GateKind:
     #: What the gate checks when the caller sets no threshold ("" when it would check nothing,
     #: which is then refused); bridge_parity falls back to its dtype's tolerance.
     default_check: str = ""
+    #: How the gate measures: ``measure(call, method) -> runner.Measurement``, where
+    #: ``method`` is the sweep method to use ("exact" when the runner settles a verdict).
+    measure: Callable[..., Any] | None = None
+    #: Checks of the call's own arguments beyond thresholds and options: ``check(call)``,
+    #: run once the pair or model is known and before anything is measured.
+    check: Callable[..., None] | None = None
+    #: Builds the gate's task from what the caller wrote (default: the teacher's fit of it).
+    build_task: Callable[..., Any] | None = None
+    #: A gate on a pair keyed (in baselines) by the model it checks, the student, not by
+    #: "teacher -> student" (the robustness gate).
+    keyed_by_model: bool = False
+    #: Runs the bridge parity preflight on its models first (every gate but bridge_parity).
+    preflight: bool = True
 
     def __post_init__(self) -> None:
         if not (self.takes_pair or self.takes_model):
             raise ValueError(f"gate kind {self.name}: takes neither a pair nor a model")
+
+    @property
+    def analysis_options(self) -> tuple[str, ...]:
+        """Its options that are :class:`AnalysisOptions` fields (the rest are its own)."""
+        return tuple(o for o in self.options if o in _ANALYSIS_FIELDS)
 
     @property
     def yaml_key(self) -> str:
@@ -198,6 +220,60 @@ class GateKind:
                 f"of {names} (for example {first.name}={_example(first)})"
             )
         return values
+
+
+_ANALYSIS_FIELDS = frozenset(AnalysisOptions.__dataclass_fields__)
+
+
+def tolerances(baseline_tolerance: Tolerance, names: Sequence[str],
+               kind: GateKind | None = None) -> dict[str, float]:
+    """Per-metric baseline tolerances from one number (every metric) or a mapping, checked by
+    :func:`read_baseline_tolerance` against ``kind``'s metrics."""
+    what = f"{kind.function_name}: baseline_tolerance" if kind else "baseline_tolerance"
+    value = read_tolerance(baseline_tolerance, what, [kind] if kind else [])
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    return {name: value for name in names}
+
+
+def read_tolerance(value: Any, what: str, kinds: Sequence[GateKind]
+                   ) -> float | dict[str, float] | None:
+    """A baseline tolerance validated: None, a finite number >= 0, or a mapping of metric names
+    (of ``kinds``) to such numbers.
+
+    A NaN compares false with everything, so a NaN tolerance would pass every regression; a
+    negative one would fail an unchanged result; a misspelt metric name would silently leave
+    the metric at its default. Each is a :class:`GateConfigError` instead.
+    """
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        if not value:
+            raise GateConfigError(f"{what} is an empty mapping; give metric: number pairs or "
+                                  "one number for every metric")
+        known = sorted({m.name for k in kinds for m in k.metrics})
+        checked: dict[str, float] = {}
+        for metric, number in value.items():
+            if not isinstance(metric, str) or not any(k.metric(metric) for k in kinds):
+                owner = f"gate {kinds[0].name}" if len(kinds) == 1 else "any gate kind"
+                raise GateConfigError(
+                    f"{what}: {metric!r} is not a metric of {owner}{closest(metric, known)}; "
+                    f"known metrics: {', '.join(known)} (see GATES.md)"
+                )
+            checked[metric] = _tolerance(number, f"{what}[{metric!r}]")
+        return checked
+    return _tolerance(value, what)
+
+
+def _tolerance(value: Any, what: str) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0):
+        raise GateConfigError(
+            f"{what} is {value!r}; give a finite number >= 0 (or a mapping metric -> number)"
+        )
+    return float(value)
 
 
 def _example(threshold: Threshold) -> str:

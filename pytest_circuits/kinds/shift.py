@@ -14,24 +14,18 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..config.options import DEFAULT_MARGIN
 from ..errors import GateConfigError
-from ..recording import GateResult, MetricCheck
+from ..recording import MetricCheck
 from ..tables import format_table
-from .finish import (
-    Tolerance,
-    bridges_match,
-    check_margin,
-    finish,
-    read_baseline_tolerance,
-    require_gpu,
-    student_must_do_task,
-    task_options,
-    tolerances,
-)
-from .registry import GateKind, Metric, Threshold
+from .registry import GateKind, Metric, Threshold, Tolerance
+from .runner import GateCall, Measurement, clean_fingerprint, run_gate
 
 #: Hypothesis examples tried when looking for the smallest prompt that breaks the student.
 DEFAULT_MAX_EXAMPLES = 100
+#: At most this many: each draw runs both models on a shifted prompt, and the search (with its
+#: shrinking) then has a bounded cost; 10^9 draws ran for minutes before being killed.
+MAX_EXAMPLES = 10_000
 _SHOWN = 5  # broken prompts of the shifted task listed in a failure
 
 
@@ -89,14 +83,15 @@ def _check_shift_name(task_name: str, shift: Any) -> None:
 
 
 def _performance(model: Any, task: Any) -> Any:
-    """Clean performance without keeping the run in the model's memo (searches try many)."""
-    from ..analysis import task_performance
-    from ..analysis.engine import model_cache
+    """Clean performance without keeping anything of the task in the model's memo or the
+    analysis cache (a search tries many throwaway tasks)."""
+    from ..analysis.ablation import measure_task_performance
+    from ..analysis.engine import forget_task
 
     try:
-        return task_performance(model, task)
+        return measure_task_performance(model, task)
     finally:
-        model_cache(model).pop(("clean", task.fingerprint()), None)
+        forget_task(model, task)
 
 
 def smallest_break(
@@ -129,7 +124,7 @@ def base_task(pair: Any, task: Any, shift: str, *, n_prompts: int | None = None,
               seed: int = 0) -> Any:
     """The built-in ``task`` a shift is measured against: a name is built for the teacher's
     tokenizer (so an adapted task says so in ``task.adaptation``), a Task is taken as given."""
-    from ..analysis.cached import as_task
+    from ..analysis.store import as_task
     from ..tasks import resolve_task
 
     if isinstance(task, str):
@@ -149,7 +144,7 @@ def measure_shift(
     and the shifted task (built for the teacher's tokenizer). Raises ``InvalidTaskError`` when
     either model cannot do the base task (clean logit difference not above ``margin``)."""
     from ..analysis import require_valid_task
-    from ..analysis.cached import as_pair
+    from ..analysis.store import as_pair
     from ..tasks.shifts import shifted_task
 
     pair = as_pair(pair)
@@ -185,7 +180,7 @@ def assert_shift_robust(
     max_accuracy_gap: float | None = None,
     n_prompts: int | None = None,
     seed: int | None = None,
-    margin: float = 0.1,
+    margin: float = DEFAULT_MARGIN,
     max_examples: int = DEFAULT_MAX_EXAMPLES,
     baseline_tolerance: Tolerance = None,
 ) -> ShiftMeasurement:
@@ -195,29 +190,28 @@ def assert_shift_robust(
     more top-1 accuracy. ``task`` is a built-in (``numerals``, ``numwords``, ``ioi``), built for
     the teacher's tokenizer; ``shift`` one of ``tasks.shifts.SHIFTS[task]``. On a failure the
     message lists the shifted prompts the student broke on and the teacher did not, and the
-    smallest one Hypothesis finds in ``max_examples`` derandomised draws. A student that
-    cannot do the built-in task fails the gate; a teacher that cannot is an error. Returns the
-    :class:`ShiftMeasurement`."""
+    smallest one Hypothesis finds in ``max_examples`` derandomised draws (at most
+    ``MAX_EXAMPLES``). A student that cannot do the built-in task fails the gate; a teacher
+    that cannot is an error. Returns the :class:`ShiftMeasurement`."""
     __tracebackhide__ = True
-    limits = KIND.read_thresholds({"max_gap": max_gap, "max_accuracy_gap": max_accuracy_gap})
-    gate = KIND.function_name
-    check_max_examples(max_examples, gate)
-    n_prompts, seed = task_options(n_prompts, seed, gate)
-    margin = check_margin(margin, gate)
-    read_baseline_tolerance(baseline_tolerance, f"{gate}: baseline_tolerance", KIND)
-    if isinstance(task, str):  # before any model loads
+    check_max_examples(max_examples, KIND.function_name)  # before any model loads
+    if isinstance(task, str):
         _check_shift_name(task, shift)
-    from ..analysis.ablation import make_fingerprint
-    from ..analysis.cached import as_pair
+    return run_gate(KIND, pair, task, shift=shift, max_gap=max_gap,
+                    max_accuracy_gap=max_accuracy_gap, n_prompts=n_prompts, seed=seed,
+                    margin=margin, max_examples=max_examples,
+                    baseline_tolerance=baseline_tolerance)
 
-    pair = as_pair(pair)
-    require_gpu(gate, pair.teacher, pair.student)
-    base = base_task(pair, task, shift, n_prompts=n_prompts, seed=seed)
-    models = {"teacher": pair.teacher, "student": pair.student}
-    bridges_match(KIND, base, pair.name, models, seed=seed)
-    with student_must_do_task(KIND, pair, base, pair.name, margin=margin, seed=seed):
-        measured, _, shifted = measure_shift(pair, base, shift, n_prompts=n_prompts, seed=seed,
-                                             margin=margin)
+
+def _build_task(call: GateCall, task: Any) -> Any:
+    return base_task(call.pair, task, call.extra["shift"], n_prompts=call.options.n_prompts,
+                     seed=call.options.seed)
+
+
+def _measure(call: GateCall, method: str | None) -> Measurement:
+    pair, shift, limits = call.pair, call.extra["shift"], call.limits
+    measured, _, shifted = measure_shift(pair, call.task, shift, n_prompts=call.options.n_prompts,
+                                         seed=call.options.seed, margin=call.options.margin)
     checks: list[MetricCheck] = []
     if limits["max_gap"] is not None:
         checks.append(MetricCheck("shift_gap", measured.gap, limits["max_gap"], "<=",
@@ -227,10 +221,8 @@ def assert_shift_robust(
                                   limits["max_accuracy_gap"], "<=",
                                   teacher_value=measured.teacher_shifted_accuracy))
     if not all(c.passed for c in checks):
-        measured = ShiftMeasurement(**{
-            **measured.to_dict(),
-            "smallest": smallest_break(pair, measured.task, shift, max_examples=max_examples),
-        })
+        measured = ShiftMeasurement(**{**measured.to_dict(), "smallest": smallest_break(
+            pair, measured.task, shift, max_examples=call.extra["max_examples"])})
     values = {
         "shift_gap": measured.gap,
         "accuracy_gap": measured.accuracy_gap,
@@ -240,30 +232,26 @@ def assert_shift_robust(
         "student_shift_accuracy": measured.student_shifted_accuracy,
         "broken_share": len(measured.broken) / len(shifted),
     }
-    fingerprint = make_fingerprint(pair.student, shifted, analysis="shift", ablation="none",
-                                   method=shift, seed=seed)
-    result = GateResult(
-        gate=KIND.name,
-        subject=pair.name,
-        task=shifted.name,
-        checks=checks,
-        values=values,
-        fingerprint=fingerprint.to_dict(),
+    return Measurement(
+        value=measured, checks=checks, values=values,
+        headline=f"robustness of {pair.name} to shift '{shift}' of task '{measured.task}'",
+        details=lambda line: _details(measured, len(shifted)),
+        fingerprint=clean_fingerprint(pair.student, shifted, call.options.seed,
+                                      analysis="shift", method=shift),
         models={"teacher": pair.teacher.describe(), "student": pair.student.describe()},
-        tolerances=tolerances(baseline_tolerance, list(values), KIND),
+        task=shifted.name,
     )
-    finish(result, f"robustness of {pair.name} to shift '{shift}' of task '{measured.task}'",
-           _details(measured, len(shifted)), task=base)
-    return measured
 
 
 def check_max_examples(max_examples: Any, gate: str) -> int:
-    """Hypothesis draws for the smallest breaking prompt: a whole number >= 1."""
-    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+    """Hypothesis draws for the smallest breaking prompt: a whole number in
+    [1, ``MAX_EXAMPLES``]."""
+    if (isinstance(max_examples, bool) or not isinstance(max_examples, int)
+            or not 1 <= max_examples <= MAX_EXAMPLES):
         raise GateConfigError(
-            f"{gate}: max_examples={max_examples!r} must be a positive integer (Hypothesis "
-            f"draws when searching for the smallest breaking prompt; default "
-            f"{DEFAULT_MAX_EXAMPLES})"
+            f"{gate}: max_examples={max_examples!r} must be a positive integer, at most "
+            f"{MAX_EXAMPLES:,} (Hypothesis draws when searching for the smallest breaking "
+            f"prompt; default {DEFAULT_MAX_EXAMPLES})"
         )
     return max_examples
 
@@ -317,4 +305,6 @@ KIND = GateKind(
     ),
     options=("margin", "max_examples"),
     required=("shift",),
+    measure=_measure,
+    build_task=_build_task,
 )

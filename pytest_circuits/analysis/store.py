@@ -1,0 +1,160 @@
+"""A model's sweeps and clean runs, memoised per session and on disk.
+
+A sweep is keyed by the model's weights, the task and the sweep's own options (components,
+ablation, method, seed, and for an auto sweep the cut points it decides exactly), so every
+gate, pair and direct call in a session shares one: the teacher is swept once however many
+students are compared with it. ``compare``, ``model_report`` and every gate obtain sweeps here.
+
+The sweep algorithm is ``options.method``: "exact", "auto" (screened, then exact wherever a
+verdict against ``options.thresholds`` could depend on the value) or None, which picks "auto"
+for a model of at least ``config.options.AUTO_MIN_COMPONENTS`` components and "exact" below.
+An auto sweep's key holds its thresholds, so one made for other thresholds is never served to a
+gate whose verdict it could not decide; an exact sweep already stored serves an auto request (it
+decides every verdict), so a model is never swept twice for one task and settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import cache
+from ..config import options as defaults
+from ..config.options import AnalysisOptions, GateThresholds
+from ..tasks import DEFAULT_N_PROMPTS, resolve_task
+from . import ablation
+
+#: What a direct call of the analysis layer measures by default: every component exactly.
+EXACT = AnalysisOptions(method="exact")
+
+
+def analysis_options(where: str, options: AnalysisOptions | None,
+                     overrides: dict[str, Any]) -> AnalysisOptions:
+    """``options`` (default :data:`EXACT`) with the keyword ``overrides`` a caller passed,
+    validated once and named as coming from ``where``."""
+    if options is not None and not isinstance(options, AnalysisOptions):
+        raise TypeError(f"{where}: options must be an AnalysisOptions, got "
+                        f"{type(options).__name__}")
+    if not overrides and options is not None:
+        return options
+    return AnalysisOptions.of(where, options or EXACT, **overrides)
+
+
+def as_pair(pair: Any) -> Any:
+    from ..models import ModelPair, load_pair
+
+    if isinstance(pair, ModelPair):
+        return pair
+    if isinstance(pair, (tuple, list)) and len(pair) == 2:
+        return load_pair(pair[0], pair[1])
+    raise TypeError(
+        f"expected a ModelPair (the circuit_pair fixture or load_pair(teacher, student)), got "
+        f"{type(pair).__name__}"
+    )
+
+
+def as_task(task: Any, n_prompts: int | None, seed: int | None, model: Any = None) -> Any:
+    """Resolve what a user wrote into a Task, once, at the edge.
+
+    A built-in name is built to fit ``model``'s tokenizer and kind (causal or masked) when a
+    model is given (for a pair: the teacher; both share a vocabulary). ``n_prompts=None``
+    means the default; 0 or a negative count is refused by ``resolve_task``, never replaced.
+    """
+    return resolve_task(
+        task,
+        n_prompts=DEFAULT_N_PROMPTS if n_prompts is None else n_prompts,
+        seed=0 if seed is None else seed,
+        tokenizer=getattr(model, "tokenizer", None),
+        kind=getattr(model, "kind", None),
+    )
+
+
+def model_parts(model: Any, task: Any) -> dict[str, Any]:
+    """What identifies a model's run of a task: its weights, how it computes, the task."""
+    return {
+        "name": model.name,
+        "model": model.weights_fingerprint,
+        "task": task.fingerprint(),
+        "dtype": model.dtype,
+        "device": model.device_kind,
+    }
+
+
+def n_components(model: Any) -> int:
+    """How many components (heads plus MLPs) a full sweep of ``model`` ablates."""
+    return int(model.n_layers) * (int(model.n_heads) + 1)
+
+
+def default_method(model: Any) -> str:
+    """The sweep algorithm for ``method=None``: "auto" from ``AUTO_MIN_COMPONENTS`` components
+    on (read at call time, so a test may lower it), "exact" below."""
+    return "auto" if n_components(model) >= defaults.AUTO_MIN_COMPONENTS else "exact"
+
+
+def auto_thresholds(options: AnalysisOptions, drop: Any = ()) -> GateThresholds:
+    """The cut points an auto sweep for ``options`` decides exactly: its thresholds (default:
+    the default tolerance and top 5) plus the extra single-component levels ``drop``."""
+    return (options.thresholds or GateThresholds()).with_drops(drop)
+
+
+class _Absent(Exception):
+    """Raised by the compute function of :func:`_stored`: nothing is stored under the key."""
+
+
+def _stored(kind: str, parts: dict[str, Any]) -> Any:
+    """The entry stored (in this session or on disk) under ``parts``, None when there is none;
+    nothing is computed."""
+
+    def absent() -> Any:
+        raise _Absent
+
+    try:
+        return cache.cached(kind, parts, absent)
+    except _Absent:
+        return None
+
+
+def task_performance(model: Any, task: Any) -> Any:
+    """The clean run's metric (``ablation.measure_task_performance``) through the session/disk
+    cache."""
+    return cache.cached("performance", model_parts(model, task),
+                        lambda: ablation.measure_task_performance(model, task))
+
+
+def sweep_result(model: Any, task: Any, options: AnalysisOptions | None = None,
+                 **overrides: Any) -> Any:
+    """``ablation.sweep`` through the session/disk cache: one sweep per weights, task and
+    sweep options (keyword arguments are :class:`AnalysisOptions` fields; default exact).
+
+    An auto sweep is keyed by its ``thresholds`` too, and an exact sweep already stored for the
+    same model, task and settings is returned for an auto request instead (its
+    ``fingerprint.method`` says "exact"). The margin is not part of the key: it does not change
+    a sweep's numbers, only whether the task is valid for the model, and that is checked again
+    on every call, so a stored sweep is never served to a caller whose margin refuses the task.
+    """
+    options = analysis_options("sweep_result", options, overrides)
+    method = options.method or default_method(model)
+    parts = {**model_parts(model, task), **options.key(("components", "ablation", "seed")),
+             "method": method}
+    result = None
+    thresholds = None
+    if method == "auto":
+        thresholds = auto_thresholds(options)
+        # an exact sweep decides every verdict: one already stored is never swept again
+        result = _stored("sweep", {**parts, "method": "exact"})
+        parts["thresholds"] = thresholds.to_dict()
+    if result is None:
+        result = cache.cached(
+            "sweep",
+            parts,
+            lambda: ablation.sweep(
+                model, task, components=_selection(options.components),
+                ablation=options.ablation, method=method, seed=options.seed,
+                margin=options.margin, thresholds=thresholds,
+            ),
+        )
+    ablation.require_valid_task([result.performance], margin=options.margin)
+    return result
+
+
+def _selection(components: str | tuple[str, ...]) -> str | list[str]:
+    return components if isinstance(components, str) else list(components)
