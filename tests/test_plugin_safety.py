@@ -167,7 +167,7 @@ def test_a_bad_margin_is_refused_before_the_guard_can_be_turned_off(margin: Any)
 
 @pytest.mark.parametrize("tolerance", [-1.0, 101.0, float("nan")])
 def test_a_sweep_tolerance_outside_0_to_100_points_is_refused(tolerance: float) -> None:
-    with pytest.raises(GateConfigError, match=r"tolerance=.* must be a number in \[0, 100\]"):
+    with pytest.raises(GateConfigError, match=r"tolerance=.* must be a number in \[0, 100\)"):
         kinds.assert_ablation_robust(object(), "numerals", max_severity=0.5, tolerance=tolerance)
 
 

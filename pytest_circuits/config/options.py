@@ -164,11 +164,13 @@ def check_margin(value: Any, where: str) -> float:
 
 
 def check_drop_tolerance(value: Any, where: str) -> float:
-    """The per-component drop tolerance of a sweep: percentage points in [0, 100]."""
-    if not _is_number(value) or not math.isfinite(value) or not 0 <= value <= 100:
+    """The per-component drop tolerance of a sweep: percentage points in [0, 100) (severity
+    scales each drop's excess by 100 - tolerance, so 100 itself measures nothing)."""
+    if not _is_number(value) or not math.isfinite(value) or not 0 <= value < 100:
         raise GateConfigError(
-            f"{where}: tolerance={value!r} must be a number in [0, 100] (percentage points "
-            "of the clean metric a single ablation may cost before it counts as severe)"
+            f"{where}: tolerance={value!r} must be a number in [0, 100) (percentage points "
+            "of the clean metric a single ablation may cost before it counts as severe; "
+            "severity divides by 100 minus it)"
         )
     return float(value)
 
