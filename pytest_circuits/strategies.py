@@ -8,7 +8,10 @@ shift: ``"members"`` (list members never seen in lists), ``"template"`` (other t
 never seen in IOI; ``"none"`` is the built-in distribution. Given a tokenizer, every draw keeps
 its answers single tokens and its clean and corrupted prompts equal in length for it, so a
 draw encodes as the gates encode (``encode_task``). Failures shrink towards the first words of
-each pool, the smallest numbers and the shortest lists.
+each pool, the smallest numbers and the shortest lists. There is one strategy function per
+built-in task, named after it (``numerals``, ``numwords``, ``ioi``), made from the task's own
+declaration (its module in ``pytest_circuits/tasks/builtin/`` says how an example is drawn), so a
+new built-in task gets its strategy without a change here.
 
 Use them in your own tests; comparing with the teacher keeps a shift that defeats both models
 (the zoo's models all fail on lists of seven) from failing the student::
