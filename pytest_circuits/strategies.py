@@ -8,7 +8,10 @@ shift: ``"members"`` (list members never seen in lists), ``"template"`` (other t
 never seen in IOI; ``"none"`` is the built-in distribution. Given a tokenizer, every draw keeps
 its answers single tokens and its clean and corrupted prompts equal in length for it, so a
 draw encodes as the gates encode (``encode_task``). Failures shrink towards the first words of
-each pool, the smallest numbers and the shortest lists.
+each pool, the smallest numbers and the shortest lists. There is one strategy function per
+built-in task, named after it (``numerals``, ``numwords``, ``ioi``), made from the task's own
+declaration (its module in ``pytest_circuits/tasks/builtin/`` says how an example is drawn), so a
+new built-in task gets its strategy without a change here.
 
 Use them in your own tests; comparing with the teacher keeps a shift that defeats both models
 (the zoo's models all fail on lists of seven) from failing the student::
@@ -33,14 +36,14 @@ from a seed instead (what ``assert_shift_robust`` measures).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import strategies as st
 
+from .tasks.builtin import BUILTINS, BuiltinTask
 from .tasks.fit import fits
 from .tasks.shifts import SHIFTS, Chooser, T, draw_example, example_task, shift_pools, shifted_task
-
-__all__ = ["SHIFTS", "ioi", "numerals", "numwords", "shifted_prompts", "shifted_task"]
 
 
 class _DrawChooser(Chooser):
@@ -84,16 +87,22 @@ def shifted_prompts(
     return strategy.filter(lambda task: fits(task, tokenizer, mode))
 
 
-def numerals(tokenizer: Any = None, *, shift: str = "none", kind: str | None = None) -> Any:
-    """One-prompt numerals tasks: ``Van done in 1. ... Sun done in`` -> `` 5``."""
-    return shifted_prompts("numerals", shift, tokenizer, kind=kind)
+def _strategy(task: BuiltinTask) -> Callable[..., Any]:
+    """The public strategy of built-in ``task``: ``numerals(tokenizer, shift=..., kind=...)``."""
+
+    def strategy(tokenizer: Any = None, *, shift: str = "none", kind: str | None = None) -> Any:
+        return shifted_prompts(task.name, shift, tokenizer, kind=kind)
+
+    strategy.__name__ = strategy.__qualname__ = task.strategy_name
+    strategy.__doc__ = task.strategy_doc
+    return strategy
 
 
-def numwords(tokenizer: Any = None, *, shift: str = "none", kind: str | None = None) -> Any:
-    """One-prompt numwords tasks: ``Van done in one. ... Sun done in`` -> `` five``."""
-    return shifted_prompts("numwords", shift, tokenizer, kind=kind)
+#: Strategy name -> function, one per built-in task (``numerals``, ``numwords``, ``ioi``).
+STRATEGIES: dict[str, Callable[..., Any]] = {
+    task.strategy_name: _strategy(task) for task in BUILTINS.values()
+}
 
+__all__ = ["SHIFTS", "shifted_prompts", "shifted_task", *STRATEGIES]
 
-def ioi(tokenizer: Any = None, *, shift: str = "none", kind: str | None = None) -> Any:
-    """One-prompt IOI tasks: ``When Mary and John went to the store, John gave a drink to``."""
-    return shifted_prompts("ioi", shift, tokenizer, kind=kind)
+globals().update(STRATEGIES)  # ``from pytest_circuits.strategies import numerals``

@@ -244,3 +244,113 @@ def test_a_torn_or_binary_task_file_raises_only_task_errors(scratch: Path,
                                                             text: str | bytes) -> None:
     path = _write(scratch, "task.yaml", text)
     _no_stray_errors(lambda: load_task_file(path), TaskError)
+
+
+# ------------------------------------------------------------- deep nesting and repeated keys
+
+NESTING_FIX = "Fix: write the task as SCHEMA.md shows"
+
+
+def _task_error(path: Path) -> str:
+    with pytest.raises(TaskError) as caught:
+        load_task_file(path)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("array.json", "[" * 10_000 + "]" * 10_000),
+    ("object.json", '{"name": ' * 10_000 + '"x"' + "}" * 10_000),
+    ("under-the-decoders-limit.json", "[" * 800 + "]" * 800),
+])
+def test_a_deeply_nested_json_task_file_is_refused_naming_the_file(scratch: Path, name: str,
+                                                                   text: str) -> None:
+    path = _write(scratch, name, text)
+    message = _task_error(path)
+    assert message.startswith(f"{path}:1: lists and objects nest more than 32 levels deep")
+    assert NESTING_FIX in message
+
+
+def test_the_nesting_error_names_the_line_where_the_limit_is_crossed(scratch: Path) -> None:
+    lines = ['{"name": "x", "prompts":'] + ["["] * 40 + ["]"] * 40 + [', "corrupted": []}']
+    path = _write(scratch, "lines.json", "\n".join(lines))
+    # line 1 opens level 1, line k level k: level 33 opens on line 33
+    assert _task_error(path).startswith(f"{path}:33: lists and objects nest more than 32")
+
+
+def test_nesting_up_to_the_limit_reaches_the_schema_checks(scratch: Path) -> None:
+    at_limit = _write(scratch, "limit.json", "[" * 32 + "]" * 32)
+    assert "the top level must be a mapping, got list" in _task_error(at_limit)
+    past = _write(scratch, "past.json", "[" * 33 + "]" * 33)
+    assert "nest more than 32 levels deep" in _task_error(past)
+
+
+def test_a_deeply_nested_jsonl_line_is_refused_naming_its_line(scratch: Path) -> None:
+    text = '{"name": "x"}\n{"prompt": "a b", "correct": " 1", "distractor": " 2"}\n'
+    path = _write(scratch, "deep.jsonl", text + "[" * 10_000 + "]" * 10_000 + "\n")
+    message = _task_error(path)
+    assert message.startswith(f"{path}:3: lists and objects nest more than 32 levels deep")
+
+
+@pytest.mark.parametrize("text", ["[" * 10_000 + "]" * 10_000, "- " * 5_000 + "x\n"])
+def test_a_deeply_nested_yaml_task_file_is_refused_naming_the_file(scratch: Path,
+                                                                   text: str) -> None:
+    path = _write(scratch, "deep.yaml", text)
+    assert _task_error(path).startswith(f"{path}:1: the document nests too deeply to read")
+
+
+def test_a_yaml_task_file_past_the_nesting_limit_names_the_line(scratch: Path) -> None:
+    nested = "".join("  " * level + "-\n" for level in range(1, 40))
+    path = _write(scratch, "nested.yaml", "name: x\nprompts:\n" + nested + "  " * 40 + "- a\n")
+    assert _task_error(path).startswith(f"{path}:34: lists and objects nest more than 32")
+
+
+DUPLICATE_PROMPTS = """\
+{
+  "name": "t",
+  "prompts": [{"prompt": "a b", "correct": " 1", "distractor": " 2"}],
+  "prompts": [{"prompt": "x y", "correct": " 3", "distractor": " 4"}],
+  "corrupted": ["a c"]
+}
+"""
+
+
+def test_a_json_task_file_with_a_key_twice_is_refused_naming_both_lines(scratch: Path) -> None:
+    path = _write(scratch, "twice.json", DUPLICATE_PROMPTS)
+    assert _task_error(path) == (
+        f"{path}:4: key 'prompts' appears twice in this mapping (first on line 3). Fix: keep "
+        "one of the two (a JSON reader would silently keep only the last)"
+    )
+
+
+def test_a_key_twice_inside_a_prompt_of_a_json_file_is_refused(scratch: Path) -> None:
+    text = DUPLICATE_PROMPTS.replace('"prompts": [{"prompt": "x y", "correct": " 3", '
+                                     '"distractor": " 4"}],\n', "")
+    text = text.replace('"correct": " 1",', '"correct": " 1", "correct": " 5",')
+    path = _write(scratch, "inner.json", text)
+    assert _task_error(path).startswith(f"{path}:3: key 'correct' appears twice")
+
+
+def test_a_key_twice_in_json_that_yaml_cannot_read_is_still_refused(scratch: Path) -> None:
+    path = _write(scratch, "tabs.json", DUPLICATE_PROMPTS.replace("  ", "\t"))  # tabs: not YAML
+    assert _task_error(path).startswith(f"{path}: key 'prompts' appears twice in one object")
+
+
+def test_a_jsonl_line_with_a_key_twice_is_refused_naming_the_line(scratch: Path) -> None:
+    text = ('{"name": "t"}\n{"prompt": "a b", "correct": " 1", "distractor": " 2", '
+            '"correct": " 3"}\n{"corrupted": "a c"}\n')
+    path = _write(scratch, "twice.jsonl", text)
+    assert _task_error(path) == (
+        f"{path}:2: key 'correct' appears twice in this line's object. Fix: keep one of the "
+        "two (a JSON reader would silently keep only the last)"
+    )
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".yaml"])
+def test_a_task_file_over_the_size_limit_is_refused_before_it_is_read(
+        scratch: Path, suffix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(scratch, f"large{suffix}", " " * 101)
+    monkeypatch.setattr("pytest_circuits.tasks.files.MAX_TASK_FILE_BYTES", 100)
+    assert _task_error(path) == (
+        f"{path}: the file is 101 bytes, more than a task file may be (100 bytes). Fix: split "
+        "it into several tasks (a gate analyses at most 10,000 prompts)"
+    )

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .builtin import BUILTIN_TASKS, DEFAULT_N_PROMPTS, builtin_task, check_count
+from .builtin import BUILTIN_TASKS, DEFAULT_N_PROMPTS, builtin_task
 from .encode import EncodedTask, encode_task, resolve_position_rule
 from .files import TASK_FILE_SUFFIXES, load_task_file, save_task_file
 from .task import (
@@ -22,6 +22,7 @@ from .task import (
     TaskAdaptation,
     TaskError,
     TaskValidationError,
+    check_count,
 )
 
 __all__ = [

@@ -13,7 +13,7 @@ from typing import Any
 
 from .task import Task, TaskValidationError
 
-__all__ = ["EncodedTask", "encode_task", "resolve_position_rule"]
+__all__ = ["EncodedTask", "encode_task", "resolve_position_rule", "unknown_id"]
 
 _SANE_MAX_LENGTH = 1_000_000  # tokenizers report ~1e30 when they have no limit
 
@@ -70,7 +70,7 @@ def _short(text: str, width: int = 90) -> str:
     return repr(text if len(text) <= width else text[: width - 3] + "...")
 
 
-def _unknown_id(tokenizer: Any) -> int | None:
+def unknown_id(tokenizer: Any) -> int | None:
     """The id of a real unknown token; None when there is none or it doubles as BOS/EOS
     (GPT-2's ``<|endoftext|>`` is its unk, bos and eos token at once)."""
     unk = getattr(tokenizer, "unk_token_id", None)
@@ -80,7 +80,7 @@ def _unknown_id(tokenizer: Any) -> int | None:
 
 def _answer_id(tokenizer: Any, task: Task, index: int, kind: str, answer: str) -> int:
     ids = _ids(tokenizer, answer, special=False)
-    unk = _unknown_id(tokenizer)
+    unk = unknown_id(tokenizer)
     if len(ids) != 1:
         raise TaskValidationError(
             f"Task {task.name!r}, prompt {index} ({_short(task.prompts[index])}): the {kind} "
@@ -124,7 +124,7 @@ def _trailing_special(ids: Sequence[int], special: set[int]) -> int:
 
 
 def _check_unknown(tokenizer: Any, task: Task, prompt: str, ids: list[int], label: str) -> None:
-    unk = _unknown_id(tokenizer)
+    unk = unknown_id(tokenizer)
     if unk is None or unk not in ids:
         return
     pieces = _pieces(tokenizer, _ids(tokenizer, prompt, special=False))

@@ -19,6 +19,10 @@ stem); every other line is either ``{"prompt": ..., "correct": ..., "distractor"
 ``{"corrupted": ...}``. Blank lines are skipped.
 
 Every problem raises :class:`TaskError` as ``FILE:LINE: problem. Fix: ...``. See ``SCHEMA.md``.
+A key twice in one mapping or JSON object is an error in every format (JSON readers would keep
+the last silently), and so are lists and mappings nested more than :data:`MAX_NESTING` deep (a
+task needs three) and files over :data:`MAX_TASK_FILE_BYTES`: the readers recurse, so a hostile
+depth would otherwise end in a bare RecursionError.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +38,24 @@ from typing import Any
 import yaml
 
 from ..yamlfile import Items, Node, YamlError, load_yaml
-from .task import POSITION_RULES, Task, TaskError
+from .task import MAX_N_PROMPTS, POSITION_RULES, Task, TaskError
 
-__all__ = ["TASK_FILE_SUFFIXES", "load_task_file", "save_task_file"]
+__all__ = [
+    "MAX_NESTING",
+    "MAX_TASK_FILE_BYTES",
+    "TASK_FILE_SUFFIXES",
+    "load_task_file",
+    "save_task_file",
+]
 
 TASK_FILE_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json", ".jsonl")
+#: How deep lists and mappings may nest in a task file. A task needs three levels (the document,
+#: its prompts list, one prompt); a deeper file is wrong anyway, and refusing it early keeps the
+#: recursive readers and checks far from Python's recursion limit.
+MAX_NESTING = 32
+#: The largest task file read: ten thousand prompts (the most one gate analyses) of a few
+#: hundred characters each, with their corrupted prompts, take a few MB.
+MAX_TASK_FILE_BYTES = 64 * 1024 * 1024
 
 _TOP_KEYS = ("name", "description", "position", "seed", "prompts", "corrupted")
 _HEADER_KEYS = ("name", "description", "position", "seed")
@@ -103,6 +121,9 @@ def _yaml_tree(text: str, rep: _Reporter) -> _Loc:
         raise rep.error(exc.line, exc.problem, exc.fix) from None
     if document is None:
         raise rep.error(None, "the file is empty", "write a task (see SCHEMA.md)")
+    deep = _too_deep(document)
+    if deep is not None:
+        raise _nests_too_deeply(rep, deep.line if isinstance(deep, (Node, Items)) else None)
     return _located(document, document.line if isinstance(document, (Node, Items)) else 1)
 
 
@@ -135,13 +156,109 @@ def _strip(loc: _Loc) -> Any:
     return loc.value
 
 
+class _DuplicateKey(Exception):
+    """A JSON object has ``key`` twice (raised by :func:`_unique_keys` out of ``json.loads``)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' object hook: a dict, unless a key repeats (JSON would keep the last)."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKey(key)
+        data[key] = value
+    return data
+
+
+def _too_deep(value: Any) -> Any:
+    """The first list or mapping of ``value`` nested deeper than :data:`MAX_NESTING` (None when
+    none is), found without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, list):
+            children = list(item)
+        else:
+            continue
+        if level > MAX_NESTING:
+            return item
+        stack.extend((child, level + 1) for child in children)
+    return None
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+
+
+def _nesting_line(text: str) -> int | None:
+    """The line on which JSON ``text``'s brackets first nest deeper than :data:`MAX_NESTING`."""
+    depth, line = 0, 1
+    for token in re.finditer(r"[\[\]{}\n]", _JSON_STRING.sub('""', text)):
+        char = token.group()
+        if char == "\n":
+            line += 1
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return line
+        else:
+            depth -= 1
+    return None
+
+
+def _nests_too_deeply(rep: _Reporter, line: int | None) -> TaskError:
+    return rep.error(
+        line,
+        f"lists and objects nest more than {MAX_NESTING} levels deep; a task needs 3 (the "
+        "document, its prompts list, one prompt)",
+        "write the task as SCHEMA.md shows: name, prompts and corrupted at the top level, "
+        "each prompt a flat object",
+    )
+
+
+_TOO_DEEP = object()  # what _json_value's decoder returned when it ran out of stack
+
+
+def _json_value(text: str, rep: _Reporter, line: int | None, *, fix: str) -> Any:
+    """``text`` parsed as JSON, refusing repeated keys and deep nesting. ``line`` is the JSONL
+    line (None for a whole .json file); ``fix`` is what a syntax error's fix says."""
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        where = exc.lineno if line is None else line
+        raise rep.error(where, f"not valid JSON ({exc.msg})", fix) from None
+    except RecursionError:  # deeper than the decoder can go: far past MAX_NESTING
+        value = _TOO_DEEP
+    except _DuplicateKey as exc:
+        raise _duplicate(rep, text, line, exc.key) from None
+    if value is _TOO_DEEP or _too_deep(value) is not None:
+        raise _nests_too_deeply(rep, line if line is not None else _nesting_line(text))
+    return value
+
+
+def _duplicate(rep: _Reporter, text: str, line: int | None, key: str) -> TaskError:
+    fix = "keep one of the two (a JSON reader would silently keep only the last)"
+    if line is not None:
+        return rep.error(line, f"key {key!r} appears twice in this line's object", fix)
+    try:  # JSON is (nearly) YAML, whose loader names both lines of a repeated key
+        load_yaml(text)
+    except YamlError as exc:
+        if f"key {key!r} appears twice" in exc.problem:
+            return rep.error(exc.line, exc.problem, fix)
+    except RecursionError:
+        pass
+    return rep.error(None, f"key {key!r} appears twice in one object", fix)
+
+
 def _json_tree(text: str, rep: _Reporter) -> _Loc:
     if not text.strip():
         raise rep.error(None, "the file is empty", "write a task (see SCHEMA.md)")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise rep.error(exc.lineno, f"not valid JSON ({exc.msg})", "correct the syntax") from None
+    data = _json_value(text, rep, None, fix="correct the syntax")
     # JSON is (nearly) YAML: compose it again to learn line numbers; fall back to none.
     try:
         tree = _yaml_tree(text, rep)
@@ -303,12 +420,7 @@ def _task_from_jsonl(text: str, rep: _Reporter) -> Task:
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise rep.error(
-                number, f"not valid JSON ({exc.msg})", "one JSON object per line"
-            ) from None
+        value = _json_value(raw, rep, number, fix="one JSON object per line")
         if not isinstance(value, dict):
             raise rep.error(
                 number,
@@ -376,6 +488,14 @@ def load_task_file(path: str | os.PathLike[str]) -> Task:
         )
     if not file.is_file():
         raise rep.error(None, "task file not found", "check the path")
+    size = file.stat().st_size
+    if size > MAX_TASK_FILE_BYTES:
+        raise rep.error(
+            None,
+            f"the file is {size:,} bytes, more than a task file may be "
+            f"({MAX_TASK_FILE_BYTES:,} bytes)",
+            f"split it into several tasks (a gate analyses at most {MAX_N_PROMPTS:,} prompts)",
+        )
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -18,6 +18,7 @@ __all__ = [
     "TaskAdaptation",
     "TaskError",
     "TaskValidationError",
+    "check_count",
 ]
 
 #: Where a task reads the model's prediction: ``auto`` picks ``last`` for causal models and
@@ -37,6 +38,21 @@ class TaskError(CircuitsError, ValueError):
 
 class TaskValidationError(TaskError):
     """A task does not fit a tokenizer (multi-token answer, unequal prompt lengths, ...)."""
+
+
+def check_count(label: str, value: Any, *, where: str, limit: int) -> int:
+    """``value`` as a count in 1..``limit``; a :class:`TaskError` naming the fix otherwise
+    (0 and negatives are errors, never replaced by a default)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TaskError(f"{where}: {label} must be an integer, got {value!r}")
+    if value < 1:
+        raise TaskError(f"{where}: {label} must be at least 1, got {value}")
+    if value > limit:
+        raise TaskError(
+            f"{where}: {label}={value} is more than the limit of {limit:,}; use at most "
+            f"{limit:,} (split a larger set into several tasks)"
+        )
+    return value
 
 
 def _short(text: str, width: int = 70) -> str:

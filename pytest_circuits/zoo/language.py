@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from pytest_circuits.tasks import BUILTIN_TASKS, builtin_task
-from pytest_circuits.tasks.builtin import (
+from pytest_circuits.tasks.words import (
     IOI_NAMES,
     IOI_OBJECTS,
     IOI_PLACES,
