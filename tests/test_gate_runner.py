@@ -57,7 +57,8 @@ def test_every_gate_signature_default_is_the_options_default() -> None:
     ({"matching": "tie_aware", "tie_margin": float("nan")}, "tie_margin=nan must be a finite"),
     ({"influential": 1e308}, "influential=1e\\+308 must be a number in"),
     ({"components": []}, r"components=\[\] must be 'all'"),
-    ({"preset": "recommended", "matching": "causal"}, "sets matching and similarity itself"),
+    ({"preset": "recommended", "matching": "causal"},
+     "preset='recommended' sets matching and similarity itself"),
     ({"colour": "red"}, "'colour' is not an analysis option"),
 ])
 def test_a_bad_option_is_refused_naming_who_got_it(changes: dict[str, Any], message: str
