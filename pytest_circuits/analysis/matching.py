@@ -9,6 +9,8 @@ import numpy as np
 
 from ..components import Component
 from ..errors import IncompatiblePairError
+from ..results.fingerprint import DEFAULT_DIRECTION
+from ..results.reports import DEFAULT_MIN_STUDENT_INFLUENCE  # the dead-component floor
 
 #: "paper": most similar component; "causal": nearest normalised ablation effect;
 #: "tie_aware": most similar component, where candidates within ``tie_margin`` of the best are
@@ -18,11 +20,6 @@ MATCHINGS = ("paper", "causal", "tie_aware")
 #: convention, the default), or each student component picks its best teacher component (the
 #: authors' earlier notebooks; every student component then counts once, which scores higher).
 DIRECTIONS = ("teacher_to_student", "student_to_teacher")
-DEFAULT_DIRECTION = "teacher_to_student"
-#: The dead-component floor, in points of the clean metric: a student component whose ablation
-#: costs less does no measurable work on the task, so matches onto it are not counted as
-#: compression and its teacher partners are reported as discarded.
-DEFAULT_MIN_STUDENT_INFLUENCE = 2.0
 #: Similarity margin of tie-aware matching: candidates this close to the best are a tie. Chosen
 #: by measurement (docs/method.md): on SmolLM2-135M against its 4-bit copy, 0.02 puts a head's
 #: own copy within the margin of its best match for 256 of 270 heads (204 are the strict best).

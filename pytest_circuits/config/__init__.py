@@ -1,0 +1,1 @@
+"""Options, validation and the running context: torch-free, below every other layer."""
