@@ -3,9 +3,9 @@ settings, where sweep progress goes and the session's analysis cache.
 
 The plugin installs a fresh :class:`RunContext` when a session starts (so a second session in
 the same process, a pytester run say, shares nothing with the first) and a copy with the test's
-recorder, settings and progress line around each test; the CLI installs one per command.
-Code outside any installed context (a notebook, a script) sees one process-wide context, as it
-would a module global. Torch-free and free of project imports: every layer reads it.
+recorder, settings and progress line around each test. Code outside any installed context (a
+script, a notebook, the CLI) sees one process-wide context, as it would a module global.
+Torch-free and free of project imports: every layer reads it.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..identity import ModelInfo
-from .reports import ModelReport, PairReport, report_from_dict
+from .reports import report_from_dict
 
 __all__ = [
     "SWEEP_METHOD_KEY",
@@ -183,14 +183,6 @@ class GateResult:
     def key(self) -> str:
         """Stable identity of this gate for baselines: gate, subject and task."""
         return f"{self.gate}::{self.subject}::{self.task}"
-
-    @property
-    def typed_report(self) -> ModelReport | PairReport | None:
-        """The report as its typed class (a dict read back from JSON is rebuilt), None without
-        one."""
-        if self.report is None or isinstance(self.report, (ModelReport, PairReport)):
-            return self.report
-        return report_from_dict(dict(self.report))
 
     @property
     def sweep_method(self) -> SweepMethodRecord | None:
