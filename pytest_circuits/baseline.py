@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import CircuitsError, GateConfigError
 from .kinds import kind_of, metric_spec
-from .recording import GateResult
+from .results import GateResult
 from .tables import format_table
 
 FORMAT = "pytest-circuits-baseline"
@@ -140,8 +140,7 @@ def legacy_value(name: str, fingerprint: dict[str, Any]) -> Any:
     matched teacher to student (the paper's convention) and a sweep had none. Any other field
     reads as the fingerprint's default, or None (a mismatch) when it has none.
     """
-    from .analysis.fingerprint import MethodFingerprint
-    from .analysis.matching import DEFAULT_DIRECTION
+    from .results.fingerprint import DEFAULT_DIRECTION, MethodFingerprint
 
     if name == "direction":
         return DEFAULT_DIRECTION if fingerprint.get("matching") else ""
@@ -153,7 +152,7 @@ def legacy_value(name: str, fingerprint: dict[str, Any]) -> Any:
 
 def method_differences(current: dict[str, Any], stored: dict[str, Any]) -> list[str]:
     """Method fields of two fingerprints that differ, as ``name: stored -> current``."""
-    from .analysis.fingerprint import METHOD_FIELDS
+    from .results.fingerprint import METHOD_FIELDS
 
     def value(fingerprint: dict[str, Any], name: str) -> Any:
         return fingerprint[name] if name in fingerprint else legacy_value(name, fingerprint)

@@ -12,6 +12,10 @@ rewritten, never used; a cache directory that cannot be used turns disk caching 
 warning, never fails a gate. The checksum catches bit rot and torn files, not a forger: anyone
 who can write to the cache directory can write a consistent entry, so a release decision should
 run with ``--circuits-no-cache``.
+
+Where entries live, whether caching is on and what is memoised belong to the running context's
+:class:`~pytest_circuits.config.context.CacheStore` (one per pytest session, so a second session
+in the same process starts empty); :func:`configure` and :func:`forget` act on it.
 """
 
 from __future__ import annotations
@@ -21,12 +25,17 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .atomic import write_bytes_atomic
+from .config import context
+from .config.context import CacheStore
+from .results.fingerprint import library_versions
+from .results.reports import ModelReport, PairReport, report_from_dict
+from .results.sweep import SweepResult
 
 T = TypeVar("T")
 
@@ -39,14 +48,44 @@ CACHE_FORMAT = 3
 #: A disk entry's file name ends with this (older releases wrote ``.pkl`` files, never read).
 SUFFIX = ".json"
 
-_memory: dict[str, Any] = {}
-_settings: dict[str, Any] = {"directory": None, "enabled": True}
-#: Paths already warned about, so a broken directory or entry warns once, not per gate.
-_warned: set[str] = set()
-
 
 class CacheWarning(UserWarning):
     """The analysis cache could not use a directory or an entry; results were recomputed."""
+
+
+def store() -> CacheStore:
+    """The analysis cache of the running context (the session's, under pytest)."""
+    return context.current().cache
+
+
+class _StoreSettings(MutableMapping[str, Any]):
+    """The running store's ``"directory"`` and ``"enabled"`` as a mapping: how callers saved
+    and restored the settings when they were a module dict (``dict(cache._settings)``)."""
+
+    _KEYS = ("directory", "enabled")
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._KEYS:
+            raise KeyError(key)
+        return getattr(store(), key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in self._KEYS:
+            raise KeyError(f"{key!r} is not a cache setting; the settings are {self._KEYS}")
+        setattr(store(), key, value)
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("cache settings cannot be deleted; set them with cache.configure()")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._KEYS)
+
+    def __len__(self) -> int:
+        return len(self._KEYS)
+
+
+#: Compatibility view of the running store's settings (see :class:`_StoreSettings`).
+_settings = _StoreSettings()
 
 
 @dataclass(frozen=True)
@@ -59,10 +98,6 @@ class _Codec:
 
 
 def _codecs() -> list[_Codec]:
-    # Imported here: the plugin imports this module at load, and the analysis imports torch.
-    from .analysis.ablation import SweepResult
-    from .analysis.comparison import ModelReport, PairReport, report_from_dict
-
     return [
         _Codec("report", lambda v: isinstance(v, (ModelReport, PairReport)), report_from_dict),
         _Codec("sweep", lambda v: isinstance(v, SweepResult), SweepResult.from_dict),
@@ -75,10 +110,11 @@ def configure(directory: str | os.PathLike[str] | None, enabled: bool = True) ->
     A directory that cannot be created or written turns disk caching off with one
     :class:`CacheWarning`; results are still memoised in memory.
     """
-    _settings["directory"] = Path(directory) if directory is not None else None
-    _settings["enabled"] = bool(enabled)
+    cache = store()
+    cache.directory = Path(directory) if directory is not None else None
+    cache.enabled = bool(enabled)
     if not enabled:
-        _memory.clear()
+        cache.memory.clear()
     if enabled and directory is not None:
         problem = directory_problem(Path(directory))
         if problem is not None:
@@ -88,8 +124,9 @@ def configure(directory: str | os.PathLike[str] | None, enabled: bool = True) ->
 def forget() -> None:
     """Drop every result memoised in memory and every warning already given (a new session);
     the directory setting and the disk entries stay."""
-    _memory.clear()
-    _warned.clear()
+    cache = store()
+    cache.memory.clear()
+    cache.warned.clear()
 
 
 def directory_problem(directory: Path) -> str | None:
@@ -108,7 +145,7 @@ def directory_problem(directory: Path) -> str | None:
 
 
 def _disable_disk(directory: Path, problem: str) -> None:
-    _settings["directory"] = None
+    store().directory = None
     _warn_once(
         f"dir:{directory}",
         f"analysis cache directory {str(directory)!r} cannot be used ({problem}); results are "
@@ -118,9 +155,10 @@ def _disable_disk(directory: Path, problem: str) -> None:
 
 
 def _warn_once(tag: str, message: str) -> None:
-    if tag in _warned:
+    warned = store().warned
+    if tag in warned:
         return
-    _warned.add(tag)
+    warned.add(tag)
     warnings.warn(message, CacheWarning, stacklevel=3)
 
 
@@ -130,8 +168,6 @@ def _plain(parts: dict[str, Any]) -> Any:
 
 
 def cache_key(kind: str, parts: dict[str, Any]) -> str:
-    from .analysis.fingerprint import library_versions
-
     payload = {
         "format": CACHE_FORMAT, "kind": kind, "parts": parts, "versions": library_versions()
     }
@@ -210,20 +246,21 @@ def _same_data(a: Any, b: Any) -> bool:
 
 def cached(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -> T:
     """Return the memoised result for ``parts`` or compute, store and return it."""
-    if not _settings["enabled"]:
+    cache = store()
+    if not cache.enabled:
         return compute()
     key = cache_key(kind, parts)
-    if key in _memory:
-        return _memory[key]
-    directory: Path | None = _settings["directory"]
+    if key in cache.memory:
+        return cache.memory[key]
+    directory = cache.directory
     path = entry_path(directory, kind, key) if directory is not None else None
     if path is not None:
         value = _read(path, kind, key, parts)
         if value is not None:
-            _memory[key] = value
+            cache.memory[key] = value
             return value
     value = compute()
-    _memory[key] = value
+    cache.memory[key] = value
     if path is not None:
         _write(path, kind, key, parts, value)
     return value

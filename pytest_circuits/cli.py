@@ -403,7 +403,7 @@ def _load_document(path: str) -> Any:
 def load_reports(path: str) -> list[Any]:
     """The typed reports in a results file: ``compare --json`` output, a ``--circuits-json``
     document (the reports its gates stored), one report, or a list of reports."""
-    from .analysis.comparison import report_from_dict
+    from .results import report_from_dict
 
     data = _load_document(path)
     if isinstance(data, dict) and data.get("format") == REPORTS_FORMAT:

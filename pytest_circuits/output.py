@@ -1,7 +1,10 @@
-"""What a run leaves for people and CI: JUnit properties, the terminal summary, the JSON file.
+"""What every report writer reads and shares: a test's gate results as :class:`GateRecord`,
+where the numbers were measured, atomic JSON writes and the terminal line of a long sweep.
 
 Every gate result travels as a :class:`GateRecord` (plain JSON-able data), so an xdist worker
-ships exactly what a serial run keeps, and the controller prints and writes the same thing.
+ships exactly what a serial run keeps, and the controller prints and writes the same thing. The
+writers themselves (terminal summary, JUnit properties, results JSON, HTML report, pytest-html
+extras) are in :mod:`pytest_circuits.reporting`, one module each.
 """
 
 from __future__ import annotations
@@ -10,19 +13,35 @@ import json
 import platform
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .atomic import write_bytes_atomic
 from .baseline import BaselineCheck
-from .kinds import UNIT_SYMBOLS, metric_spec
-from .kinds.runner import ADAPTATION_KEY
-from .recording import GateResult, MetricCheck
-from .tables import format_number, format_table
+from .results import GateResult
 
-FORMAT = "pytest-circuits-results"
-VERSION = 1
+#: Names that moved to the report writers (:mod:`pytest_circuits.reporting`), importable from
+#: here as before; loaded on first use, since the writers import this module.
+_MOVED = {
+    "FORMAT": "results_json",
+    "VERSION": "results_json",
+    "results_document": "results_json",
+    "junit_properties": "junit",
+    "property_prefix": "junit",
+    "adaptation_lines": "terminal",
+    "method_lines": "terminal",
+    "summary_lines": "terminal",
+    "summary_rows": "terminal",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_circuits.output' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f"pytest_circuits.reporting.{module}"), name)
 
 
 def plain(data: Any) -> Any:
@@ -82,103 +101,7 @@ def sort_key(record: GateRecord) -> tuple[str, int]:
     return (record.result.nodeid, record.index)
 
 
-def property_prefix(result: GateResult, seen: dict[str, int]) -> str:
-    """``circuits.<gate>``; a test's second result of the same gate gets ``#2`` and so on."""
-    seen[result.gate] = seen.get(result.gate, 0) + 1
-    count = seen[result.gate]
-    return f"circuits.{result.gate}" + (f"#{count}" if count > 1 else "")
-
-
-def junit_properties(result: GateResult, prefix: str) -> list[tuple[str, object]]:
-    """(name, value) pairs for ``item.user_properties``: every value, threshold and verdict."""
-    properties: list[tuple[str, object]] = [
-        (f"{prefix}.subject", result.subject),
-        (f"{prefix}.task", result.task),
-        (f"{prefix}.passed", result.passed),
-    ]
-    checks = {c.metric: c for c in result.checks}
-    for metric, value in result.values.items():
-        properties.append((f"{prefix}.{metric}", value))
-        if metric in checks:
-            properties.append((f"{prefix}.{metric}.threshold", checks[metric].threshold))
-            properties.append((f"{prefix}.{metric}.passed", checks[metric].passed))
-    for check in result.checks:  # a checked metric the gate did not list among its values
-        if check.metric not in result.values:
-            properties.append((f"{prefix}.{check.metric}", check.value))
-            properties.append((f"{prefix}.{check.metric}.threshold", check.threshold))
-            properties.append((f"{prefix}.{check.metric}.passed", check.passed))
-    return properties
-
-
-def _threshold_cell(result: GateResult, check: MetricCheck) -> str:
-    """``<= 95 pts``: the comparison, the threshold and (when not a plain score) its unit."""
-    spec = metric_spec(result.gate, check.metric)
-    symbol = UNIT_SYMBOLS.get(spec.unit, "") if spec is not None else ""
-    return f"{check.op} {format_number(check.threshold)}" + (f" {symbol}" if symbol else "")
-
-
-def _baseline_cell(record: GateRecord, metric: str) -> str:
-    check = record.baseline
-    if check is None:
-        return "-"
-    if check.status in ("missing", "refused", "updated"):
-        return check.status
-    delta = check.delta(metric)
-    if delta is None:
-        return "-"
-    state = "REGRESSED" if delta.regressed else "ok"
-    return f"{state} (was {format_number(delta.baseline)})"
-
-
-def summary_rows(records: Iterable[GateRecord], with_baseline: bool) -> list[list[str]]:
-    """One row per checked metric (and per regressed unchecked metric) of every result."""
-    rows = []
-    for record in sorted(records, key=sort_key):
-        result, check = record.result, record.baseline
-        failing = "XFAIL" if record.outcome == "xfailed" else "FAIL"
-        metrics = [(c.metric, c.value, _threshold_cell(result, c), c.passed)
-                   for c in result.checks]
-        if check is not None:
-            checked = {c.metric for c in result.checks}
-            metrics += [(d.metric, d.current, "-", True) for d in check.deltas
-                        if d.regressed and d.metric not in checked]
-        for metric, value, threshold, passed in metrics or [("-", None, "-", result.passed)]:
-            delta = check.delta(metric) if check is not None else None
-            row_failed = (
-                not passed
-                or (delta is not None and delta.regressed)
-                or (check is not None and check.status in ("missing", "refused"))
-            )
-            row = [f"{result.nodeid} [{result.gate}]", result.subject, result.task, metric,
-                   format_number(value), threshold]
-            if with_baseline:
-                row.append(_baseline_cell(record, metric))
-            rows.append(row + [failing if row_failed else "PASS"])
-    return rows
-
-
-def summary_lines(records: list[GateRecord], with_baseline: bool) -> list[str]:
-    """The terminal summary table: test [gate], subject, task, metric, value, threshold,
-    baseline (when one is in use) and verdict."""
-    headers = ["test [gate]", "subject", "task", "metric", "value", "threshold"]
-    if with_baseline:
-        headers.append("baseline")
-    headers.append("verdict")
-    return format_table(headers, summary_rows(records, with_baseline)).splitlines()
-
-
-def adaptation_lines(records: Iterable[GateRecord]) -> list[str]:
-    """One line per built-in task that had to be adapted to a tokenizer: its numbers are not
-    the paper's prompts', so the summary says so under the table (once per task and change)."""
-    seen: dict[tuple[str, str], None] = {}
-    for record in sorted(records, key=sort_key):
-        note = record.result.fingerprint.get(ADAPTATION_KEY)
-        if note:
-            seen.setdefault((record.result.task, str(note)), None)
-    return [f"circuits: task '{task}' was {note}" for task, note in seen]
-
-
-def environment(records: list[GateRecord]) -> dict[str, Any]:
+def environment(records: Iterable[GateRecord]) -> dict[str, Any]:
     """Where the numbers were measured: interpreter, platform, devices and library versions."""
     versions: dict[str, str] = {}
     devices = set()
@@ -192,32 +115,6 @@ def environment(records: list[GateRecord]) -> dict[str, Any]:
         "platform": platform.platform(),
         "devices": sorted(devices),
         "versions": dict(sorted(versions.items())),
-    }
-
-
-def results_document(records: list[GateRecord], extra: dict[str, Any] | None = None, *,
-                     complete: bool = True, interruption: str | None = None) -> dict[str, Any]:
-    """The ``--circuits-json`` document: header, environment and every result, sorted.
-
-    ``complete`` is False when the run stopped before every selected test ran (an interruption,
-    ``-x``): a reader must not take the absence of failures for a green release then.
-    """
-    ordered = sorted(records, key=sort_key)
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "created": datetime.now(UTC).replace(microsecond=0).isoformat(),
-        "complete": complete,
-        "interruption": interruption,
-        "environment": environment(ordered),
-        "summary": {
-            "gates": len(ordered),
-            "passed": sum(r.verdict == "PASS" for r in ordered),
-            "failed": sum(r.verdict == "FAIL" for r in ordered),
-            "xfailed": sum(r.verdict == "XFAIL" for r in ordered),
-        },
-        **(extra or {}),
-        "results": [r.to_dict() for r in ordered],
     }
 
 

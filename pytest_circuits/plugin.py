@@ -9,10 +9,13 @@ share one loaded model per (source, device, dtype) per process. Under pytest-xdi
 loads its own copy; ``--dist loadgroup`` with ``@pytest.mark.xdist_group("pair")`` keeps the
 tests of one pair on one worker (gate files: ``--dist loadfile`` keeps a file together).
 
-Each test runs with a recorder (:mod:`pytest_circuits.recording`): every gate result becomes
-JUnit properties, a row of the terminal summary, an entry of ``--circuits-json`` and, with
-``--circuits-baseline``, a comparison with the last accepted release that fails the test that
-regressed. Workers ship their results on the test reports; only the controller writes files.
+Each session gets its own context (:mod:`pytest_circuits.config.context`: a fresh analysis
+cache), and each test a copy of it with a recorder, its run settings and the sweep progress
+line: every gate result goes to the report writers (:mod:`pytest_circuits.reporting`: JUnit
+properties, a row of the terminal summary, an entry of ``--circuits-json``, the HTML report)
+and, with ``--circuits-baseline``, is compared with the last accepted release, which fails the
+test that regressed. Workers ship their results on the test reports; only the controller
+writes files.
 
 An interrupted run (Ctrl-C, or SIGTERM, which the plugin turns into the same interruption)
 writes a results file marked ``"complete": false`` and leaves the baseline and the HTML report
@@ -26,13 +29,15 @@ import json
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from . import progress
 from .baseline import Baseline, BaselineCheck, BaselineFileError
+from .config import context
+from .config.context import CacheStore, RunContext, RunSettings
 from .errors import CircuitAssertionError
 from .fixtures import (  # the fixtures are imported here so that pytest finds them
     circuit_pair,
@@ -44,18 +49,14 @@ from .fixtures import (  # the fixtures are imported here so that pytest finds t
 from .output import (
     GateRecord,
     SweepProgress,
-    adaptation_lines,
     environment,
-    junit_properties,
     plain,
-    property_prefix,
-    results_document,
     sort_key,
-    summary_lines,
     unwritable,
     write_json_atomic,
 )
-from .recording import GateResult, RunSettings, recording, using_settings
+from .reporting import ReportWriter, RunInfo, configured_writers
+from .results import GateResult
 from .settings import (
     MARKER_KEYS,
     SETTINGS,
@@ -99,6 +100,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.pluginmanager.get_plugin(CircuitsRun.name)
     if isinstance(run, CircuitsRun):
         run.restore_signals()
+        run.release_context()
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -115,13 +117,12 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 
 class _Recorder:
-    """Receives a test's gate results: records them, adds JUnit properties, checks baselines."""
+    """Receives a test's gate results: records them, checks baselines, tells the writers."""
 
     def __init__(self, item: pytest.Item, run: CircuitsRun, marker: dict[str, Any]) -> None:
         self.item = item
         self.run = run
         self.records: list[GateRecord] = []
-        self.prefixes: dict[str, int] = {}
         self.tolerance = marker.get("baseline_tolerance")
 
     def __call__(self, result: GateResult) -> None:
@@ -130,8 +131,8 @@ class _Recorder:
         result.nodeid = self.item.nodeid
         check = self.run.check(result, self.tolerance)
         self.records.append(GateRecord(result, len(self.records), check))
-        prefix = property_prefix(result, self.prefixes)
-        self.item.user_properties.extend(junit_properties(result, prefix))
+        for writer in self.run.writers:
+            writer.gate(self.item, self.records)
         if check is not None and check.failed:
             raise CircuitAssertionError("\n\n".join(filter(None, [result.message, check.message])))
 
@@ -181,6 +182,11 @@ class CircuitsRun:
         self.stale: list[str] = []
         self.notes: list[str] = []  # closing lines of the terminal summary
         self.html_path: Path | None = resolve(config, "html").value
+        #: the run's outputs (JUnit, pytest-html, results JSON, HTML, terminal summary)
+        self.writers: list[ReportWriter] = configured_writers(
+            config.pluginmanager, self.json_path, self.html_path)
+        self.run_info: RunInfo | None = None  # what the writers were given at the end
+        self._context_token: Any = None  # the session's context, installed at session start
         self.interruption: str | None = None  # what stopped the run, when something did
         self.baseline: Baseline | None = None
         baseline_path = resolve(config, "baseline").value
@@ -267,9 +273,12 @@ class CircuitsRun:
         return self.baseline.check(result, tolerance)
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        """Point the analysis cache at pytest's cache directory (or turn it off)."""
+        """Install the session's context, whose analysis cache starts empty and points at
+        pytest's cache directory (or is off): nothing carries over from another session in
+        this process, and nothing of this one outlives it."""
         from . import cache
 
+        self._context_token = context.install(RunContext(cache=CacheStore()))
         if resolve(self.config, "no_cache").value:
             cache.configure(None, enabled=False)
             return
@@ -277,6 +286,12 @@ class CircuitsRun:
         if directory is None and getattr(self.config, "cache", None) is not None:
             directory = self.config.cache.mkdir("circuits")
         cache.configure(directory, enabled=True)
+
+    def release_context(self) -> None:
+        """Restore the context that was current before the session (at unconfigure)."""
+        if self._context_token is not None:
+            context.uninstall(self._context_token)
+            self._context_token = None
 
     def _has_cuda(self) -> bool:
         if self.cuda is None:  # imports torch: asked only once a gpu-marked test exists
@@ -317,19 +332,17 @@ class CircuitsRun:
             require_gpu=self.require_gpu,
         )
 
-    def _sweep_method(self, item: pytest.Item, marker: dict[str, Any]) -> Any:
-        """The run's ``--circuits-method`` (marker, option, ini key) for the gates of ``item``;
-        unset, each gate picks by its models' size."""
-        from .kinds.runner import using_method
-
+    def _sweep_method(self, item: pytest.Item, marker: dict[str, Any]) -> tuple[str | None, str]:
+        """The run's ``--circuits-method`` (marker, option, ini key) for the gates of ``item``
+        and where it came from; unset, each gate picks by its models' size."""
         chosen = resolve(self.config, "method", marker, Path(str(item.path)).parent)
-        return using_method(chosen.value, chosen.origin)
+        return chosen.value, chosen.origin
 
-    def _sweep_progress(self) -> Any:
+    def _sweep_progress(self) -> SweepProgress | None:
         """Lines on the terminal while a long sweep runs (serial runs: a worker has none)."""
         terminal = self.config.pluginmanager.get_plugin("terminalreporter")
         if self.is_worker or terminal is None:
-            return contextlib.nullcontext()
+            return None
         capture = self.config.pluginmanager.get_plugin("capturemanager")
 
         def write_line(line: str) -> None:
@@ -338,7 +351,7 @@ class CircuitsRun:
                   else contextlib.nullcontext()):
                 terminal.write_line(line)
 
-        return progress.reporting(SweepProgress(write_line))
+        return SweepProgress(write_line)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
@@ -353,7 +366,10 @@ class CircuitsRun:
             apply_threads(self.threads)
         recorder = _Recorder(item, self, marker)
         item.stash[RECORDS] = recorder.records
-        with recording(recorder), using_settings(settings), method, self._sweep_progress():
+        running = context.current()
+        test_context = running.replace(recorder=recorder, settings=settings, method=method,
+                                       progress=self._sweep_progress() or running.progress)
+        with context.using(test_context):
             try:
                 outcome = yield
             except KeyboardInterrupt:  # no report will carry them: keep what the test measured
@@ -374,8 +390,8 @@ class CircuitsRun:
         records = item.stash.get(RECORDS, None)
         if call.when == "call" and records:
             setattr(report, REPORT_ATTRIBUTE, [r.to_dict() for r in records])
-            if self.config.pluginmanager.hasplugin("html"):
-                _attach_html_snippet(report, records)
+            for writer in self.writers:
+                writer.test(report, records)
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -465,17 +481,18 @@ class CircuitsRun:
                 "stale": self.stale,
                 "written": self.update_baseline and not interrupted,
             }
-        if self.json_path is not None:
-            write_json_atomic(self.json_path, results_document(
-                records, extra, complete=stopped is None, interruption=stopped))
-            self.notes.append(f"wrote {len(records)} gate results to {_shown(self.json_path)}"
-                              + (f" (INCOMPLETE: {stopped})" if stopped else ""))
-        if self.html_path is not None:
-            if interrupted:
-                self.notes.append(f"HTML report {self.html_path} NOT written: the run was "
-                                  f"interrupted ({stopped})")
-            else:
-                self._write_html(records)
+        self.run_info = self._run_info(records, extra, stopped, interrupted)
+        for writer in self.writers:
+            self.notes.extend(writer.finish(self.run_info))
+
+    def _run_info(self, records: list[GateRecord], extra: dict[str, Any] | None = None,
+                  stopped: str | None = None, interrupted: bool = False) -> RunInfo:
+        return RunInfo(
+            records=tuple(records), extra=dict(extra or {}), stopped=stopped,
+            interrupted=interrupted, with_baseline=self.baseline is not None,
+            update_baseline=self.update_baseline, stale=tuple(self.stale),
+            notes=tuple(self.notes),
+        )
 
     def _write_baseline(self, records: list[GateRecord], complete: bool) -> None:
         assert self.baseline is not None
@@ -500,74 +517,10 @@ class CircuitsRun:
             self.notes.append(f"baseline entry {result.key!r} NOT updated: {result.nodeid} "
                               "measured no finite values")
 
-    def _write_html(self, records: list[GateRecord]) -> None:
-        """The HTML report of every gate (after the xdist merge), written atomically."""
-        try:
-            from .htmlreport import write_session_report
-        except ImportError as exc:  # the report needs matplotlib
-            self.notes.append(f"HTML report {self.html_path} NOT written: {exc}")
-            return
-        write_session_report(self.html_path, records)
-        self.notes.append(f"wrote the HTML report to {self.html_path}")
-
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.is_worker or not (self.records or self.stale or self.notes):
+        if self.is_worker:
             return
-        write = terminalreporter.write_line
-        terminalreporter.write_sep("=", "circuit gates")
-        records = sorted(self.records, key=sort_key)
-        if records:
-            for line in summary_lines(records, with_baseline=self.baseline is not None):
-                write(line)
-            verdicts = [r.verdict for r in records]
-            write(f"circuits: {len(records)} gate results: {verdicts.count('PASS')} passed, "
-                  f"{verdicts.count('FAIL')} failed, {verdicts.count('XFAIL')} xfailed")
-            for line in adaptation_lines(records):
-                write(line)
-            for line in method_lines(records):
-                write(line)
-        if self.stale:
-            what = "removed from the baseline" if self.update_baseline and any(
-                "stale removed" in n for n in self.notes) else "not produced by this run"
-            write(f"circuits: {len(self.stale)} stale baseline entries ({what}):")
-            for key in self.stale:
-                write(f"  {key}")
-        for note in self.notes:
-            write(f"circuits: {note}")
-
-
-def method_lines(records: list[GateRecord]) -> list[str]:
-    """One line per gate whose sweeps were not all exact: which method ran and how many values
-    are exact and how many bounded estimates (a passing gate has no message to say it in)."""
-    lines = []
-    for record in records:
-        data = record.result.fingerprint.get("sweep_method")
-        if not isinstance(data, dict) or not any(
-                isinstance(s, dict) and s.get("method") == "auto"
-                for s in dict(data.get("sweeps") or {}).values()):
-            continue
-        lines.append(f"circuits: {record.result.nodeid} [{record.result.gate}] "
-                     f"{data.get('note', '')}")
-    return lines
-
-
-def _attach_html_snippet(report: pytest.TestReport, records: list[GateRecord]) -> None:
-    """Add the compact report of this test's gates to pytest-html's extras."""
-    try:
-        from pytest_html import extras  # type: ignore[import-not-found]
-
-        from .htmlreport import html_snippet
-    except ImportError:
-        return
-    snippet = html_snippet(records)
-    if snippet:
-        report.extras = [*getattr(report, "extras", []), extras.html(snippet)]
-
-
-def _shown(path: Path) -> str:
-    """``path`` as a note prints it: relative to the working directory when it lies inside it
-    (``examples/gate-results.json``), else as it is."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+        run = self.run_info or self._run_info(sorted(self.records, key=sort_key))
+        run = replace(run, stale=tuple(self.stale), notes=tuple(self.notes))
+        for writer in self.writers:
+            writer.summary(run, terminalreporter)

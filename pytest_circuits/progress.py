@@ -1,27 +1,25 @@
-"""Where a long sweep reports how far it is: one callback per context, torch-free.
+"""Where a long sweep reports how far it is: the running context's callback, torch-free.
 
 The sweep calls :func:`report` after each measured component; the CLI's progress bar and the
-plugin's terminal line install a callback with :func:`reporting`. Nothing is reported when no
-callback is installed, so library users see no output they did not ask for.
+plugin's terminal line install a callback (:func:`reporting`, or ``progress=`` of the
+:class:`~pytest_circuits.config.context.RunContext`). Nothing is reported when no callback is
+installed, so library users see no output they did not ask for.
 """
 
 from __future__ import annotations
 
-import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-#: ``callback(model_name, done, total)``: ``done`` of ``total`` component ablations measured.
-Callback = Callable[[str, int, int], None]
+from .config import context
+from .config.context import ProgressCallback as Callback
 
-_callback: contextvars.ContextVar[Callback | None] = contextvars.ContextVar(
-    "pytest_circuits_progress", default=None
-)
+__all__ = ["Callback", "report", "reporting"]
 
 
 def report(model_name: str, done: int, total: int) -> None:
     """Tell the installed callback (if any) that ``done`` of ``total`` ablations are measured."""
-    callback = _callback.get()
+    callback = context.current().progress
     if callback is not None:
         callback(model_name, done, total)
 
@@ -29,8 +27,5 @@ def report(model_name: str, done: int, total: int) -> None:
 @contextmanager
 def reporting(callback: Callback) -> Iterator[None]:
     """Install ``callback`` for the sweeps run inside the block."""
-    token = _callback.set(callback)
-    try:
+    with context.changed(progress=callback):
         yield
-    finally:
-        _callback.reset(token)

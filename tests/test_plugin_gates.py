@@ -138,7 +138,7 @@ def test_a_mistake_is_reported_with_file_line_and_fix(
         ("defaults: {n_prompts: 8, ablation: mean}", "defaults: {n_prompts: 8, margin: .nan}", 8,
          "margin=nan must be a finite number >= 0"),
         ("max_single_drop: 60}", "max_single_drop: 60, tolerance: 150}", 17,
-         "tolerance=150 must be a number in [0, 100]"),
+         "tolerance=150 must be a number in [0, 100)"),
         ("baseline_tolerance: {max_single_drop: 5}", "baseline_tolerance: {max_single_drop: .nan}",
          24, "baseline_tolerance['max_single_drop'] is nan"),
         ("baseline_tolerance: {max_single_drop: 5}", "baseline_tolerance: -0.5", 24,

@@ -54,7 +54,7 @@ def _typed(report: Any) -> Any:
     """A report stored in a GateResult (a dict after the JSON round trip) as its typed class."""
     if not isinstance(report, dict):
         return report
-    from ..analysis.comparison import report_from_dict
+    from ..results import report_from_dict
 
     return report_from_dict(report)
 

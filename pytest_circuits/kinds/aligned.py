@@ -6,7 +6,7 @@ from typing import Any
 
 from ..config.options import DEFAULT_DIRECTION, DEFAULT_MARGIN, GateThresholds
 from ..errors import CircuitAssertionError
-from ..recording import Blame, MetricCheck
+from ..results import Blame, MetricCheck
 from ..tables import format_table
 from .registry import GateKind, Metric, Threshold, Tolerance
 from .runner import GateCall, Measurement, run_gate

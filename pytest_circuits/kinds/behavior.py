@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config.options import DEFAULT_MARGIN
-from ..recording import MetricCheck
+from ..results import MetricCheck
 from ..tables import format_table
 from .registry import GateKind, Metric, Threshold, Tolerance
 from .runner import GateCall, Measurement, clean_fingerprint, run_gate

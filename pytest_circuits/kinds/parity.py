@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config.options import check_atol
-from ..recording import MetricCheck
+from ..results import MetricCheck
 from .registry import PARITY_METRICS, GateKind, Threshold, Tolerance
 from .runner import GateCall, Measurement, clean_fingerprint, parity_values, run_gate
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..config.options import DEFAULT_MARGIN, DEFAULT_TOLERANCE, GateThresholds
 from ..errors import CircuitAssertionError, GateConfigError
-from ..recording import Blame, MetricCheck, as_model_info
+from ..results import Blame, MetricCheck, as_model_info
 from ..tables import format_table
 from .registry import GateKind, Metric, Threshold, Tolerance
 from .runner import GateCall, Measurement, model_name, run_gate

@@ -14,13 +14,12 @@ Torch-free at import: the analysis loads when a gate first measures.
 
 from __future__ import annotations
 
-import contextvars
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import context
 from ..config.options import (
     AUTO_MIN_COMPONENTS,
     AnalysisOptions,
@@ -31,13 +30,17 @@ from ..config.options import (
 )
 from ..errors import CircuitAssertionError, InvalidTaskError
 from ..identity import ModelInfo
-from ..recording import Blame, GateResult, MetricCheck, as_model_info, record, run_settings
+from ..recording import record, run_settings
+from ..results import (
+    Blame,
+    GateResult,
+    MetricCheck,
+    RoleSweep,
+    SweepMethodRecord,
+    as_model_info,
+)
 from ..tables import format_number, format_table
 from .registry import GateKind, Tolerance, tolerances
-
-#: The fingerprint key that carries a built-in task's adaptation to reports (not a method
-#: field: the task's hash already tells adapted tasks apart).
-ADAPTATION_KEY = "task_adaptation"
 
 _ANALYSIS_FIELDS = frozenset(AnalysisOptions.__dataclass_fields__)
 
@@ -200,29 +203,12 @@ def task_options(n_prompts: Any, seed: Any, gate: str) -> tuple[int | None, int]
     return n_prompts, check_seed(seed, gate)
 
 
-#: The run's ``--circuits-method`` for the test running now (None: unset) and where it came
-#: from; the plugin installs it per test (:func:`using_method`).
-_session_method: contextvars.ContextVar[tuple[str | None, str]] = contextvars.ContextVar(
-    "pytest_circuits_sweep_method", default=(None, "default")
-)
-
-
-@contextmanager
-def using_method(method: str | None, origin: str) -> Iterator[None]:
-    """Install the run's sweep method (``--circuits-method``, ini key or marker) for the block."""
-    token = _session_method.set((method, origin))
-    try:
-        yield
-    finally:
-        _session_method.reset(token)
-
-
 def sweep_method(method: Any, gate: str) -> tuple[str | None, str]:
     """A gate's ``method=`` checked, with where it came from: its own argument when given, else
     the run's ``--circuits-method`` (or ini key, or marker), else None: the default by size
     (auto from ``AUTO_MIN_COMPONENTS`` components, exact below)."""
     if method is None:
-        return _session_method.get()
+        return context.current().method
     return check_gate_method(method, gate), f"method={method!r}"
 
 
@@ -376,19 +362,19 @@ def record_method(result: GateResult, call: GateCall, sweeps: Mapping[str, Any],
     from ..analysis.store import default_method
 
     requested, origin = call.options.method, call.method_origin
-    per_role: dict[str, Any] = {}
+    per_role: dict[str, RoleSweep] = {}
     ran_by = set()
     for role, sweep in sweeps.items():
         ran_by.add(requested or default_method(sweep.model))  # ModelInfo has layers and heads
-        per_role[role] = {
-            "model": model_name(sweep.model),
-            "method": sweep.fingerprint.method,
-            "components": len(sweep.effects),
-            "exact": len(sweep.exact_names),
-            "bounded": sum(1 for e in sweep.effects if not e.is_exact and e.bound is not None),
-            "estimated": len(sweep.estimated_names),
-            "mean_drop_bound": sweep.mean_drop_bound,
-        }
+        per_role[role] = RoleSweep(
+            model=model_name(sweep.model),
+            method=sweep.fingerprint.method,
+            components=len(sweep.effects),
+            exact=len(sweep.exact_names),
+            bounded=sum(1 for e in sweep.effects if not e.is_exact and e.bound is not None),
+            estimated=len(sweep.estimated_names),
+            mean_drop_bound=sweep.mean_drop_bound,
+        )
     method = "auto" if "auto" in ran_by else "exact"
     if requested is None:
         from ..config import options
@@ -400,12 +386,9 @@ def record_method(result: GateResult, call: GateCall, sweeps: Mapping[str, Any],
     if settled:  # the gate swept again exactly (see ``Measurement.unsettled``)
         line += ("; swept exactly, since estimates within their bands could decide "
                  + ", ".join(settled))
-    result.fingerprint = {
-        **result.fingerprint,
-        "method": method,
-        "sweep_method": {"requested": requested, "origin": origin, "note": line,
-                         "sweeps": per_role, "settled_exactly": list(settled)},
-    }
+    result.fingerprint = {**result.fingerprint, "method": method}
+    result.set_sweep_method(SweepMethodRecord(requested=requested, origin=origin, note=line,
+                                              sweeps=per_role, settled_exactly=tuple(settled)))
     return line
 
 
@@ -438,7 +421,7 @@ def finish(result: GateResult, headline: str, details: str, *, task: Any = None)
     note = adaptation_note(task)
     if note:
         headline += f"\n  task '{task.name}' {note}"
-        result.fingerprint = {**result.fingerprint, ADAPTATION_KEY: note}
+        result.set_task_adaptation(note)
     failed = [c for c in result.checks if not c.passed]
     message = f"{headline}\n{checks_table(result.checks)}"
     if details:
@@ -449,5 +432,5 @@ def finish(result: GateResult, headline: str, details: str, *, task: Any = None)
         raise CircuitAssertionError(message)
 
 
-__all__ = ["ADAPTATION_KEY", "AUTO_MIN_COMPONENTS", "GateCall", "Measurement", "run_gate",
-           "sweep_method", "task_options", "using_method"]
+__all__ = ["AUTO_MIN_COMPONENTS", "GateCall", "Measurement", "run_gate", "sweep_method",
+           "task_options"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config.options import GateThresholds
-from ..recording import as_model_info
+from ..results import as_model_info
 from .runner import GateCall
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..config.options import DEFAULT_MARGIN
 from ..errors import GateConfigError
-from ..recording import MetricCheck
+from ..results import MetricCheck
 from ..tables import format_table
 from .registry import GateKind, Metric, Threshold, Tolerance
 from .runner import GateCall, Measurement, clean_fingerprint, run_gate

@@ -1,0 +1,101 @@
+"""Report writers: one module per output of a run, each reading the typed gate records.
+
+The plugin calls every configured writer at the moments a run has something to show, and a
+writer implements the moments its format needs (:class:`Writer` gives the rest as no-ops):
+
+- ``gate(item, records)``: a gate result was just recorded in the test ``item`` (``records``
+  are the test's so far, the new one last): JUnit properties;
+- ``test(report, records)``: the call report of a test with gate results was made: pytest-html;
+- ``finish(run)``: the session ended; write files and return notes for the terminal summary:
+  the results JSON, the HTML report;
+- ``summary(run, terminal)``: pytest's terminal summary: the table of gates.
+
+A new report format is one module with a :class:`Writer` subclass, listed in
+:func:`configured_writers` (and, if it needs one, an option in ``settings.SETTINGS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..output import GateRecord
+
+__all__ = ["ReportWriter", "RunInfo", "Writer", "configured_writers"]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a finished run hands its writers.
+
+    ``records`` are every gate record, sorted by test and order; ``extra`` the results file's
+    header fields beyond the standard ones (threads, baseline); ``stopped`` why the run did not
+    get through its selected tests (None when it did) and ``interrupted`` whether that was an
+    interruption (Ctrl-C, SIGTERM) rather than an early stop (``-x``); ``stale`` the baseline
+    keys no test produced; ``notes`` the closing lines so far.
+    """
+
+    records: tuple[GateRecord, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    stopped: str | None = None
+    interrupted: bool = False
+    with_baseline: bool = False
+    update_baseline: bool = False
+    stale: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+class ReportWriter(Protocol):
+    """One output of a run (see the module docstring for when each method is called)."""
+
+    name: str
+
+    def gate(self, item: Any, records: Sequence[GateRecord]) -> None: ...
+
+    def test(self, report: Any, records: Sequence[GateRecord]) -> None: ...
+
+    def finish(self, run: RunInfo) -> list[str]: ...
+
+    def summary(self, run: RunInfo, terminal: Any) -> None: ...
+
+
+class Writer:
+    """A :class:`ReportWriter` that does nothing at any moment: subclass it and override the
+    moments your format needs."""
+
+    name = "writer"
+
+    def gate(self, item: Any, records: Sequence[GateRecord]) -> None:
+        """A gate result was recorded in the test ``item`` (the last of ``records``)."""
+
+    def test(self, report: Any, records: Sequence[GateRecord]) -> None:
+        """The call-phase ``report`` of a test that recorded ``records`` was made."""
+
+    def finish(self, run: RunInfo) -> list[str]:
+        """The session ended (on the controller, or a serial run): write, return notes."""
+        return []
+
+    def summary(self, run: RunInfo, terminal: Any) -> None:
+        """Print to pytest's terminal summary (``terminal``: its terminal reporter)."""
+
+
+def configured_writers(pluginmanager: Any, json_path: Path | None, html_path: Path | None
+                       ) -> list[ReportWriter]:
+    """The writers of a run, in the order their notes are printed: JUnit properties and
+    pytest-html extras always (the latter only acts when pytest-html is loaded), the results
+    JSON and the HTML report when asked for, and the terminal summary."""
+    from .html_report import HtmlReport
+    from .junit import JUnitProperties
+    from .pytest_html import PytestHtmlExtras
+    from .results_json import ResultsJson
+    from .terminal import TerminalSummary
+
+    writers: list[ReportWriter] = [JUnitProperties(), PytestHtmlExtras(pluginmanager)]
+    if json_path is not None:
+        writers.append(ResultsJson(json_path))
+    if html_path is not None:
+        writers.append(HtmlReport(html_path))
+    writers.append(TerminalSummary())
+    return writers
