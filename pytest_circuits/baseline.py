@@ -4,10 +4,13 @@ A baseline file is JSON with a header (format, version, dates, library versions)
 per :attr:`GateResult.key`. A result is compared metric by metric with its entry: for a metric a
 gate checks with ``>=`` a lower value is worse, for ``<=`` a higher one; a change in the worse
 direction beyond the tolerance is a regression and fails the test that measured it. An entry
-measured with a different method (any of ``METHOD_FIELDS`` of the fingerprint) is refused; a
-method field an older release did not write yet reads as the value it implicitly had.
-Which way is worse for a metric the gate did not check, and each metric's default tolerance,
-come from its gate kind's registry entry (:mod:`pytest_circuits.kinds`).
+measured with a different method (any of ``METHOD_FIELDS`` of the fingerprint) or with other
+value settings (:func:`value_settings`: the severity tolerance, limit and exponent) is refused; a
+field an older release did not write yet reads as the value it implicitly had. An entry that
+lacks a metric the gate checks is refused, and so is a stored value outside what its unit can
+take (:data:`VALUE_RANGES`). Which way is worse for a metric the gate did not check, each
+metric's default tolerance and its unit come from its gate kind's registry entry
+(:mod:`pytest_circuits.kinds`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CircuitsError, GateConfigError
-from .kinds import kind_of, metric_spec
+from .kinds import UNITS, kind_of, metric_spec
 from .results import GateResult
 from .tables import format_table
 
@@ -30,6 +33,44 @@ VERSION = 1
 
 #: The tolerance of a metric no gate kind declares (a score's).
 FALLBACK_TOLERANCE = 0.02
+
+#: The largest magnitude a value of an unbounded unit (a logit difference, a percentage of a
+#: clean metric) is taken to reach: a baseline value beyond it is a damaged file, not a
+#: measurement (a stored 1e308 would let every later value through).
+MAX_MAGNITUDE = 1e9
+
+#: What a stored value of each unit (``pytest_circuits.kinds.UNITS``) can be; a unit missing
+#: here only has to be finite and within MAX_MAGNITUDE. A "count" is a whole number too.
+VALUE_RANGES: dict[str, tuple[float, float]] = {
+    "score": (0.0, 1.0),
+    "score difference": (-1.0, 1.0),
+    "similarity": (-1.0, 1.0),
+    "points": (0.0, 100.0),  # drops are clamped to [0, 100]
+    "percent": (-MAX_MAGNITUDE, MAX_MAGNITUDE),
+    "logit": (-MAX_MAGNITUDE, MAX_MAGNITUDE),
+    "fraction": (0.0, 1.0),
+    "count": (0.0, MAX_MAGNITUDE),
+    "ratio": (0.0, MAX_MAGNITUDE),
+}
+
+#: Metrics whose values reach past their unit's range, by what they are computed as.
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    # A = mean of S_i (1 - |share difference|): below 0 only when similarities are negative
+    "alignment": (-1.0, 1.0),
+    "weighted_alignment": (-1.0, 1.0),
+    "student_influence": (0.0, MAX_MAGNITUDE),  # an influence is not clamped (metrics.influence)
+    "shift_gap": (-MAX_MAGNITUDE, MAX_MAGNITUDE),  # a difference of two retained percentages
+    "accuracy_gap": (-1.0, 1.0),  # a difference of two accuracies
+}
+
+#: Rounding room at a range's ends (a cosine similarity may come out as 1.0000000000000002).
+RANGE_SLACK = 1e-9
+
+#: What an entry written before :func:`value_settings` existed was measured with: the
+#: defaults of ``assert_ablation_robust`` and ``metrics.severity_score``.
+LEGACY_SETTINGS: dict[str, float] = {
+    "severity_tolerance": 20.0, "severity_limit": 100.0, "severity_alpha": 1.0,
+}
 
 Tolerance = float | dict[str, float] | None
 
@@ -164,6 +205,75 @@ def method_differences(current: dict[str, Any], stored: dict[str, Any]) -> list[
     ]
 
 
+def value_settings(result: GateResult) -> dict[str, float]:
+    """Settings that change a result's values without being method fields of its fingerprint,
+    read from the report the gate saw: a model report's severity tolerance T, limit L and
+    exponent alpha (``ablation_robust``'s ``tolerance=`` moves severity and the count above
+    tolerance). Empty when the result carries no model report (a pair report's values do not
+    depend on them)."""
+    report = result.report
+    brittleness = (report.get("brittleness") if isinstance(report, dict)
+                   else getattr(report, "brittleness", None))
+    if brittleness is None:
+        return {}
+
+    def field_of(name: str) -> Any:
+        if isinstance(brittleness, dict):
+            return brittleness.get(name)
+        return getattr(brittleness, name, None)
+
+    found = {}
+    for setting, name in (("severity_tolerance", "tolerance"), ("severity_limit", "limit"),
+                          ("severity_alpha", "alpha")):
+        value = field_of(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            found[setting] = float(value)
+    return found
+
+
+def setting_differences(current: dict[str, float], stored: dict[str, Any]) -> list[str]:
+    """Value settings of this run that differ from the entry's, as ``name: stored -> current``;
+    a setting the entry does not record reads as :data:`LEGACY_SETTINGS` has it."""
+    differences = []
+    for name, value in current.items():
+        recorded = name in stored
+        before = stored[name] if recorded else LEGACY_SETTINGS.get(name)
+        if before != value:
+            shown = repr(before) if recorded else f"{before!r} (not recorded: the default then)"
+            differences.append(f"{name}: baseline {shown}, this run {value!r}")
+    return differences
+
+
+def value_range(gate: str, metric: str) -> tuple[float, float] | None:
+    """The values ``metric`` of gate kind ``gate`` can take (None: not a registered kind's)."""
+    kind = kind_of(gate)
+    spec = kind.metric(metric) if kind is not None else None
+    if spec is None:
+        return None
+    return METRIC_RANGES.get(spec.name, VALUE_RANGES.get(spec.unit,
+                                                         (-MAX_MAGNITUDE, MAX_MAGNITUDE)))
+
+
+def value_problem(gate: str, metric: str, value: object) -> str:
+    """Why ``value`` cannot be a stored ``metric`` of gate ``gate`` ("" when it can): not a
+    number, not finite, or outside what its unit can take."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{metric}: {value!r} is not a number"
+    if not math.isfinite(value):
+        return f"{metric}: {value!r} is not finite"
+    bounds = value_range(gate, metric)
+    if bounds is None:
+        return ""
+    low, high = bounds
+    unit = kind_of(gate).metric(metric).unit  # type: ignore[union-attr]  # bounds: it has one
+    if not low - RANGE_SLACK <= value <= high + RANGE_SLACK:
+        return (f"{metric}: {value!r} is outside [{low:g}, {high:g}], what a value in "
+                f"{unit} can be ({UNITS.get(unit, unit)})")
+    if unit == "count" and value != int(value):
+        return f"{metric}: {value!r} is not a whole number (a count)"
+    return ""
+
+
 def _shown(path: Path) -> str:
     """``path`` relative to the working directory when it lies below it (for messages)."""
     try:
@@ -253,8 +363,32 @@ class Baseline:
                     + update_command(self.shown, result.nodeid)
                 ),
             )
-        deltas = []
+        differences = setting_differences(value_settings(result), entry.get("settings", {}))
+        if differences:
+            return BaselineCheck(
+                result.key, "refused",
+                message=(
+                    f"baseline entry {result.key!r} in {self.shown} was measured with other "
+                    "settings that change its values, so the numbers are not comparable:\n    "
+                    + "\n    ".join(differences)
+                    + "\n  measure both the same way, or re-record the baseline with:\n  "
+                    + update_command(self.shown, result.nodeid)
+                ),
+            )
         stored = entry.get("values", {})
+        lacking = [c.metric for c in result.checks if c.metric not in stored]
+        if lacking:
+            return BaselineCheck(
+                result.key, "refused",
+                message=(
+                    f"baseline entry {result.key!r} in {self.shown} holds no value for "
+                    f"{', '.join(sorted(set(lacking)))}, which this gate checks (it holds "
+                    f"{', '.join(sorted(stored)) or 'nothing'}), so the check would compare "
+                    "nothing; re-record the baseline with:\n  "
+                    + update_command(self.shown, result.nodeid)
+                ),
+            )
+        deltas = []
         for metric, current in result.values.items():
             op = direction(metric, result)
             if op is None or metric not in stored:
@@ -300,14 +434,17 @@ class Baseline:
 
 def entry_problem(key: Any, entry: Any) -> str:
     """What is wrong with one baseline entry ("" when nothing): each must hold a non-empty
-    ``values`` mapping of finite numbers, named as its gate kind's registry names them."""
+    ``values`` mapping of finite numbers within their units' ranges, named as its gate kind's
+    registry names them, and finite ``settings``. (Whether it holds every metric a gate checks
+    is decided when a result is compared with it.)"""
     if not isinstance(entry, dict):
         return f"is {type(entry).__name__}, not a mapping"
     values = entry.get("values")
     if not isinstance(values, dict) or not values:
         return ("has no values (\"values\" must be a non-empty mapping metric -> number), so "
                 "nothing could be compared")
-    kind = kind_of(str(key).split("::", 1)[0])
+    gate = str(key).split("::", 1)[0]
+    kind = kind_of(gate)
     for metric, number in values.items():
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             return f"has a value {metric}: {number!r} that is not a number"
@@ -319,20 +456,32 @@ def entry_problem(key: Any, entry: Any) -> str:
             known = [m.name for m in kind.metrics]
             return (f"names a metric {metric!r} that gate {kind.name} does not report"
                     f"{closest(metric, known)} (its metrics: {', '.join(known)})")
-    for part in ("fingerprint", "checks", "models"):
+        problem = value_problem(gate, str(metric), number)
+        if problem:
+            return f"has a value {problem}, so it cannot be a baseline"
+    for part in ("fingerprint", "checks", "models", "settings"):
         if part in entry and not isinstance(entry[part], dict):
             return f"has a \"{part}\" that is {type(entry[part]).__name__}, not a mapping"
+    for name, number in entry.get("settings", {}).items():
+        if (isinstance(number, bool) or not isinstance(number, (int, float))
+                or not math.isfinite(number)):
+            return f"has a setting {name}: {number!r} that is not a finite number"
     if "nodeid" in entry and not isinstance(entry["nodeid"], str):
         return "has a \"nodeid\" that is not a string"
     return ""
 
 
 def entry_for(result: GateResult) -> dict[str, Any]:
-    """What a baseline keeps of a result: its values, thresholds, method and models."""
-    return {
+    """What a baseline keeps of a result: its values, thresholds, method, value settings and
+    models."""
+    entry = {
         "values": dict(result.values),
         "checks": {c.metric: {"op": c.op, "threshold": c.threshold} for c in result.checks},
         "fingerprint": dict(result.fingerprint),
         "models": {role: info.to_dict() for role, info in result.models.items()},
         "nodeid": result.nodeid,
     }
+    settings = value_settings(result)
+    if settings:
+        entry["settings"] = settings
+    return entry

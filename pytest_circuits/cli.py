@@ -5,10 +5,15 @@ their on-disk cache in ``.pytest_cache/d/circuits``), so a number printed here i
 gate sees.
 
 Exit codes: 0 success; 1 a regression (``diff``) or a candidate that fails the calibrated
-thresholds when ``--strict`` is given; 2 a usage error (bad arguments, an unreadable or
-unrecognised results file, an unknown task); 3 the analysis could not run or results cannot
-be compared (a model that does not load, a task a model does not perform, an incompatible
-pair, results measured with different methods).
+thresholds when ``--strict`` is given; 2 a usage error, found before any model loads (a bad
+argument: a number that is NaN, infinite, out of range or of the wrong sign, an unknown device or
+dtype, a device this machine does not have; an output path that cannot be written or that is an
+input or another output of the run; an explicit ``--cache-dir`` that cannot hold the cache; a
+results file that cannot be read, is not JSON or is not a results file; an unknown task);
+3 malformed input, or the analysis could not run, or results cannot be compared (a results file
+whose reports are damaged: missing keys, wrong types, non-finite or impossible numbers; a model
+that does not load, a task a model does not perform, an incompatible pair, results measured with
+different methods), and an internal error (``--traceback`` shows it).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
 import sys
 import threading
 import time
@@ -46,6 +53,10 @@ class UsageError(CircuitsError, ValueError):
 
 class AnalysisError(CircuitsError):
     """The analysis could not run, or two results cannot be compared (exit 3)."""
+
+
+class MalformedInputError(AnalysisError):
+    """A results file is JSON of the right format, but a report in it is damaged (exit 3)."""
 
 
 # ----------------------------------------------------------------------------- output helpers
@@ -189,6 +200,8 @@ class Run:
 
 
 def _run_from(args: argparse.Namespace, steps: int) -> Run:
+    """The run of a command whose arguments :func:`preflight` has checked (it also decided the
+    cache directory: None when the default one cannot be used)."""
     from . import cache
 
     if args.no_cache:
@@ -196,11 +209,6 @@ def _run_from(args: argparse.Namespace, steps: int) -> Run:
     else:
         cache.configure(args.cache_dir, enabled=True)
     tasks = args.task or ["numerals"]
-    if args.preset is not None and (args.matching, args.similarity) != ("paper", "paper"):
-        raise UsageError(
-            f"--preset {args.preset} sets the matching and the similarity itself; drop "
-            f"--matching {args.matching} / --similarity {args.similarity}, or the preset"
-        )
     return Run(
         tasks=tasks, n_prompts=args.n_prompts, seed=args.seed, ablation=args.ablation,
         similarity=args.similarity, matching=args.matching, preset=args.preset,
@@ -208,6 +216,214 @@ def _run_from(args: argparse.Namespace, steps: int) -> Run:
         device=args.device, dtype=args.dtype, method=args.method,
         progress=Progress(steps, enabled=not args.quiet),
     )
+
+
+# ----------------------------------------------------------------------------- checking arguments
+
+Rule = Callable[[Any], str]
+
+
+def _whole(low: int, high: int | None = None) -> Rule:
+    """A whole number in [low, high]: what is wrong with a value ("" when nothing)."""
+    def problem(value: int) -> str:
+        if value < low:
+            return f"must be at least {low:,}, got {value}"
+        if high is not None and value > high:
+            return f"must be at most {high:,}, got {value}"
+        return ""
+    return problem
+
+
+def _at_least_zero(value: float) -> str:
+    """A tolerance, a margin: a finite number >= 0 (NaN compares false with everything, so a
+    NaN tolerance would let every change through; a negative one would flag an unchanged
+    value)."""
+    if not math.isfinite(value) or value < 0:
+        return f"must be a finite number >= 0, got {value!r}"
+    return ""
+
+
+def _within(gate: str, threshold: str) -> Rule:
+    """A number in the range of a gate kind's threshold (its registry entry), finite."""
+    def problem(value: float) -> str:
+        from .kinds import KINDS, UNITS
+
+        spec = KINDS[gate].threshold(threshold)
+        if not (math.isfinite(value) and spec.low <= value <= spec.high):
+            return (f"must be a number in {spec.range_text} ({UNITS[spec.unit]}), "
+                    f"got {value!r}")
+        return ""
+    return problem
+
+
+def _number_rules() -> list[tuple[str, str, Rule]]:
+    """Every numeric option of every command: (attribute, option, rule)."""
+    from .tasks import MAX_N_PROMPTS
+
+    return [
+        ("n_prompts", "--n-prompts", _whole(1, MAX_N_PROMPTS)),
+        ("seed", "--seed", _whole(0)),
+        ("margin", "--margin", _at_least_zero),
+        # the behaviour gate's own threshold; a head may cost at most 100 points, so a margin
+        # over the teacher's worst head lies in max_single_drop's range
+        ("min_retained", "--min-retained", _within("behavior_preserved", "min_retained")),
+        ("drop_margin", "--drop-margin", _within("ablation_robust", "max_single_drop")),
+        ("max_alignment_drop", "--max-alignment-drop", _at_least_zero),
+        ("max_severity_increase", "--max-severity-increase", _at_least_zero),
+        ("max_drop_increase", "--max-drop-increase", _at_least_zero),
+        ("max_retained_drop", "--max-retained-drop", _at_least_zero),
+        ("influence_change", "--influence-change", _at_least_zero),
+    ]
+
+
+#: What ``--device`` may name: a CUDA device (``cuda``, ``cuda:1``), the CPU, Apple's GPU, or
+#: ``auto`` (CUDA when available).
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse a bad argument before anything runs (:class:`UsageError`): every number (finite,
+    in range, of the right sign), the device and dtype names, and a preset with options it
+    sets itself."""
+    for attribute, option, rule in _number_rules():
+        value = getattr(args, attribute, None)
+        if value is not None and (problem := rule(value)):
+            raise UsageError(f"{option} {problem}")
+    device = getattr(args, "device", None)
+    if device is not None and not DEVICE_PATTERN.fullmatch(device):
+        raise UsageError(f"--device {device!r} is not a device: use auto, cpu, cuda, cuda:N "
+                         "(the N-th GPU) or mps")
+    if getattr(args, "dtype", None) is not None:
+        from .dtypes import DTYPES, canonical_dtype
+
+        if canonical_dtype(args.dtype) is None:
+            raise UsageError(f"--dtype {args.dtype!r} is not a dtype models load in: use one "
+                             f"of {', '.join(DTYPES)}")
+    preset = getattr(args, "preset", None)
+    if preset is not None and (args.matching, args.similarity) != ("paper", "paper"):
+        raise UsageError(
+            f"--preset {preset} sets the matching and the similarity itself; drop "
+            f"--matching {args.matching} / --similarity {args.similarity}, or the preset"
+        )
+
+
+def _device_problem(device: str) -> str:
+    """Why this machine cannot run on ``device`` ("" when it can); imports torch."""
+    if device in ("auto", "cpu"):
+        return ""
+    import torch
+
+    if device == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return "" if mps is not None and mps.is_available() else (
+            "Apple's GPU (mps) is not available on this machine")
+    if not torch.cuda.is_available():
+        return ("CUDA is not available on this machine (torch.cuda.is_available() is False); "
+                "use --device auto or cpu, or run on a GPU runner")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    count = torch.cuda.device_count()
+    if index >= count:
+        return f"this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
+    return ""
+
+
+def _output_problem(path: Path) -> str:
+    """Why ``path`` cannot be written as an output file ("" when it can): its folder must
+    exist and take a new file, and the path must not be a folder."""
+    from .output import unwritable
+
+    if path.is_dir():
+        return "it is a directory"
+    folder = path.parent
+    if not folder.exists():
+        return f"its folder {folder} does not exist"
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    return unwritable(path) or ""
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def _inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The files a command reads, named as the command line gave them: task files, and model
+    paths with the files of a model folder."""
+    found = [(f"--task {task}", Path(task)) for task in args.task or [] if Path(task).is_file()]
+    models = [getattr(args, name, None) for name in ("teacher", "student")]
+    models += list(getattr(args, "students", None) or getattr(args, "candidates", None) or [])
+    for model in filter(None, models):
+        path = Path(model)
+        if path.is_file():
+            found.append((f"the model {model}", path))
+        elif path.is_dir():
+            found.append((f"the model folder {model}", path))
+            found += [(f"the model file {child}", child) for child in path.iterdir()
+                      if child.is_file()]
+    return found
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output path the command could not write at its end, after the analysis, or
+    one that would overwrite an input or another output of the run."""
+    outputs = [(option, Path(value)) for option, value in
+               (("--json", getattr(args, "json", None)), ("--html", getattr(args, "html", None)))
+               if value]
+    for option, path in outputs:
+        problem = _output_problem(path)
+        if problem:
+            raise UsageError(f"{option} {path}: cannot write it: {problem}; point it at a "
+                             "writable file (checked before any model loads, so the analysis "
+                             "does not end without its results)")
+    for i, (option, path) in enumerate(outputs):
+        for other, other_path in outputs[:i]:
+            if _same_path(path, other_path):
+                raise UsageError(f"{option} {path} is the same file as {other} {other_path}: "
+                                 "one would overwrite the other; give each its own path")
+        for what, source in _inputs(args):
+            if _same_path(path, source):
+                raise UsageError(f"{option} {path} is {what}, which this command reads: "
+                                 "writing it would destroy an input; give another path")
+
+
+def _choose_cache(args: argparse.Namespace, err: TextIO) -> None:
+    """Settle ``args.cache_dir`` as the plugin settles ``--circuits-cache-dir``: an explicit
+    directory that cannot hold the cache is a usage error; the default one degrades to no disk
+    cache with one warning (results are then kept in memory for this command)."""
+    from .cache import directory_problem
+
+    if args.no_cache:
+        return
+    explicit = args.cache_dir is not None
+    directory = Path(args.cache_dir) if explicit else DEFAULT_CACHE_DIR
+    problem = directory_problem(directory)
+    if problem is None:
+        args.cache_dir = str(directory)
+    elif explicit:
+        raise UsageError(f"--cache-dir {directory} cannot hold the analysis cache ({problem}); "
+                         "point it at a writable directory, or pass --no-cache")
+    else:
+        err.write(f"pytest-circuits: warning: the analysis cache {directory} cannot be used "
+                  f"({problem}); running without the disk cache. Pass --cache-dir DIR or "
+                  "--no-cache to silence this.\n")
+        args.cache_dir = None
+
+
+def preflight(args: argparse.Namespace, err: TextIO) -> None:
+    """Everything that can be refused before a model loads: arguments, output paths, the
+    cache directory and the device (:class:`UsageError`, exit 2)."""
+    check_arguments(args)
+    _check_outputs(args)
+    if hasattr(args, "cache_dir"):
+        _choose_cache(args, err)
+    device = getattr(args, "device", None)
+    if device is not None and (problem := _device_problem(device)):
+        raise UsageError(f"--device {device}: {problem}")
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -223,14 +439,16 @@ def _round_down(value: float, step: float) -> float:
 
 
 def severity_terms(report: Any) -> Any:
-    """Each component's term of the severity score, ``max(0, (min(L, m_i) - T) / (L - T))**a``;
-    severity is their mean, so a bootstrap of the mean is a bootstrap of severity."""
+    """Each component's term of the severity score: the severity of its drop alone
+    (:func:`metrics.severity_score` of one drop is its term). Severity is their mean, so a
+    bootstrap of the mean is a bootstrap of severity."""
     import numpy as np
 
+    from .metrics import severity_score
+
     b = report.brittleness
-    drops = np.asarray(report.sweep.clamped_drops, dtype=float)
-    return np.maximum(0.0, (np.minimum(b.limit, drops) - b.tolerance)
-                      / (b.limit - b.tolerance)) ** b.alpha
+    return np.array([severity_score([drop], tolerance=b.tolerance, limit=b.limit, alpha=b.alpha)
+                     for drop in report.sweep.clamped_drops], dtype=float)
 
 
 def severity_interval(report: Any) -> tuple[float, float]:
@@ -271,6 +489,18 @@ class Calibration:
     max_severity_increase: float
     max_head_drop: float | None  # None: the teacher's worst head already costs 100 points
     drop_margin: float
+    #: the task as the command line gave it (a built-in name or a task file's path), which the
+    #: calibrated gates name so they run as pasted; ``task`` is the name its reports carry
+    source: str = ""
+
+    @property
+    def gate_task(self) -> str:
+        return self.source or self.task
+
+    @property
+    def label(self) -> str:
+        """The task for a reader: its name, and the file it came from when that differs."""
+        return self.task if self.gate_task == self.task else f"{self.task} ({self.gate_task})"
 
     def head_rule(self) -> str:
         name, drop = self.worst_head
@@ -281,14 +511,15 @@ class Calibration:
         return f"teacher's worst head {name} ({drop:.1f}) + {self.drop_margin:g} points"
 
 
-def calibrate_teacher(report: Any, drop_margin: float = 10.0) -> Calibration:
+def calibrate_teacher(report: Any, drop_margin: float = 10.0, source: str = "") -> Calibration:
     """Thresholds relative to the teacher on one task.
 
     ``max_severity_increase``: the upper end of the teacher's own 95% bootstrap interval of
     severity minus its severity (a student may be more brittle than its teacher by no more than
     the teacher's measurement spans). Single heads: no worse than the teacher's worst head plus
     ``drop_margin`` points. MLPs get no single-drop limit: in GPT-2-style models MLP0 usually
-    flips the answer in the teacher itself.
+    flips the answer in the teacher itself. ``source`` is the task as given (see
+    :attr:`Calibration.source`).
     """
     b = report.brittleness
     low, high = severity_interval(report)
@@ -300,7 +531,7 @@ def calibrate_teacher(report: Any, drop_margin: float = 10.0) -> Calibration:
         mean_drop_ci=tuple(b.mean_drop_ci), worst_head=head, worst_mlp=_worst(report, "mlp"),
         max_severity_increase=max(0.01, _round_up(high - b.severity, 0.01)),
         max_head_drop=_round_up(limit, 0.5) if limit < 100.0 else None,
-        drop_margin=drop_margin,
+        drop_margin=drop_margin, source=source,
     )
 
 
@@ -318,15 +549,16 @@ class Finding:
 def findings(report: Any, calibration: Calibration, min_retained: float) -> list[Finding]:
     """What the calibrated gates (and the behaviour floor) would block in this pair report."""
     found = []
-    if report.behavior_retained < min_retained:
+    # written as "not (value within limit)", so a NaN blocks instead of passing
+    if not report.behavior_retained >= min_retained:
         found.append(Finding(report.task, f"behaviour retained {report.behavior_retained:.1f}% "
                                           f"< {min_retained:g}%"))
     increase = report.student.brittleness.severity - report.teacher.brittleness.severity
-    if increase > calibration.max_severity_increase:
+    if not increase <= calibration.max_severity_increase:
         found.append(Finding(report.task, f"severity rises by {increase:.3f} over the teacher "
                                           f"> {calibration.max_severity_increase:g}"))
     name, drop = _worst(report.student, "head")
-    if calibration.max_head_drop is not None and drop > calibration.max_head_drop:
+    if calibration.max_head_drop is not None and not drop <= calibration.max_head_drop:
         found.append(Finding(report.task, f"ablating head {name} costs {drop:.1f} points > "
                                           f"{calibration.max_head_drop:g} "
                                           f"({calibration.head_rule()})"))
@@ -338,6 +570,17 @@ def findings(report: Any, calibration: Calibration, min_retained: float) -> list
 
 def _yaml_text(value: Any) -> str:
     return json.dumps(value)  # JSON strings and numbers are valid YAML scalars
+
+
+_YAML_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "y", "n", "null", "~"})
+
+
+def _yaml_plain(text: str) -> str:
+    """``text`` as a YAML string: bare when YAML reads it back as that string (``numerals``,
+    ``tasks/mine.yaml``), quoted otherwise."""
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_./-]*", text) and text.lower() not in _YAML_WORDS:
+        return text
+    return _yaml_text(text)
 
 
 def calibration_yaml(
@@ -365,8 +608,9 @@ def calibration_yaml(
         for c in calibrations:
             def gate(name: str, body: str, comment: str, pair_name: str = pair_name,
                      c: Calibration = c, suffix: str = suffix) -> None:
-                lines.extend([f"  - name: {c.task}-{name}{suffix}", f"    pair: {pair_name}",
-                              f"    task: {c.task}", f"    {body}  # {comment}"])
+                lines.extend([f"  - name: {_yaml_plain(f'{c.task}-{name}{suffix}')}",
+                              f"    pair: {pair_name}", f"    task: {_yaml_plain(c.gate_task)}",
+                              f"    {body}  # {comment}"])
 
             gate("behaviour", f"behavior_preserved: {{min_retained: {min_retained:g}}}",
                  "percent of the teacher's clean logit difference")
@@ -378,8 +622,8 @@ def calibration_yaml(
                 gate("no-critical-head", f"ablation_robust: {{components: heads, "
                                          f"max_single_drop: {c.max_head_drop:g}}}",
                      c.head_rule())
-            if c.task in min_score:
-                gate("aligned", f"circuit_aligned: {{min_score: {min_score[c.task]:g}}}",
+            if c.gate_task in min_score:
+                gate("aligned", f"circuit_aligned: {{min_score: {min_score[c.gate_task]:g}}}",
                      "lower 95% bound of A of the candidates that pass the gates above")
     return "\n".join(lines) + "\n"
 
@@ -392,41 +636,151 @@ def _load_document(path: str) -> Any:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read results file {path!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not JSON (not UTF-8 text: {exc.reason} at byte "
+                         f"{exc.start}); give a file written by `pytest-circuits compare "
+                         "--json` or `pytest --circuits-json`") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}: not JSON ({exc.msg} at line {exc.lineno}); give a file "
                          "written by `pytest-circuits compare --json` or "
                          "`pytest --circuits-json`") from None
+    except RecursionError:
+        raise MalformedInputError(f"{path}: nested too deeply to be a results file") from None
+
+
+#: Why a results file could not be turned into reports: the errors a damaged document raises
+#: in the reports' ``from_dict`` (a key missing, a list where a mapping belongs...).
+_DAMAGE = (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError,
+           OverflowError)
+
+
+def _report_items(path: str, data: Any) -> list[Any]:
+    """The report mappings of a results document, in the shapes ``load_reports`` accepts."""
+    if isinstance(data, dict) and data.get("format") == REPORTS_FORMAT:
+        items = data.get("reports", [])
+        if not isinstance(items, list):
+            raise MalformedInputError(f"{path}: \"reports\" is {type(items).__name__}, not a "
+                                      "list of reports")
+        return items
+    if isinstance(data, dict) and "results" in data:
+        results = data["results"]
+        if not isinstance(results, list):
+            raise MalformedInputError(f"{path}: \"results\" is {type(results).__name__}, not a "
+                                      "list of gate results")
+        return [r["report"] for r in results if isinstance(r, dict) and r.get("report")]
+    if isinstance(data, dict) and "kind" in data:
+        return [data]
+    if isinstance(data, list):
+        return data
+    raise UsageError(f"{path}: not a pytest-circuits results file (expected format "
+                     f"{REPORTS_FORMAT!r}, a --circuits-json document or a report)")
 
 
 def load_reports(path: str) -> list[Any]:
     """The typed reports in a results file: ``compare --json`` output, a ``--circuits-json``
-    document (the reports its gates stored), one report, or a list of reports."""
+    document (the reports its gates stored), one report, or a list of reports.
+
+    A file that cannot be read, is not JSON or is not a results file is a :class:`UsageError`;
+    one whose reports are damaged (a key missing, a wrong type, a number that is not finite or
+    that its quantity cannot take) is a :class:`MalformedInputError` naming the report and the
+    value, never a verdict computed from it.
+    """
     from .results import report_from_dict
 
     data = _load_document(path)
-    if isinstance(data, dict) and data.get("format") == REPORTS_FORMAT:
-        items = data.get("reports", [])
-    elif isinstance(data, dict) and "results" in data:
-        items = [r.get("report") for r in data["results"] if isinstance(r, dict)]
-        items = [r for r in items if r]
-    elif isinstance(data, dict) and "kind" in data:
-        items = [data]
-    elif isinstance(data, list):
-        items = data
-    else:
-        raise UsageError(f"{path}: not a pytest-circuits results file (expected format "
-                         f"{REPORTS_FORMAT!r}, a --circuits-json document or a report)")
-    try:
-        reports = [report_from_dict(item) for item in items]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"{path}: a report could not be read back ({exc}); was it written "
-                         "by another version of pytest-circuits?") from None
+    items = _report_items(path, data)
+    reports = []
+    for index, item in enumerate(items):
+        where = f"{path}: report {index + 1} of {len(items)}"
+        try:
+            report = report_from_dict(item)
+            problem = report_problem(report)
+        except _DAMAGE as exc:
+            raise MalformedInputError(
+                f"{where} could not be read back ({type(exc).__name__}: {exc}); was it written "
+                "by another version of pytest-circuits, or edited?") from None
+        if problem:
+            raise MalformedInputError(f"{where}: {problem}; a damaged results file cannot be "
+                                      "compared: write it again")
+        reports.append(report)
     if not reports:
         raise UsageError(f"{path}: holds no analysis report (gates like behavior_preserved "
                          "store none); write one with `pytest-circuits compare --json`")
     return reports
+
+
+def _text_problem(value: Any, where: str) -> str:
+    return "" if isinstance(value, str) else f"{where} is {value!r}, not a string"
+
+
+def _number_problem(value: Any, where: str, gate: str = "", metric: str = "") -> str:
+    """Why ``value`` cannot be the number at ``where`` ("" when it can); with a gate kind's
+    ``metric``, also outside what that metric can take (:func:`baseline.value_problem`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{where} is {value!r}, not a number"
+    if not math.isfinite(value):
+        return f"{where} is {value!r}, not a finite number"
+    if metric:
+        from .baseline import value_problem
+
+        problem = value_problem(gate, metric, value)
+        if problem:
+            return f"{where}: {problem}"
+    return ""
+
+
+def _model_problem(report: Any, where: str) -> str:
+    b = report.brittleness
+    problems = [
+        _text_problem(report.task, f"{where}.task"),
+        _number_problem(b.severity, f"{where}.brittleness.severity", "ablation_robust",
+                        "severity"),
+        _number_problem(b.worst_drop, f"{where}.brittleness.worst_drop", "ablation_robust",
+                        "max_single_drop"),
+        _number_problem(b.mean_drop, f"{where}.brittleness.mean_drop", "ablation_robust",
+                        "mean_drop"),
+        _text_problem(b.worst_component, f"{where}.brittleness.worst_component"),
+    ]
+    if not isinstance(report.sweep.effects, list):
+        problems.append(f"{where}.sweep.effects is not a list")
+    else:
+        for i, e in enumerate(report.sweep.effects):
+            problems += [_text_problem(e.name, f"{where}.sweep.effects[{i}].name"),
+                         _number_problem(e.drop, f"{where}.sweep.effects[{i}].drop"),
+                         _number_problem(e.influence, f"{where}.sweep.effects[{i}].influence")]
+    return next((p for p in problems if p), "")
+
+
+def report_problem(report: Any) -> str:
+    """What in a typed report read back from a file ``diff`` could not use ("" when nothing):
+    every name it keys by and every number it compares must be there, of the right type,
+    finite and possible (a severity of 5 or an alignment of NaN is a damaged file)."""
+    if not hasattr(report, "alignment"):
+        return _model_problem(report, "model")
+    a = report.alignment
+    problems = [
+        _text_problem(report.task, "task"),
+        _model_problem(report.teacher, "teacher"),
+        _model_problem(report.student, "student"),
+        _number_problem(a.score, "alignment.score", "circuit_aligned", "alignment"),
+        _number_problem(a.weighted_score, "alignment.weighted_score", "circuit_aligned",
+                        "weighted_alignment"),
+        _number_problem(report.behavior_retained, "behavior_retained", "behavior_preserved",
+                        "behavior_retained"),
+    ]
+    for i, pair in enumerate(a.pairs):
+        problems += [_text_problem(pair.teacher, f"alignment.pairs[{i}].teacher"),
+                     _text_problem(pair.student, f"alignment.pairs[{i}].student"),
+                     _number_problem(pair.similarity, f"alignment.pairs[{i}].similarity",
+                                     "circuit_aligned", "mean_similarity")]
+    if not isinstance(report.discarded, list):
+        problems.append("discarded is not a list")
+    else:
+        problems += [_text_problem(d.teacher, f"discarded[{i}].teacher")
+                     for i, d in enumerate(report.discarded)]
+    return next((p for p in problems if p), "")
 
 
 def _key(report: Any) -> tuple[str, ...]:
@@ -519,14 +873,15 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
     tasks = args.task or ["numerals"]
     run = _run_from(args, steps=(1 + len(args.students)) * (1 + len(tasks)))
-    calibrations = [calibrate_teacher(run.model_report(args.teacher, task), args.drop_margin)
-                    for task in tasks]
+    # keyed by the task as given: a task file's reports carry its name, not its path
+    calibrations = [calibrate_teacher(run.model_report(args.teacher, task), args.drop_margin,
+                                      source=task) for task in tasks]
     pairs = {(student, task): run.pair_report(args.teacher, student, task)
              for student in args.students for task in tasks}
     blocked = False
     min_score: dict[str, float] = {}
     for c in calibrations:
-        out.write(f"\nteacher {c.teacher} on task '{c.task}'\n")
+        out.write(f"\nteacher {c.teacher} on task '{c.label}'\n")
         rows = [
             ["severity", _n(c.severity), f"{c.severity_ci[0]:.3f}..{c.severity_ci[1]:.3f}",
              f"max_severity_increase: {c.max_severity_increase:g}",
@@ -548,7 +903,7 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
         passing_lows = []
         notes: list[tuple[str, Finding]] = []
         for student in args.students:
-            report = pairs[(student, c.task)]
+            report = pairs[(student, c.gate_task)]
             low, high = alignment_interval(report)
             found = findings(report, c, args.min_retained)
             blocking = [f for f in found if f.blocking]
@@ -569,7 +924,7 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
         for student, f in notes:
             out.write(f"    {student}: {'BLOCKS' if f.blocking else 'note'}: {f.text}\n")
         if passing_lows:
-            min_score[c.task] = max(0.0, _round_down(min(passing_lows), 0.05))
+            min_score[c.gate_task] = max(0.0, _round_down(min(passing_lows), 0.05))
     out.write("\n# ---- paste into circuits.yaml ----\n")
     out.write(calibration_yaml(
         args.teacher, args.students, calibrations, args.min_retained, min_score,
@@ -635,13 +990,13 @@ def _why(better: Candidate, worse: Candidate) -> str:
 def cmd_rank(args: argparse.Namespace, out: TextIO) -> int:
     tasks = args.task or ["numerals"]
     run = _run_from(args, steps=1 + len(args.candidates) * (1 + len(tasks)) + len(tasks))
-    calibrations = {task: calibrate_teacher(run.model_report(args.teacher, task),
-                                            args.drop_margin) for task in tasks}
+    calibrations = [calibrate_teacher(run.model_report(args.teacher, task), args.drop_margin,
+                                      source=task) for task in tasks]
     candidates = []
     for source in args.candidates:
         reports = [run.pair_report(args.teacher, source, task) for task in tasks]
-        found = [f for r in reports for f in findings(r, calibrations[r.task],
-                                                      args.min_retained)]
+        found = [f for r, c in zip(reports, calibrations, strict=True)
+                 for f in findings(r, c, args.min_retained)]
         candidates.append(Candidate(source, reports, found))
     ranked = rank_candidates(candidates)
     rows = []
@@ -688,9 +1043,16 @@ def _cell(value: float | str | None) -> str:
     return "-" if value is None else str(value)
 
 
+def _beyond(worse_by: float, tolerance: float) -> bool:
+    """Whether a change ``worse_by`` in the worse direction exceeds ``tolerance``; a NaN on
+    either side is a regression, never "ok" (NaN compares false with everything)."""
+    return not worse_by <= tolerance
+
+
 def diff_reports(old: Any, new: Any, args: argparse.Namespace) -> tuple[list[Change],
                                                                         list[Change]]:
-    """(summary changes, component changes) from ``old`` to ``new``; regressions flagged."""
+    """(summary changes, component changes) from ``old`` to ``new``; regressions flagged (a
+    value that is not a number regresses)."""
     summary: list[Change] = []
     old_student = old.student if hasattr(old, "alignment") else old
     new_student = new.student if hasattr(new, "alignment") else new
@@ -698,13 +1060,14 @@ def diff_reports(old: Any, new: Any, args: argparse.Namespace) -> tuple[list[Cha
     if hasattr(old, "alignment"):
         summary += [
             Change("alignment A", old.alignment.score, new.alignment.score,
-                   old.alignment.score - new.alignment.score > args.max_alignment_drop),
+                   _beyond(old.alignment.score - new.alignment.score, args.max_alignment_drop)),
             Change("weighted alignment", old.alignment.weighted_score,
                    new.alignment.weighted_score,
-                   old.alignment.weighted_score - new.alignment.weighted_score
-                   > args.max_alignment_drop),
+                   _beyond(old.alignment.weighted_score - new.alignment.weighted_score,
+                           args.max_alignment_drop)),
             Change("behaviour retained (%)", old.behavior_retained, new.behavior_retained,
-                   old.behavior_retained - new.behavior_retained > args.max_retained_drop),
+                   _beyond(old.behavior_retained - new.behavior_retained,
+                           args.max_retained_drop)),
         ]
         gone = sorted({d.teacher for d in new.discarded} - {d.teacher for d in old.discarded})
         summary.append(Change("discarded mechanisms", len(old.discarded), len(new.discarded),
@@ -712,9 +1075,9 @@ def diff_reports(old: Any, new: Any, args: argparse.Namespace) -> tuple[list[Cha
                               "newly discarded: " + ", ".join(gone) if gone else ""))
     summary += [
         Change("severity", ob.severity, nb.severity,
-               nb.severity - ob.severity > args.max_severity_increase),
+               _beyond(nb.severity - ob.severity, args.max_severity_increase)),
         Change("worst single drop", ob.worst_drop, nb.worst_drop,
-               nb.worst_drop - ob.worst_drop > args.max_drop_increase,
+               _beyond(nb.worst_drop - ob.worst_drop, args.max_drop_increase),
                f"{ob.worst_component} -> {nb.worst_component}"),
         Change("mean drop", ob.mean_drop, nb.mean_drop),
     ]
@@ -733,10 +1096,10 @@ def diff_reports(old: Any, new: Any, args: argparse.Namespace) -> tuple[list[Cha
                                      "new component" if b is None else "removed component"))
             continue
         change = a.influence - b.influence
-        if abs(change) >= args.influence_change:
-            grew = a.drop - b.drop
+        if not abs(change) < args.influence_change:  # a NaN change is listed
             components.append(Change(
-                f"student {name} drop", b.drop, a.drop, grew > args.max_drop_increase,
+                f"student {name} drop", b.drop, a.drop,
+                _beyond(a.drop - b.drop, args.max_drop_increase),
                 f"{'gained' if change > 0 else 'lost'} {abs(change):.1f} points of influence"))
     for teacher in list(old_match) + [t for t in new_match if t not in old_match]:
         b, a = old_match.get(teacher), new_match.get(teacher)
@@ -852,8 +1215,10 @@ def _analysis_options(parser: argparse.ArgumentParser) -> None:
                             "gates, auto for a model of 1,000 components or more, exact below)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     group.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
-    group.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), metavar="DIR",
-                       help="analysis cache shared with pytest (default: %(default)s)")
+    group.add_argument("--cache-dir", default=None, metavar="DIR",
+                       help="analysis cache shared with pytest (default: "
+                            f"{DEFAULT_CACHE_DIR}; when it cannot be used, the command warns "
+                            "and runs without it)")
     group.add_argument("--no-cache", action="store_true", help="recompute everything")
     group.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
@@ -875,7 +1240,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Models: a hub id (openai-community/gpt2), a save_pretrained directory, or "
                "zoo:NAME (zoo:tiny-teacher, zoo:tiny-student, zoo:tiny-student-brittle). "
                "Exit codes: 0 ok; 1 regression (diff) or blocked candidate (calibrate "
-               "--strict); 2 usage error; 3 analysis refused or results not comparable.",
+               "--strict); 2 usage error (checked before any model loads); 3 analysis "
+               "refused, results not comparable, a damaged results file, or an internal "
+               "error.",
     )
     parser.add_argument("--traceback", action="store_true",
                         help="show the Python traceback of an error (for bug reports)")
@@ -959,11 +1326,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     except SystemExit as exc:  # argparse has printed the usage and the error
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     handler: Callable[[argparse.Namespace, TextIO], int] = args.handler
-    if getattr(args, "n_prompts", None) is not None and args.n_prompts < 1:
-        err.write(f"pytest-circuits: error: --n-prompts must be at least 1, got "
-                  f"{args.n_prompts}\n")
-        return EXIT_USAGE
     try:
+        preflight(args, err)
         return handler(args, out)
     except UsageError as exc:
         err.write(f"pytest-circuits: error: {exc}\n")
@@ -982,7 +1346,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         if isinstance(exc, _analysis_errors()):
             err.write(f"pytest-circuits: error: {exc}\n")
             return EXIT_ANALYSIS
-        raise
+        # not exit 1, which says "regression": a crash must never read as a verdict
+        err.write(f"pytest-circuits: internal error: {type(exc).__name__}: {exc}; rerun with "
+                  "--traceback and report it\n")
+        return EXIT_ANALYSIS
 
 
 if __name__ == "__main__":  # pragma: no cover - ``python -m pytest_circuits`` is the way in
