@@ -42,6 +42,12 @@ class CircuitModel:
     compatibility-mode processing); ``hf_model`` is the Hugging Face model inside it.
     ``architecture`` is the Hugging Face class name; ``arch`` is its family's registry entry
     (hook names, prediction head, causal or masked).
+
+    ``analysis_memo`` is the per-model memo of what the analyses derive from this model (encoded
+    tasks, clean runs, reference statistics, the bridge-parity verdict per task), read through
+    ``analysis.engine.model_cache``. It lives as long as the model; a ``copy.copy`` of the model
+    starts with an empty one, since a copy is usually made to change a field (``arch``) that
+    the memoised results depend on.
     """
 
     name: str
@@ -65,6 +71,13 @@ class CircuitModel:
     device_map: dict[str, Any] | None = None
     _fingerprint: str | None = field(default=None, repr=False)
     _hf_state: dict[str, Any] | None = field(default=None, repr=False)
+    analysis_memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def __copy__(self) -> CircuitModel:
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.analysis_memo = {}
+        return clone
 
     @property
     def hf_model(self) -> Any:
