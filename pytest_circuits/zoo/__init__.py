@@ -15,9 +15,10 @@ on one toy language (numerals, numwords and IOI sentences; see README.md here).
 ``zoo_path(name)`` gives a model's directory (an ordinary Hugging Face directory: config.json,
 model.safetensors, tokenizer files) to load with ``AutoTokenizer`` and
 ``AutoModelForCausalLM``/``AutoModelForMaskedLM``, or as ``load_model("zoo:NAME")``.
-``verify_zoo()`` checks every file against ``MANIFEST.json``. The models and their recipes are
-declared in the families' modules in ``pytest_circuits/architectures/`` (``Architecture.zoo``). Rebuild with
-``python -m pytest_circuits.zoo.train`` (see README.md). Imports nothing heavy.
+``verify_zoo()`` checks every file against ``MANIFEST.json``. The models and their recipes
+are declared in the families' modules in ``pytest_circuits/architectures/``
+(``Architecture.zoo``). Rebuild with ``python -m pytest_circuits.zoo.train`` (see README.md).
+Imports nothing heavy.
 """
 
 from __future__ import annotations
