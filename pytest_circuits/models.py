@@ -42,6 +42,12 @@ class CircuitModel:
     compatibility-mode processing); ``hf_model`` is the Hugging Face model inside it.
     ``architecture`` is the Hugging Face class name; ``arch`` is its family's registry entry
     (hook names, prediction head, causal or masked).
+
+    ``analysis_memo`` is the per-model memo of what the analyses derive from this model (encoded
+    tasks, clean runs, reference statistics, the bridge-parity verdict per task), read through
+    ``analysis.engine.model_cache``. It lives as long as the model; a ``copy.copy`` of the model
+    starts with an empty one, since a copy is usually made to change a field (``arch``) that
+    the memoised results depend on.
     """
 
     name: str
@@ -65,6 +71,13 @@ class CircuitModel:
     device_map: dict[str, Any] | None = None
     _fingerprint: str | None = field(default=None, repr=False)
     _hf_state: dict[str, Any] | None = field(default=None, repr=False)
+    analysis_memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def __copy__(self) -> CircuitModel:
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.analysis_memo = {}
+        return clone
 
     @property
     def hf_model(self) -> Any:
@@ -235,10 +248,13 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def _check_local_dir(path: Path, *, need_tokenizer: bool, gguf_file: str | None = None) -> None:
+def _check_local_dir(
+    path: Path, *, need_tokenizer: bool, gguf_file: str | None = None
+) -> dict[str, tuple[int, ...]]:
     """A local model directory must hold a config, safetensors weights (or the GGUF file named)
     and, unless another tokenizer is given, tokenizer files; custom code and pickles are
-    refused before anything is read by transformers."""
+    refused before anything is read by transformers. Returns the safetensors tensors' names and
+    shapes (empty for a GGUF file)."""
     if not path.is_dir():
         raise ModelLoadError(f"model directory {str(path)!r} does not exist")
     if gguf_file is not None:
@@ -248,7 +264,8 @@ def _check_local_dir(path: Path, *, need_tokenizer: bool, gguf_file: str | None 
                 f"GGUF file {str(gguf)!r} does not exist; pass the path of the .gguf file "
                 "itself, or gguf_file=<file name inside the directory>"
             )
-        return  # config, weights and tokenizer all come from the GGUF file
+        _check_gguf_magic(gguf)
+        return {}  # config, weights and tokenizer all come from the GGUF file
     if not (path / "config.json").is_file():
         raise ModelLoadError(
             f"model directory {str(path)!r} has no config.json: save the model there with "
@@ -261,13 +278,40 @@ def _check_local_dir(path: Path, *, need_tokenizer: bool, gguf_file: str | None 
             f"model directory {str(path)!r} has no weights (looked for "
             f"{', '.join(_WEIGHT_FILES)}): save them with model.save_pretrained(directory)"
         )
-    _check_safetensors(path)
+    header = _check_safetensors(path)
     if need_tokenizer and not any((path / name).is_file() for name in _TOKENIZER_FILES):
         raise ModelLoadError(
             f"model directory {str(path)!r} has no tokenizer files (looked for "
             f"{', '.join(_TOKENIZER_FILES)}): save them with tokenizer.save_pretrained(directory)"
             " or pass tokenizer=<directory with the tokenizer files>"
         )
+    return header
+
+
+def _check_gguf_magic(gguf: Path) -> None:
+    try:
+        with gguf.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"GGUF file {str(gguf)!r} cannot be read ({exc})") from exc
+    if magic != b"GGUF":
+        raise ModelLoadError(
+            f"{str(gguf)!r} is not a GGUF file (it starts with {magic!r}, a GGUF file with "
+            "b'GGUF'): the download is incomplete or the file is something else; download it "
+            "again"
+        )
+
+
+def _gguf_error(gguf: Path, what: str, exc: BaseException) -> ModelLoadError:
+    """A GGUF file transformers could not read: named as corrupted or unsupported, with the
+    parser's own reason (which alone reads like a JSON or array error of ours)."""
+    reason = str(exc).splitlines()[0] if str(exc) else ""
+    return ModelLoadError(
+        f"GGUF file {str(gguf)!r} is corrupted or in a form transformers cannot read: reading "
+        f"its {what} failed ({type(exc).__name__}: {reason}). Download the file again; if it "
+        "is intact, its architecture or quantisation is not one transformers' GGUF reader "
+        "supports: convert the model to safetensors (model.save_pretrained(directory))"
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -331,14 +375,16 @@ def _safetensors_files(path: Path) -> list[Path]:
     return [path / shard for shard in shards]
 
 
-def _check_safetensors(path: Path) -> None:
-    """Open every safetensors file's header and check its tensors lie inside the file.
+def _check_safetensors(path: Path) -> dict[str, tuple[int, ...]]:
+    """Open every safetensors file's header and check its tensors lie inside the file; returns
+    every tensor's name and shape (read from the headers, nothing loaded).
 
     A truncated download or a damaged file then fails here, naming the file, instead of deep
     inside transformers (or, for a file cut inside its data, as garbage weights).
     """
     from safetensors import safe_open
 
+    shapes: dict[str, tuple[int, ...]] = {}
     for file in _safetensors_files(path):
         if not file.is_file():
             raise ModelLoadError(
@@ -348,12 +394,13 @@ def _check_safetensors(path: Path) -> None:
         try:
             with safe_open(str(file), framework="pt") as handle:
                 for key in handle.keys():
-                    handle.get_slice(key).get_shape()
+                    shapes[key] = tuple(int(n) for n in handle.get_slice(key).get_shape())
         except Exception as exc:  # SafetensorError, OSError, ...: all mean an unusable file
             raise ModelLoadError(
                 f"weight file {str(file)!r} is truncated or corrupt ({type(exc).__name__}: "
                 f"{exc}); download or save the model again (model.save_pretrained(directory))"
             ) from exc
+    return shapes
 
 
 def _looks_like_local_path(text: str) -> bool:
@@ -445,6 +492,217 @@ def _check_shape_against_bridge(entry: Architecture, shape: Any, cfg: Any, sourc
         )
 
 
+#: The largest value a config may declare for each shape count, checked before anything is
+#: allocated. Every published transformer is far inside them (Llama-3.1-405B: 126 layers, 128
+#: heads, width 16,384, context 131,072); a value beyond one is a damaged or hostile file.
+SHAPE_LIMITS: dict[str, int] = {
+    "n_layers": 1024,
+    "n_heads": 1024,
+    "n_kv_heads": 1024,
+    "d_model": 65_536,
+    "d_head": 4096,
+    "n_ctx": 1 << 24,
+}
+_SHAPE_WORDS = {
+    "n_layers": "layers",
+    "n_heads": "attention heads",
+    "n_kv_heads": "key/value heads",
+    "d_model": "model width",
+    "d_head": "head width",
+    "n_ctx": "context length",
+}
+
+
+def check_declared_shape(entry: Architecture, config: Any, label: str, where: str) -> None:
+    """Refuse a config whose shape counts are not whole numbers in ``[1, SHAPE_LIMITS]``, or
+    whose heads do not divide its width, naming the key and the value.
+
+    Runs before any weight is allocated: a count of 0 would divide by zero deep inside the
+    model, a negative one builds a model with no blocks, and a huge one allocates until memory
+    runs out. ``where`` says where the config came from (``config.json in '...'``).
+    """
+    keys = entry.config_keys
+    fields = {
+        "n_layers": keys.n_layers,
+        "n_heads": keys.n_heads,
+        "d_model": keys.d_model,
+        "n_ctx": keys.n_ctx,
+        "n_kv_heads": keys.n_kv_heads,
+        "d_head": keys.d_head,
+    }
+    values: dict[str, int] = {}
+    for field_name, key in fields.items():
+        value = getattr(config, key, None) if key is not None else None
+        if value is None:  # optional keys (head_dim, kv heads); a missing required key is
+            continue  # named by the family's shape reading
+        what = _SHAPE_WORDS[field_name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ModelLoadError(
+                f"{label}: {where} sets {key} = {value!r} ({what}), which is not a whole "
+                "number; the file is damaged or hand-edited: restore it from the model's "
+                "source, or save the model again with model.save_pretrained(directory)"
+            )
+        if value < 1:
+            raise ModelLoadError(
+                f"{label}: {where} sets {key} = {value} ({what}), but it must be at least 1; "
+                "the file is damaged or hand-edited: restore it from the model's source, or "
+                "save the model again with model.save_pretrained(directory)"
+            )
+        limit = SHAPE_LIMITS[field_name]
+        if value > limit:
+            raise ModelLoadError(
+                f"{label}: {where} sets {key} = {value:,} ({what}), above the limit of "
+                f"{limit:,} that pytest-circuits checks before allocating anything (no "
+                "published model comes near it); the file is damaged or hand-edited: restore "
+                "it from the model's source, or save the model again"
+            )
+        values[field_name] = value
+    n_heads, d_model = values.get("n_heads"), values.get("d_model")
+    if n_heads and d_model and "d_head" not in values and d_model % n_heads:
+        raise ModelLoadError(
+            f"{label}: {where} sets {keys.d_model} = {d_model} and {keys.n_heads} = {n_heads}: "
+            "the width must be a whole number of heads; fix the file or save the model again"
+        )
+    n_kv = values.get("n_kv_heads")
+    if n_heads and n_kv and n_heads % n_kv:
+        raise ModelLoadError(
+            f"{label}: {where} sets {keys.n_heads} = {n_heads} and {keys.n_kv_heads} = {n_kv}: "
+            "each key/value head serves a whole number of query heads; fix the file or save "
+            "the model again"
+        )
+
+
+def _blocks_in_weights(entry: Architecture, header: dict[str, tuple[int, ...]]) -> set[int]:
+    """The block indices the weights hold under the family's block list (``transformer.h.N.``;
+    also without the base-model prefix, as some hub checkpoints store them: ``h.N.``)."""
+    import re
+
+    parts = entry.blocks.split(".")
+    paths = "|".join(re.escape(".".join(parts[i:])) for i in range(len(parts)))
+    pattern = re.compile(rf"^(?:{paths})\.(\d+)\.")
+    return {int(m.group(1)) for name in header if (m := pattern.match(name))}
+
+
+def _meta_skeleton(auto: Any, config: Any) -> Any:
+    """The model the config describes, built on the meta device (no memory), or None when it
+    cannot be built there (transformers then reports what is wrong when it loads)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return auto.from_config(
+                copy.deepcopy(config), attn_implementation="eager", trust_remote_code=False
+            )
+    except Exception:  # any failure here is reported by the real load, with its own message
+        return None
+
+
+def check_config_against_weights(
+    entry: Architecture, config: Any, auto: Any, header: dict[str, tuple[int, ...]],
+    location: str, label: str,
+) -> None:
+    """Refuse a config.json that disagrees with the safetensors weights beside it, before any
+    weight is allocated: the number of blocks (fewer would drop the extra blocks silently, more
+    would initialise the missing ones at random) and every tensor's shape (read from the
+    headers, against the model the config describes built on the meta device)."""
+    where = f"config.json in {location!r}"
+    key = entry.config_keys.n_layers
+    declared = int(getattr(config, key))
+    blocks = _blocks_in_weights(entry, header)
+    if blocks and blocks != set(range(declared)):
+        held = sorted(blocks)
+        gaps = sorted(set(range(held[-1] + 1)) - blocks)
+        shown = f"blocks {held[0]} to {held[-1]}" + (
+            f", without {', '.join(map(str, gaps[:5]))}" if gaps else "")
+        raise ModelLoadError(
+            f"{label}: {where} declares {key} = {declared} but the weights hold {len(held)} "
+            f"blocks of {entry.blocks} ({shown}): fewer layers would drop blocks silently and "
+            "more would be initialised at random. Fix config.json (the weights say "
+            f"{key} = {len(held)}), or save the model again with model.save_pretrained(directory)"
+        )
+    skeleton = _meta_skeleton(auto, config)
+    if skeleton is None:
+        return
+    expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    prefix = getattr(skeleton, "base_model_prefix", "") or ""
+    mismatched: list[str] = []
+    for name, shape in sorted(header.items()):
+        target = name if name in expected else f"{prefix}.{name}"
+        if target in expected and expected[target] != shape:
+            mismatched.append(
+                f"{name} is {list(shape)} in the weights, {list(expected[target])} by the config"
+            )
+    if mismatched:
+        raise ModelLoadError(
+            f"{label}: {where} does not describe the weights beside it: {len(mismatched)} "
+            f"tensors have other shapes ({'; '.join(mismatched[:3])}"
+            f"{'; ...' if len(mismatched) > 3 else ''}). Fix the sizes in config.json, or save "
+            "the model again with model.save_pretrained(directory)"
+        )
+
+
+def _under(model: Any, name: str) -> bool:
+    """Whether the module that would own the weight ``name`` exists in ``model`` (also without
+    its base-model prefix)."""
+    owner = name.rpartition(".")[0]
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    for path in (owner, f"{prefix}.{owner}" if prefix else owner):
+        try:
+            model.get_submodule(path)
+            return True
+        except AttributeError:
+            continue
+    return False
+
+
+def check_loading_info(
+    info: dict[str, Any], hf_model: Any, entry: Architecture, location: str, label: str
+) -> None:
+    """Refuse a load in which transformers initialised weights at random (``missing_keys``:
+    tied weights such as a tied ``lm_head`` are not listed there), found tensors of other
+    shapes, reported errors, or skipped weights of modules the model has (``unexpected_keys``
+    under its blocks or its own modules). Unexpected weights of a module the class does not
+    have at all (another task's head, such as BERT's next-sentence classifier) are never read,
+    and pass."""
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = [
+        f"{item[0]} ({list(item[1])} in the weights, {list(item[2])} in the model)"
+        if isinstance(item, (tuple, list)) and len(item) == 3 else str(item)
+        for item in (info.get("mismatched_keys") or [])
+    ]
+    blocks = _blocks_in_weights(entry, dict.fromkeys(info.get("unexpected_keys") or [], ()))
+    unexpected = sorted(
+        name for name in (info.get("unexpected_keys") or [])
+        if _under(hf_model, name) or _blocks_in_weights(entry, {name: ()})
+    )
+    errors = [str(e) for e in (info.get("error_msgs") or [])]
+    problems = []
+    if missing:
+        problems.append(
+            f"{len(missing)} weights of the model are not in the checkpoint and would be "
+            f"initialised at random ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})"
+        )
+    if unexpected:
+        extra = f" (blocks {', '.join(map(str, sorted(blocks)[:5]))})" if blocks else ""
+        problems.append(
+            f"{len(unexpected)} weights of the checkpoint have no place in the model the config "
+            f"describes and would be dropped{extra} ({', '.join(unexpected[:4])}"
+            f"{', ...' if len(unexpected) > 4 else ''})"
+        )
+    if mismatched:
+        shown = "; ".join(mismatched[:3])
+        problems.append(f"{len(mismatched)} weights have other shapes ({shown})")
+    if errors:
+        problems.append(f"transformers reported: {'; '.join(errors[:3])}")
+    if problems:
+        raise ModelLoadError(
+            f"{label}: the weights in {location!r} do not match the {type(hf_model).__name__} "
+            f"its config describes: {'; '.join(problems)}. The checkpoint is incomplete or its "
+            "config.json describes another model: fix config.json, or save the model again with "
+            "model.save_pretrained(directory)"
+        )
+
+
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
 
 
@@ -484,6 +742,30 @@ def _resolve_hub(source: str, revision: str | None, cache_dir: Any) -> str:
     return str(folder)
 
 
+def _out_of_memory(label: str, entry: Architecture, config: Any, location: str) -> ModelLoadError:
+    """Memory ran out while transformers built the model: say what the config asked for (and
+    torch's thread count when it is far beyond the cores), not that the weights are bad."""
+    import torch
+
+    keys = entry.config_keys
+    asked = ", ".join(
+        f"{key} = {getattr(config, key, None)}"
+        for key in (keys.n_layers, keys.n_heads, keys.d_model, keys.n_ctx)
+    )
+    threads = torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    hint = (
+        f" torch runs {threads:,} threads on {cores} cores: set OMP_NUM_THREADS (or "
+        "--circuits-threads) to at most the cores."
+        if threads > 4 * cores else ""
+    )
+    return ModelLoadError(
+        f"{label}: memory ran out while building the model the config in {location!r} "
+        f"describes ({asked}).{hint} Check the sizes in its config, or load it with a smaller "
+        "dtype= or spread it with device_map="
+    )
+
+
 def _load_config(location: str, gguf_file: str | None = None) -> Any:
     from transformers import AutoConfig
 
@@ -491,8 +773,13 @@ def _load_config(location: str, gguf_file: str | None = None) -> Any:
     try:
         return AutoConfig.from_pretrained(location, trust_remote_code=False, **extra)
     except Exception as exc:  # OSError, ValueError, and KeyError for an unknown GGUF layout
+        if gguf_file:
+            raise _gguf_error(Path(location) / gguf_file, "metadata (the config)", exc) from exc
         where = f"{location!r}" + (f" (GGUF file {gguf_file!r})" if gguf_file else "")
-        raise ModelLoadError(f"could not read the config in {where}: {exc}") from exc
+        raise ModelLoadError(
+            f"could not read the config in {where}: {exc}; restore config.json from the "
+            "model's source, or save the model again with model.save_pretrained(directory)"
+        ) from exc
 
 
 def _require_package(module: str, extra: str, why: str) -> None:
@@ -763,6 +1050,7 @@ def load_model(
         label = name or getattr(config, "_name_or_path", None) or type(source).__name__
         location = None
         arch_name, entry = _loadable_architecture(source, label)
+        check_declared_shape(entry, config, label, f"the config of the {type(source).__name__}")
         # The bridge replaces the model's submodules in place: work on a copy, so the caller's
         # model keeps its module tree, weights, device and dtype. A model taken out of a
         # bridge (``loaded.hf_model``) is rebuilt as the plain Hugging Face module first.
@@ -777,16 +1065,32 @@ def load_model(
         if gguf_file is not None:
             _require_package("gguf", "gguf", "loading a GGUF file")
             _require_package("accelerate", "gguf", "loading a GGUF file")
-        _check_local_dir(Path(location), need_tokenizer=tokenizer is None, gguf_file=gguf_file)
+        header = _check_local_dir(
+            Path(location), need_tokenizer=tokenizer is None, gguf_file=gguf_file
+        )
         label = name or os.fspath(source)
         config = _load_config(location, gguf_file)
         arch_name, entry = _loadable_architecture(config, label)
+        where = (
+            f"the metadata of GGUF file {gguf_file!r}" if gguf_file
+            else f"config.json in {location!r}"
+        )
+        check_declared_shape(entry, config, label, where)
+        if header:
+            from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+            check_config_against_weights(
+                entry, config, AutoModelForCausalLM if entry.is_causal else AutoModelForMaskedLM,
+                header, location, label,
+            )
 
     tok_source = os.fspath(tokenizer) if tokenizer is not None else location
     tok_extra = {"gguf_file": gguf_file} if tokenizer is None and gguf_file else {}
     try:
         tok = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=False, **tok_extra)
     except Exception as exc:  # OSError, ValueError, and GGUF parser errors
+        if tok_extra:
+            raise _gguf_error(Path(location or "") / str(gguf_file), "tokenizer", exc) from exc
         raise ModelLoadError(
             f"{label}: the tokenizer could not be loaded from {tok_source!r} ({exc}); save it "
             "with tokenizer.save_pretrained(directory) or pass tokenizer=<directory>"
@@ -799,20 +1103,26 @@ def load_model(
         placement = {"device_map": device_map} if device_map is not None else {}
         weights = _gguf_kwargs(gguf_file) or {"use_safetensors": True}
         try:
-            hf_model = auto.from_pretrained(
+            hf_model, loading_info = auto.from_pretrained(
                 location,
                 dtype=torch_dtype,
                 attn_implementation="eager",
                 trust_remote_code=False,
+                output_loading_info=True,
                 **weights,
                 **placement,
             )
+        except MemoryError as exc:
+            raise _out_of_memory(label, entry, config, location) from exc
         except Exception as exc:  # OSError, ValueError, SafetensorError, GGUF parser errors
-            what = f"GGUF file {gguf_file!r}" if gguf_file else "weights"
+            if gguf_file:
+                raise _gguf_error(Path(location) / gguf_file, "weights", exc) from exc
             raise ModelLoadError(
-                f"{label}: the {what} in {location!r} could not be loaded "
+                f"{label}: the weights in {location!r} could not be loaded "
                 f"({type(exc).__name__}: {exc}); download or save the model again"
             ) from exc
+        if not gguf_file:
+            check_loading_info(loading_info, hf_model, entry, location, label)
         _detach_gguf_quantizer(hf_model)
         if device_map is None:
             hf_model.to(device=torch_device)

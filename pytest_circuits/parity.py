@@ -46,6 +46,10 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
 }
 
 
+#: How many prompt indices a message lists before "... (N more)".
+_SHOWN_PROMPTS = 5
+
+
 class ParityError(CircuitsError, RuntimeError):
     """The plain Hugging Face model could not be rebuilt to compare the bridge against."""
 
@@ -57,11 +61,20 @@ class BridgeParityError(CircuitsError, AssertionError):
     """
 
     def __init__(self, result: ParityResult) -> None:
-        super().__init__(
-            f"{result.message()}. Every gate on this model reads activations through the "
-            "bridge, so none is trustworthy: check the family entry in "
-            "pytest_circuits/architectures/ (prediction head, adapter) for this model"
-        )
+        if result.plain_nonfinite:
+            advice = (
+                "The plain Hugging Face model itself computes them, so the model (not the "
+                "bridge) is broken on these prompts: an overflow in its dtype (load it with "
+                "dtype='float32' to see), weights edited after loading, or a checkpoint that "
+                "diverges on these inputs; no gate can measure it"
+            )
+        else:
+            advice = (
+                "Every gate on this model reads activations through the bridge, so none is "
+                "trustworthy: check the family entry in pytest_circuits/architectures/ "
+                "(prediction head, adapter) for this model"
+            )
+        super().__init__(f"{result.message()}. {advice}")
         self.result = result
 
 
@@ -90,9 +103,18 @@ class ParityResult:
     worst_token: str
     worst_bridge_logit: float
     worst_plain_logit: float
+    #: indices of the prompts whose logits hold a NaN or an infinity, on the bridge's side and
+    #: on the plain model's (such a prompt never passes)
+    bridge_nonfinite: tuple[int, ...] = ()
+    plain_nonfinite: tuple[int, ...] = ()
+    #: the text of the first of those prompts ("" when every logit is finite)
+    nonfinite_prompt: str = ""
 
     def message(self) -> str:
-        """One line for a failed (or passed) preflight, naming the worst difference."""
+        """One line for a failed (or passed) preflight: the non-finite logits, if any (which
+        side, which prompts), else the worst difference."""
+        if self.bridge_nonfinite or self.plain_nonfinite:
+            return self._nonfinite_message()
         verdict = "matches" if self.passed else "does NOT match"
         return (
             f"{self.model}: the bridge {verdict} the plain Hugging Face model on task "
@@ -102,6 +124,27 @@ class ParityResult:
             f"{self.worst_prompt_index} ({self.worst_prompt!r}), position {self.worst_position}, "
             f"token {self.worst_token!r} (id {self.worst_token_id}): bridge "
             f"{self.worst_bridge_logit:.6g}, plain {self.worst_plain_logit:.6g}"
+        )
+
+    def _nonfinite_message(self) -> str:
+        def prompts(indices: tuple[int, ...]) -> str:
+            shown = ", ".join(str(i) for i in indices[:_SHOWN_PROMPTS])
+            more = f", ... ({len(indices) - _SHOWN_PROMPTS} more)" if (
+                len(indices) > _SHOWN_PROMPTS) else ""
+            return f"{len(indices)} of {self.n_prompts} prompts (index {shown}{more})"
+
+        sides = []
+        if self.bridge_nonfinite:
+            sides.append(f"the bridge's on {prompts(self.bridge_nonfinite)}")
+        if self.plain_nonfinite:
+            sides.append(
+                f"the plain Hugging Face model's on {prompts(self.plain_nonfinite)}"
+            )
+        first = min((*self.bridge_nonfinite, *self.plain_nonfinite))
+        return (
+            f"{self.model}: non-finite logits (NaN or infinite) on task {self.task!r} "
+            f"({self.n_prompts} prompts x {self.vocab_size} logits, {self.dtype}): "
+            f"{' and '.join(sides)}; the first is prompt {first} ({self.nonfinite_prompt!r})"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -212,6 +255,8 @@ def bridge_parity(
         worst.add(prompts.start or 0, ours, theirs, rtol=rtol, atol=atol)
     del plain_model
     prompt, token = worst.prompt, worst.token
+    nonfinite = sorted({*worst.bridge_nonfinite, *worst.plain_nonfinite})
+    texts = tensors.encoded.task.prompts
     token_text = model.tokenizer.convert_ids_to_tokens([token])[0]
     return ParityResult(
         model=model.name,
@@ -231,6 +276,9 @@ def bridge_parity(
         worst_token=str(token_text),
         worst_bridge_logit=worst.bridge_logit,
         worst_plain_logit=worst.plain_logit,
+        bridge_nonfinite=tuple(worst.bridge_nonfinite),
+        plain_nonfinite=tuple(worst.plain_nonfinite),
+        nonfinite_prompt=texts[nonfinite[0]] if nonfinite else "",
     )
 
 
@@ -248,11 +296,16 @@ class _Worst:
         self.vocab_size = 0
         self.bridge_logit = float("nan")
         self.plain_logit = float("nan")
+        self.bridge_nonfinite: list[int] = []
+        self.plain_nonfinite: list[int] = []
 
     def add(
         self, first: int, ours: torch.Tensor, theirs: torch.Tensor, *, rtol: float, atol: float
     ) -> None:
         """One chunk: ``ours`` and ``theirs`` [chunk, vocab] float32, prompts from ``first``."""
+        for rows, found in ((ours, self.bridge_nonfinite), (theirs, self.plain_nonfinite)):
+            bad = ~torch.isfinite(rows).all(dim=-1)
+            found.extend(first + int(i) for i in torch.nonzero(bad).flatten())
         diff = (ours - theirs).abs()
         scale = theirs.abs().amax(-1, keepdim=True).clamp_min(1e-30)
         rel = diff / scale
@@ -277,17 +330,22 @@ class _Worst:
 
 
 def ensure_bridge_parity(model: CircuitModel, task: Task) -> ParityResult:
-    """``bridge_parity`` once per loaded model (on the first task it is asked with), raising
-    :class:`BridgeParityError` on a mismatch, then and on every later call for that model.
+    """``bridge_parity`` once per loaded model and task (keyed by ``task.fingerprint()``),
+    raising :class:`BridgeParityError` on a mismatch, then and on every later call for that
+    model and task.
 
-    What a gate calls before measuring a model: the check costs one plain forward per model
-    per process, and a model that failed it fails every gate, naming the largest difference.
+    What a gate calls before measuring a model: the check costs one plain forward per model and
+    task per process, and a (model, task) that failed it fails every gate on it, naming the
+    largest difference. Per task, not per model: a bridge (or a model) can go wrong on one
+    task's prompts only (a token no other task uses, a longer prompt), and a verdict on another
+    task says nothing about them.
     """
     memo = engine.model_cache(model)
-    result: ParityResult | None = memo.get(("bridge_parity",))
+    key = ("bridge_parity", task.fingerprint())
+    result: ParityResult | None = memo.get(key)
     if result is None:
         result = bridge_parity(model, task)
-        memo[("bridge_parity",)] = result
+        memo[key] = result
     if not result.passed:
         raise BridgeParityError(result)
     return result

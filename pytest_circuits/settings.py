@@ -285,16 +285,53 @@ def thread_count(config: pytest.Config) -> tuple[int, str]:
     """torch's intra-op thread count for this process, and where it came from.
 
     ``--circuits-threads`` / ``circuits_threads`` first; else an ``OMP_NUM_THREADS`` the user
-    exported (their deliberate choice); else the cores divided by the xdist workers.
+    exported (their deliberate choice), held to the same bound as ``--circuits-threads``
+    (:data:`MAX_THREADS`: above it the run is refused, naming the variable, as OpenMP would try
+    to start them all and run out of memory); else the cores divided by the xdist workers. An
+    ``OMP_NUM_THREADS`` that is not a whole number >= 1 is set aside with a warning.
     """
     chosen = resolve(config, "threads")
     if chosen.value is not None:
         return int(chosen.value), chosen.origin
-    exported = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if exported.isdigit() and int(exported) >= 1:
-        return int(exported), "OMP_NUM_THREADS"
+    exported = exported_threads(config)
+    if exported is not None:
+        return exported, "OMP_NUM_THREADS"
     cores, workers = usable_cores(), worker_count(config)
     return default_threads(cores, workers), f"{cores} cores / {workers} workers"
+
+
+def exported_threads(config: pytest.Config | None = None) -> int | None:
+    """The thread count ``OMP_NUM_THREADS`` asks for, or None when it is unset or unusable.
+
+    Raises ``pytest.UsageError`` above :data:`MAX_THREADS`; warns (a ``PytestConfigWarning``,
+    through ``config`` when given) and returns None when it is not a whole number >= 1.
+    """
+    raw = os.environ.get("OMP_NUM_THREADS")
+    if raw is None or not raw.strip():
+        return None
+    text = raw.strip()
+    if not text.isdigit() or int(text) < 1:
+        warning = pytest.PytestConfigWarning(
+            f"OMP_NUM_THREADS={raw!r} is not a whole number >= 1, so pytest-circuits ignores "
+            "it and uses its default thread count (the usable cores divided by the xdist "
+            "workers); export a number such as OMP_NUM_THREADS=4, or pass --circuits-threads=N"
+        )
+        if config is not None:
+            config.issue_config_time_warning(warning, stacklevel=2)
+        else:
+            import warnings
+
+            warnings.warn(warning, stacklevel=2)
+        return None
+    number = int(text)
+    if number > MAX_THREADS:
+        raise pytest.UsageError(
+            f"OMP_NUM_THREADS={number:,} in the environment asks for more torch threads than "
+            f"the {MAX_THREADS:,} pytest-circuits allows (this machine has {os.cpu_count()} "
+            "cores; starting them all runs out of memory): export a smaller number, unset it, "
+            "or pass --circuits-threads=N, which takes precedence over it"
+        )
+    return number
 
 
 def apply_threads(threads: int) -> None:

@@ -155,12 +155,9 @@ def task_tensors(model: CircuitModel, task: Task) -> TaskTensors:
 
 
 def model_cache(model: CircuitModel) -> dict[Any, Any]:
-    """Per-model memo of derived tensors (encoded tasks, reference statistics, clean runs)."""
-    cache = model.__dict__.get("_analysis_cache")
-    if cache is None:
-        cache = {}
-        model.__dict__["_analysis_cache"] = cache
-    return cache
+    """Per-model memo of derived tensors (encoded tasks, reference statistics, clean runs):
+    the model's ``CircuitModel.analysis_memo``."""
+    return model.analysis_memo
 
 
 @dataclass

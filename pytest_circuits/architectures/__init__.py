@@ -20,6 +20,9 @@ from .base import (
     ConfigKeys,
     HookNames,
     Shape,
+    TinyConfig,
+    TinyModel,
+    ZooRecipe,
 )
 
 __all__ = [
@@ -31,6 +34,9 @@ __all__ = [
     "ConfigKeys",
     "HookNames",
     "Shape",
+    "TinyConfig",
+    "TinyModel",
+    "ZooRecipe",
     "architecture_for",
     "architecture_named",
     "supported_labels",

@@ -123,6 +123,70 @@ class Shape:
 
 
 @dataclass(frozen=True)
+class TinyConfig:
+    """How the bundled zoo configures a tiny model of the family, beyond its shape.
+
+    The zoo fills the shape keys of ``config_keys`` from its own settings (layers, heads, width,
+    context) and the vocabulary size and special token ids from its tokenizer; these are the
+    family's other config values, as data.
+    """
+
+    #: (config key, value) pairs set as they are: dropout off, activation, norm epsilon, ...
+    fixed: tuple[tuple[str, Any], ...] = ()
+    #: config key of the feed-forward width, if the family has one the zoo sets; the width is
+    #: ``d_model * ffn_ratio[0] // ffn_ratio[1]`` rounded down to a multiple of ``ffn_multiple``
+    ffn_key: str | None = None
+    ffn_ratio: tuple[int, int] = (4, 1)
+    ffn_multiple: int = 1
+    #: query heads per key/value head (grouped-query attention; sets ``config_keys.n_kv_heads``)
+    kv_group: int = 1
+    #: parameter-name fragments that get no weight decay (position tables), besides vectors
+    no_decay: tuple[str, ...] = ()
+
+    def ffn_width(self, d_model: int) -> int:
+        num, den = self.ffn_ratio
+        return d_model * num // den // self.ffn_multiple * self.ffn_multiple
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """One bundled zoo model: its name, depth and training schedule (and, for a student, how it
+    starts from the trained teacher)."""
+
+    name: str
+    layers: int
+    steps: int
+    lr: float
+    #: what ``ZOO_MODELS`` says of it
+    description: str
+    #: students only: a start the zoo defines (``pytest_circuits/zoo/families.py``,
+    #: ``STUDENT_STARTS``): ``alternate_layers``, ``one_head_per_layer``, ``cheapest_block``,
+    #: ``distilbert_from_bert``
+    start: str | None = None
+    #: students only: which toy-language stream (and torch seed) its distillation draws
+    stream_seed: int = 0
+    #: the student's family when it is not the teacher's (a BERT teacher's DistilBERT student)
+    family: str | None = None
+
+
+@dataclass(frozen=True)
+class ZooRecipe:
+    """A teacher of this family and its students, as ``python -m pytest_circuits.zoo.train``
+    trains them into the bundled zoo (``--family`` takes the family's name)."""
+
+    description: str
+    teacher: TinyModel
+    students: tuple[TinyModel, ...]
+
+    def __post_init__(self) -> None:
+        if self.teacher.start is not None or any(s.start is None for s in self.students):
+            raise ValueError(
+                f"zoo recipe {self.teacher.name!r}: the teacher trains from scratch (no start) "
+                "and every student names its start"
+            )
+
+
+@dataclass(frozen=True)
 class Architecture:
     """Everything pytest-circuits knows about one model family, as data.
 
@@ -152,6 +216,10 @@ class Architecture:
     supported: bool = True
     why: str = ""
     notes: tuple[str, ...] = field(default=())
+    #: how the bundled zoo configures a tiny model of the family (None: the zoo builds none)
+    tiny: TinyConfig | None = None
+    #: the zoo pair this family's teacher heads (None: the zoo trains no teacher of it)
+    zoo: ZooRecipe | None = None
 
     def __post_init__(self) -> None:
         # A malformed entry is a programming error in a family module: fail at import, loudly.
@@ -165,6 +233,10 @@ class Architecture:
             raise ValueError(f"{self.family}: an unsupported architecture must say why")
         if self.supported and self.bridge_adapter is None:
             raise ValueError(f"{self.family}: a supported architecture needs a bridge_adapter")
+        if self.zoo is not None and self.tiny is None:
+            raise ValueError(f"{self.family}: a zoo recipe needs the family's tiny config")
+        if self.tiny is not None and self.tiny.kv_group > 1 and self.config_keys.n_kv_heads is None:
+            raise ValueError(f"{self.family}: kv_group needs config_keys.n_kv_heads")
         if self.bridge_adapter_class is not None and (
             self.bridge_adapter is None or ":" not in self.bridge_adapter_class
         ):
@@ -185,6 +257,34 @@ class Architecture:
     def label(self) -> str:
         """How messages name the family: ``gpt2 (GPT2LMHeadModel)``."""
         return f"{self.family} ({', '.join(self.hf_classes)})"
+
+    def tiny_config(
+        self, *, vocab_size: int, layers: int, n_heads: int, d_model: int, n_ctx: int,
+        token_ids: dict[str, int | None],
+    ) -> dict[str, Any]:
+        """The keyword arguments of the family's Hugging Face config for a tiny model of this
+        shape: the shape under ``config_keys``' names, then ``tiny``'s values. ``token_ids``
+        (``pad_token_id``, ``bos_token_id``, ...) come from the tokenizer."""
+        if self.tiny is None:
+            raise UnsupportedArchitectureError(
+                f"{self.family}: the family declares no tiny config (Architecture.tiny), so "
+                "the zoo cannot build a model of it"
+            )
+        keys, tiny = self.config_keys, self.tiny
+        values: dict[str, Any] = {
+            "vocab_size": vocab_size,
+            keys.n_layers: layers,
+            keys.n_heads: n_heads,
+            keys.d_model: d_model,
+            keys.n_ctx: n_ctx,
+        }
+        if keys.n_kv_heads is not None:
+            values[keys.n_kv_heads] = n_heads // tiny.kv_group
+        if tiny.ffn_key is not None:
+            values[tiny.ffn_key] = tiny.ffn_width(d_model)
+        values.update(tiny.fixed)
+        values.update(token_ids)
+        return values
 
     def shape(self, config: Any) -> Shape:
         """The model's shape from its Hugging Face config, through ``config_keys``."""

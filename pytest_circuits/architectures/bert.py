@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Architecture, BlockLayout, ConfigKeys
+from .base import Architecture, BlockLayout, ConfigKeys, TinyConfig, TinyModel, ZooRecipe
 
 ARCHITECTURE = Architecture(
     family="bert",
@@ -40,5 +40,36 @@ ARCHITECTURE = Architecture(
         "and LayerNorm), and attention is bidirectional",
         "hook_attn_out is the attention module's output, which in BERT already includes the "
         "residual add and LayerNorm: head effects are read through hook_z, never hook_attn_out",
+    ),
+    tiny=TinyConfig(
+        fixed=(
+            ("hidden_dropout_prob", 0.0),
+            ("attention_probs_dropout_prob", 0.0),
+            ("tie_word_embeddings", True),
+        ),
+        ffn_key="intermediate_size",
+        no_decay=("position_embeddings", "token_type_embeddings"),
+    ),
+    # The two zoo masked LMs answer at [MASK]: built-in tasks built for their tokenizer are the
+    # masked variants ("... Sun done in [MASK].").
+    zoo=ZooRecipe(
+        description="BERT -> DistilBERT (masked LM; student from alternate teacher layers)",
+        teacher=TinyModel(
+            "tiny-bert-teacher", layers=4, steps=4000, lr=3e-3,
+            description=(
+                "masked-LM teacher: BertForMaskedLM, 4 layers x 4 heads, d_model 128, answers "
+                "at [MASK]"
+            ),
+        ),
+        students=(
+            TinyModel(
+                "tiny-distilbert-student", layers=2, steps=1200, lr=3e-3,
+                start="distilbert_from_bert", stream_seed=1, family="distilbert",
+                description=(
+                    "DistilBertForMaskedLM, 2 layers x 4 heads, from BERT teacher layers 0 and "
+                    "2, distilled on the teacher's MLM logits; answers at [MASK]"
+                ),
+            ),
+        ),
     ),
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Architecture, BlockLayout, ConfigKeys
+from .base import Architecture, BlockLayout, ConfigKeys, TinyConfig
 
 ARCHITECTURE = Architecture(
     family="distilbert",
@@ -30,5 +30,16 @@ ARCHITECTURE = Architecture(
     notes=(
         "hook_z is the input of attention.out_lin (per head), hook_mlp_out the output of ffn, "
         "both before the residual add and LayerNorm",
+    ),
+    # The zoo's DistilBERT is the BERT teacher's student (architectures/bert.py's zoo recipe).
+    tiny=TinyConfig(
+        fixed=(
+            ("dropout", 0.0),
+            ("attention_dropout", 0.0),
+            ("activation", "gelu"),
+            ("tie_word_embeddings", True),
+        ),
+        ffn_key="hidden_dim",
+        no_decay=("position_embeddings",),
     ),
 )

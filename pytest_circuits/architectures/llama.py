@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Architecture, BlockLayout, ConfigKeys
+from .base import Architecture, BlockLayout, ConfigKeys, TinyConfig, TinyModel, ZooRecipe
 
 ARCHITECTURE = Architecture(
     family="llama",
@@ -30,5 +30,36 @@ ARCHITECTURE = Architecture(
     notes=(
         "each block is called with rotary position embeddings as a keyword argument; the "
         "engine's replay passes the recorded ones back unchanged",
+    ),
+    tiny=TinyConfig(
+        fixed=(
+            ("rms_norm_eps", 1e-6),
+            ("attention_dropout", 0.0),
+            ("tie_word_embeddings", True),  # keeps the zoo small; Llama-3.1-8B unties them
+        ),
+        ffn_key="intermediate_size",
+        ffn_ratio=(8, 3),  # SwiGLU's 8/3 d, rounded down to a multiple of 8, as Llama
+        ffn_multiple=8,
+        kv_group=2,  # grouped-query attention: 2 query heads per key/value head
+    ),
+    zoo=ZooRecipe(
+        description="Llama (GQA, RoPE, RMSNorm, SwiGLU) -> Minitron-Depth student",
+        teacher=TinyModel(
+            "tiny-llama-teacher", layers=4, steps=4000, lr=3e-3,
+            description=(
+                "LlamaForCausalLM teacher, 4 layers x 4 query heads sharing 2 key/value heads "
+                "(grouped-query attention), RoPE, RMSNorm, SwiGLU, d_model 128"
+            ),
+        ),
+        students=(
+            TinyModel(
+                "tiny-llama-student-depth", layers=2, steps=1200, lr=3e-3,
+                start="cheapest_block", stream_seed=1,
+                description=(
+                    "Minitron-Depth student: the Llama teacher without its cheapest block of 2 "
+                    "layers (kept: 0 and 1), then distilled on the teacher's logits"
+                ),
+            ),
+        ),
     ),
 )

@@ -15,8 +15,10 @@ on one toy language (numerals, numwords and IOI sentences; see README.md here).
 ``zoo_path(name)`` gives a model's directory (an ordinary Hugging Face directory: config.json,
 model.safetensors, tokenizer files) to load with ``AutoTokenizer`` and
 ``AutoModelForCausalLM``/``AutoModelForMaskedLM``, or as ``load_model("zoo:NAME")``.
-``verify_zoo()`` checks every file against ``MANIFEST.json``. Rebuild with
-``python -m pytest_circuits.zoo.train`` (see README.md). Imports nothing heavy.
+``verify_zoo()`` checks every file against ``MANIFEST.json``. The models and their recipes
+are declared in the families' modules in ``pytest_circuits/architectures/``
+(``Architecture.zoo``). Rebuild with ``python -m pytest_circuits.zoo.train`` (see README.md).
+Imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -26,15 +28,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..architectures import ARCHITECTURES, Architecture
 from ..errors import CircuitsError
 
 __all__ = [
     "MANIFEST_PATH",
     "ZOO_DIR",
     "ZOO_MODELS",
+    "ZOO_ORDER",
     "ZooIntegrityError",
     "load_manifest",
     "verify_zoo",
+    "zoo_families",
     "zoo_path",
 ]
 
@@ -42,37 +47,33 @@ ZOO_DIR = Path(__file__).resolve().parent
 MANIFEST_PATH = ZOO_DIR / "MANIFEST.json"
 REBUILD_COMMAND = "python -m pytest_circuits.zoo.train"
 
-ZOO_MODELS: dict[str, str] = {
-    "tiny-teacher": (
-        "GPT-2 teacher, 4 layers x 4 heads, d_model 128, trained on the toy language "
-        "(numerals, numwords and IOI sentences plus filler)"
-    ),
-    "tiny-student": (
-        "good candidate: GPT-2 with 2 layers x 4 heads, initialised from teacher layers 0 and 2, "
-        "distilled on the teacher's logits (KL at T=2 plus a small hard-label term)"
-    ),
-    "tiny-student-brittle": (
-        "release candidate the gates should block: the same student structurally head-pruned "
-        "to one attention head per layer (the others zeroed and kept zero), then distilled"
-    ),
-    # The two BERT-family models are masked LMs: they answer at [MASK], and built-in tasks
-    # built for their tokenizer are the masked variants ("... Sun done in [MASK].").
-    "tiny-bert-teacher": (
-        "masked-LM teacher: BertForMaskedLM, 4 layers x 4 heads, d_model 128, answers at [MASK]"
-    ),
-    "tiny-distilbert-student": (
-        "DistilBertForMaskedLM, 2 layers x 4 heads, from BERT teacher layers 0 and 2, "
-        "distilled on the teacher's MLM logits; answers at [MASK]"
-    ),
-    "tiny-llama-teacher": (
-        "LlamaForCausalLM teacher, 4 layers x 4 query heads sharing 2 key/value heads "
-        "(grouped-query attention), RoPE, RMSNorm, SwiGLU, d_model 128"
-    ),
-    "tiny-llama-student-depth": (
-        "Minitron-Depth student: the Llama teacher without its cheapest block of 2 layers "
-        "(kept: 0 and 1), then distilled on the teacher's logits"
-    ),
-}
+#: The bundled families in the order they joined the zoo (older names first in every listing);
+#: a family added later sorts after them by name.
+ZOO_ORDER: tuple[str, ...] = ("gpt2", "bert", "llama")
+
+
+def zoo_families() -> list[Architecture]:
+    """The registry entries whose module carries a zoo recipe (``Architecture.zoo``), in zoo
+    order: the families ``python -m pytest_circuits.zoo.train`` trains."""
+    found = [entry for entry in ARCHITECTURES.values() if entry.zoo is not None]
+    rank = {family: index for index, family in enumerate(ZOO_ORDER)}
+    return sorted(found, key=lambda e: (rank.get(e.family, len(rank)), e.family))
+
+
+def _zoo_models() -> dict[str, str]:
+    models: dict[str, str] = {}
+    for entry in zoo_families():
+        assert entry.zoo is not None
+        for tiny in (entry.zoo.teacher, *entry.zoo.students):
+            if tiny.name in models:
+                raise ValueError(f"zoo model {tiny.name!r} is named by two recipes")
+            models[tiny.name] = tiny.description
+    return models
+
+
+#: Every zoo model and what it is, family by family (teacher first): the ``description`` of
+#: each ``TinyModel`` of the recipes in ``pytest_circuits/architectures/``.
+ZOO_MODELS: dict[str, str] = _zoo_models()
 
 
 class ZooIntegrityError(CircuitsError, RuntimeError):

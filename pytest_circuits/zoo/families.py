@@ -1,42 +1,49 @@
-"""The zoo's model families as declarative recipes: architecture, sizes, schedule, student start.
+"""The zoo's model families as recipes, read from the architecture registry.
 
-A family is a teacher recipe plus student recipes; ``train.py`` runs every recipe through the same
-training loop and distillation loop, so adding a family means adding an :class:`Architecture`
-(how to configure the HF class, where its blocks, head outputs and MLPs are) and the function
-that builds a student from a trained teacher (which layers to keep, which heads to prune).
+Every fact about a family lives in its module in ``pytest_circuits/architectures/``: the Hugging
+Face model class (and so its config class), causal or masked, the config keys of layers, heads,
+width and context, where the blocks, the heads' output projection and the MLP are, the values of
+a tiny model's config (``Architecture.tiny``) and, for a family the zoo trains, its recipe
+(``Architecture.zoo``: the teacher, its students, their depths, schedules and starts). This
+module turns those entries into what ``train.py`` runs (:class:`TinyArchitecture`,
+:data:`FAMILIES`) and holds the code data cannot say: the ways a student starts from its trained
+teacher (:data:`STUDENT_STARTS`), which a recipe names.
+
+Adding a family the zoo trains is one module in ``pytest_circuits/architectures/`` with ``tiny``
+and ``zoo`` filled in (and a start from :data:`STUDENT_STARTS`); nothing here changes.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from transformers import (
-    BertConfig,
-    BertForMaskedLM,
-    DistilBertConfig,
-    DistilBertForMaskedLM,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerFast,
-)
+import transformers
+from transformers import PretrainedConfig, PreTrainedTokenizerFast
+
+from ..architectures import ARCHITECTURES
+from ..architectures import Architecture as RegistryEntry
+from ..architectures.base import TinyModel
+from . import zoo_families
 
 __all__ = [
     "FAMILIES",
+    "STUDENT_STARTS",
     "Architecture",
     "Family",
     "StudentRecipe",
     "StudentStart",
     "TeacherRecipe",
+    "TinyArchitecture",
     "ZooConfig",
     "apply_masks",
+    "distilbert_from_bert",
     "get_module",
+    "keep_layers",
+    "tiny_architecture",
 ]
 
 Objective = Literal["causal", "masked"]
@@ -69,19 +76,76 @@ class ZooConfig:
 
 
 @dataclass(frozen=True)
-class Architecture:
-    """How the zoo builds and reaches into one Hugging Face model class."""
+class TinyArchitecture:
+    """How the zoo builds and reaches into a model of one family: a view of its registry entry
+    (``entry``), which states every fact; nothing is restated here."""
 
-    name: str
-    model_class: type[PreTrainedModel]
-    objective: Objective
-    #: (zoo settings, tokenizer, number of layers) -> the HF config.
-    make_config: Callable[[ZooConfig, PreTrainedTokenizerFast, int], PretrainedConfig]
-    blocks: str  # dotted path of the ModuleList of transformer blocks
-    head_input: str  # module in a block whose input is the heads' concatenated outputs (z)
-    mlp: str  # module in a block whose output is the MLP's contribution
-    #: parameter-name fragments that get no weight decay besides vectors (position tables)
-    no_decay: tuple[str, ...] = ()
+    entry: RegistryEntry
+
+    def __post_init__(self) -> None:
+        if self.entry.tiny is None or self.entry.layout is None:
+            raise ValueError(
+                f"{self.entry.family}: the zoo builds a family whose entry declares a tiny "
+                "config (Architecture.tiny) and a block layout (Architecture.layout)"
+            )
+
+    @property
+    def name(self) -> str:
+        return self.entry.family
+
+    @property
+    def objective(self) -> Objective:
+        return "causal" if self.entry.is_causal else "masked"
+
+    @property
+    def model_class(self) -> type[Any]:
+        """The Hugging Face class the entry names first (``GPT2LMHeadModel``, ...)."""
+        return getattr(transformers, self.entry.hf_classes[0])
+
+    @property
+    def config_class(self) -> type[PretrainedConfig]:
+        return self.model_class.config_class
+
+    @property
+    def blocks(self) -> str:
+        """Dotted path of the ModuleList of transformer blocks."""
+        return self.entry.blocks
+
+    @property
+    def head_input(self) -> str:
+        """Module in a block whose input is the heads' concatenated outputs (z)."""
+        assert self.entry.layout is not None
+        return self.entry.layout.attn_output
+
+    @property
+    def mlp(self) -> str:
+        """Module in a block whose output is the MLP's contribution (before any residual add)."""
+        assert self.entry.layout is not None
+        return self.entry.layout.mlp[-1]
+
+    @property
+    def no_decay(self) -> tuple[str, ...]:
+        """Parameter-name fragments that get no weight decay besides vectors."""
+        assert self.entry.tiny is not None
+        return self.entry.tiny.no_decay
+
+    def make_config(
+        self, config: ZooConfig, tokenizer: PreTrainedTokenizerFast, layers: int
+    ) -> PretrainedConfig:
+        """The Hugging Face config of a tiny model with ``layers`` blocks."""
+        values = self.entry.tiny_config(
+            vocab_size=len(tokenizer),
+            layers=layers,
+            n_heads=config.n_heads,
+            d_model=config.d_model,
+            n_ctx=config.n_positions,
+            token_ids={
+                "pad_token_id": tokenizer.pad_token_id,
+                "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+            },
+        )
+        return self.config_class(**values)
 
     def build(self, config: ZooConfig, tokenizer: PreTrainedTokenizerFast, layers: int) -> Any:
         return self.model_class(self.make_config(config, tokenizer, layers))
@@ -90,18 +154,25 @@ class Architecture:
         """(layers, query heads, head dimension) of ``model``."""
         blocks = get_module(model, self.blocks)
         assert isinstance(blocks, torch.nn.ModuleList)
-        n_heads = _config_value(model, ("n_head", "num_attention_heads", "n_heads"))
-        d_model = _config_value(model, ("n_embd", "hidden_size", "dim"))
-        return len(blocks), n_heads, d_model // n_heads
+        shape = self.entry.shape(model.config)
+        return len(blocks), shape.n_heads, shape.d_head
 
 
-def _config_value(model: torch.nn.Module, keys: tuple[str, ...]) -> int:
-    config = model.config  # type: ignore[union-attr]
-    for key in keys:
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
-    raise AttributeError(f"{type(model).__name__} config has none of {keys}")
+#: The zoo's earlier name of :class:`TinyArchitecture`.
+Architecture = TinyArchitecture
+
+
+@functools.cache
+def tiny_architecture(family: str) -> TinyArchitecture:
+    """The zoo's view of the registry family ``family`` (``"gpt2"``, ``"distilbert"``, ...)."""
+    return TinyArchitecture(ARCHITECTURES[family])
+
+
+def _architecture_of(model: torch.nn.Module) -> TinyArchitecture:
+    for entry in ARCHITECTURES.values():
+        if type(model).__name__ in entry.hf_classes:
+            return tiny_architecture(entry.family)
+    raise TypeError(f"no registry family for {type(model).__name__}")
 
 
 def get_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
@@ -130,7 +201,7 @@ StudentInit = Callable[
 @dataclass(frozen=True)
 class TeacherRecipe:
     name: str
-    architecture: Architecture
+    architecture: TinyArchitecture
     layers: int
     steps: int
     lr: float
@@ -139,7 +210,7 @@ class TeacherRecipe:
 @dataclass(frozen=True)
 class StudentRecipe:
     name: str
-    architecture: Architecture
+    architecture: TinyArchitecture
     layers: int
     init: StudentInit
     stream_seed: int  # which toy-language stream (and torch seed) its distillation draws
@@ -172,65 +243,125 @@ def alternate_layers(n_layers: int) -> list[int]:
     return list(range(0, n_layers, 2))
 
 
-# ----------------------------------------------------------------------------- GPT-2
+def keep_layers(
+    teacher: Any, config: ZooConfig, tokenizer: PreTrainedTokenizerFast, layers: list[int]
+) -> Any:
+    """A model of the teacher's family with the teacher's blocks ``layers`` (in that order) and
+    every other weight of the teacher (embeddings, final norm, head), the head re-tied.
 
-
-def _gpt2_config(config: ZooConfig, tokenizer: PreTrainedTokenizerFast, layers: int) -> GPT2Config:
-    return GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=config.n_positions,
-        n_embd=config.d_model,
-        n_layer=layers,
-        n_head=config.n_heads,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-
-
-GPT2 = Architecture(
-    name="gpt2",
-    model_class=GPT2LMHeadModel,
-    objective="causal",
-    make_config=_gpt2_config,
-    blocks="transformer.h",
-    head_input="attn.c_proj",
-    mlp="mlp",
-    no_decay=("wpe",),
-)
-
-
-def gpt2_student(
-    teacher: GPT2LMHeadModel, config: ZooConfig, tokenizer: PreTrainedTokenizerFast,
-    _loss: Callable[[Any], float],
-) -> StudentStart:
-    """Half the layers, initialised from teacher layers 0, 2, ... and the teacher's embeddings."""
-    layers = alternate_layers(teacher.config.n_layer)
-    student = GPT2LMHeadModel(_gpt2_config(config, tokenizer, len(layers)))
-    student.transformer.wte.load_state_dict(teacher.transformer.wte.state_dict())
-    student.transformer.wpe.load_state_dict(teacher.transformer.wpe.state_dict())
-    student.transformer.ln_f.load_state_dict(teacher.transformer.ln_f.state_dict())
-    for target, source in enumerate(layers):
-        student.transformer.h[target].load_state_dict(teacher.transformer.h[source].state_dict())
+    Generic over families: a block's weights are the teacher's under the block list path the
+    registry names (``transformer.h.2.`` -> ``transformer.h.1.``).
+    """
+    arch = _architecture_of(teacher)
+    student = arch.build(config, tokenizer, len(layers))
+    source = teacher.state_dict()
+    prefix = f"{arch.blocks}."
+    weights: dict[str, torch.Tensor] = {}
+    for key in student.state_dict():
+        if key.startswith(prefix):
+            index, rest = key[len(prefix):].split(".", 1)
+            weights[key] = source[f"{prefix}{layers[int(index)]}.{rest}"]
+        else:
+            weights[key] = source[key]
+    student.load_state_dict(weights)
     student.tie_weights()
-    return StudentStart(student)
+    return student
 
 
-def gpt2_brittle_student(
-    teacher: GPT2LMHeadModel, config: ZooConfig, tokenizer: PreTrainedTokenizerFast,
-    loss: Callable[[Any], float],
+def _teacher_layers(teacher: Any) -> int:
+    return _architecture_of(teacher).shape(teacher)[0]
+
+
+def _check_depth(layers: list[int], student_layers: int, start: str) -> None:
+    if len(layers) != student_layers:
+        raise ValueError(
+            f"the start {start!r} keeps teacher layers {layers} but the recipe's student has "
+            f"{student_layers} layers: fix the student's layers in its zoo recipe"
+        )
+
+
+# ----------------------------------------------------------------------------- student starts
+
+
+def start_alternate_layers(
+    teacher: Any, config: ZooConfig, tokenizer: PreTrainedTokenizerFast,
+    _loss: Callable[[Any], float], *, student_layers: int,
 ) -> StudentStart:
-    """The same start as :func:`gpt2_student`, then pruned to one head per layer."""
-    start = gpt2_student(teacher, config, tokenizer, loss)
+    """Teacher layers 0, 2, ... and every other teacher weight (DistilGPT-2's start)."""
+    layers = alternate_layers(_teacher_layers(teacher))
+    _check_depth(layers, student_layers, "alternate_layers")
+    return StudentStart(keep_layers(teacher, config, tokenizer, layers))
+
+
+def start_one_head_per_layer(
+    teacher: Any, config: ZooConfig, tokenizer: PreTrainedTokenizerFast,
+    loss: Callable[[Any], float], *, student_layers: int,
+) -> StudentStart:
+    """The start of :func:`start_alternate_layers`, then pruned to one head per layer (GPT-2)."""
+    start = start_alternate_layers(teacher, config, tokenizer, loss,
+                                   student_layers=student_layers)
     masks, kept = prune_to_one_head(start.model)
     kept_heads = [f"L{layer}H{head}" for layer, head in enumerate(kept)]
     return StudentStart(start.model, masks, {"kept_heads": kept_heads})
 
 
-def prune_to_one_head(model: GPT2LMHeadModel) -> tuple[dict[str, torch.Tensor], list[int]]:
+def start_cheapest_block(
+    teacher: Any, config: ZooConfig, tokenizer: PreTrainedTokenizerFast,
+    loss: Callable[[Any], float], *, student_layers: int,
+) -> StudentStart:
+    """Minitron-Depth: drop the contiguous block of layers whose removal costs the least LM loss.
+
+    Minitron scores each contiguous block by the loss of the model without it and drops the
+    cheapest (for Llama-3.1-8B a late block); the block is as long as the teacher is deeper
+    than the student.
+    """
+    n_layers = _teacher_layers(teacher)
+    n_drop = n_layers - student_layers
+    if not 0 < n_drop < n_layers:
+        raise ValueError(
+            f"cheapest_block drops teacher layers, so the student needs fewer layers than the "
+            f"teacher's {n_layers} and at least one, got {student_layers}"
+        )
+    losses: dict[int, float] = {}
+    for first in range(n_layers - n_drop + 1):
+        kept = [k for k in range(n_layers) if not first <= k < first + n_drop]
+        losses[first] = loss(keep_layers(teacher, config, tokenizer, kept))
+    first = min(losses, key=lambda k: (losses[k], k))
+    kept = [k for k in range(n_layers) if not first <= k < first + n_drop]
+    return StudentStart(
+        keep_layers(teacher, config, tokenizer, kept),
+        notes={
+            "teacher_layers": kept,
+            "dropped_block_loss": {
+                f"{k}-{k + n_drop - 1}": round(v, 4) for k, v in losses.items()
+            },
+        },
+    )
+
+
+def start_distilbert_from_bert(
+    teacher: Any, config: ZooConfig, tokenizer: PreTrainedTokenizerFast,
+    _loss: Callable[[Any], float], *, student_layers: int,
+) -> StudentStart:
+    """A DistilBERT from BERT teacher layers 0, 2, ... (DistilBERT's own start)."""
+    layers = alternate_layers(_teacher_layers(teacher))
+    _check_depth(layers, student_layers, "distilbert_from_bert")
+    return StudentStart(
+        distilbert_from_bert(teacher, config, tokenizer, layers),
+        notes={"teacher_layers": layers},
+    )
+
+
+#: The ways a student starts from its trained teacher, by the name a recipe's ``start`` gives.
+STUDENT_STARTS: dict[str, Callable[..., StudentStart]] = {
+    "alternate_layers": start_alternate_layers,
+    "one_head_per_layer": start_one_head_per_layer,
+    "cheapest_block": start_cheapest_block,
+    "distilbert_from_bert": start_distilbert_from_bert,
+}
+
+
+def prune_to_one_head(model: Any) -> tuple[dict[str, torch.Tensor], list[int]]:
     """Structured head pruning: keep each layer's largest-norm head, zero the others.
 
     A head's norm is ||W_V columns||_F * ||W_O rows||_F (magnitude pruning of the OV circuit).
@@ -266,66 +397,9 @@ def prune_to_one_head(model: GPT2LMHeadModel) -> tuple[dict[str, torch.Tensor], 
     return masks, kept
 
 
-# ----------------------------------------------------------------------------- BERT / DistilBERT
 
+# ----------------------------------------------------------------------------- BERT -> DistilBERT
 
-def _bert_config(config: ZooConfig, tokenizer: PreTrainedTokenizerFast, layers: int) -> BertConfig:
-    return BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=config.d_model,
-        num_hidden_layers=layers,
-        num_attention_heads=config.n_heads,
-        intermediate_size=4 * config.d_model,
-        max_position_embeddings=config.n_positions,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-
-
-def _distilbert_config(
-    config: ZooConfig, tokenizer: PreTrainedTokenizerFast, layers: int
-) -> DistilBertConfig:
-    return DistilBertConfig(
-        vocab_size=len(tokenizer),
-        dim=config.d_model,
-        n_layers=layers,
-        n_heads=config.n_heads,
-        hidden_dim=4 * config.d_model,
-        max_position_embeddings=config.n_positions,
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation="gelu",
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-
-
-BERT = Architecture(
-    name="bert",
-    model_class=BertForMaskedLM,
-    objective="masked",
-    make_config=_bert_config,
-    blocks="bert.encoder.layer",
-    head_input="attention.output.dense",
-    mlp="output.dense",  # post-LN: the MLP's write, before the residual add and LayerNorm
-    no_decay=("position_embeddings", "token_type_embeddings"),
-)
-DISTILBERT = Architecture(
-    name="distilbert",
-    model_class=DistilBertForMaskedLM,
-    objective="masked",
-    make_config=_distilbert_config,
-    blocks="distilbert.transformer.layer",
-    head_input="attention.out_lin",
-    mlp="ffn",
-    no_decay=("position_embeddings",),
-)
 
 #: DistilBERT block module <- BERT block module (same shapes, same computation).
 BERT_TO_DISTILBERT_BLOCK: tuple[tuple[str, str], ...] = (
@@ -341,16 +415,15 @@ BERT_TO_DISTILBERT_BLOCK: tuple[tuple[str, str], ...] = (
 
 
 def distilbert_from_bert(
-    teacher: BertForMaskedLM, config: ZooConfig, tokenizer: PreTrainedTokenizerFast,
-    layers: list[int],
-) -> DistilBertForMaskedLM:
+    teacher: Any, config: ZooConfig, tokenizer: PreTrainedTokenizerFast, layers: list[int],
+) -> Any:
     """A DistilBERT whose blocks are the BERT blocks ``layers``, mapped name by name.
 
     DistilBERT has no token-type embeddings; every zoo input has token type 0, so type 0's
     vector is folded into the position table and the map is exact: with every layer kept the
     DistilBERT computes the BERT's logits.
     """
-    student = DistilBertForMaskedLM(_distilbert_config(config, tokenizer, len(layers)))
+    student = tiny_architecture("distilbert").build(config, tokenizer, len(layers))
     source, target = teacher.bert, student.distilbert
     with torch.no_grad():
         target.embeddings.word_embeddings.weight.copy_(source.embeddings.word_embeddings.weight)
@@ -372,129 +445,47 @@ def distilbert_from_bert(
     return student
 
 
-def distilbert_student(
-    teacher: BertForMaskedLM, config: ZooConfig, tokenizer: PreTrainedTokenizerFast,
-    _loss: Callable[[Any], float],
-) -> StudentStart:
-    layers = alternate_layers(teacher.config.num_hidden_layers)
-    return StudentStart(
-        distilbert_from_bert(teacher, config, tokenizer, layers),
-        notes={"teacher_layers": layers},
-    )
-
-
-# ----------------------------------------------------------------------------- Llama (GQA)
-
-
-def _llama_config(
-    config: ZooConfig, tokenizer: PreTrainedTokenizerFast, layers: int
-) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=config.d_model,
-        intermediate_size=(8 * config.d_model) // 3 // 8 * 8,  # SwiGLU's 8/3 d, as Llama
-        num_hidden_layers=layers,
-        num_attention_heads=config.n_heads,
-        num_key_value_heads=config.n_heads // 2,  # grouped-query attention: 2 queries per KV head
-        max_position_embeddings=config.n_positions,
-        rms_norm_eps=1e-6,
-        attention_dropout=0.0,
-        tie_word_embeddings=True,  # keeps the zoo small; Llama-3.1-8B unties them
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-
-
-LLAMA = Architecture(
-    name="llama",
-    model_class=LlamaForCausalLM,
-    objective="causal",
-    make_config=_llama_config,
-    blocks="model.layers",
-    head_input="self_attn.o_proj",
-    mlp="mlp",
-)
-
-
-def llama_keep_layers(
-    teacher: LlamaForCausalLM, config: ZooConfig, tokenizer: PreTrainedTokenizerFast,
-    layers: list[int],
-) -> LlamaForCausalLM:
-    """The teacher with only ``layers`` (embeddings, final norm and tied head kept)."""
-    student = LlamaForCausalLM(_llama_config(config, tokenizer, len(layers)))
-    with torch.no_grad():
-        student.model.embed_tokens.load_state_dict(teacher.model.embed_tokens.state_dict())
-        student.model.norm.load_state_dict(teacher.model.norm.state_dict())
-        for index, layer in enumerate(layers):
-            student.model.layers[index].load_state_dict(teacher.model.layers[layer].state_dict())
-    student.tie_weights()
-    return student
-
-
-def llama_depth_student(
-    teacher: LlamaForCausalLM, config: ZooConfig, tokenizer: PreTrainedTokenizerFast,
-    loss: Callable[[Any], float],
-) -> StudentStart:
-    """Minitron-Depth: drop the contiguous block of layers whose removal costs the least LM loss.
-
-    Minitron scores each contiguous block by the loss of the model without it and drops the
-    cheapest (for Llama-3.1-8B a late block); here the teacher's 4 layers lose 2.
-    """
-    n_layers = teacher.config.num_hidden_layers
-    n_drop = n_layers // 2
-    losses: dict[int, float] = {}
-    for first in range(n_layers - n_drop + 1):
-        kept = [k for k in range(n_layers) if not first <= k < first + n_drop]
-        losses[first] = loss(llama_keep_layers(teacher, config, tokenizer, kept))
-    first = min(losses, key=lambda k: (losses[k], k))
-    kept = [k for k in range(n_layers) if not first <= k < first + n_drop]
-    return StudentStart(
-        llama_keep_layers(teacher, config, tokenizer, kept),
-        notes={
-            "teacher_layers": kept,
-            "dropped_block_loss": {
-                f"{k}-{k + n_drop - 1}": round(v, 4) for k, v in losses.items()
-            },
-        },
-    )
-
-
 # ----------------------------------------------------------------------------- the recipes
 
 
-FAMILIES: dict[str, Family] = {
-    "gpt2": Family(
-        name="gpt2",
-        objective="causal",
-        description="GPT-2 -> DistilGPT-2-style student, and a head-pruned brittle student",
-        teacher=TeacherRecipe("tiny-teacher", GPT2, layers=4, steps=2400, lr=5e-3),
-        students=(
-            StudentRecipe("tiny-student", GPT2, 2, gpt2_student, stream_seed=1,
-                          steps=800, lr=2e-3),
-            # The pruned student needs longer (and a higher rate) to recover IOI.
-            StudentRecipe("tiny-student-brittle", GPT2, 2, gpt2_brittle_student, stream_seed=2,
-                          steps=1600, lr=4e-3),
-        ),
-    ),
-    "bert": Family(
-        name="bert",
-        objective="masked",
-        description="BERT -> DistilBERT (masked LM; student from alternate teacher layers)",
-        teacher=TeacherRecipe("tiny-bert-teacher", BERT, layers=4, steps=4000, lr=3e-3),
-        students=(
-            StudentRecipe("tiny-distilbert-student", DISTILBERT, 2, distilbert_student,
-                          stream_seed=1, steps=1200, lr=3e-3),
-        ),
-    ),
-    "llama": Family(
-        name="llama",
-        objective="causal",
-        description="Llama (GQA, RoPE, RMSNorm, SwiGLU) -> Minitron-Depth student",
-        teacher=TeacherRecipe("tiny-llama-teacher", LLAMA, layers=4, steps=4000, lr=3e-3),
-        students=(
-            StudentRecipe("tiny-llama-student-depth", LLAMA, 2, llama_depth_student,
-                          stream_seed=1, steps=1200, lr=3e-3),
-        ),
-    ),
-}
+def _student(teacher: RegistryEntry, tiny: TinyModel) -> StudentRecipe:
+    start = STUDENT_STARTS.get(tiny.start or "")
+    if start is None:
+        raise ValueError(
+            f"zoo student {tiny.name!r} (pytest_circuits/architectures/{teacher.family}.py) "
+            f"names the start {tiny.start!r}; the zoo knows {', '.join(STUDENT_STARTS)}"
+        )
+    family = tiny.family or teacher.family
+    if ARCHITECTURES[family].kind != teacher.kind:
+        raise ValueError(
+            f"zoo student {tiny.name!r} is {ARCHITECTURES[family].kind} but its teacher is "
+            f"{teacher.kind}: distillation compares predictions read at the same positions"
+        )
+    return StudentRecipe(
+        tiny.name,
+        tiny_architecture(family),
+        tiny.layers,
+        functools.partial(start, student_layers=tiny.layers),
+        stream_seed=tiny.stream_seed,
+        steps=tiny.steps,
+        lr=tiny.lr,
+    )
+
+
+def _family(entry: RegistryEntry) -> Family:
+    recipe = entry.zoo
+    assert recipe is not None
+    teacher = recipe.teacher
+    return Family(
+        name=entry.family,
+        objective=tiny_architecture(entry.family).objective,
+        description=recipe.description,
+        teacher=TeacherRecipe(teacher.name, tiny_architecture(entry.family), teacher.layers,
+                              steps=teacher.steps, lr=teacher.lr),
+        students=tuple(_student(entry, tiny) for tiny in recipe.students),
+    )
+
+
+#: Every family the zoo trains, in zoo order (``pytest_circuits.zoo.ZOO_ORDER``): one per
+#: registry entry with a zoo recipe.
+FAMILIES: dict[str, Family] = {entry.family: _family(entry) for entry in zoo_families()}
