@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import progress
+from .config.options import AnalysisOptions
 from .errors import CircuitsError
 
 EXIT_OK = 0
@@ -150,19 +151,13 @@ class Progress:
 
 @dataclass
 class Run:
-    """What every subcommand shares: the analysis settings and how models are loaded."""
+    """What every subcommand shares: the analysis options and how models are loaded."""
 
     tasks: list[str]
-    n_prompts: int | None
-    seed: int
-    ablation: str
-    similarity: str
-    matching: str
-    preset: str | None
-    margin: float
+    #: every analysis setting of the command line (``method`` None: the gates' default rule)
+    options: AnalysisOptions
     device: str
     dtype: str | None
-    method: str | None = None  # None: auto from settings.AUTO_MIN_COMPONENTS components on
     progress: Progress = field(default_factory=lambda: Progress(1, enabled=False))
     _models: dict[str, Any] = field(default_factory=dict)
 
@@ -184,19 +179,26 @@ class Run:
 
         pair = self.pair(teacher, student)
         with self.progress.step(f"{task}: {teacher} -> {student}"):
-            return pair_report(
-                pair, task, ablation=self.ablation, similarity=self.similarity,
-                matching=self.matching, preset=self.preset, n_prompts=self.n_prompts,
-                seed=self.seed, margin=self.margin, method=self.method,
-            )
+            return pair_report(pair, task, self.options)
 
     def model_report(self, source: str, task: str) -> Any:
         from .analysis.cached import model_report
 
         model = self.model(source)
         with self.progress.step(f"{task}: {source}"):
-            return model_report(model, task, ablation=self.ablation, n_prompts=self.n_prompts,
-                                seed=self.seed, margin=self.margin, method=self.method)
+            return model_report(model, task, self.options)
+
+    def gate(self, name: str, target: Any, task: str, **thresholds: Any) -> Any:
+        """The result of the gate kind ``name`` with ``thresholds`` and this run's options, by
+        the gates' own rules (``kinds.runner.evaluate``): what calibrate and rank report."""
+        from .kinds import KINDS
+        from .kinds.runner import evaluate
+
+        kind = KINDS[name]
+        chosen = {option: getattr(self.options, option) for option in kind.analysis_options
+                  if option != "components"}
+        return evaluate(kind, target, task, n_prompts=self.options.n_prompts,
+                        seed=self.options.seed, **chosen, **thresholds)
 
 
 def _run_from(args: argparse.Namespace, steps: int) -> Run:
@@ -209,13 +211,12 @@ def _run_from(args: argparse.Namespace, steps: int) -> Run:
     else:
         cache.configure(args.cache_dir, enabled=True)
     tasks = args.task or ["numerals"]
-    return Run(
-        tasks=tasks, n_prompts=args.n_prompts, seed=args.seed, ablation=args.ablation,
-        similarity=args.similarity, matching=args.matching, preset=args.preset,
-        margin=args.margin,
-        device=args.device, dtype=args.dtype, method=args.method,
-        progress=Progress(steps, enabled=not args.quiet),
-    )
+    options = AnalysisOptions.of(
+        f"pytest-circuits {args.command}", n_prompts=args.n_prompts, seed=args.seed,
+        ablation=args.ablation, similarity=args.similarity, matching=args.matching,
+        preset=args.preset, margin=args.margin, method=args.method)
+    return Run(tasks=tasks, options=options, device=args.device, dtype=args.dtype,
+               progress=Progress(steps, enabled=not args.quiet))
 
 
 # ----------------------------------------------------------------------------- checking arguments
@@ -546,26 +547,44 @@ class Finding:
     blocking: bool = True
 
 
-def findings(report: Any, calibration: Calibration, min_retained: float) -> list[Finding]:
-    """What the calibrated gates (and the behaviour floor) would block in this pair report."""
-    found = []
-    # written as "not (value within limit)", so a NaN blocks instead of passing
-    if not report.behavior_retained >= min_retained:
-        found.append(Finding(report.task, f"behaviour retained {report.behavior_retained:.1f}% "
-                                          f"< {min_retained:g}%"))
-    increase = report.student.brittleness.severity - report.teacher.brittleness.severity
-    if not increase <= calibration.max_severity_increase:
-        found.append(Finding(report.task, f"severity rises by {increase:.3f} over the teacher "
-                                          f"> {calibration.max_severity_increase:g}"))
-    name, drop = _worst(report.student, "head")
-    if calibration.max_head_drop is not None and not drop <= calibration.max_head_drop:
-        found.append(Finding(report.task, f"ablating head {name} costs {drop:.1f} points > "
-                                          f"{calibration.max_head_drop:g} "
-                                          f"({calibration.head_rule()})"))
+def findings(run: Run, teacher: str, student: str, report: Any, calibration: Calibration,
+             min_retained: float) -> list[Finding]:
+    """What the calibrated gates (the block ``calibration_yaml`` writes) would block for
+    ``student`` on one task, each decided by the gate itself (``Run.gate``: the same checks,
+    parity preflight, lost-behaviour rule and exact settling as under pytest), and the
+    discarded mechanisms of its pair ``report`` as notes."""
+    pair, task = run.pair(teacher, student), calibration.gate_task
+    found = _blocking(calibration.task, run.gate(
+        "behavior_preserved", pair, task, min_retained=min_retained),
+        behavior_retained=lambda c: f"behaviour retained {c.value:.1f}% < {c.threshold:g}%")
+    found += _blocking(calibration.task, run.gate(
+        "ablation_robust", pair, task, max_severity_increase=calibration.max_severity_increase),
+        severity_increase=lambda c: (f"severity rises by {c.value:.3f} over the teacher > "
+                                     f"{c.threshold:g}"))
+    if calibration.max_head_drop is not None:
+        heads = run.gate("ablation_robust", pair, task, components="heads",
+                         max_single_drop=calibration.max_head_drop)
+        worst = heads.blame[0].component if heads.blame else "-"
+        found += _blocking(calibration.task, heads, max_single_drop=lambda c: (
+            f"ablating head {worst} costs {c.value:.1f} points > {c.threshold:g} "
+            f"({calibration.head_rule()})"))
     for d in report.discarded:
         found.append(Finding(report.task, f"teacher mechanism {d.teacher} discarded: {d.reason}",
                              blocking=False))
     return found
+
+
+def _blocking(task: str, result: Any, **describe: Callable[[Any], str]) -> list[Finding]:
+    """A finding per failed check of a gate ``result``: in the words ``describe`` gives for its
+    metric, or naming the gate and check (a parity or lost-behaviour failure)."""
+    from .tables import format_number
+
+    return [
+        Finding(task, describe[c.metric](c) if c.metric in describe else
+                f"{result.gate}: {c.metric} {format_number(c.value)} is not {c.op} "
+                f"{format_number(c.threshold)}")
+        for c in result.checks if not c.passed
+    ]
 
 
 def _yaml_text(value: Any) -> str:
@@ -905,7 +924,7 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
         for student in args.students:
             report = pairs[(student, c.gate_task)]
             low, high = alignment_interval(report)
-            found = findings(report, c, args.min_retained)
+            found = findings(run, args.teacher, student, report, c, args.min_retained)
             blocking = [f for f in found if f.blocking]
             blocked |= bool(blocking)
             if not blocking:
@@ -996,7 +1015,7 @@ def cmd_rank(args: argparse.Namespace, out: TextIO) -> int:
     for source in args.candidates:
         reports = [run.pair_report(args.teacher, source, task) for task in tasks]
         found = [f for r, c in zip(reports, calibrations, strict=True)
-                 for f in findings(r, c, args.min_retained)]
+                 for f in findings(run, args.teacher, source, r, c, args.min_retained)]
         candidates.append(Candidate(source, reports, found))
     ranked = rank_candidates(candidates)
     rows = []

@@ -188,3 +188,48 @@ def test_a_kind_module_holds_only_short_functions_and_no_gate_sequence(path: Pat
                         "task_options(", "record(", "finish("):
         assert shared_step not in source, f"{path.stem} repeats the runner's {shared_step}"
     assert "KIND = GateKind(" in source and "measure=_measure" in source
+
+
+# ----------------------------------------------------------------------------- shared results
+
+
+@pytest.fixture
+def memory_cache() -> Any:
+    from pytest_circuits import cache
+    from pytest_circuits.config import context
+
+    with context.changed(cache=context.CacheStore()):
+        cache.configure(None, enabled=True)
+        yield cache
+
+
+def test_a_component_subset_is_read_from_a_stored_sweep_of_every_component(
+        teacher: CircuitModel, memory_cache: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_circuits.analysis import ablation
+    from pytest_circuits.analysis.store import sweep_result
+
+    task = builtin_task("numerals", n_prompts=4)
+    full = sweep_result(teacher, task)
+
+    def no_sweep(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("swept again although every component's value was stored")
+
+    monkeypatch.setattr(ablation, "sweep", no_sweep)
+    heads = sweep_result(teacher, task, components="heads")
+    expected = [e for e in full.effects if e.kind == "head"]
+    assert heads.effects == expected and len(expected) == teacher.n_layers * teacher.n_heads
+    picked = sweep_result(teacher, task, components=["MLP1", "L0H2"])
+    assert [e.name for e in picked.effects] == ["L0H2", "MLP1"]  # model order, as a sweep gives
+    assert picked.effects[0] == next(e for e in full.effects if e.name == "L0H2")
+
+
+def test_evaluate_returns_a_failed_verdict_instead_of_raising(teacher: CircuitModel,
+                                                              memory_cache: Any) -> None:
+    from pytest_circuits.kinds.runner import evaluate
+
+    task = builtin_task("numerals", n_prompts=4)
+    failed = evaluate(KINDS["ablation_robust"], teacher, task, max_single_drop=1.0)
+    assert not failed.passed and failed.checks[0].metric == "max_single_drop"
+    assert failed.checks[0].value == max(b.scores["drop"] for b in failed.blame)
+    passed = evaluate(KINDS["ablation_robust"], teacher, task, max_single_drop=100.0)
+    assert passed.passed and passed.values == failed.values  # one sweep, two verdicts

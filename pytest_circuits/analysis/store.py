@@ -15,9 +15,11 @@ decides every verdict), so a model is never swept twice for one task and setting
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from .. import cache
+from ..components import select_components
 from ..config import options as defaults
 from ..config.options import AnalysisOptions, GateThresholds
 from ..tasks import DEFAULT_N_PROMPTS, resolve_task
@@ -137,7 +139,11 @@ def sweep_result(model: Any, task: Any, options: AnalysisOptions | None = None,
              "method": method}
     result = None
     thresholds = None
-    if method == "auto":
+    if options.components != "all":
+        # a subset is read from an exact sweep of every component when one is stored: each
+        # component's single ablation is measured the same way whatever else is swept
+        result = _subset_of_stored(model, task, options)
+    if result is None and method == "auto":
         thresholds = auto_thresholds(options)
         # an exact sweep decides every verdict: one already stored is never swept again
         result = _stored("sweep", {**parts, "method": "exact"})
@@ -154,6 +160,21 @@ def sweep_result(model: Any, task: Any, options: AnalysisOptions | None = None,
         )
     ablation.require_valid_task([result.performance], margin=options.margin)
     return result
+
+
+def _subset_of_stored(model: Any, task: Any, options: AnalysisOptions) -> Any:
+    """The components ``options`` selects, from an exact sweep of all of them already stored
+    (this session or on disk), in the selection's order; None when none is stored."""
+    full = _stored("sweep", {**model_parts(model, task),
+                             **options.replace(components="all").key(
+                                 ("components", "ablation", "seed")),
+                             "method": "exact"})
+    if full is None:
+        return None
+    chosen = select_components(_selection(options.components), int(model.n_layers),
+                               int(model.n_heads), model_name=model.name)
+    by_name = {e.name: e for e in full.effects}
+    return dataclasses.replace(full, effects=[by_name[c.name] for c in chosen])
 
 
 def _selection(components: str | tuple[str, ...]) -> str | list[str]:

@@ -136,6 +136,20 @@ def run_gate(kind: GateKind, target: Any, task: Any, **arguments: Any) -> Any:
     return measured.value
 
 
+def evaluate(kind: GateKind, target: Any, task: Any, **arguments: Any) -> GateResult:
+    """Run ``kind``'s gate as :func:`run_gate` does and return its result, passed or failed,
+    instead of raising: what the CLI's ``calibrate`` and ``rank`` report, by the same rules as
+    the gates (the parity preflight, a lost behaviour, verdicts settled exactly)."""
+    seen: list[GateResult] = []
+    with context.changed(recorder=seen.append):
+        try:
+            run_gate(kind, target, task, **arguments)
+        except CircuitAssertionError:
+            if not seen:  # a failure before any result (zero components): not a verdict
+                raise
+    return seen[-1]
+
+
 def _read_call(kind: GateKind, arguments: dict[str, Any]) -> GateCall:
     gate = kind.function_name
     limits = kind.read_thresholds({t.name: arguments.pop(t.name, None) for t in kind.thresholds})
@@ -432,5 +446,5 @@ def finish(result: GateResult, headline: str, details: str, *, task: Any = None)
         raise CircuitAssertionError(message)
 
 
-__all__ = ["AUTO_MIN_COMPONENTS", "GateCall", "Measurement", "run_gate", "sweep_method",
-           "task_options"]
+__all__ = ["AUTO_MIN_COMPONENTS", "GateCall", "Measurement", "evaluate", "run_gate",
+           "sweep_method", "task_options"]
