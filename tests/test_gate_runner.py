@@ -230,6 +230,7 @@ def test_evaluate_returns_a_failed_verdict_instead_of_raising(teacher: CircuitMo
     task = builtin_task("numerals", n_prompts=4)
     failed = evaluate(KINDS["ablation_robust"], teacher, task, max_single_drop=1.0)
     assert not failed.passed and failed.checks[0].metric == "max_single_drop"
-    assert failed.checks[0].value == max(b.scores["drop"] for b in failed.blame)
+    # the clamped worst drop (the paper's m_i in [0, 100]) of the blamed components
+    assert failed.checks[0].value == min(100.0, max(b.scores["drop"] for b in failed.blame))
     passed = evaluate(KINDS["ablation_robust"], teacher, task, max_single_drop=100.0)
     assert passed.passed and passed.values == failed.values  # one sweep, two verdicts
