@@ -78,7 +78,7 @@ def _n(value: float | None, digits: int = 4) -> str:
 
 
 def _name(model: Any) -> str:
-    from .htmlreport.page import model_name
+    from .identity import model_name
 
     return model_name(model)
 

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+#: What a model predicts: the next token ("causal") or a masked one ("masked").
+MODEL_KINDS: tuple[str, ...] = ("causal", "masked")
+
+
+def model_name(model: Any) -> str:
+    """A model's name from a ModelInfo, a loaded model or a plain-dict description."""
+    if isinstance(model, Mapping):
+        return str(model.get("name"))
+    return str(getattr(model, "name", None))
 
 
 @dataclass(frozen=True)

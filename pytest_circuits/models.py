@@ -40,13 +40,13 @@ class CircuitModel:
 
     ``bridge`` is the TransformerLens 4 ``TransformerBridge`` (raw Hugging Face weights, no
     compatibility-mode processing); ``hf_model`` is the Hugging Face model inside it.
-    ``architecture`` is the Hugging Face class name; ``arch`` is its family's registry entry
-    (hook names, prediction head, causal or masked).
+    ``architecture`` is the Hugging Face class name (as in ``ModelInfo``); ``family_entry`` is
+    its family's registry entry (hook names, prediction head, causal or masked).
 
     ``analysis_memo`` is the per-model memo of what the analyses derive from this model (encoded
     tasks, clean runs, reference statistics, the bridge-parity verdict per task), read through
     ``analysis.engine.model_cache``. It lives as long as the model; a ``copy.copy`` of the model
-    starts with an empty one, since a copy is usually made to change a field (``arch``) that
+    starts with an empty one, since a copy is usually made to change a field (``family_entry``) that
     the memoised results depend on.
     """
 
@@ -54,7 +54,7 @@ class CircuitModel:
     bridge: Any
     tokenizer: Any
     architecture: str
-    arch: Architecture
+    family_entry: Architecture
     n_layers: int
     n_heads: int
     n_kv_heads: int
@@ -85,20 +85,20 @@ class CircuitModel:
 
     @property
     def family(self) -> str:
-        return self.arch.family
+        return self.family_entry.family
 
     @property
     def kind(self) -> str:
         """``"causal"`` (predictions at the last position) or ``"masked"`` (at ``[MASK]``)."""
-        return self.arch.kind
+        return self.family_entry.kind
 
     @property
     def is_causal(self) -> bool:
-        return self.arch.is_causal
+        return self.family_entry.is_causal
 
     @property
     def is_masked(self) -> bool:
-        return self.arch.is_masked
+        return self.family_entry.is_masked
 
     @property
     def device_kind(self) -> str:
@@ -1153,7 +1153,7 @@ def load_model(
         bridge=bridge,
         tokenizer=tok,
         architecture=arch_name,
-        arch=entry,
+        family_entry=entry,
         n_layers=shape.n_layers,
         n_heads=shape.n_heads,
         n_kv_heads=shape.n_kv_heads,

@@ -295,7 +295,7 @@ def test_a_family_without_a_layout_replays_whole_blocks(tmp_path: Path) -> None:
     whole-block replay, with the same numbers."""
     case = load_case("llama-gqa", tmp_path)
     bare = load_model(tmp_path, device="cpu")
-    bare.arch = dataclasses.replace(bare.arch, layout=None)
+    bare.family_entry = dataclasses.replace(bare.family_entry, layout=None)
     assert engine.replay_cache_names(bare) == []
     plain = Case("llama-gqa without layout", bare, case.task)
     for comp in [Component.head_at(0, 1), Component.parse("MLP1"), Component.head_at(2, 3)]:
@@ -308,7 +308,7 @@ def test_a_family_without_a_layout_replays_whole_blocks(tmp_path: Path) -> None:
 
 def layout_module(model: CircuitModel, layer: int, path: str) -> Any:
     block = model.bridge.blocks[layer]
-    return resolve_module(block.original_component, path, model.arch.family)
+    return resolve_module(block.original_component, path, model.family_entry.family)
 
 
 @contextmanager
@@ -329,7 +329,7 @@ def test_clean_mid_is_the_forwards_residual_after_attention(case: Case) -> None:
     """The residual after each layer's attention, rebuilt from the cached z, is bit for bit the
     tensor the clean forward passed on: the MLP norm's input (pre-norm) or the attention norm's
     output (post-norm)."""
-    layout = case.model.arch.layout
+    layout = case.model.family_entry.layout
     assert layout is not None
     tokens = engine.task_tensors(case.model, case.task).tokens
     capture = engine.clean_run(case.model, case.task).capture

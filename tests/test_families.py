@@ -513,10 +513,10 @@ def test_bridge_parity_catches_a_masked_head_read_as_norm_and_unembedding(
 
     from pytest_circuits.parity import bridge_parity
 
-    head = masked.model.arch.prediction_head
-    wrong = dataclasses.replace(masked.model.arch, prediction_head=head[2:])
+    head = masked.model.family_entry.prediction_head
+    wrong = dataclasses.replace(masked.model.family_entry, prediction_head=head[2:])
     model = copy.copy(masked.model)
-    model.arch = wrong
+    model.family_entry = wrong
     model.__dict__.pop("_analysis_cache", None)
     result = bridge_parity(model, masked.task)
     assert not result.passed

@@ -71,7 +71,7 @@ def prompt_chunks(n: int, batch: int | None = None) -> list[slice]:
 def _hooks(model: CircuitModel | None) -> HookNames:
     # Every family registered today uses the bridge's own names; a family that does not says so
     # in its registry entry, which is why the model, when known, is asked.
-    return BRIDGE_HOOKS if model is None else model.arch.hooks
+    return BRIDGE_HOOKS if model is None else model.family_entry.hooks
 
 
 def z_hook(layer: int, model: CircuitModel | None = None) -> str:
@@ -356,9 +356,10 @@ def prediction_logits(
 def head_logits(model: CircuitModel, rows: torch.Tensor) -> torch.Tensor:
     """The family's prediction head on residual rows leaving the last block ([n, d_model])."""
     # Under device_map the head may sit on another device than the last block.
-    head = model.arch.prediction_modules(model.hf_model)
+    head = model.family_entry.prediction_modules(model.hf_model)
     first = next((d for d in map(_module_device, head) if d is not None), None)
-    logits = model.arch.prediction_logits(model.hf_model, _pad_rows(_to_device(rows, first)))
+    logits = model.family_entry.prediction_logits(model.hf_model,
+                                                  _pad_rows(_to_device(rows, first)))
     return logits[: rows.shape[0]]
 
 
@@ -420,14 +421,14 @@ class _StopAtOutputProjection(Exception):
 
 def _block_parts(model: CircuitModel) -> list[_BlockParts] | None:
     """Every block's ``BlockLayout`` modules (memoised), or None when the family declares none."""
-    layout = model.arch.layout
+    layout = model.family_entry.layout
     if layout is None:
         return None
     memo = model_cache(model)
     parts: list[_BlockParts] | None = memo.get("block_parts")
     if parts is not None:
         return parts
-    family = model.arch.family
+    family = model.family_entry.family
     parts = []
     for block in model.bridge.blocks:
         # The paths are Hugging Face paths inside the layer the bridge block wraps; resolving
@@ -492,7 +493,7 @@ def _stack(value: torch.Tensor, reps: int) -> torch.Tensor:
 def replay_cache_names(model: CircuitModel) -> list[str]:
     """What a clean run caches so replays can start after the ablated part: every layer's z and
     MLP output (none for a family without a ``BlockLayout``, whose replays run whole blocks)."""
-    if model.arch.layout is None:
+    if model.family_entry.layout is None:
         return []
     layers = range(model.n_layers)
     return [z_hook(i, model) for i in layers] + [mlp_out_hook(i, model) for i in layers]
@@ -506,9 +507,10 @@ def clean_mid(model: CircuitModel, capture: Capture, layer: int) -> torch.Tensor
     if mid is not None:
         return mid
     parts = _block_parts(model)
-    layout = model.arch.layout
+    layout = model.family_entry.layout
     if parts is None or layout is None:
-        raise ValueError(f"{model.arch.family} declares no BlockLayout; replay whole blocks")
+        raise ValueError(f"{model.family_entry.family} declares no BlockLayout; replay whole "
+                         "blocks")
     part = parts[layer]
     z = _to_device(_merge_heads(capture.cache[z_hook(layer, model)].detach()), part.device)
     pre = _to_device(capture.resid_pre[layer].detach(), part.device)
@@ -555,7 +557,7 @@ def replay_rows(
     the numbers of a full forward with those hooks; any other hook replays whole blocks.
     """
     parts = _block_parts(model)
-    layout = model.arch.layout
+    layout = model.family_entry.layout
     z_name, mlp_name = z_hook(start_layer, model), mlp_out_hook(start_layer, model)
     if (
         parts is None
@@ -613,7 +615,7 @@ def _last_block_rows(
     position, its queries on the rows only, and it stops at the output projection; the rest
     runs on the rows."""
     parts = _block_parts(model)
-    layout = model.arch.layout
+    layout = model.family_entry.layout
     assert parts is not None and layout is not None
     index = len(parts) - 1
     part = parts[index]
@@ -727,7 +729,7 @@ def head_logit_differences(
     CPU from 16 columns on); elsewhere it differs by float rounding. A head whose last module is
     not a plain ``nn.Linear`` gets the full logits.
     """
-    *transform, last = model.arch.prediction_modules(model.hf_model)
+    *transform, last = model.family_entry.prediction_modules(model.hf_model)
     unembed = _plain_linear(last)
     if unembed is None:
         return logit_differences(head_logits(model, rows), correct, distractor)

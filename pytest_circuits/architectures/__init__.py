@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import UnsupportedArchitectureError
 from .base import (
     BRIDGE_HOOKS,
-    KINDS,
+    MODEL_KINDS,
     Architecture,
     BlockLayout,
     ConfigKeys,
@@ -28,7 +28,7 @@ from .base import (
 __all__ = [
     "ARCHITECTURES",
     "BRIDGE_HOOKS",
-    "KINDS",
+    "MODEL_KINDS",
     "Architecture",
     "BlockLayout",
     "ConfigKeys",

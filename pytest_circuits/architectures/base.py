@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UnsupportedArchitectureError
-
-KINDS = ("causal", "masked")
+from ..identity import MODEL_KINDS
 
 
 @dataclass(frozen=True)
@@ -223,8 +222,8 @@ class Architecture:
 
     def __post_init__(self) -> None:
         # A malformed entry is a programming error in a family module: fail at import, loudly.
-        if self.kind not in KINDS:
-            raise ValueError(f"{self.family}: kind {self.kind!r} is not one of {KINDS}")
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"{self.family}: kind {self.kind!r} is not one of {MODEL_KINDS}")
         if not self.hf_classes:
             raise ValueError(f"{self.family}: an architecture must cover at least one HF class")
         if not self.prediction_head:

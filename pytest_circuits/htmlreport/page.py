@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..identity import model_name
 from . import figures
 
 #: The parts every pair section has, in order (``data-part`` attributes; tests check them).
@@ -54,14 +55,6 @@ nav table td a{color:#0b3d5c}
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def model_name(model: Any) -> str:
-    """A model's name from a ModelInfo or from its plain-dict description."""
-    name = getattr(model, "name", None)
-    if name is None and isinstance(model, dict):
-        name = model.get("name")
-    return str(name)
 
 
 def _model_field(model: Any, key: str, default: Any = None) -> Any:

@@ -7,10 +7,11 @@ from typing import Any
 
 from ..config.options import DEFAULT_DIRECTION, DEFAULT_MARGIN, GateThresholds
 from ..errors import GateConfigError
+from ..identity import model_name
 from ..results import Blame, MetricCheck
 from ..tables import format_table
 from .registry import GateKind, Metric, Threshold, Tolerance
-from .runner import GateCall, Measurement, model_name, run_gate
+from .runner import GateCall, Measurement, run_gate
 from .shared import measure_pair, method_settings, pair_headline, pair_models
 
 

@@ -7,10 +7,11 @@ from typing import Any
 
 from ..config.options import DEFAULT_MARGIN, DEFAULT_TOLERANCE, GateThresholds
 from ..errors import CircuitAssertionError, GateConfigError
+from ..identity import model_name
 from ..results import Blame, MetricCheck, as_model_info
 from ..tables import format_table
 from .registry import GateKind, Metric, Threshold, Tolerance
-from .runner import GateCall, Measurement, model_name, run_gate
+from .runner import GateCall, Measurement, run_gate
 
 #: How many components the gate blames (and an auto sweep measures exactly among the worst).
 BLAMED = 5

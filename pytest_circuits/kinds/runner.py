@@ -29,7 +29,7 @@ from ..config.options import (
     check_seed,
 )
 from ..errors import CircuitAssertionError, InvalidTaskError
-from ..identity import ModelInfo
+from ..identity import ModelInfo, model_name
 from ..recording import record, run_settings
 from ..results import (
     Blame,
@@ -37,7 +37,6 @@ from ..results import (
     MetricCheck,
     RoleSweep,
     SweepMethodRecord,
-    as_model_info,
 )
 from ..tables import format_number, format_table
 from .registry import GateKind, Tolerance, tolerances
@@ -339,10 +338,6 @@ def lost_behaviour(call: GateCall) -> None:
 
 
 # ----------------------------------------------------------------------------- the result
-
-
-def model_name(model: ModelInfo | Mapping[str, Any]) -> str:
-    return as_model_info(model).name
 
 
 def sweep_line(sweep: Any) -> str:

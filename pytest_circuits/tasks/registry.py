@@ -15,10 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+# the kinds of model a built-in task is written for (the last token, or a mask)
+from ..identity import MODEL_KINDS
 from .task import DroppedWord, Task
 
 __all__ = [
-    "KINDS",
+    "MODEL_KINDS",
     "SHARED_SHIFT_MEANINGS",
     "AnswerForm",
     "BuiltinTask",
@@ -30,9 +32,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-#: Kinds of model a built-in task is written for: the prediction at the last token, or at a mask.
-KINDS: tuple[str, ...] = ("causal", "masked")
 
 #: Meanings of the shifts more than one task has. A shifted task's description quotes its
 #: shift's meaning (and so does its fingerprint), so a shift name means one thing for every task.

@@ -19,7 +19,7 @@ from typing import Any
 
 from .builtin import BUILTIN_TASKS, BUILTINS, DEFAULT_N_PROMPTS, fit_builtin
 from .fit import check_fits
-from .registry import KINDS, Chooser, Example, ShiftPools, T
+from .registry import MODEL_KINDS, Chooser, Example, ShiftPools, T
 from .task import MAX_N_PROMPTS, Task, TaskError, check_count
 
 __all__ = [
@@ -76,8 +76,8 @@ def shift_pools(
     _check_shift(task, shift)
     if kind is None:
         kind = "masked" if getattr(tokenizer, "mask_token", None) else "causal"
-    if kind not in KINDS:
-        raise TaskError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind not in MODEL_KINDS:
+        raise TaskError(f"kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
     spec, _ = fit_builtin(task, tokenizer, kind)
     return BUILTINS[task].pools(shift, spec, tokenizer, kind)
 

@@ -26,7 +26,7 @@ from importlib import import_module
 from typing import Any
 
 from ..fit import check_fits, mask_token, masked_change, tokenizer_name
-from ..registry import KINDS, AnswerForm, BuiltinTask
+from ..registry import MODEL_KINDS, AnswerForm, BuiltinTask
 from ..task import Task, TaskAdaptation, TaskError, check_count
 from ..words import (
     IOI_NAMES,
@@ -46,7 +46,7 @@ __all__ = [
     "IOI_NAMES",
     "IOI_OBJECTS",
     "IOI_PLACES",
-    "KINDS",
+    "MODEL_KINDS",
     "MAX_GENERATED_PROMPTS",
     "NUMBER_WORDS",
     "NUMERAL_MEMBERS",
@@ -150,8 +150,8 @@ def builtin_task(
     check_count("n_reference", n_reference, where=where, limit=MAX_GENERATED_PROMPTS)
     if kind is None:
         kind = "masked" if getattr(tokenizer, "mask_token", None) else "causal"
-    if kind not in KINDS:
-        raise TaskError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind not in MODEL_KINDS:
+        raise TaskError(f"{where}: kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
     spec, adaptation = fit_builtin(name, tokenizer, kind)
     task = BUILTINS[name].build(n_prompts, seed, n_reference, spec)
     if adaptation is not None:
