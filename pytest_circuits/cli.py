@@ -33,8 +33,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import progress
+from .baseline import method_differences, value_problem
+from .cache import directory_problem
 from .config.options import AnalysisOptions
+from .dtypes import DTYPES, canonical_dtype
 from .errors import CircuitsError
+from .identity import model_name
+from .kinds import KINDS, UNITS
+from .kinds.runner import evaluate
+from .models import load_model, load_pair
+from .output import plain, unwritable, write_json_atomic
+from .results import report_from_dict
+from .tables import format_number, format_table
+from .tasks import BUILTIN_TASKS, DEFAULT_N_PROMPTS, MAX_N_PROMPTS
+from .tasks.task import TaskError
 
 EXIT_OK = 0
 EXIT_REGRESSION = 1
@@ -64,13 +76,11 @@ class MalformedInputError(AnalysisError):
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    from .tables import format_table
 
     return format_table(headers, rows)
 
 
 def _n(value: float | None, digits: int = 4) -> str:
-    from .tables import format_number
 
     if value is None:
         return "-"
@@ -78,7 +88,6 @@ def _n(value: float | None, digits: int = 4) -> str:
 
 
 def _name(model: Any) -> str:
-    from .identity import model_name
 
     return model_name(model)
 
@@ -163,14 +172,12 @@ class Run:
 
     def model(self, source: str) -> Any:
         if source not in self._models:
-            from .models import load_model
 
             with self.progress.step(f"loading {source}"):
                 self._models[source] = load_model(source, device=self.device, dtype=self.dtype)
         return self._models[source]
 
     def pair(self, teacher: str, student: str) -> Any:
-        from .models import load_pair
 
         return load_pair(self.model(teacher), self.model(student))
 
@@ -191,8 +198,6 @@ class Run:
     def gate(self, name: str, target: Any, task: str, **thresholds: Any) -> Any:
         """The result of the gate kind ``name`` with ``thresholds`` and this run's options, by
         the gates' own rules (``kinds.runner.evaluate``): what calibrate and rank report."""
-        from .kinds import KINDS
-        from .kinds.runner import evaluate
 
         kind = KINDS[name]
         chosen = {option: getattr(self.options, option) for option in kind.analysis_options
@@ -247,7 +252,6 @@ def _at_least_zero(value: float) -> str:
 def _within(gate: str, threshold: str) -> Rule:
     """A number in the range of a gate kind's threshold (its registry entry), finite."""
     def problem(value: float) -> str:
-        from .kinds import KINDS, UNITS
 
         spec = KINDS[gate].threshold(threshold)
         if not (math.isfinite(value) and spec.low <= value <= spec.high):
@@ -259,7 +263,6 @@ def _within(gate: str, threshold: str) -> Rule:
 
 def _number_rules() -> list[tuple[str, str, Rule]]:
     """Every numeric option of every command: (attribute, option, rule)."""
-    from .tasks import MAX_N_PROMPTS
 
     return [
         ("n_prompts", "--n-prompts", _whole(1, MAX_N_PROMPTS)),
@@ -295,7 +298,6 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--device {device!r} is not a device: use auto, cpu, cuda, cuda:N "
                          "(the N-th GPU) or mps")
     if getattr(args, "dtype", None) is not None:
-        from .dtypes import DTYPES, canonical_dtype
 
         if canonical_dtype(args.dtype) is None:
             raise UsageError(f"--dtype {args.dtype!r} is not a dtype models load in: use one "
@@ -331,7 +333,6 @@ def _device_problem(device: str) -> str:
 def _output_problem(path: Path) -> str:
     """Why ``path`` cannot be written as an output file ("" when it can): its folder must
     exist and take a new file, and the path must not be a folder."""
-    from .output import unwritable
 
     if path.is_dir():
         return "it is a directory"
@@ -396,7 +397,6 @@ def _choose_cache(args: argparse.Namespace, err: TextIO) -> None:
     """Settle ``args.cache_dir`` as the plugin settles ``--circuits-cache-dir``: an explicit
     directory that cannot hold the cache is a usage error; the default one degrades to no disk
     cache with one warning (results are then kept in memory for this command)."""
-    from .cache import directory_problem
 
     if args.no_cache:
         return
@@ -577,7 +577,6 @@ def findings(run: Run, teacher: str, student: str, report: Any, calibration: Cal
 def _blocking(task: str, result: Any, **describe: Callable[[Any], str]) -> list[Finding]:
     """A finding per failed check of a gate ``result``: in the words ``describe`` gives for its
     metric, or naming the gate and check (a parity or lost-behaviour failure)."""
-    from .tables import format_number
 
     return [
         Finding(task, describe[c.metric](c) if c.metric in describe else
@@ -608,7 +607,6 @@ def calibration_yaml(
     ablation: str,
 ) -> str:
     """A ready-to-paste ``circuits.yaml`` with the calibrated gates for every task and pair."""
-    from .tasks import DEFAULT_N_PROMPTS
 
     lines = [
         f"# thresholds calibrated by `pytest-circuits calibrate` against the teacher {teacher}",
@@ -706,7 +704,6 @@ def load_reports(path: str) -> list[Any]:
     that its quantity cannot take) is a :class:`MalformedInputError` naming the report and the
     value, never a verdict computed from it.
     """
-    from .results import report_from_dict
 
     data = _load_document(path)
     items = _report_items(path, data)
@@ -742,7 +739,6 @@ def _number_problem(value: Any, where: str, gate: str = "", metric: str = "") ->
     if not math.isfinite(value):
         return f"{where} is {value!r}, not a finite number"
     if metric:
-        from .baseline import value_problem
 
         problem = value_problem(gate, metric, value)
         if problem:
@@ -865,7 +861,6 @@ def _print_pair(report: Any, out: TextIO) -> None:
 
 def _write_outputs(args: argparse.Namespace, reports: list[Any], out: TextIO) -> None:
     if args.json:
-        from .output import plain, write_json_atomic
 
         document = {"format": REPORTS_FORMAT, "version": REPORTS_VERSION,
                     "reports": plain([r.to_dict() for r in reports])}
@@ -1166,7 +1161,6 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
     for old_key, new_key in matched:
         label = _label(old_key) if old_key == new_key else (
             f"{_label(old_key)} -> student {new_key[1]}")
-        from .baseline import method_differences
 
         differences = method_differences(new[new_key].fingerprint.to_dict(),
                                          old[old_key].fingerprint.to_dict())
@@ -1207,7 +1201,6 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _analysis_options(parser: argparse.ArgumentParser) -> None:
-    from .tasks import BUILTIN_TASKS
 
     group = parser.add_argument_group("analysis settings (as in the pytest options)")
     group.add_argument("--task", action="append", metavar="TASK",
@@ -1329,7 +1322,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _analysis_errors() -> tuple[type[BaseException], ...]:
-    from .errors import CircuitsError
 
     return (CircuitsError,)
 
@@ -1355,7 +1347,6 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         err.write(f"pytest-circuits: error: {exc}\n")
         return EXIT_ANALYSIS
     except Exception as exc:
-        from .tasks.task import TaskError
 
         if args.traceback:
             raise

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .errors import CircuitsError
+from .models import load_model, load_pair
 from .settings import (
     Value,
     apply_threads,
@@ -24,6 +25,7 @@ from .settings import (
     model_source,
     resolve,
 )
+from .tasks import BUILTIN_TASKS, TaskError, resolve_task
 
 if TYPE_CHECKING:
     from .models import CircuitModel, ModelPair
@@ -66,7 +68,6 @@ class ModelMemo:
         """``load_model(source)``, once per (source, device, dtype)."""
 
         def build() -> CircuitModel:
-            from .models import load_model
 
             if self.threads is not None:  # torch is loaded now: make sure it took the count
                 apply_threads(self.threads)
@@ -78,7 +79,6 @@ class ModelMemo:
         """``load_pair(teacher, student)`` over models from :meth:`model`, once per pair."""
 
         def build() -> ModelPair:
-            from .models import load_pair
 
             return load_pair(teacher, student)
 
@@ -94,7 +94,6 @@ class ModelMemo:
         """
 
         def build() -> Task:
-            from .tasks import resolve_task
 
             options: dict[str, Any] = {"seed": seed, "search_paths": search_paths}
             if n_prompts is not None:
@@ -203,7 +202,6 @@ def circuit_pair(request: pytest.FixtureRequest, teacher: CircuitModel,
 @pytest.fixture
 def circuit_task(request: pytest.FixtureRequest) -> Task:
     """The task (``--circuits-task``, default ``numerals``) as a ``Task``."""
-    from .tasks import BUILTIN_TASKS, TaskError
 
     spec = _setting(request, "task")
     # A built-in is built for the teacher's tokenizer and kind when a teacher is configured

@@ -23,8 +23,8 @@ from .config.options import (
     method_hint,
 )
 from .dtypes import DTYPES, canonical_dtype
-from .errors import CircuitsError
-from .fixtures import memo_of
+from .errors import CircuitAssertionError, CircuitsError
+from .fixtures import memo_of, run_device
 from .kinds import KINDS, read_baseline_tolerance
 from .kinds.shift import check_max_examples
 from .settings import DEVICE_PATTERN, Value, model_source, resolve
@@ -431,14 +431,12 @@ class GateItem(pytest.Item):
         for mark in spec.marks:
             self.add_marker(mark)
         if spec.xfail is not None:
-            from .errors import CircuitAssertionError
 
             self.add_marker(pytest.mark.xfail(reason=spec.xfail, strict=True,
                                               raises=CircuitAssertionError))
 
     def runtest(self) -> None:
         spec = self.spec
-        from .fixtures import run_device
 
         memo = memo_of(self.config)
         device = run_device(self.config, spec.device or resolve(self.config, "device").value)
@@ -459,7 +457,6 @@ class GateItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
                      style: Any = None) -> str | Any:
         """The gate's own table (or the error's message), without a Python traceback."""
-        from .errors import CircuitAssertionError, CircuitsError
 
         # CircuitsError: a threshold out of range, an unknown component, a task that does not
         # fit; ValueError: what the analysis refuses (an unknown matching or direction)

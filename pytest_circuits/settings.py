@@ -22,6 +22,8 @@ from .config.options import (  # noqa: F401 (AUTO_MIN_COMPONENTS re-exported)
     method_hint,
 )
 from .dtypes import DTYPES, canonical_dtype
+from .errors import GateConfigError
+from .kinds import read_baseline_tolerance
 from .tasks.builtin import DEFAULT_N_PROMPTS
 from .tasks.task import MAX_N_PROMPTS
 
@@ -155,8 +157,6 @@ def merged_marker_kwargs(node: pytest.Item | pytest.Node) -> dict[str, Any]:
             if value is not None and key not in merged:
                 merged[key] = value
     if "baseline_tolerance" in merged:
-        from .errors import GateConfigError
-        from .kinds import read_baseline_tolerance
 
         try:
             merged["baseline_tolerance"] = read_baseline_tolerance(

@@ -30,7 +30,7 @@ from ..results.sweep import (  # the result types' home (torch-free); importable
     SweepResult,
     TaskPerformance,
 )
-from ..tasks import Task
+from ..tasks import Task, resolve_task
 from . import engine
 
 METHODS = ANALYSIS_METHODS
@@ -694,7 +694,6 @@ def sweep(
     tolerance, 20 points, and the top 5) and leaves the rest as estimates with an empirical
     bound (see :class:`Screening`; ``confirm_top_k`` is not used).
     """
-    from ..tasks import resolve_task
 
     task = resolve_task(task)
     if ablation not in engine.ABLATIONS:

@@ -22,6 +22,7 @@ from .. import cache
 from ..components import select_components
 from ..config import options as defaults
 from ..config.options import AnalysisOptions, GateThresholds
+from ..models import ModelPair, load_pair
 from ..tasks import DEFAULT_N_PROMPTS, resolve_task
 from . import ablation
 
@@ -42,7 +43,6 @@ def analysis_options(where: str, options: AnalysisOptions | None,
 
 
 def as_pair(pair: Any) -> Any:
-    from ..models import ModelPair, load_pair
 
     if isinstance(pair, ModelPair):
         return pair

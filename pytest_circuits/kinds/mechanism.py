@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..components import Component
 from ..config.options import DEFAULT_DIRECTION, DEFAULT_MARGIN, GateThresholds
 from ..errors import GateConfigError
 from ..identity import model_name
@@ -54,7 +55,6 @@ def assert_mechanism_preserved(
 
 
 def _measure(call: GateCall, method: str | None) -> Measurement:
-    from ..components import Component
 
     names = [Component.parse(c).name for c in call.extra["names"]]
     floor = call.limits["min_influence"]

@@ -18,6 +18,9 @@ from ..config.options import DEFAULT_MARGIN
 from ..errors import GateConfigError
 from ..results import MetricCheck
 from ..tables import format_table
+from ..tasks import resolve_task
+from ..tasks.builtin import BUILTIN_TASKS
+from ..tasks.shifts import SHIFTS, shifted_task
 from .registry import GateKind, Metric, Threshold, Tolerance
 from .runner import GateCall, Measurement, clean_fingerprint, run_gate
 
@@ -67,8 +70,6 @@ class ShiftMeasurement:
 
 
 def _check_shift_name(task_name: str, shift: Any) -> None:
-    from ..tasks.builtin import BUILTIN_TASKS
-    from ..tasks.shifts import SHIFTS
 
     if task_name not in BUILTIN_TASKS:
         raise GateConfigError(
@@ -125,7 +126,6 @@ def base_task(pair: Any, task: Any, shift: str, *, n_prompts: int | None = None,
     """The built-in ``task`` a shift is measured against: a name is built for the teacher's
     tokenizer (so an adapted task says so in ``task.adaptation``), a Task is taken as given."""
     from ..analysis.store import as_task
-    from ..tasks import resolve_task
 
     if isinstance(task, str):
         _check_shift_name(task, shift)
@@ -145,7 +145,6 @@ def measure_shift(
     either model cannot do the base task (clean logit difference not above ``margin``)."""
     from ..analysis import require_valid_task
     from ..analysis.store import as_pair
-    from ..tasks.shifts import shifted_task
 
     pair = as_pair(pair)
     tokenizer, kind = pair.teacher.tokenizer, pair.teacher.kind

@@ -6,41 +6,45 @@ baselines, the analysis cache and the reports read them from here without import
 
 from __future__ import annotations
 
-from .fingerprint import DEFAULT_DIRECTION, METHOD_FIELDS, MethodFingerprint, library_versions
-from .gate import (
-    SWEEP_METHOD_KEY,
-    TASK_ADAPTATION_KEY,
-    Blame,
-    GateResult,
-    MetricCheck,
-    RoleSweep,
-    SweepMethodRecord,
-    as_model_info,
-    report_from_data,
-)
-from .reports import (
-    DEFAULT_INFLUENTIAL,
-    DEFAULT_MIN_STUDENT_INFLUENCE,
-    DEFAULT_WEAK_SIMILARITY,
-    Alignment,
-    AmbiguousGroup,
-    CompareSettings,
-    Discarded,
-    MatchedPair,
-    ModelReport,
-    PairReport,
-    ReportFormatError,
-    report_from_dict,
-)
-from .sweep import (
-    DEFAULT_MARGIN,
-    ComponentEffect,
-    GateThresholds,
-    Screening,
-    SweepConfigError,
-    SweepResult,
-    TaskPerformance,
-)
+from importlib import import_module
+from typing import Any
+
+#: Name -> the submodule defining it. Loaded on first use: the gate results (``gate``) are
+#: read at plugin load, the reports and sweeps (which need numpy) only when a result holds one.
+_LAZY = {
+    "DEFAULT_DIRECTION": "fingerprint",
+    "METHOD_FIELDS": "fingerprint",
+    "MethodFingerprint": "fingerprint",
+    "library_versions": "fingerprint",
+    "SWEEP_METHOD_KEY": "gate",
+    "TASK_ADAPTATION_KEY": "gate",
+    "Blame": "gate",
+    "GateResult": "gate",
+    "MetricCheck": "gate",
+    "RoleSweep": "gate",
+    "SweepMethodRecord": "gate",
+    "as_model_info": "gate",
+    "report_from_data": "gate",
+    "DEFAULT_INFLUENTIAL": "reports",
+    "DEFAULT_MIN_STUDENT_INFLUENCE": "reports",
+    "DEFAULT_WEAK_SIMILARITY": "reports",
+    "Alignment": "reports",
+    "AmbiguousGroup": "reports",
+    "CompareSettings": "reports",
+    "Discarded": "reports",
+    "MatchedPair": "reports",
+    "ModelReport": "reports",
+    "PairReport": "reports",
+    "ReportFormatError": "reports",
+    "report_from_dict": "reports",
+    "DEFAULT_MARGIN": "sweep",
+    "ComponentEffect": "sweep",
+    "GateThresholds": "sweep",
+    "Screening": "sweep",
+    "SweepConfigError": "sweep",
+    "SweepResult": "sweep",
+    "TaskPerformance": "sweep",
+}
 
 __all__ = [
     "DEFAULT_DIRECTION",
@@ -76,3 +80,16 @@ __all__ = [
     "report_from_data",
     "report_from_dict",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_circuits.results' has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..identity import ModelInfo
-from .reports import report_from_dict
 
 __all__ = [
     "SWEEP_METHOD_KEY",
@@ -150,6 +149,8 @@ def report_from_data(data: Any) -> Any:
     without a ``"kind"`` stays the plain data it was."""
     if not isinstance(data, Mapping) or "kind" not in data:
         return data
+    from .reports import report_from_dict  # numpy, loaded only when a result holds a report
+
     return report_from_dict(dict(data))
 
 
