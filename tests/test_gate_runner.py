@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pytest_circuits import kinds
 from pytest_circuits.config.options import (
@@ -47,6 +49,7 @@ def test_every_gate_signature_default_is_the_options_default() -> None:
     ({"tolerance": float("inf")}, "tolerance=inf must be a number"),
     ({"method": "paper"}, "method='paper' is not a sweep method"),
     ({"preset": "fast"}, "preset='fast' is not a preset"),
+    ({"preset": []}, r"preset=\[\] is not a preset"),  # unhashable: was a raw TypeError
     ({"ablation": "half"}, "ablation='half' is not an ablation"),
     ({"matching": "causl"}, "matching='causl' is not a matching .did you mean 'causal'"),
     ({"n_prompts": 0}, "n_prompts=0 must be a whole number >= 1"),
@@ -99,11 +102,15 @@ def test_resolving_is_idempotent_and_fills_the_tie_margin() -> None:
 # ----------------------------------------------------------------------------- the runner
 
 
+class ReachedModel(AssertionError):
+    """What :class:`Untouchable` raises when a gate reads its model."""
+
+
 class Untouchable:
     """A stand-in that fails any use: a gate refused at its edge never reads its model."""
 
     def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"the gate read .{name} of its model before refusing the call")
+        raise ReachedModel(f"the gate read .{name} of its model before refusing the call")
 
 
 @pytest.mark.parametrize("call", [
@@ -119,6 +126,39 @@ class Untouchable:
 def test_every_kind_refuses_a_bad_argument_before_reading_its_model(call: Any) -> None:
     with pytest.raises(GateConfigError):
         call(Untouchable())
+
+
+HOSTILE = st.one_of(
+    st.none(), st.booleans(), st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-10**12, 10**12), st.sampled_from([1e308, -1e308, 10**9, -1, 0, 100, 101]),
+    st.text(max_size=6), st.lists(st.text(max_size=4), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(name=st.sampled_from(sorted(KINDS)), data=st.data())
+def test_fuzzed_gate_arguments_are_refused_at_the_edge_or_are_all_finite(name: str,
+                                                                         data: Any) -> None:
+    kind = KINDS[name]
+    keywords = [p.name for p in inspect.signature(kind.function).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    required = {p.name: 0.5 for p in inspect.signature(kind.function).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is p.empty}
+    required.update({"shift": "longer"} if "shift" in required else {})
+    required.update({"components": ["L0H0"]} if name == "mechanism_preserved" else {})
+    given_values = data.draw(st.dictionaries(st.sampled_from(keywords), HOSTILE, max_size=4))
+    try:
+        kind.function(Untouchable(), "numerals", **{**required, **given_values})
+    except GateConfigError:
+        return  # refused at the edge, with the project's error
+    except ReachedModel:
+        pass
+    except TypeError as exc:  # a pair gate handed something that is not a pair
+        assert "expected a ModelPair" in str(exc), exc
+    # it got past every check: no NaN, infinity or boolean passed for a number
+    for value in given_values.values():
+        assert not (isinstance(value, float) and not math.isfinite(value)), given_values
+        assert abs(value) < 1e300 if isinstance(value, float) else True, given_values
 
 
 def test_a_shift_search_is_bounded_and_says_by_how_much() -> None:

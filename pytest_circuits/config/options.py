@@ -460,7 +460,7 @@ def _check_method_choices(options: AnalysisOptions, where: str) -> None:
     """Preset, matching, similarity, direction, tie margin and noise floor, together."""
     preset = options.preset
     if preset is not None:
-        if preset not in PRESETS:
+        if not isinstance(preset, str) or preset not in PRESETS:
             raise GateConfigError(
                 f"{where}: preset={preset!r} is not a preset; use 'recommended' (tie-aware "
                 "matching, subspace MLP similarity, a 3-point noise floor under the weighted "
