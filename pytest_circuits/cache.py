@@ -9,7 +9,11 @@ imported by name, so an entry cannot run code), written atomically, with its key
 SHA-256 checksum of its content. An entry that fails any check (unparsable, checksum, key or
 fields differ, unknown type, a value that does not read back to the same data) is recomputed and
 rewritten, never used; a cache directory that cannot be used turns disk caching off with one
-warning, never fails a gate. The checksum catches bit rot and torn files, not a forger: anyone
+warning, never fails a gate. Only a regular file (or a symbolic link to one) of at most
+:data:`MAX_ENTRY_BYTES` is read as an entry: a FIFO, a device such as ``/dev/zero``, a socket
+or a directory at an entry's path is a miss with one warning, never a hang or an endless read,
+and a write replaces such a file instead of writing through it (a directory is left alone and
+the result kept in memory). The checksum catches bit rot and torn files, not a forger: anyone
 who can write to the cache directory can write a consistent entry, so a release decision should
 run with ``--circuits-no-cache``.
 
@@ -24,6 +28,8 @@ import hashlib
 import json
 import math
 import os
+import secrets
+import stat
 import warnings
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
@@ -47,6 +53,11 @@ CACHE_FORMAT = 3
 
 #: A disk entry's file name ends with this (older releases wrote ``.pkl`` files, never read).
 SUFFIX = ".json"
+
+#: The largest entry file read (or written). A pair report of a model with thousands of heads is
+#: a few MiB of JSON; a bigger file is not an entry this release wrote, so it is a miss, and it is
+#: never read into memory.
+MAX_ENTRY_BYTES = 256 * 2**20
 
 
 class CacheWarning(UserWarning):
@@ -136,7 +147,8 @@ def directory_problem(directory: Path) -> str | None:
         directory.mkdir(parents=True, exist_ok=True)
         if not directory.is_dir():
             return "it is not a directory"
-        probe = directory / f".probe-{os.getpid()}{SUFFIX}"
+        # a name nothing else uses: whatever squats on a fixed name cannot make the probe fail
+        probe = directory / f".probe-{os.getpid()}-{secrets.token_hex(8)}{SUFFIX}"
         write_bytes_atomic(probe, b"{}")
         os.unlink(probe)
     except OSError as error:
@@ -266,10 +278,47 @@ def cached(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -> T:
     return value
 
 
+class _NotAnEntry(Exception):
+    """What is at an entry's path cannot be an entry (its message says why); a miss."""
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _entry_bytes(path: Path) -> bytes:
+    """The bytes of the entry file at ``path``; raises :class:`_NotAnEntry` for anything but a
+    regular file of at most :data:`MAX_ENTRY_BYTES` (a symbolic link is followed)."""
+    # stat opens nothing, so a FIFO cannot block it and a device is never read
+    status = os.stat(path)
+    if not stat.S_ISREG(status.st_mode):
+        raise _NotAnEntry(f"it is {_file_kind(status.st_mode)}, not a regular file")
+    limit = MAX_ENTRY_BYTES
+    if status.st_size > limit:
+        raise _NotAnEntry(f"it holds {status.st_size} bytes, more than the {limit} an entry may "
+                          "hold; it was not read")
+    data = path.read_bytes()
+    if len(data) > limit:  # it grew after the check
+        raise _NotAnEntry(f"it holds more than the {limit} bytes an entry may hold")
+    return data
+
+
 def _read(path: Path, kind: str, key: str, parts: dict[str, Any]) -> Any:
     try:
-        data = path.read_bytes()
+        data = _entry_bytes(path)
     except FileNotFoundError:
+        return None
+    except _NotAnEntry as problem:
+        _warn_once(
+            f"entry:{path}",
+            f"analysis cache entry {str(path)!r} was not used ({problem}); the result was "
+            "recomputed and is written in its place when the place can hold a file",
+        )
         return None
     except OSError as error:
         if not path.parent.is_dir():
@@ -286,6 +335,31 @@ def _read(path: Path, kind: str, key: str, parts: dict[str, Any]) -> Any:
         return None
 
 
+def _clear_place(path: Path) -> bool:
+    """Make ``path`` ready for an entry to be renamed onto it: a symbolic link, FIFO, device or
+    socket there is removed (the rename would replace it anyway; removing it first keeps the new
+    entry's permissions from being copied off a link's target). False, with one warning, when a
+    directory is there: it is left alone."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return True  # nothing there (or nothing we can see): the write says if it fails
+    if stat.S_ISREG(status.st_mode):
+        return True
+    if stat.S_ISDIR(status.st_mode):
+        _warn_once(
+            f"entry:{path}",
+            f"analysis cache entry {str(path)!r} is a directory, so the result is kept in memory "
+            "for this session only; remove that directory to cache the result on disk",
+        )
+        return False
+    try:
+        os.unlink(path)  # removes the link, FIFO or device node itself, never its target
+    except OSError:
+        pass  # gone already, or the rename below replaces it (or says why it cannot)
+    return True
+
+
 def _write(path: Path, kind: str, key: str, parts: dict[str, Any], value: Any) -> None:
     try:
         data = encode_entry(kind, key, parts, value)
@@ -298,6 +372,15 @@ def _write(path: Path, kind: str, key: str, parts: dict[str, Any], value: Any) -
         return
     if data is None:
         return  # a type the cache cannot write as JSON stays in memory
+    if len(data) > MAX_ENTRY_BYTES:  # it could never be read back
+        _warn_once(
+            f"entry:{path}",
+            f"a {kind} result is {len(data)} bytes of JSON, more than the {MAX_ENTRY_BYTES} an "
+            f"analysis cache entry may hold; it is kept in memory for this session only",
+        )
+        return
+    if not _clear_place(path):
+        return
     try:
         write_bytes_atomic(path, data)
     except OSError as error:

@@ -2,16 +2,22 @@
 
 matplotlib is imported inside each function (never at module load) and pyplot is not used at
 all: a Figure on an Agg canvas leaves the user's global backend and open figures alone.
+
+Every label is drawn as literal text: model, task and component names are the user's (a model
+path such as ``rc$\\foo$`` or a name with ``_{``), and matplotlib would otherwise read ``$...$``
+as mathtext (and fail on it) or hand the label to LaTeX when the user's rcParams ask for usetex.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import math
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -55,16 +61,53 @@ def drop_grid(label: str, effects: Sequence[Any], n_layers: int, n_heads: int) -
     return Grid(label, heads, mlps)
 
 
-def _figure(width: float, height: float) -> Any:
+def _matplotlib() -> Any:
+    """The matplotlib module, or an ImportError that says how to install it."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        import matplotlib
     except ImportError as exc:
         raise ImportError(
             f"the HTML report draws its figures with matplotlib, which is not installed "
             f"({exc}); install it with pip install 'pytest-circuits[report]' (or "
             "matplotlib>=3.8)"
         ) from exc
+    return matplotlib
+
+
+#: The rcParams every figure is drawn under: text is shown as given, never parsed as mathtext
+#: (``$x^2$``, ``\\foo``) nor typeset by LaTeX, whatever the user's own settings say.
+LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+_Draw = TypeVar("_Draw", bound=Callable[..., str])
+
+
+def literal_text(draw: _Draw) -> _Draw:
+    """Run a figure function (which draws and encodes its figure) under :data:`LITERAL_TEXT`.
+
+    Text objects read these settings when they are made, and tick labels are made while the
+    figure is saved, so the whole function, saving included, runs inside the context; the
+    user's rcParams are restored after it.
+    """
+
+    @functools.wraps(draw)
+    def drawn(*args: Any, **kwargs: Any) -> str:
+        with _matplotlib().rc_context(LITERAL_TEXT):
+            return draw(*args, **kwargs)
+
+    return drawn  # type: ignore[return-value]
+
+
+def shown(text: str) -> str:
+    """A user's name as a figure prints it: control characters other than a newline (a tab, a
+    carriage return, a NUL), which the fonts have no glyph for, become spaces."""
+    return "".join(" " if unicodedata.category(ch) == "Cc" and ch != "\n" else ch
+                   for ch in str(text))
+
+
+def _figure(width: float, height: float) -> Any:
+    _matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
@@ -85,6 +128,7 @@ def _text_colour(value: float) -> str:
     return "black" if share > 0.55 else "white"
 
 
+@literal_text
 def heatmaps(grids: Sequence[Grid], *, annotate: bool | None = None, scale: float = 1.0) -> str:
     """Per-head drops (layers x heads) of each model with their MLP drops beside them, side by
     side on one colour scale, as a base64 PNG."""
@@ -135,7 +179,7 @@ def heatmaps(grids: Sequence[Grid], *, annotate: bool | None = None, scale: floa
         axes_heads.set_xticks(range(g.heads.shape[1]))
         axes_heads.set_xlabel("head", fontsize=fontsize + 1)
         axes_heads.set_ylabel("layer", fontsize=fontsize + 1)
-        axes_heads.set_title(g.label, fontsize=fontsize + 2, loc="left")
+        axes_heads.set_title(shown(g.label), fontsize=fontsize + 2, loc="left")
         axes_mlp.set_xticks([0])
         axes_mlp.set_xticklabels(["MLP"])
         axes_mlp.set_yticklabels([])
@@ -157,6 +201,7 @@ class Link:
     discarded: bool
 
 
+@literal_text
 def correspondence(
     teacher_names: Sequence[str],
     student_names: Sequence[str],
@@ -207,7 +252,7 @@ def correspondence(
     for name, y in y_teacher.items():
         axes.scatter([x_teacher], [y], s=22, zorder=2,
                      color=OKABE_ITO["vermillion"] if name in discarded else OKABE_ITO["grey"])
-        axes.text(x_teacher - 0.02, y, name + (" (discarded)" if name in discarded else ""),
+        axes.text(x_teacher - 0.02, y, shown(name) + (" (discarded)" if name in discarded else ""),
                   ha="right", va="center", fontsize=fontsize,
                   color=OKABE_ITO["vermillion"] if name in discarded else "black")
     for name, y in y_student.items():
@@ -221,7 +266,7 @@ def correspondence(
                 axes.scatter([x_student], [y], s=40, marker="x", color="black", zorder=3,
                              linewidths=1.4)
             label = f"{name}  dead (no influence)" + (f", {count} matched" if count else "")
-            axes.text(x_student + 0.025, y, label, ha="left", va="center", fontsize=fontsize,
+            axes.text(x_student + 0.025, y, shown(label), ha="left", va="center", fontsize=fontsize,
                       color="#555555")
             continue
         colour = (OKABE_ITO["vermillion"] if count >= 3 else OKABE_ITO["orange"] if count == 2
@@ -230,18 +275,19 @@ def correspondence(
                      edgecolor="black" if count >= 2 else "none")
         label = name + (f"  \u00d7{count}: absorbed {count} teacher components"
                         if count >= 2 else "")
-        axes.text(x_student + 0.03, y, label, ha="left", va="center", fontsize=fontsize,
+        axes.text(x_student + 0.03, y, shown(label), ha="left", va="center", fontsize=fontsize,
                   fontweight="bold" if count >= 2 else "normal",
                   color=OKABE_ITO["vermillion"] if count >= 3 else "black")
-    axes.text(x_teacher, 1.06, teacher_label, ha="center", va="bottom", fontsize=fontsize + 2,
-              fontweight="bold")
-    axes.text(x_student, 1.06, student_label, ha="center", va="bottom", fontsize=fontsize + 2,
-              fontweight="bold")
+    axes.text(x_teacher, 1.06, shown(teacher_label), ha="center", va="bottom",
+              fontsize=fontsize + 2, fontweight="bold")
+    axes.text(x_student, 1.06, shown(student_label), ha="center", va="bottom",
+              fontsize=fontsize + 2, fontweight="bold")
     axes.set_xlim(0, 1)
     axes.set_ylim(-0.04, 1.1)
     return png_base64(fig)
 
 
+@literal_text
 def drop_distributions(
     models: Sequence[tuple[str, Sequence[str], np.ndarray]], tolerance: float, *,
     label_top: int = 3, scale: float = 1.0,
@@ -263,13 +309,13 @@ def drop_distributions(
         jitter = rng.uniform(-0.18, 0.18, size=len(drops))
         colour = palette[row % len(palette)]
         axes.scatter(drops, y + jitter, s=26, color=colour, alpha=0.85, edgecolor="white",
-                     linewidths=0.5, zorder=2, label=label)
+                     linewidths=0.5, zorder=2, label=shown(label))
         for index in np.argsort(-drops, kind="stable")[:label_top]:
             if drops[index] > tolerance:
-                axes.annotate(names[index], (drops[index], y + jitter[index]),
+                axes.annotate(shown(names[index]), (drops[index], y + jitter[index]),
                               xytext=(3, 5), textcoords="offset points", fontsize=7)
     axes.set_yticks(range(len(models)))
-    axes.set_yticklabels([m[0] for m in reversed(models)], fontsize=8)
+    axes.set_yticklabels([shown(m[0]) for m in reversed(models)], fontsize=8)
     axes.set_xlim(-3, 103)
     axes.set_ylim(-0.6, len(models) - 0.1)
     axes.set_xlabel("drop m_i = 100 - clamp(retained, 0, 100)  (points)", fontsize=8)

@@ -486,7 +486,10 @@ def _data_block(reports: Sequence[Any]) -> str:
     from ..output import plain
 
     text = json.dumps(plain([r.to_dict() for r in reports]), allow_nan=True)
-    text = text.replace("</", "<\\/")  # a "</script>" inside a string must not end the block
+    # every "<" as its JSON escape (JSON has "<" only inside strings): a name holding
+    # "</script>" cannot end the block, nor one holding "<!--<script>" put the browser's parser
+    # into the script-escape states in which the block's own end tag no longer ends it
+    text = text.replace("<", "\\u003c")
     return f'<script type="application/json" id="circuits-data">{text}</script>'
 
 
