@@ -293,19 +293,33 @@ def _file_kind(mode: int) -> str:
 
 def _entry_bytes(path: Path) -> bytes:
     """The bytes of the entry file at ``path``; raises :class:`_NotAnEntry` for anything but a
-    regular file of at most :data:`MAX_ENTRY_BYTES` (a symbolic link is followed)."""
-    # stat opens nothing, so a FIFO cannot block it and a device is never read
-    status = os.stat(path)
-    if not stat.S_ISREG(status.st_mode):
-        raise _NotAnEntry(f"it is {_file_kind(status.st_mode)}, not a regular file")
-    limit = MAX_ENTRY_BYTES
-    if status.st_size > limit:
-        raise _NotAnEntry(f"it holds {status.st_size} bytes, more than the {limit} an entry may "
-                          "hold; it was not read")
-    data = path.read_bytes()
-    if len(data) > limit:  # it grew after the check
-        raise _NotAnEntry(f"it holds more than the {limit} bytes an entry may hold")
-    return data
+    regular file of at most :data:`MAX_ENTRY_BYTES` (a symbolic link is followed).
+
+    One descriptor is opened without blocking (a FIFO opens at once instead of waiting for a
+    writer) and checked with ``fstat`` before a byte is read, so what is read is what was
+    checked even if the path is swapped meanwhile, and at most the limit plus one byte is read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise _NotAnEntry(f"it is {_file_kind(status.st_mode)}, not a regular file")
+        limit = MAX_ENTRY_BYTES
+        if status.st_size > limit:
+            raise _NotAnEntry(f"it holds {status.st_size} bytes, more than the {limit} an entry "
+                              "may hold; it was not read")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:  # it grew after the check
+            raise _NotAnEntry(f"it holds more than the {limit} bytes an entry may hold")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path, kind: str, key: str, parts: dict[str, Any]) -> Any:

@@ -285,14 +285,14 @@ def test_an_unreadable_entry_is_recomputed(directory: Path, report: ModelReport,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     cache.cached("model", PARTS, Computation(report))
     fresh_session()
-    real = Path.read_bytes
+    real = os.open
 
-    def refuse(self: Path) -> bytes:
-        if self.suffix == cache.SUFFIX:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+    def refuse(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith(cache.SUFFIX) and not flags & (os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", refuse)
+    monkeypatch.setattr(os, "open", refuse)
     compute = Computation(report)
     assert_same_result(report, cached_no_warning(PARTS, compute))
     assert compute.calls == 1
