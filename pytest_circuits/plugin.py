@@ -25,6 +25,7 @@ as they were; every output path is checked for writability at startup, before a 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import signal
 import sys
@@ -181,6 +182,7 @@ class CircuitsRun:
         self.files: set[str] = set()  # files of every reported test
         self.stale: list[str] = []
         self.notes: list[str] = []  # closing lines of the terminal summary
+        self.write_failed = False  # an output could not be written at the end: a failed run
         self.html_path: Path | None = resolve(config, "html").value
         #: the run's outputs (JUnit, pytest-html, results JSON, HTML, terminal summary)
         self.writers: list[ReportWriter] = configured_writers(
@@ -467,23 +469,29 @@ class CircuitsRun:
         extra: dict[str, Any] = {"threads": {"per_process": self.threads,
                                              "origin": self.threads_origin}}
         if self.baseline is not None:
+            written = False
             complete = self._complete(session, exitstatus) and not interrupted
             self.stale = self._stale(complete)
             if self.update_baseline and interrupted:
                 self.notes.append(f"baseline {self.baseline.path} NOT updated: the run was "
                                   f"interrupted ({stopped}); rerun to completion to update it")
             elif self.update_baseline:
-                self._write_baseline(records, complete)
+                written = self._write_baseline(records, complete)
             self.notes.extend(_ambiguous_keys(records))
             extra["baseline"] = {
                 "path": str(self.baseline.path),
                 "mode": "update" if self.update_baseline else "compare",
                 "stale": self.stale,
-                "written": self.update_baseline and not interrupted,
+                "written": written,
             }
         self.run_info = self._run_info(records, extra, stopped, interrupted)
         for writer in self.writers:
-            self.notes.extend(writer.finish(self.run_info))
+            try:
+                self.notes.extend(writer.finish(self.run_info))
+            except OSError as exc:
+                self._write_failed(writer.what, exc)
+        if self.write_failed and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # the run lost its results
 
     def _run_info(self, records: list[GateRecord], extra: dict[str, Any] | None = None,
                   stopped: str | None = None, interrupted: bool = False) -> RunInfo:
@@ -494,28 +502,46 @@ class CircuitsRun:
             notes=tuple(self.notes),
         )
 
-    def _write_baseline(self, records: list[GateRecord], complete: bool) -> None:
+    def _write_baseline(self, records: list[GateRecord], complete: bool) -> bool:
+        """Merge this run's results into the baseline file; whether it was written."""
         assert self.baseline is not None
+        from .baseline import entry_for, entry_problem
+
         remove = set(self.stale) if complete else set()
-        # a result without finite values would make the file unreadable (the loader refuses
-        # it), so the entry it would replace stays as it was
+        # an entry the loader would refuse (no values, a value that is not finite or outside
+        # what its unit can take) would make the file unreadable, so it is never written: the
+        # entry it would replace stays as it was
         usable, skipped = [], []
         for record in records:
-            values = record.result.values
-            finite = bool(values) and all(
-                isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
-                for v in values.values())
-            (usable if finite else skipped).append(record.result)
+            problem = entry_problem(record.result.key, entry_for(record.result))
+            if problem:
+                skipped.append((record.result, problem))
+            else:
+                usable.append(record.result)
         updated = self.baseline.updated(usable, remove, environment(records)["versions"])
-        write_json_atomic(self.baseline.path, updated.to_dict())
+        try:
+            write_json_atomic(self.baseline.path, updated.to_dict())
+        except OSError as exc:
+            self._write_failed(f"the baseline {self.baseline.path}", exc)
+            return False
         written = len({r.key for r in usable})
         self.notes.append(
             f"updated baseline {self.baseline.path}: {written} entries written"
             + (f", {len(remove)} stale removed" if remove else "")
         )
-        for result in skipped:
-            self.notes.append(f"baseline entry {result.key!r} NOT updated: {result.nodeid} "
-                              "measured no finite values")
+        for result, problem in skipped:
+            self.notes.append(f"baseline entry {result.key!r} NOT updated: the result of "
+                              f"{result.nodeid} {problem}; the entry stays as it was")
+        return True
+
+    def _write_failed(self, what: str, exc: OSError) -> None:
+        """A file the run writes at its end could not be written (a full disk, a folder that
+        vanished): one ERROR line in the summary instead of a traceback, and a failed run."""
+        reason = exc.strerror or str(exc)
+        code = f"{errno.errorcode[exc.errno]}: " if exc.errno in errno.errorcode else ""
+        self.notes.append(f"ERROR: {what} was NOT written ({code}{reason}); the previous file, "
+                          "if there was one, is kept. Free space or fix the path and rerun")
+        self.write_failed = True
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker:

@@ -7,7 +7,8 @@ writer implements the moments its format needs (:class:`Writer` gives the rest a
   are the test's so far, the new one last): JUnit properties;
 - ``test(report, records)``: the call report of a test with gate results was made: pytest-html;
 - ``finish(run)``: the session ended; write files and return notes for the terminal summary:
-  the results JSON, the HTML report;
+  the results JSON, the HTML report (an ``OSError`` it raises, a full disk say, becomes one
+  ERROR line naming ``what`` it writes, and a failed run);
 - ``summary(run, terminal)``: pytest's terminal summary: the table of gates.
 
 A new report format is one module with a :class:`Writer` subclass, listed in
@@ -51,6 +52,8 @@ class ReportWriter(Protocol):
     """One output of a run (see the module docstring for when each method is called)."""
 
     name: str
+    #: what the writer writes, for the error line when it cannot ("the results JSON out.json")
+    what: str
 
     def gate(self, item: Any, records: Sequence[GateRecord]) -> None: ...
 
@@ -66,6 +69,7 @@ class Writer:
     moments your format needs."""
 
     name = "writer"
+    what = "a report"
 
     def gate(self, item: Any, records: Sequence[GateRecord]) -> None:
         """A gate result was recorded in the test ``item`` (the last of ``records``)."""

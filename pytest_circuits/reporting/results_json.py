@@ -57,6 +57,7 @@ class ResultsJson(Writer):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.what = f"the results JSON {path}"
 
     def finish(self, run: RunInfo) -> list[str]:
         write_json_atomic(self.path, results_document(
