@@ -124,6 +124,19 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same real path (links resolved), or, for
+    files that exist, the same inode (a hard link)."""
+    import os
+
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def unwritable(path: Path, *, directory: bool = False) -> str | None:
     """Why ``path`` (a file, or with ``directory`` a folder) cannot be written, None if it can.
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import signal
 import sys
 import threading
@@ -52,6 +53,7 @@ from .output import (
     SweepProgress,
     environment,
     plain,
+    same_file,
     sort_key,
     unwritable,
     write_json_atomic,
@@ -64,6 +66,7 @@ from .settings import (
     add_options,
     apply_threads,
     merged_marker_kwargs,
+    model_source,
     resolve,
     thread_count,
 )
@@ -143,6 +146,29 @@ class _Recorder:
                            if r.baseline is not None and r.baseline.failed)
 
 
+def collected_inputs(items: list[pytest.Item]) -> list[tuple[str, Path]]:
+    """The files the collected tests read that collection knows: their modules and gate
+    files, and a gate file's task files and model files."""
+    from .gatefile import GateItem
+
+    found: dict[Path, str] = {}
+    for item in items:
+        found.setdefault(Path(str(item.path)), f"{item.path}, a file of the collected tests")
+        if not isinstance(item, GateItem):
+            continue
+        where = f"gate {item.spec.name!r} of {item.path}"
+        task = item.path.parent / item.spec.task
+        if task.is_file():
+            found.setdefault(task, f"the task file {task} of {where}")
+        for model in filter(None, (item.spec.teacher, item.spec.subject)):
+            source = Path(model.source)
+            files = [source] if source.is_file() else (
+                [c for c in source.iterdir() if c.is_file()] if source.is_dir() else [])
+            for file in files:
+                found.setdefault(file, f"{file}, a file of model {model.name!r} of {where}")
+    return [(what, path) for path, what in found.items()]
+
+
 def _outcome(report: pytest.TestReport) -> str:
     if hasattr(report, "wasxfail"):
         return "xfailed" if report.skipped else "xpassed"
@@ -184,6 +210,7 @@ class CircuitsRun:
         self.notes: list[str] = []  # closing lines of the terminal summary
         self.write_failed = False  # an output could not be written at the end: a failed run
         self.html_path: Path | None = resolve(config, "html").value
+        self.outputs: list[tuple[str, Path]] = []  # (what, path) of each file the run writes
         #: the run's outputs (JUnit, pytest-html, results JSON, HTML, terminal summary)
         self.writers: list[ReportWriter] = configured_writers(
             config.pluginmanager, self.json_path, self.html_path)
@@ -199,6 +226,8 @@ class CircuitsRun:
             )
         if not self.is_worker:
             self._check_writable(baseline_path)
+            self.outputs = self._outputs(baseline_path)
+            self._check_outputs(self._inputs(baseline_path))
         if baseline_path is not None:
             try:
                 self.baseline = Baseline.load(baseline_path)
@@ -232,6 +261,81 @@ class CircuitsRun:
                     "location (checked before any model loads, so the run does not end without "
                     "its results)"
                 )
+
+    def _outputs(self, baseline_path: Path | None) -> list[tuple[str, Path]]:
+        """Every file this run writes, named as the user gave it: the results JSON, the HTML
+        report, the baseline when updating, and pytest's own JUnit XML and pytest-html reports."""
+        found = []
+        for name in ("json", "html"):
+            chosen = resolve(self.config, name)
+            if chosen.value is not None:
+                found.append((f"{chosen.origin} {chosen.value}", chosen.value))
+        if self.update_baseline and baseline_path is not None:
+            origin = resolve(self.config, "baseline").origin
+            found.append((f"{origin} {baseline_path} (written by --circuits-update-baseline)",
+                          baseline_path))
+        invoked = self.config.invocation_params.dir
+        for option, flag in (("xmlpath", "--junitxml"), ("htmlpath", "--html")):
+            given = getattr(self.config.option, option, None)
+            if given:
+                path = invoked / os.path.expanduser(os.path.expandvars(str(given)))
+                found.append((f"{flag} {given}", path))
+        return found
+
+    def _inputs(self, baseline_path: Path | None) -> list[tuple[str, Path]]:
+        """The files this run reads that are known before collection: the baseline when only
+        compared, the model files and folders and the task file of the options and ini keys,
+        and the configuration file."""
+        found = []
+        if baseline_path is not None and not self.update_baseline:
+            found.append(("the baseline file this run compares with", baseline_path))
+        for role in ("teacher", "student"):
+            chosen = resolve(self.config, role)
+            if chosen.value is None:
+                continue
+            path = Path(model_source(chosen))
+            if path.is_file():
+                found.append((f"the {role} model {path} ({chosen.origin})", path))
+            elif path.is_dir():
+                found += [(f"a file of the {role} model {path} ({chosen.origin})", child)
+                          for child in path.iterdir() if child.is_file()]
+        task = resolve(self.config, "task")
+        task_path = task.base / str(task.value)
+        if task.origin != "default" and task_path.is_file():
+            found.append((f"the task file {task.value} ({task.origin})", task_path))
+        if self.config.inipath is not None:
+            found.append(("the configuration file", Path(self.config.inipath)))
+        return found
+
+    def _check_outputs(self, inputs: list[tuple[str, Path]]) -> None:
+        """Refuse an output that is another output (one would overwrite the other) or a file
+        the run reads, a test module or gate file included (it would be destroyed), before
+        any test runs."""
+        for i, (what, path) in enumerate(self.outputs):
+            for other, other_path in self.outputs[:i]:
+                if same_file(path, other_path):
+                    raise pytest.UsageError(f"{what} is the same file as {other}: one would "
+                                            "overwrite the other; give each its own path")
+            for source, source_path in inputs:
+                if same_file(path, source_path):
+                    raise pytest.UsageError(
+                        f"{what} is {source}: writing it would destroy an input of the run; "
+                        "give another path")
+            if path.is_file() and self._collectable(path):
+                raise pytest.UsageError(
+                    f"{what} is {path}, a file pytest collects (a test module or a gate "
+                    "file): writing it would destroy an input of the run; give another path")
+
+    def _collectable(self, path: Path) -> bool:
+        """Whether pytest would read ``path`` as a test module, conftest or gate file."""
+        from fnmatch import fnmatch
+
+        from .gatefile import is_gate_file
+
+        if is_gate_file(path) or path.name == "conftest.py":
+            return True
+        return path.suffix == ".py" and any(
+            fnmatch(path.name, pattern) for pattern in self.config.getini("python_files"))
 
     # ------------------------------------------------------------------------- interruptions
 
@@ -304,7 +408,20 @@ class CircuitsRun:
 
     @pytest.hookimpl(trylast=True)  # after -k/-m deselection: only selected tests count
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        """Mark ``gpu`` tests to be skipped when CUDA is absent (unless it is required)."""
+        """Refuse an output that is a collected file, and mark ``gpu`` tests to be skipped
+        when CUDA is absent (unless it is required)."""
+        if self.outputs:
+            try:
+                self._check_outputs(collected_inputs(items))
+            except pytest.UsageError:
+                self.outputs = []  # refused: the run ends before any test, writing nothing
+                self.writers = [w for w in self.writers if w.name not in ("json", "html")]
+                self.update_baseline = False
+                for plugin in self.config.pluginmanager.get_plugins():
+                    # pytest's --junitxml writer writes at sessionfinish whatever happened
+                    if type(plugin).__name__ == "LogXML" and hasattr(plugin, "logfile"):
+                        plugin.logfile = os.devnull
+                raise
         gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
         if not gpu_items or self.require_gpu or self._has_cuda():
             return

@@ -115,3 +115,80 @@ def test_an_entry_the_loader_would_refuse_is_never_written_to_the_baseline(
     # the file it wrote loads: the next run compares instead of refusing the baseline
     again = pytester.runpytest("--circuits-baseline=baseline.json", "-k", "fine")
     again.assert_outcomes(passed=1, deselected=1)
+
+
+# ----------------------------------------------------------------------------- outputs vs inputs
+
+#: A test that leaves a trace when it runs: a refused run must refuse before any test runs.
+TRACE = '''
+from pathlib import Path
+
+
+def test_ran():
+    Path("ran").write_text("yes")
+'''
+
+GATE_FILE = '''
+pairs:
+  good: {teacher: "zoo:tiny-teacher", student: "zoo:tiny-student"}
+gates:
+  - name: aligned
+    pair: good
+    task: mytask.yaml
+    circuit_aligned: {min_score: 0.5}
+'''
+
+BASELINE = json.dumps({"format": "pytest-circuits-baseline", "version": 1, "entries": {}})
+
+
+def _refused(pytester: pytest.Pytester, *args: str) -> str:
+    """Run with ``args``; assert it was a usage error before any test ran; its error text."""
+    before = {p.name: p.read_bytes() for p in pytester.path.iterdir() if p.is_file()}
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.outlines
+    assert not (pytester.path / "ran").exists()
+    after = {p.name: p.read_bytes() for p in pytester.path.iterdir() if p.is_file()}
+    assert after == before  # nothing was written or overwritten
+    return " ".join(line.strip() for line in result.errlines)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (("--circuits-baseline=baseline.json", "--circuits-json=baseline.json"),
+     "--circuits-json {d}/baseline.json is the baseline file this run compares with: writing "
+     "it would destroy an input of the run; give another path"),
+    (("--circuits-json=out.json", "--circuits-html=out.json"),
+     "--circuits-html {d}/out.json is the same file as --circuits-json {d}/out.json: one "
+     "would overwrite the other; give each its own path"),
+    (("--circuits-baseline=baseline.json", "--circuits-update-baseline",
+      "--circuits-json=baseline.json"),
+     "(written by --circuits-update-baseline) is the same file as --circuits-json "
+     "{d}/baseline.json"),
+    (("--circuits-json=out.json", "--junitxml=out.json"),
+     "--junitxml out.json is the same file as --circuits-json {d}/out.json"),
+    (("--circuits-json=hardlink.json", "--circuits-baseline=baseline.json"),
+     "--circuits-json {d}/hardlink.json is the baseline file this run compares with"),
+    (("--circuits-json=circuits.yaml",),
+     "--circuits-json {d}/circuits.yaml is {d}/circuits.yaml, a file pytest collects (a test "
+     "module or a gate file)"),
+    (("--circuits-html=test_trace.py",), "a file pytest collects"),
+    (("--circuits-json=tox.ini",), "--circuits-json {d}/tox.ini is the configuration "
+                                      "file"),
+    (("--circuits-teacher=model", "--circuits-json=model/config.json"),
+     "is a file of the teacher model {d}/model (--circuits-teacher)"),
+    (("--circuits-json=mytask.yaml",),
+     "--circuits-json {d}/mytask.yaml is the task file {d}/mytask.yaml of gate 'aligned' of "
+     "{d}/circuits.yaml"),
+    (("--junitxml=mytask.yaml",), "--junitxml mytask.yaml is the task file"),
+])
+def test_an_output_that_is_an_input_or_another_output_is_refused_before_any_test_runs(
+    pytester: pytest.Pytester, args: tuple[str, ...], expected: str
+) -> None:
+    pytester.makepyfile(test_trace=TRACE)
+    pytester.makeini("[pytest]\n")
+    (pytester.path / "circuits.yaml").write_text(GATE_FILE)
+    (pytester.path / "mytask.yaml").write_text("name: mine\n")
+    (pytester.path / "baseline.json").write_text(BASELINE)
+    (pytester.path / "hardlink.json").hardlink_to(pytester.path / "baseline.json")
+    (pytester.path / "model").mkdir()
+    (pytester.path / "model" / "config.json").write_text("{}")
+    assert expected.format(d=pytester.path) in _refused(pytester, *args)
