@@ -65,13 +65,19 @@ class GateRecord:
     index: int  # order within the test
     baseline: BaselineCheck | None = None
     outcome: str = ""  # the test's: "passed", "failed", "xfailed"; set on the controller
+    #: the test expected this gate to fail: it caught the gate's error with ``pytest.raises``
+    expected: bool = False
+
+    @property
+    def failing(self) -> str:
+        """What a failing verdict reads as: XFAIL when the test expected it (an xfail mark,
+        or ``pytest.raises`` around the gate), else FAIL."""
+        return "XFAIL" if self.outcome == "xfailed" or self.expected else "FAIL"
 
     @property
     def verdict(self) -> str:
         failed = not self.result.passed or (self.baseline is not None and self.baseline.failed)
-        if failed:
-            return "XFAIL" if self.outcome == "xfailed" else "FAIL"
-        return "PASS"
+        return self.failing if failed else "PASS"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +85,7 @@ class GateRecord:
             "index": self.index,
             "baseline": self.baseline.to_dict() if self.baseline is not None else None,
             "outcome": self.outcome,
+            "expected": self.expected,
             "verdict": self.verdict,
         }
 
@@ -88,12 +95,14 @@ class GateRecord:
         index = data.pop("index")
         baseline = data.pop("baseline", None)
         outcome = data.pop("outcome", "")
+        expected = bool(data.pop("expected", False))
         data.pop("verdict", None)
         return cls(
             result=GateResult.from_dict(data),
             index=index,
             baseline=BaselineCheck.from_dict(baseline) if baseline is not None else None,
             outcome=outcome,
+            expected=expected,
         )
 
 

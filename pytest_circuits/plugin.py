@@ -98,6 +98,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "gpu: needs CUDA; skipped when it is absent (failed with --circuits-require-gpu)",
     )
     config.pluginmanager.register(CircuitsRun(config), CircuitsRun.name)
+    _watch_raises()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -140,10 +141,50 @@ class _Recorder:
         if check is not None and check.failed:
             raise CircuitAssertionError("\n\n".join(filter(None, [result.message, check.message])))
 
+    def expect(self, error: BaseException) -> None:
+        """The test caught ``error`` with ``pytest.raises``: the failing gate that raised it
+        (the latest whose message the error carries) was expected to fail."""
+        text = str(error)
+        for record in reversed(self.records):
+            message = record.result.message
+            if not record.result.passed and not record.expected and message and message in text:
+                record.expected = True
+                return
+
     def unraised(self) -> str:
-        """Baseline failures, for when the test caught the error raised at the time."""
-        return "\n\n".join(r.baseline.message for r in self.records
-                           if r.baseline is not None and r.baseline.failed)
+        """Why the test fails although it returned: it caught the error of a failing gate
+        (other than with ``pytest.raises``), or of a baseline failure (which fails the test
+        however it was caught)."""
+        problems = []
+        for record in self.records:
+            result = record.result
+            if not result.passed and not record.expected:
+                problems.append(
+                    f"gate {result.gate} on {result.subject!r} (task {result.task!r}) FAILED and "
+                    "the test caught its CircuitAssertionError: a failing gate fails its test "
+                    "(to expect the failure, catch it with pytest.raises(CircuitAssertionError) "
+                    f"or mark the test xfail)\n{result.message}")
+            if record.baseline is not None and record.baseline.failed:
+                problems.append(record.baseline.message)
+        return "\n\n".join(problems)
+
+
+def _watch_raises() -> None:
+    """Let a recorder know when ``pytest.raises`` catches a gate's error (an expected failure,
+    not a swallowed one). ``ExceptionInfo.fill_unfilled`` is what every ``pytest.raises``
+    form calls with the exception it caught; it is wrapped once per process."""
+    original = pytest.ExceptionInfo.fill_unfilled
+    if getattr(original, "circuits_watch", False):
+        return
+
+    def fill_unfilled(self: Any, exc_info: Any) -> None:
+        original(self, exc_info)
+        recorder = context.current().recorder
+        if isinstance(recorder, _Recorder) and isinstance(exc_info[1], CircuitAssertionError):
+            recorder.expect(exc_info[1])
+
+    fill_unfilled.circuits_watch = True  # type: ignore[attr-defined]
+    pytest.ExceptionInfo.fill_unfilled = fill_unfilled  # type: ignore[method-assign]
 
 
 def collected_inputs(items: list[pytest.Item]) -> list[tuple[str, Path]]:
@@ -498,7 +539,7 @@ class CircuitsRun:
                         self.records.append(record)
                 raise
         problems = recorder.unraised()
-        if problems:  # the test swallowed the error: a regression still fails it
+        if problems:  # the test swallowed the error: the failing verdict still fails it
             raise CircuitAssertionError(problems)
         return outcome
 

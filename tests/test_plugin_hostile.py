@@ -192,3 +192,98 @@ def test_an_output_that_is_an_input_or_another_output_is_refused_before_any_test
     (pytester.path / "model").mkdir()
     (pytester.path / "model" / "config.json").write_text("{}")
     assert expected.format(d=pytester.path) in _refused(pytester, *args)
+
+
+# ----------------------------------------------------------------------------- swallowed gates
+
+CAUGHT = '''
+import pytest
+
+import fakegates
+from pytest_circuits.errors import CircuitAssertionError
+from pytest_circuits.recording import recording
+
+
+def test_swallowed():
+    try:
+        fakegates.aligned(0.5, subject="a -> swallowed")
+    except CircuitAssertionError:
+        pass
+
+
+def test_expected():
+    with pytest.raises(CircuitAssertionError, match="alignment 0.5"):
+        fakegates.aligned(0.5, subject="a -> expected")
+
+
+def test_expected_as_an_assertion():
+    with pytest.raises(AssertionError):
+        fakegates.robust(80.0, subject="expected-too")
+
+
+def test_one_expected_one_swallowed():
+    with pytest.raises(CircuitAssertionError):
+        fakegates.aligned(0.5, subject="a -> raised")
+    try:
+        fakegates.aligned(0.6, subject="a -> eaten")
+    except CircuitAssertionError:
+        pass
+
+
+@pytest.mark.xfail(strict=True, reason="known bad")
+def test_swallowed_but_xfail():
+    try:
+        fakegates.aligned(0.5, subject="a -> known")
+    except CircuitAssertionError:
+        pass
+
+
+def test_own_recorder():
+    seen = []
+    with recording(seen.append):
+        try:
+            fakegates.aligned(0.5, subject="a -> own")
+        except CircuitAssertionError:
+            pass
+    assert [r.passed for r in seen] == [False]
+'''
+
+
+@pytest.fixture
+def caught(pytester: pytest.Pytester) -> pytest.RunResult:
+    pytester.makepyfile(fakegates=FAKE_GATES, test_caught=CAUGHT)
+    return pytester.runpytest("--circuits-json=out.json")
+
+
+def test_a_failing_gate_whose_error_the_test_swallowed_fails_the_test(
+    caught: pytest.RunResult, pytester: pytest.Pytester
+) -> None:
+    caught.assert_outcomes(passed=3, failed=2, xfailed=1)
+    failed = {line.split("::")[1].split()[0] for line in caught.outlines
+              if line.startswith("FAILED ")}
+    assert failed == {"test_swallowed", "test_one_expected_one_swallowed"}
+    text = caught.stdout.str()
+    assert ("gate circuit_aligned on 'a -> swallowed' (task 'numerals') FAILED and the test "
+            "caught its CircuitAssertionError") in text
+    assert "on 'a -> eaten'" in text and "on 'a -> raised'" not in text
+    results = {r["subject"]: r for r in load_json(pytester.path / "out.json")["results"]}
+    assert (results["a -> swallowed"]["verdict"], results["a -> swallowed"]["outcome"]) == (
+        "FAIL", "failed")
+    assert results["a -> eaten"]["verdict"] == "FAIL"
+    assert results["a -> known"]["verdict"] == "XFAIL"  # the xfail mark: an expected failure
+    assert "a -> own" not in results  # recorded by the test's own recorder, not the plugin's
+
+
+def test_a_failing_gate_caught_by_pytest_raises_is_an_expected_failure(
+    caught: pytest.RunResult, pytester: pytest.Pytester
+) -> None:
+    document = load_json(pytester.path / "out.json")
+    results = {r["subject"]: r for r in document["results"]}
+    for subject in ("a -> expected", "expected-too", "a -> raised"):
+        assert results[subject]["expected"] is True
+        assert results[subject]["verdict"] == "XFAIL"
+    assert results["a -> expected"]["outcome"] == "passed"
+    assert results["a -> eaten"]["expected"] is False
+    assert document["summary"] == {"gates": 6, "passed": 0, "failed": 2, "xfailed": 4}
+    assert "circuits: 6 gate results: 0 passed, 2 failed, 4 xfailed" in summary_section(
+        caught.outlines)
