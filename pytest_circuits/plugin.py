@@ -58,7 +58,7 @@ from .output import (
     unwritable,
     write_json_atomic,
 )
-from .reporting import ReportWriter, RunInfo, configured_writers
+from .reporting import GateTest, ReportWriter, RunInfo, configured_writers
 from .results import GateResult
 from .settings import (
     MARKER_KEYS,
@@ -78,6 +78,15 @@ REPORT_ATTRIBUTE = "circuits_gates"
 
 
 RECORDS = pytest.StashKey[list[GateRecord]]()
+
+#: The report attribute that tells the controller a test is a gate test (sent with its setup
+#: report, so a worker that dies during the call still leaves it known), and the
+#: ``workeroutput`` key under which a worker sends every gate test it collected.
+GATE_TEST_ATTRIBUTE = "circuits_gate_test"
+GATE_TESTS_OUTPUT = "circuits_gate_tests"
+
+#: The fixtures that make a test a gate test.
+CIRCUIT_FIXTURES = frozenset({"circuit_pair", "circuit_task", "student", "teacher"})
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -210,6 +219,26 @@ def collected_inputs(items: list[pytest.Item]) -> list[tuple[str, Path]]:
     return [(what, path) for path, what in found.items()]
 
 
+def is_gate_test(item: pytest.Item) -> bool:
+    """Whether ``item`` runs gates, as far as collection can tell: a gate-file item, or a test
+    that uses the circuit fixtures or carries the ``circuits`` marker. (A test that calls a
+    gate on models it loads itself is known to be one once it records a result.)"""
+    from .gatefile import GateItem
+
+    if isinstance(item, GateItem) or item.get_closest_marker("circuits") is not None:
+        return True
+    return bool(CIRCUIT_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+
+
+def _reason(report: Any) -> str:
+    """The one line that says why ``report`` failed: its crash message, else its last line."""
+    crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
+    text = getattr(crash, "message", None) or str(getattr(report, "longrepr", "") or "")
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    line = lines[0] if crash is not None and lines else (lines[-1] if lines else "")
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
 def _outcome(report: pytest.TestReport) -> str:
     if hasattr(report, "wasxfail"):
         return "xfailed" if report.skipped else "xpassed"
@@ -247,6 +276,8 @@ class CircuitsRun:
         self.records: list[GateRecord] = []
         self.outcomes: dict[str, str] = {}  # nodeid -> outcome of its call (or failed setup)
         self.files: set[str] = set()  # files of every reported test
+        self.gate_tests: set[str] = set()  # node ids of the collected gate tests
+        self.ends: dict[str, tuple[str, str]] = {}  # nodeid -> how it ended, and why
         self.stale: list[str] = []
         self.notes: list[str] = []  # closing lines of the terminal summary
         self.write_failed = False  # an output could not be written at the end: a failed run
@@ -471,6 +502,22 @@ class CircuitsRun:
         for item in gpu_items:
             item.add_marker(skip)
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Note the gate tests this run will run (a worker sends them to the controller)."""
+        self.gate_tests = {item.nodeid for item in session.items if is_gate_test(item)}
+        if self.is_worker:
+            self.config.workeroutput[GATE_TESTS_OUTPUT] = sorted(self.gate_tests)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """An xdist worker finished: add the gate tests it collected."""
+        self.gate_tests.update(getattr(node, "workeroutput", {}).get(GATE_TESTS_OUTPUT, ()))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:
+        """An xdist worker died while running ``crashitem``."""
+        self.ends[crashitem] = ("crashed", _reason(report))
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         """With ``--circuits-require-gpu``, fail ``gpu`` tests when CUDA is absent."""
@@ -547,6 +594,8 @@ class CircuitsRun:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]
                                   ) -> pytest.TestReport:
         report = yield
+        if item.nodeid in self.gate_tests:
+            setattr(report, GATE_TEST_ATTRIBUTE, True)
         records = item.stash.get(RECORDS, None)
         if call.when == "call" and records:
             setattr(report, REPORT_ATTRIBUTE, [r.to_dict() for r in records])
@@ -559,6 +608,13 @@ class CircuitsRun:
         self.files.add(report.nodeid.split("::")[0])
         if report.when == "call" or (report.when == "setup" and not report.passed):
             self.outcomes[report.nodeid] = _outcome(report)
+        if getattr(report, GATE_TEST_ATTRIBUTE, False):
+            self.gate_tests.add(report.nodeid)
+        if report.when == "setup" and report.failed:
+            self.ends[report.nodeid] = ("error", _reason(report))
+        elif report.when == "call" or (report.when == "setup" and report.skipped):
+            self.ends[report.nodeid] = (_outcome(report),
+                                        _reason(report) if report.failed else "")
         for data in getattr(report, REPORT_ATTRIBUTE, None) or ():
             record = GateRecord.from_dict(data)
             record.outcome = _outcome(report)
@@ -657,8 +713,24 @@ class CircuitsRun:
             records=tuple(records), extra=dict(extra or {}), stopped=stopped,
             interrupted=interrupted, with_baseline=self.baseline is not None,
             update_baseline=self.update_baseline, stale=tuple(self.stale),
-            notes=tuple(self.notes),
+            notes=tuple(self.notes), tests=self._gate_tests(records),
         )
+
+    def _gate_tests(self, records: list[GateRecord]) -> tuple[GateTest, ...]:
+        """Every gate test of the run (collected as one, or that recorded a result, or a
+        gate-file item) with how it ended; one never reported did not run."""
+        from .gatefile import is_gate_file
+
+        counts: dict[str, int] = {}
+        for record in records:
+            counts[record.result.nodeid] = counts.get(record.result.nodeid, 0) + 1
+        nodeids = self.gate_tests | set(counts) | {
+            nodeid for nodeid in self.ends if is_gate_file(Path(nodeid.split("::")[0]))}
+        tests = []
+        for nodeid in sorted(nodeids):
+            outcome, reason = self.ends.get(nodeid, ("not run", ""))
+            tests.append(GateTest(nodeid, outcome, counts.get(nodeid, 0), reason))
+        return tuple(tests)
 
     def _write_baseline(self, records: list[GateRecord], complete: bool) -> bool:
         """Merge this run's results into the baseline file; whether it was written."""

@@ -287,3 +287,122 @@ def test_a_failing_gate_caught_by_pytest_raises_is_an_expected_failure(
     assert document["summary"] == {"gates": 6, "passed": 0, "failed": 2, "xfailed": 4}
     assert "circuits: 6 gate results: 0 passed, 2 failed, 4 xfailed" in summary_section(
         caught.outlines)
+
+
+# ----------------------------------------------------------------------------- unfinished gates
+
+UNFINISHED = '''
+import os
+
+import pytest
+
+import fakegates
+
+
+@pytest.fixture
+def release_model():
+    raise OSError("release model ./release cannot be loaded: config.json is missing")
+
+
+@pytest.mark.circuits(n_prompts=8)
+def test_release(release_model):
+    fakegates.aligned(0.9, subject="a -> release")
+
+
+def test_good():
+    fakegates.aligned(0.9)
+
+
+def test_plain():  # no gate, no circuit fixture or marker: not a gate test
+    assert True
+'''
+
+MISSING_MODEL_GATES = '''
+pairs:
+  gone: {teacher: "./no-teacher-here", student: "./no-student-here"}
+gates:
+  - name: gone-aligned
+    pair: gone
+    task: numerals
+    circuit_aligned: {min_score: 0.5}
+'''
+
+
+def test_a_gate_test_that_errored_in_setup_leaves_the_results_incomplete(
+    pytester: pytest.Pytester
+) -> None:
+    pytester.makepyfile(fakegates=FAKE_GATES, test_unfinished=UNFINISHED)
+    result = pytester.runpytest("--circuits-json=out.json")
+    result.assert_outcomes(passed=2, errors=1)
+    document = load_json(pytester.path / "out.json")
+    assert document["summary"] == {"gates": 1, "passed": 1, "failed": 0, "xfailed": 0}
+    assert document["complete"] is False
+    assert document["interruption"] == "1 gate test did not finish (1 error)"
+    assert document["tests"] == [
+        {"nodeid": "test_unfinished.py::test_good", "outcome": "passed", "gates": 1,
+         "finished": True, "reason": ""},
+        {"nodeid": "test_unfinished.py::test_release", "outcome": "error", "gates": 0,
+         "finished": False,
+         "reason": "OSError: release model ./release cannot be loaded: config.json is missing"},
+    ]
+    section = summary_section(result.outlines)
+    assert ("circuits: 1 gate test did not finish (1 error), so the results are INCOMPLETE (a "
+            "gate that did not run is not a gate that passed):") in section
+    assert ("  test_unfinished.py::test_release: error (OSError: release model ./release cannot "
+            "be loaded: config.json is missing)") in section
+    assert any("(INCOMPLETE: 1 gate test did not finish (1 error))" in line for line in section)
+
+
+@pytest.mark.slow  # the gate imports torch before it finds no model
+def test_a_gate_file_whose_model_fails_to_load_leaves_the_results_incomplete(
+    pytester: pytest.Pytester
+) -> None:
+    (pytester.path / "circuits.yaml").write_text(MISSING_MODEL_GATES)
+    result = pytester.runpytest("--circuits-json=out.json")
+    result.assert_outcomes(failed=1)
+    document = load_json(pytester.path / "out.json")
+    assert (document["complete"], document["summary"]["failed"]) == (False, 0)
+    [test] = document["tests"]
+    assert (test["nodeid"], test["outcome"], test["gates"], test["finished"]) == (
+        "circuits.yaml::gone-aligned", "failed", 0, False)
+    assert "ModelLoadError: model directory" in test["reason"]
+    assert "no-student-here" in test["reason"]
+    assert "  circuits.yaml::gone-aligned: failed (" in "\n".join(summary_section(result.outlines))
+
+
+CRASHING = '''
+import os
+
+import pytest
+
+import fakegates
+
+
+@pytest.mark.circuits(n_prompts=8)
+def test_crash():
+    os._exit(3)
+
+
+def test_good():
+    fakegates.aligned(0.9)
+'''
+
+
+@pytest.mark.slow
+def test_a_gate_test_whose_xdist_worker_crashed_leaves_the_results_incomplete(
+    pytester: pytest.Pytester
+) -> None:
+    pytester.makepyfile(fakegates=FAKE_GATES, test_crashing=CRASHING)
+    result = pytester.runpytest_subprocess("-n", "2", "--circuits-json=out.json")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    document = load_json(pytester.path / "out.json")
+    assert (document["complete"], document["summary"]["failed"]) == (False, 0)
+    tests = {t["nodeid"]: t for t in document["tests"]}
+    assert sorted(tests) == ["test_crashing.py::test_crash", "test_crashing.py::test_good"]
+    crashed = tests["test_crashing.py::test_crash"]
+    assert (crashed["outcome"], crashed["finished"]) == ("crashed", False)
+    assert "crashed while running 'test_crashing.py::test_crash'" in crashed["reason"]
+    assert tests["test_crashing.py::test_good"]["finished"] is True
+    assert document["interruption"] == "1 gate test did not finish (1 crashed)"
+    assert any(line.startswith("  test_crashing.py::test_crash: crashed (worker ")
+               for line in summary_section(result.outlines))
