@@ -14,12 +14,16 @@ cache), and each test a copy of it with a recorder, its run settings and the swe
 line: every gate result goes to the report writers (:mod:`pytest_circuits.reporting`: JUnit
 properties, a row of the terminal summary, an entry of ``--circuits-json``, the HTML report)
 and, with ``--circuits-baseline``, is compared with the last accepted release, which fails the
-test that regressed. Workers ship their results on the test reports; only the controller
-writes files.
+test that regressed. A failing verdict fails its test even when the test swallows the error,
+unless ``pytest.raises`` caught it (an expected failure). Workers ship their results on the
+test reports; only the controller writes files.
 
-An interrupted run (Ctrl-C, or SIGTERM, which the plugin turns into the same interruption)
-writes a results file marked ``"complete": false`` and leaves the baseline and the HTML report
-as they were; every output path is checked for writability at startup, before a model loads.
+An interrupted run (Ctrl-C, or SIGTERM, which the plugin turns into the same interruption), or
+one where a gate test errored, crashed or did not run, writes a results file marked
+``"complete": false`` listing them, and an interruption leaves the baseline and the HTML report
+as they were. Every output path is checked at startup, before a model loads: writable, and
+neither another output nor an input of the run. A file that cannot be written at the end is
+one ERROR line and a failed run, not a traceback.
 """
 
 from __future__ import annotations
