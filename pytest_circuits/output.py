@@ -65,13 +65,19 @@ class GateRecord:
     index: int  # order within the test
     baseline: BaselineCheck | None = None
     outcome: str = ""  # the test's: "passed", "failed", "xfailed"; set on the controller
+    #: the test expected this gate to fail: it caught the gate's error with ``pytest.raises``
+    expected: bool = False
+
+    @property
+    def failing(self) -> str:
+        """What a failing verdict reads as: XFAIL when the test expected it (an xfail mark,
+        or ``pytest.raises`` around the gate), else FAIL."""
+        return "XFAIL" if self.outcome == "xfailed" or self.expected else "FAIL"
 
     @property
     def verdict(self) -> str:
         failed = not self.result.passed or (self.baseline is not None and self.baseline.failed)
-        if failed:
-            return "XFAIL" if self.outcome == "xfailed" else "FAIL"
-        return "PASS"
+        return self.failing if failed else "PASS"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +85,7 @@ class GateRecord:
             "index": self.index,
             "baseline": self.baseline.to_dict() if self.baseline is not None else None,
             "outcome": self.outcome,
+            "expected": self.expected,
             "verdict": self.verdict,
         }
 
@@ -88,12 +95,14 @@ class GateRecord:
         index = data.pop("index")
         baseline = data.pop("baseline", None)
         outcome = data.pop("outcome", "")
+        expected = bool(data.pop("expected", False))
         data.pop("verdict", None)
         return cls(
             result=GateResult.from_dict(data),
             index=index,
             baseline=BaselineCheck.from_dict(baseline) if baseline is not None else None,
             outcome=outcome,
+            expected=expected,
         )
 
 
@@ -122,6 +131,19 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON so readers see the old file or the new one, never a torn one."""
     text = json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n"
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same real path (links resolved), or, for
+    files that exist, the same inode (a hard link)."""
+    import os
+
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def unwritable(path: Path, *, directory: bool = False) -> str | None:

@@ -14,18 +14,24 @@ cache), and each test a copy of it with a recorder, its run settings and the swe
 line: every gate result goes to the report writers (:mod:`pytest_circuits.reporting`: JUnit
 properties, a row of the terminal summary, an entry of ``--circuits-json``, the HTML report)
 and, with ``--circuits-baseline``, is compared with the last accepted release, which fails the
-test that regressed. Workers ship their results on the test reports; only the controller
-writes files.
+test that regressed. A failing verdict fails its test even when the test swallows the error,
+unless ``pytest.raises`` caught it (an expected failure). Workers ship their results on the
+test reports; only the controller writes files.
 
-An interrupted run (Ctrl-C, or SIGTERM, which the plugin turns into the same interruption)
-writes a results file marked ``"complete": false`` and leaves the baseline and the HTML report
-as they were; every output path is checked for writability at startup, before a model loads.
+An interrupted run (Ctrl-C, or SIGTERM, which the plugin turns into the same interruption), or
+one where a gate test errored, crashed or did not run, writes a results file marked
+``"complete": false`` listing them, and an interruption leaves the baseline and the HTML report
+as they were. Every output path is checked at startup, before a model loads: writable, and
+neither another output nor an input of the run. A file that cannot be written at the end is
+one ERROR line and a failed run, not a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import signal
 import sys
 import threading
@@ -51,11 +57,12 @@ from .output import (
     SweepProgress,
     environment,
     plain,
+    same_file,
     sort_key,
     unwritable,
     write_json_atomic,
 )
-from .reporting import ReportWriter, RunInfo, configured_writers
+from .reporting import GateTest, ReportWriter, RunInfo, configured_writers
 from .results import GateResult
 from .settings import (
     MARKER_KEYS,
@@ -63,6 +70,7 @@ from .settings import (
     add_options,
     apply_threads,
     merged_marker_kwargs,
+    model_source,
     resolve,
     thread_count,
 )
@@ -74,6 +82,15 @@ REPORT_ATTRIBUTE = "circuits_gates"
 
 
 RECORDS = pytest.StashKey[list[GateRecord]]()
+
+#: The report attribute that tells the controller a test is a gate test (sent with its setup
+#: report, so a worker that dies during the call still leaves it known), and the
+#: ``workeroutput`` key under which a worker sends every gate test it collected.
+GATE_TEST_ATTRIBUTE = "circuits_gate_test"
+GATE_TESTS_OUTPUT = "circuits_gate_tests"
+
+#: The fixtures that make a test a gate test.
+CIRCUIT_FIXTURES = frozenset({"circuit_pair", "circuit_task", "student", "teacher"})
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -94,6 +111,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "gpu: needs CUDA; skipped when it is absent (failed with --circuits-require-gpu)",
     )
     config.pluginmanager.register(CircuitsRun(config), CircuitsRun.name)
+    _watch_raises()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -136,10 +154,93 @@ class _Recorder:
         if check is not None and check.failed:
             raise CircuitAssertionError("\n\n".join(filter(None, [result.message, check.message])))
 
+    def expect(self, error: BaseException) -> None:
+        """The test caught ``error`` with ``pytest.raises``: the failing gate that raised it
+        (the latest whose message the error carries) was expected to fail."""
+        text = str(error)
+        for record in reversed(self.records):
+            message = record.result.message
+            if not record.result.passed and not record.expected and message and message in text:
+                record.expected = True
+                return
+
     def unraised(self) -> str:
-        """Baseline failures, for when the test caught the error raised at the time."""
-        return "\n\n".join(r.baseline.message for r in self.records
-                           if r.baseline is not None and r.baseline.failed)
+        """Why the test fails although it returned: it caught the error of a failing gate
+        (other than with ``pytest.raises``), or of a baseline failure (which fails the test
+        however it was caught)."""
+        problems = []
+        for record in self.records:
+            result = record.result
+            if not result.passed and not record.expected:
+                problems.append(
+                    f"gate {result.gate} on {result.subject!r} (task {result.task!r}) FAILED and "
+                    "the test caught its CircuitAssertionError: a failing gate fails its test "
+                    "(to expect the failure, catch it with pytest.raises(CircuitAssertionError) "
+                    f"or mark the test xfail)\n{result.message}")
+            if record.baseline is not None and record.baseline.failed:
+                problems.append(record.baseline.message)
+        return "\n\n".join(problems)
+
+
+def _watch_raises() -> None:
+    """Let a recorder know when ``pytest.raises`` catches a gate's error (an expected failure,
+    not a swallowed one). ``ExceptionInfo.fill_unfilled`` is what every ``pytest.raises``
+    form calls with the exception it caught; it is wrapped once per process."""
+    original = pytest.ExceptionInfo.fill_unfilled
+    if getattr(original, "circuits_watch", False):
+        return
+
+    def fill_unfilled(self: Any, exc_info: Any) -> None:
+        original(self, exc_info)
+        recorder = context.current().recorder
+        if isinstance(recorder, _Recorder) and isinstance(exc_info[1], CircuitAssertionError):
+            recorder.expect(exc_info[1])
+
+    fill_unfilled.circuits_watch = True  # type: ignore[attr-defined]
+    pytest.ExceptionInfo.fill_unfilled = fill_unfilled  # type: ignore[method-assign]
+
+
+def collected_inputs(items: list[pytest.Item]) -> list[tuple[str, Path]]:
+    """The files the collected tests read that collection knows: their modules and gate
+    files, and a gate file's task files and model files."""
+    from .gatefile import GateItem
+
+    found: dict[Path, str] = {}
+    for item in items:
+        found.setdefault(Path(str(item.path)), f"{item.path}, a file of the collected tests")
+        if not isinstance(item, GateItem):
+            continue
+        where = f"gate {item.spec.name!r} of {item.path}"
+        task = item.path.parent / item.spec.task
+        if task.is_file():
+            found.setdefault(task, f"the task file {task} of {where}")
+        for model in filter(None, (item.spec.teacher, item.spec.subject)):
+            source = Path(model.source)
+            files = [source] if source.is_file() else (
+                [c for c in source.iterdir() if c.is_file()] if source.is_dir() else [])
+            for file in files:
+                found.setdefault(file, f"{file}, a file of model {model.name!r} of {where}")
+    return [(what, path) for path, what in found.items()]
+
+
+def is_gate_test(item: pytest.Item) -> bool:
+    """Whether ``item`` runs gates, as far as collection can tell: a gate-file item, or a test
+    that uses the circuit fixtures or carries the ``circuits`` marker. (A test that calls a
+    gate on models it loads itself is known to be one once it records a result.)"""
+    from .gatefile import GateItem
+
+    if isinstance(item, GateItem) or item.get_closest_marker("circuits") is not None:
+        return True
+    return bool(CIRCUIT_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+
+
+def _reason(report: Any) -> str:
+    """The one line that says why ``report`` failed: its crash message, else its last line."""
+    crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
+    text = getattr(crash, "message", None) or str(getattr(report, "longrepr", "") or "")
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    line = lines[0] if crash is not None and lines else (lines[-1] if lines else "")
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def _outcome(report: pytest.TestReport) -> str:
@@ -179,9 +280,13 @@ class CircuitsRun:
         self.records: list[GateRecord] = []
         self.outcomes: dict[str, str] = {}  # nodeid -> outcome of its call (or failed setup)
         self.files: set[str] = set()  # files of every reported test
+        self.gate_tests: set[str] = set()  # node ids of the collected gate tests
+        self.ends: dict[str, tuple[str, str]] = {}  # nodeid -> how it ended, and why
         self.stale: list[str] = []
         self.notes: list[str] = []  # closing lines of the terminal summary
+        self.write_failed = False  # an output could not be written at the end: a failed run
         self.html_path: Path | None = resolve(config, "html").value
+        self.outputs: list[tuple[str, Path]] = []  # (what, path) of each file the run writes
         #: the run's outputs (JUnit, pytest-html, results JSON, HTML, terminal summary)
         self.writers: list[ReportWriter] = configured_writers(
             config.pluginmanager, self.json_path, self.html_path)
@@ -197,6 +302,8 @@ class CircuitsRun:
             )
         if not self.is_worker:
             self._check_writable(baseline_path)
+            self.outputs = self._outputs(baseline_path)
+            self._check_outputs(self._inputs(baseline_path))
         if baseline_path is not None:
             try:
                 self.baseline = Baseline.load(baseline_path)
@@ -230,6 +337,81 @@ class CircuitsRun:
                     "location (checked before any model loads, so the run does not end without "
                     "its results)"
                 )
+
+    def _outputs(self, baseline_path: Path | None) -> list[tuple[str, Path]]:
+        """Every file this run writes, named as the user gave it: the results JSON, the HTML
+        report, the baseline when updating, and pytest's own JUnit XML and pytest-html reports."""
+        found = []
+        for name in ("json", "html"):
+            chosen = resolve(self.config, name)
+            if chosen.value is not None:
+                found.append((f"{chosen.origin} {chosen.value}", chosen.value))
+        if self.update_baseline and baseline_path is not None:
+            origin = resolve(self.config, "baseline").origin
+            found.append((f"{origin} {baseline_path} (written by --circuits-update-baseline)",
+                          baseline_path))
+        invoked = self.config.invocation_params.dir
+        for option, flag in (("xmlpath", "--junitxml"), ("htmlpath", "--html")):
+            given = getattr(self.config.option, option, None)
+            if given:
+                path = invoked / os.path.expanduser(os.path.expandvars(str(given)))
+                found.append((f"{flag} {given}", path))
+        return found
+
+    def _inputs(self, baseline_path: Path | None) -> list[tuple[str, Path]]:
+        """The files this run reads that are known before collection: the baseline when only
+        compared, the model files and folders and the task file of the options and ini keys,
+        and the configuration file."""
+        found = []
+        if baseline_path is not None and not self.update_baseline:
+            found.append(("the baseline file this run compares with", baseline_path))
+        for role in ("teacher", "student"):
+            chosen = resolve(self.config, role)
+            if chosen.value is None:
+                continue
+            path = Path(model_source(chosen))
+            if path.is_file():
+                found.append((f"the {role} model {path} ({chosen.origin})", path))
+            elif path.is_dir():
+                found += [(f"a file of the {role} model {path} ({chosen.origin})", child)
+                          for child in path.iterdir() if child.is_file()]
+        task = resolve(self.config, "task")
+        task_path = task.base / str(task.value)
+        if task.origin != "default" and task_path.is_file():
+            found.append((f"the task file {task.value} ({task.origin})", task_path))
+        if self.config.inipath is not None:
+            found.append(("the configuration file", Path(self.config.inipath)))
+        return found
+
+    def _check_outputs(self, inputs: list[tuple[str, Path]]) -> None:
+        """Refuse an output that is another output (one would overwrite the other) or a file
+        the run reads, a test module or gate file included (it would be destroyed), before
+        any test runs."""
+        for i, (what, path) in enumerate(self.outputs):
+            for other, other_path in self.outputs[:i]:
+                if same_file(path, other_path):
+                    raise pytest.UsageError(f"{what} is the same file as {other}: one would "
+                                            "overwrite the other; give each its own path")
+            for source, source_path in inputs:
+                if same_file(path, source_path):
+                    raise pytest.UsageError(
+                        f"{what} is {source}: writing it would destroy an input of the run; "
+                        "give another path")
+            if path.is_file() and self._collectable(path):
+                raise pytest.UsageError(
+                    f"{what} is {path}, a file pytest collects (a test module or a gate "
+                    "file): writing it would destroy an input of the run; give another path")
+
+    def _collectable(self, path: Path) -> bool:
+        """Whether pytest would read ``path`` as a test module, conftest or gate file."""
+        from fnmatch import fnmatch
+
+        from .gatefile import is_gate_file
+
+        if is_gate_file(path) or path.name == "conftest.py":
+            return True
+        return path.suffix == ".py" and any(
+            fnmatch(path.name, pattern) for pattern in self.config.getini("python_files"))
 
     # ------------------------------------------------------------------------- interruptions
 
@@ -302,7 +484,20 @@ class CircuitsRun:
 
     @pytest.hookimpl(trylast=True)  # after -k/-m deselection: only selected tests count
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        """Mark ``gpu`` tests to be skipped when CUDA is absent (unless it is required)."""
+        """Refuse an output that is a collected file, and mark ``gpu`` tests to be skipped
+        when CUDA is absent (unless it is required)."""
+        if self.outputs:
+            try:
+                self._check_outputs(collected_inputs(items))
+            except pytest.UsageError:
+                self.outputs = []  # refused: the run ends before any test, writing nothing
+                self.writers = [w for w in self.writers if w.name not in ("json", "html")]
+                self.update_baseline = False
+                for plugin in self.config.pluginmanager.get_plugins():
+                    # pytest's --junitxml writer writes at sessionfinish whatever happened
+                    if type(plugin).__name__ == "LogXML" and hasattr(plugin, "logfile"):
+                        plugin.logfile = os.devnull
+                raise
         gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
         if not gpu_items or self.require_gpu or self._has_cuda():
             return
@@ -310,6 +505,22 @@ class CircuitsRun:
                                        "--circuits-require-gpu to fail instead)")
         for item in gpu_items:
             item.add_marker(skip)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Note the gate tests this run will run (a worker sends them to the controller)."""
+        self.gate_tests = {item.nodeid for item in session.items if is_gate_test(item)}
+        if self.is_worker:
+            self.config.workeroutput[GATE_TESTS_OUTPUT] = sorted(self.gate_tests)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """An xdist worker finished: add the gate tests it collected."""
+        self.gate_tests.update(getattr(node, "workeroutput", {}).get(GATE_TESTS_OUTPUT, ()))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:
+        """An xdist worker died while running ``crashitem``."""
+        self.ends[crashitem] = ("crashed", _reason(report))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -379,7 +590,7 @@ class CircuitsRun:
                         self.records.append(record)
                 raise
         problems = recorder.unraised()
-        if problems:  # the test swallowed the error: a regression still fails it
+        if problems:  # the test swallowed the error: the failing verdict still fails it
             raise CircuitAssertionError(problems)
         return outcome
 
@@ -387,6 +598,8 @@ class CircuitsRun:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]
                                   ) -> pytest.TestReport:
         report = yield
+        if item.nodeid in self.gate_tests:
+            setattr(report, GATE_TEST_ATTRIBUTE, True)
         records = item.stash.get(RECORDS, None)
         if call.when == "call" and records:
             setattr(report, REPORT_ATTRIBUTE, [r.to_dict() for r in records])
@@ -399,6 +612,13 @@ class CircuitsRun:
         self.files.add(report.nodeid.split("::")[0])
         if report.when == "call" or (report.when == "setup" and not report.passed):
             self.outcomes[report.nodeid] = _outcome(report)
+        if getattr(report, GATE_TEST_ATTRIBUTE, False):
+            self.gate_tests.add(report.nodeid)
+        if report.when == "setup" and report.failed:
+            self.ends[report.nodeid] = ("error", _reason(report))
+        elif report.when == "call" or (report.when == "setup" and report.skipped):
+            self.ends[report.nodeid] = (_outcome(report),
+                                        _reason(report) if report.failed else "")
         for data in getattr(report, REPORT_ATTRIBUTE, None) or ():
             record = GateRecord.from_dict(data)
             record.outcome = _outcome(report)
@@ -467,23 +687,29 @@ class CircuitsRun:
         extra: dict[str, Any] = {"threads": {"per_process": self.threads,
                                              "origin": self.threads_origin}}
         if self.baseline is not None:
+            written = False
             complete = self._complete(session, exitstatus) and not interrupted
             self.stale = self._stale(complete)
             if self.update_baseline and interrupted:
                 self.notes.append(f"baseline {self.baseline.path} NOT updated: the run was "
                                   f"interrupted ({stopped}); rerun to completion to update it")
             elif self.update_baseline:
-                self._write_baseline(records, complete)
+                written = self._write_baseline(records, complete)
             self.notes.extend(_ambiguous_keys(records))
             extra["baseline"] = {
                 "path": str(self.baseline.path),
                 "mode": "update" if self.update_baseline else "compare",
                 "stale": self.stale,
-                "written": self.update_baseline and not interrupted,
+                "written": written,
             }
         self.run_info = self._run_info(records, extra, stopped, interrupted)
         for writer in self.writers:
-            self.notes.extend(writer.finish(self.run_info))
+            try:
+                self.notes.extend(writer.finish(self.run_info))
+            except OSError as exc:
+                self._write_failed(writer.what, exc)
+        if self.write_failed and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # the run lost its results
 
     def _run_info(self, records: list[GateRecord], extra: dict[str, Any] | None = None,
                   stopped: str | None = None, interrupted: bool = False) -> RunInfo:
@@ -491,31 +717,65 @@ class CircuitsRun:
             records=tuple(records), extra=dict(extra or {}), stopped=stopped,
             interrupted=interrupted, with_baseline=self.baseline is not None,
             update_baseline=self.update_baseline, stale=tuple(self.stale),
-            notes=tuple(self.notes),
+            notes=tuple(self.notes), tests=self._gate_tests(records),
         )
 
-    def _write_baseline(self, records: list[GateRecord], complete: bool) -> None:
+    def _gate_tests(self, records: list[GateRecord]) -> tuple[GateTest, ...]:
+        """Every gate test of the run (collected as one, or that recorded a result, or a
+        gate-file item) with how it ended; one never reported did not run."""
+        from .gatefile import is_gate_file
+
+        counts: dict[str, int] = {}
+        for record in records:
+            counts[record.result.nodeid] = counts.get(record.result.nodeid, 0) + 1
+        nodeids = self.gate_tests | set(counts) | {
+            nodeid for nodeid in self.ends if is_gate_file(Path(nodeid.split("::")[0]))}
+        tests = []
+        for nodeid in sorted(nodeids):
+            outcome, reason = self.ends.get(nodeid, ("not run", ""))
+            tests.append(GateTest(nodeid, outcome, counts.get(nodeid, 0), reason))
+        return tuple(tests)
+
+    def _write_baseline(self, records: list[GateRecord], complete: bool) -> bool:
+        """Merge this run's results into the baseline file; whether it was written."""
         assert self.baseline is not None
+        from .baseline import entry_for, entry_problem
+
         remove = set(self.stale) if complete else set()
-        # a result without finite values would make the file unreadable (the loader refuses
-        # it), so the entry it would replace stays as it was
+        # an entry the loader would refuse (no values, a value that is not finite or outside
+        # what its unit can take) would make the file unreadable, so it is never written: the
+        # entry it would replace stays as it was
         usable, skipped = [], []
         for record in records:
-            values = record.result.values
-            finite = bool(values) and all(
-                isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
-                for v in values.values())
-            (usable if finite else skipped).append(record.result)
+            problem = entry_problem(record.result.key, entry_for(record.result))
+            if problem:
+                skipped.append((record.result, problem))
+            else:
+                usable.append(record.result)
         updated = self.baseline.updated(usable, remove, environment(records)["versions"])
-        write_json_atomic(self.baseline.path, updated.to_dict())
+        try:
+            write_json_atomic(self.baseline.path, updated.to_dict())
+        except OSError as exc:
+            self._write_failed(f"the baseline {self.baseline.path}", exc)
+            return False
         written = len({r.key for r in usable})
         self.notes.append(
             f"updated baseline {self.baseline.path}: {written} entries written"
             + (f", {len(remove)} stale removed" if remove else "")
         )
-        for result in skipped:
-            self.notes.append(f"baseline entry {result.key!r} NOT updated: {result.nodeid} "
-                              "measured no finite values")
+        for result, problem in skipped:
+            self.notes.append(f"baseline entry {result.key!r} NOT updated: the result of "
+                              f"{result.nodeid} {problem}; the entry stays as it was")
+        return True
+
+    def _write_failed(self, what: str, exc: OSError) -> None:
+        """A file the run writes at its end could not be written (a full disk, a folder that
+        vanished): one ERROR line in the summary instead of a traceback, and a failed run."""
+        reason = exc.strerror or str(exc)
+        code = f"{errno.errorcode[exc.errno]}: " if exc.errno in errno.errorcode else ""
+        self.notes.append(f"ERROR: {what} was NOT written ({code}{reason}); the previous file, "
+                          "if there was one, is kept. Free space or fix the path and rerun")
+        self.write_failed = True
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker:

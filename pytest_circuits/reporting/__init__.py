@@ -7,7 +7,8 @@ writer implements the moments its format needs (:class:`Writer` gives the rest a
   are the test's so far, the new one last): JUnit properties;
 - ``test(report, records)``: the call report of a test with gate results was made: pytest-html;
 - ``finish(run)``: the session ended; write files and return notes for the terminal summary:
-  the results JSON, the HTML report;
+  the results JSON, the HTML report (an ``OSError`` it raises, a full disk say, becomes one
+  ERROR line naming ``what`` it writes, and a failed run);
 - ``summary(run, terminal)``: pytest's terminal summary: the table of gates.
 
 A new report format is one module with a :class:`Writer` subclass, listed in
@@ -23,7 +24,51 @@ from typing import Any, Protocol
 
 from ..output import GateRecord
 
-__all__ = ["ReportWriter", "RunInfo", "Writer", "configured_writers"]
+__all__ = ["GateTest", "ReportWriter", "RunInfo", "Writer", "configured_writers",
+           "unfinished_summary"]
+
+
+#: How a gate test ended when it did not get to decide its gates.
+UNFINISHED = ("error", "crashed", "not run")
+
+
+@dataclass(frozen=True)
+class GateTest:
+    """A test that runs gates (a gate-file item, a test that uses the circuit fixtures or the
+    ``circuits`` marker, or one that recorded a result) and how it ended: its ``outcome``
+    (passed, failed, xfailed, xpassed, skipped; error: its setup failed; crashed: its xdist
+    worker died; not run), how many gate results it recorded and, when it did not finish,
+    why (the error's last line)."""
+
+    nodeid: str
+    outcome: str
+    gates: int = 0
+    reason: str = ""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the test got to decide its gates: it ran to an outcome, and a failure
+        came with a recorded gate (a model that failed to load records none)."""
+        if self.outcome in UNFINISHED:
+            return False
+        return not (self.outcome == "failed" and self.gates == 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"nodeid": self.nodeid, "outcome": self.outcome, "gates": self.gates,
+                "finished": self.finished, "reason": self.reason}
+
+
+def unfinished_summary(tests: Sequence[GateTest]) -> str:
+    """``2 gate tests did not finish (1 crashed, 1 error)``; "" when every one finished."""
+    unfinished = [t for t in tests if not t.finished]
+    if not unfinished:
+        return ""
+    counts: dict[str, int] = {}
+    for test in unfinished:
+        counts[test.outcome] = counts.get(test.outcome, 0) + 1
+    kinds = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+    return (f"{len(unfinished)} gate test{'s' if len(unfinished) > 1 else ''} did not finish "
+            f"({kinds})")
 
 
 @dataclass(frozen=True)
@@ -34,7 +79,8 @@ class RunInfo:
     header fields beyond the standard ones (threads, baseline); ``stopped`` why the run did not
     get through its selected tests (None when it did) and ``interrupted`` whether that was an
     interruption (Ctrl-C, SIGTERM) rather than an early stop (``-x``); ``stale`` the baseline
-    keys no test produced; ``notes`` the closing lines so far.
+    keys no test produced; ``notes`` the closing lines so far; ``tests`` every gate test of
+    the run with how it ended.
     """
 
     records: tuple[GateRecord, ...] = ()
@@ -45,12 +91,20 @@ class RunInfo:
     update_baseline: bool = False
     stale: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    tests: tuple[GateTest, ...] = ()
+
+    @property
+    def unfinished(self) -> tuple[GateTest, ...]:
+        """The gate tests that did not get to decide their gates."""
+        return tuple(t for t in self.tests if not t.finished)
 
 
 class ReportWriter(Protocol):
     """One output of a run (see the module docstring for when each method is called)."""
 
     name: str
+    #: what the writer writes, for the error line when it cannot ("the results JSON out.json")
+    what: str
 
     def gate(self, item: Any, records: Sequence[GateRecord]) -> None: ...
 
@@ -66,6 +120,7 @@ class Writer:
     moments your format needs."""
 
     name = "writer"
+    what = "a report"
 
     def gate(self, item: Any, records: Sequence[GateRecord]) -> None:
         """A gate result was recorded in the test ``item`` (the last of ``records``)."""

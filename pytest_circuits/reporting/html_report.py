@@ -15,6 +15,7 @@ class HtmlReport(Writer):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.what = f"the HTML report {path}"
 
     def finish(self, run: RunInfo) -> list[str]:
         if run.interrupted:

@@ -8,26 +8,30 @@ from pathlib import Path
 from typing import Any
 
 from ..output import GateRecord, environment, sort_key, write_json_atomic
-from . import RunInfo, Writer
+from . import GateTest, RunInfo, Writer, unfinished_summary
 
 FORMAT = "pytest-circuits-results"
 VERSION = 1
 
 
 def results_document(records: Sequence[GateRecord], extra: dict[str, Any] | None = None, *,
-                     complete: bool = True, interruption: str | None = None) -> dict[str, Any]:
+                     complete: bool = True, interruption: str | None = None,
+                     tests: Sequence[GateTest] = ()) -> dict[str, Any]:
     """The ``--circuits-json`` document: header, environment and every result, sorted.
 
     ``complete`` is False when the run stopped before every selected test ran (an interruption,
-    ``-x``): a reader must not take the absence of failures for a green release then.
+    ``-x``) or a gate test did not finish (its setup failed, its worker crashed, it failed
+    before recording a gate): a reader must not take the absence of failures for a green
+    release then. ``tests`` lists every gate test with how it ended.
     """
     ordered = sorted(records, key=sort_key)
+    unfinished = unfinished_summary(tests)
     return {
         "format": FORMAT,
         "version": VERSION,
         "created": datetime.now(UTC).replace(microsecond=0).isoformat(),
-        "complete": complete,
-        "interruption": interruption,
+        "complete": complete and not unfinished,
+        "interruption": interruption or unfinished or None,
         "environment": environment(ordered),
         "summary": {
             "gates": len(ordered),
@@ -36,6 +40,7 @@ def results_document(records: Sequence[GateRecord], extra: dict[str, Any] | None
             "xfailed": sum(r.verdict == "XFAIL" for r in ordered),
         },
         **(extra or {}),
+        "tests": [t.to_dict() for t in sorted(tests, key=lambda t: t.nodeid)],
         "results": [r.to_dict() for r in ordered],
     }
 
@@ -57,10 +62,12 @@ class ResultsJson(Writer):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.what = f"the results JSON {path}"
 
     def finish(self, run: RunInfo) -> list[str]:
         write_json_atomic(self.path, results_document(
             run.records, dict(run.extra), complete=run.stopped is None,
-            interruption=run.stopped))
+            interruption=run.stopped, tests=run.tests))
+        incomplete = run.stopped or unfinished_summary(run.tests)
         return [f"wrote {len(run.records)} gate results to {shown(self.path)}"
-                + (f" (INCOMPLETE: {run.stopped})" if run.stopped else "")]
+                + (f" (INCOMPLETE: {incomplete})" if incomplete else "")]

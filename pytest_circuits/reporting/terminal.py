@@ -10,7 +10,7 @@ from ..kinds import UNIT_SYMBOLS, metric_spec
 from ..output import GateRecord, sort_key
 from ..results import GateResult, MetricCheck
 from ..tables import format_number, format_table
-from . import RunInfo, Writer
+from . import RunInfo, Writer, unfinished_summary
 
 
 def _threshold_cell(result: GateResult, check: MetricCheck) -> str:
@@ -38,7 +38,7 @@ def summary_rows(records: Iterable[GateRecord], with_baseline: bool) -> list[lis
     rows = []
     for record in sorted(records, key=sort_key):
         result, check = record.result, record.baseline
-        failing = "XFAIL" if record.outcome == "xfailed" else "FAIL"
+        failing = record.failing
         metrics = [(c.metric, c.value, _threshold_cell(result, c), c.passed)
                    for c in result.checks]
         if check is not None:
@@ -99,7 +99,7 @@ class TerminalSummary(Writer):
     name = "terminal"
 
     def summary(self, run: RunInfo, terminal: Any) -> None:
-        if not (run.records or run.stale or run.notes):
+        if not (run.records or run.stale or run.notes or run.unfinished):
             return
         write = terminal.write_line
         terminal.write_sep("=", "circuit gates")
@@ -114,6 +114,12 @@ class TerminalSummary(Writer):
                 write(line)
             for line in method_lines(records):
                 write(line)
+        if run.unfinished:
+            write(f"circuits: {unfinished_summary(run.tests)}, so the results are INCOMPLETE "
+                  "(a gate that did not run is not a gate that passed):")
+            for test in run.unfinished:
+                write(f"  {test.nodeid}: {test.outcome}" + (f" ({test.reason})" if test.reason
+                                                             else ""))
         if run.stale:
             what = "removed from the baseline" if run.update_baseline and any(
                 "stale removed" in n for n in run.notes) else "not produced by this run"
