@@ -516,23 +516,3 @@ def test_the_html_option_writes_the_report_of_the_merged_run(tmp_path: Path,
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.html"]
 
 
-@pytest.mark.slow
-def test_a_compact_report_is_attached_to_pytest_html_when_it_is_active(
-    pytester: pytest.Pytester,
-) -> None:
-    pytester.makepyfile(fakegates=FAKE_GATES, test_html=HTML_SUITE)
-    package = pytester.mkpydir("pytest_html")
-    (package / "extras.py").write_text(
-        "def html(content):\n    return {'format_type': 'html', 'content': content}\n")
-    pytester.makeconftest(
-        "import json\nimport pytest_circuits.htmlreport as h\n\n"
-        "h.html_snippet = lambda records: '<b>' + ','.join(r.result.subject for r in records)"
-        " + '</b>'\n\n"
-        "def pytest_configure(config):\n"
-        "    config.pluginmanager.register(object(), 'html')  # pytest-html's plugin name\n\n"
-        "def pytest_runtest_logreport(report):\n"
-        "    if report.when == 'call':\n"
-        "        open('extras.json', 'w').write(json.dumps(getattr(report, 'extras', [])))\n")
-    pytester.runpytest_subprocess().assert_outcomes(passed=1)
-    assert json.loads((pytester.path / "extras.json").read_text()) == [
-        {"format_type": "html", "content": "<b>teacher -> student</b>"}]

@@ -58,3 +58,27 @@ def test_the_real_pytest_html_report_carries_each_tests_gates(pytester: pytest.P
     assert '<span class="badge PASS">1 PASS</span>' in rows
     assert rows.count("data:image/png;base64,") == 1  # the heatmap of drops
     assert re.search(r"A 0\.\d+ \(weighted 0\.\d+\)", rows)
+
+
+def test_installed_but_not_asked_for_it_draws_nothing(pytester: pytest.Pytester) -> None:
+    # pytest-html is always loaded once installed; without --html no fragment may be drawn
+    from helpers import FAKE_GATES
+
+    pytester.makepyfile(fakegates=FAKE_GATES, test_fake="import fakegates\n\n"
+                        "def test_gate():\n    fakegates.aligned(0.9)\n")
+    pytester.makeconftest("import pytest_circuits.htmlreport as h\n\n"
+                          "def refuse(records):\n    raise AssertionError('drawn')\n\n"
+                          "h.html_snippet = refuse\n")
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_a_result_whose_report_cannot_be_drawn_leaves_the_html_row_without_it(
+        pytester: pytest.Pytester) -> None:
+    from helpers import FAKE_GATES  # its results hold a plain dict, not a typed report
+
+    pytester.makepyfile(fakegates=FAKE_GATES, test_fake="import fakegates\n\n"
+                        "def test_gate():\n    fakegates.aligned(0.9)\n")
+    run = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--html=r.html")
+    run.assert_outcomes(passed=1)
+    assert "INTERNALERROR" not in run.stdout.str()
+    assert "circuits-extra" not in _rows((pytester.path / "r.html").read_text())

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..results.reports import ReportFormatError
 from .page import MODEL_PARTS, PAIR_PARTS, Page, as_gates, is_pair_report, model_name
 
 __all__ = [
@@ -80,7 +81,10 @@ def reports_from_gate_results(gate_results: Iterable[Any]) -> list[Any]:
         data = gate.result.report
         if data is None:
             continue
-        report = _typed(data)
+        try:
+            report = _typed(data)
+        except ReportFormatError:  # a report this version cannot draw: the table still shows
+            continue
         key = _identity(report)
         (pairs if is_pair_report(report) else models).setdefault(key, report)
     shown_students = {

@@ -559,6 +559,8 @@ def snippet(reports: Sequence[Any], gates: Sequence[Gate]) -> str:
         blocks.append(
             f'<div class="circuits-extra"><b>{title}</b> {_verdicts(chosen)}<br>'
             f"<small>{facts}</small><br>{_img(image, 'drops per head and MLP')}</div>")
+    if not blocks:  # nothing drawable: no fragment, rather than an empty frame
+        return ""
     return ('<div class="circuits-extras"><style>.circuits-extras .badge{padding:0 6px;'
             "border-radius:8px}.circuits-extras .PASS{background:#cfe9df}.circuits-extras "
             ".FAIL{background:#f6d5c4}.circuits-extras .XFAIL{background:#e6e1ef}</style>"

@@ -9,9 +9,18 @@ from ..output import GateRecord
 from . import Writer
 
 
+def writes_a_report(pluginmanager: Any) -> bool:
+    """Whether pytest-html is writing a report in this run: installed, it is always loaded, but
+    it registers its report object only when ``--html`` was given (and not on xdist workers,
+    whose rows reach the controller's report)."""
+    return any(type(plugin).__module__.startswith("pytest_html.")
+               for plugin in pluginmanager.get_plugins())
+
+
 class PytestHtmlExtras(Writer):
     """Adds the compact HTML report of a test's gates to pytest-html's extras (only when
-    pytest-html is loaded; the fragment needs matplotlib, without which nothing is added)."""
+    pytest-html writes a report; the fragment needs matplotlib, without which nothing is
+    added)."""
 
     name = "pytest-html"
 
@@ -19,7 +28,7 @@ class PytestHtmlExtras(Writer):
         self.pluginmanager = pluginmanager
 
     def test(self, report: Any, records: Sequence[GateRecord]) -> None:
-        if not self.pluginmanager.hasplugin("html"):
+        if not self.pluginmanager.hasplugin("html") or not writes_a_report(self.pluginmanager):
             return
         try:
             from pytest_html import extras  # type: ignore[import-not-found]
