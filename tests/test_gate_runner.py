@@ -155,10 +155,10 @@ def test_fuzzed_gate_arguments_are_refused_at_the_edge_or_are_all_finite(name: s
         pass
     except TypeError as exc:  # a pair gate handed something that is not a pair
         assert "expected a ModelPair" in str(exc), exc
-    # it got past every check: no NaN, infinity or boolean passed for a number
+    # it got past every check: no NaN or infinity passed for a number (a huge finite margin
+    # is allowed: the task guard then refuses the model by name)
     for value in given_values.values():
         assert not (isinstance(value, float) and not math.isfinite(value)), given_values
-        assert abs(value) < 1e300 if isinstance(value, float) else True, given_values
 
 
 def test_a_shift_search_is_bounded_and_says_by_how_much() -> None:

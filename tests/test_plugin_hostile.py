@@ -366,8 +366,8 @@ def test_a_gate_file_whose_model_fails_to_load_leaves_the_results_incomplete(
     [test] = document["tests"]
     assert (test["nodeid"], test["outcome"], test["gates"], test["finished"]) == (
         "circuits.yaml::gone-aligned", "failed", 0, False)
-    assert "ModelLoadError: model directory" in test["reason"]
-    assert "no-student-here" in test["reason"]
+    # the reason is one line, cut to a length: the temporary path may push the name past it
+    assert "gate 'gone-aligned': ModelLoadError: model directory" in test["reason"]
     assert "  circuits.yaml::gone-aligned: failed (" in "\n".join(summary_section(result.outlines))
 
 
