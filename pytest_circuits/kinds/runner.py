@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import context
+from ..config import options as defaults
 from ..config.options import (
-    AUTO_MIN_COMPONENTS,
     AnalysisOptions,
     check_gate_method,
     check_margin,
@@ -385,10 +385,8 @@ def record_method(result: GateResult, call: GateCall, sweeps: Mapping[str, Any],
             mean_drop_bound=sweep.mean_drop_bound,
         )
     method = "auto" if "auto" in ran_by else "exact"
-    if requested is None:
-        from ..config import options
-
-        origin = (f"default: auto for a model of {options.AUTO_MIN_COMPONENTS:,} components or "
+    if requested is None:  # the threshold is read now: a test may lower it
+        origin = (f"default: auto for a model of {defaults.AUTO_MIN_COMPONENTS:,} components or "
                   "more, exact below")
     line = f"sweep method: {method} ({origin}): " + "; ".join(
         f"{role} {sweep_line(sweep)}" for role, sweep in sweeps.items())
@@ -441,5 +439,5 @@ def finish(result: GateResult, headline: str, details: str, *, task: Any = None)
         raise CircuitAssertionError(message)
 
 
-__all__ = ["AUTO_MIN_COMPONENTS", "GateCall", "Measurement", "evaluate", "run_gate",
+__all__ = ["GateCall", "Measurement", "evaluate", "run_gate",
            "sweep_method", "task_options"]
