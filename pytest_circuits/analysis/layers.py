@@ -39,6 +39,7 @@ __all__ = [
     "monotone_alignment",
     "parse_layer_map",
     "report_layer_map",
+    "spans",
 ]
 
 #: A tie between two maps' votes is broken towards the proportional position by this much per
@@ -47,11 +48,20 @@ __all__ = [
 _TIE_BREAK = 1e-9
 
 
+#: No model has more layers than this (Llama-3.1-405B has 126); a depth beyond it is a damaged
+#: report, refused before a vote table of that size is made.
+MAX_LAYERS = 1024
+
+
 def layer_votes(matches: Iterable[tuple[int, int, float]], n_student: int, n_teacher: int
                 ) -> np.ndarray:
     """``votes[s, t]``: the summed weight of the matches ``(student layer, teacher layer,
     weight)`` between student layer ``s`` and teacher layer ``t``; a match naming a layer
     outside either model, or with a weight that is not a positive finite number, is left out."""
+    for role, n_layers in (("student", n_student), ("teacher", n_teacher)):
+        if not 0 <= n_layers <= MAX_LAYERS:
+            raise ValueError(f"the {role} has {n_layers} layers; a model has 0 to "
+                             f"{MAX_LAYERS}: the report is damaged")
     votes = np.zeros((n_student, n_teacher))
     for student, teacher, weight in matches:
         if 0 <= student < n_student and 0 <= teacher < n_teacher and np.isfinite(weight) \
@@ -103,15 +113,27 @@ def monotone_alignment(votes: np.ndarray) -> tuple[int, ...]:
 
 
 def depth(model_report: Any) -> int:
-    """A ModelReport's number of layers: its model's, else one past its deepest swept layer."""
-    n_layers = getattr(model_report.model, "n_layers", None)
-    if isinstance(n_layers, int) and n_layers > 0:
-        return n_layers
-    return 1 + max((e.layer for e in model_report.sweep.effects), default=-1)
+    """A ModelReport's number of layers as its sweep saw them: one past its deepest swept layer
+    (the model's ``n_layers`` when nothing was swept). A layer number that is not a whole
+    number from 0 to :data:`MAX_LAYERS` is a ``ValueError`` naming it."""
+    layers = list(_layers(model_report).values())
+    if layers:
+        return 1 + max(layers)
+    n_layers = getattr(model_report.model, "n_layers", 0)
+    return n_layers if isinstance(n_layers, int) and 0 <= n_layers <= MAX_LAYERS else 0
 
 
 def _layers(model_report: Any) -> dict[str, int]:
-    return {e.name: int(e.layer) for e in model_report.sweep.effects}
+    """Component name -> layer, from a ModelReport's sweep."""
+    found = {}
+    for effect in model_report.sweep.effects:
+        layer = effect.layer
+        if isinstance(layer, bool) or not isinstance(layer, int) or \
+                not 0 <= layer < MAX_LAYERS:
+            raise ValueError(f"component {effect.name!r} is in layer {layer!r}, not a layer "
+                             f"number from 0 to {MAX_LAYERS - 1}: the report is damaged")
+        found[effect.name] = layer
+    return found
 
 
 def align_layers(report: Any) -> dict[int, int]:
@@ -148,25 +170,47 @@ def report_layer_map(report: Any, given: Mapping[int, int] | None = None) -> dic
     return align_layers(report)
 
 
-_ENTRY = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+_ENTRY = re.compile(r"^\s*(\d+)(?:\s*-\s*(\d+))?\s*:\s*(\d+)(?:\s*-\s*(\d+))?\s*$")
 
 
 def parse_layer_map(text: str) -> dict[int, int]:
-    """``"0:0,1:1,2:3"`` as ``{0: 0, 1: 1, 2: 3}``; a ``ValueError`` naming the bad entry."""
+    """``"0:0,1:1,2:3"`` as ``{0: 0, 1: 1, 2: 3}``; a run may be written as ranges of the same
+    length, ``"0-3:0-3,4-7:5-8"`` (as ``diff`` prints them). A ``ValueError`` names the bad
+    entry."""
     mapping: dict[int, int] = {}
     for entry in text.split(","):
         found = _ENTRY.match(entry)
         if found is None:
             raise ValueError(
-                f"layer map entry {entry.strip()!r} is not FROM:TO with two layer numbers; "
-                "write it as 0:0,1:1,2:3 (each layer of one model, then the layer of the other "
-                "it corresponds to)")
-        source, target = int(found.group(1)), int(found.group(2))
-        if source in mapping:
-            raise ValueError(f"layer map names layer {source} twice ({source}:"
-                             f"{mapping[source]} and {source}:{target}); give each layer once")
-        mapping[source] = target
+                f"layer map entry {entry.strip()!r} is not FROM:TO with two layer numbers (or "
+                "two ranges of the same length, 4-7:5-8); write it as 0:0,1:1,2:3 (each layer "
+                "of one model, then the layer of the other it corresponds to)")
+        first, last = int(found.group(1)), int(found.group(2) or found.group(1))
+        to_first, to_last = int(found.group(3)), int(found.group(4) or found.group(3))
+        if last - first != to_last - to_first or last < first:
+            raise ValueError(
+                f"layer map entry {entry.strip()!r} maps {last - first + 1} layer(s) onto "
+                f"{to_last - to_first + 1}; a range maps onto an increasing range of the same "
+                "length")
+        for source, target in zip(range(first, last + 1), range(to_first, to_last + 1),
+                                  strict=True):
+            if source in mapping:
+                raise ValueError(f"layer map names layer {source} twice ({source}:"
+                                 f"{mapping[source]} and {source}:{target}); give each layer "
+                                 "once")
+            mapping[source] = target
     return mapping
+
+
+def spans(layers: Iterable[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2, 5``."""
+    runs: list[list[int]] = []
+    for layer in sorted(layers):
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 def layer_map_problem(mapping: Mapping[int, int], n_from: int, n_to: int, *,
@@ -178,14 +222,14 @@ def layer_map_problem(mapping: Mapping[int, int], n_from: int, n_to: int, *,
     missing = [layer for layer in range(n_from) if layer not in mapping]
     extra = sorted(layer for layer in mapping if not 0 <= layer < n_from)
     if extra:
-        return (f"the layer map names {source} layer(s) {', '.join(map(str, extra))}, but the "
+        return (f"the layer map names {source} layer(s) {spans(extra)}, but the "
                 f"{source} has {n_from} layers (0 to {n_from - 1})")
     if missing:
         return (f"the layer map leaves out {source} layer(s) "
-                f"{', '.join(map(str, missing))}; name each of its {n_from} layers")
+                f"{spans(missing)}; name each of its {n_from} layers")
     outside = sorted({t for t in mapping.values() if not 0 <= t < n_to})
     if outside:
-        return (f"the layer map points at {target} layer(s) {', '.join(map(str, outside))}, "
+        return (f"the layer map points at {target} layer(s) {spans(outside)}, "
                 f"but the {target} has {n_to} layers (0 to {n_to - 1})")
     ordered = [mapping[layer] for layer in range(n_from)]
     for layer in range(1, n_from):
