@@ -1097,6 +1097,9 @@ def layer_frames(old: Any, new: Any, layer_map: dict[int, int] | None = None) ->
     from .analysis.layers import align_layers, depth, layer_map_problem
 
     n_old, n_new = depth(_student(old)), depth(_student(new))
+    if layer_map is not None or n_old != n_new:
+        _check_heads(old)
+        _check_heads(new)
     if layer_map is not None:
         problem = layer_map_problem(layer_map, n_new, n_old, names=("new student",
                                                                      "old student"))
@@ -1134,18 +1137,29 @@ def _ranges(mapping: dict[int, int]) -> str:
                      for run in runs)
 
 
-def _keyed(effects: Sequence[Any], frame: dict[int, int]) -> dict[tuple[int, int, str, int], Any]:
-    """Each effect under its place in the common frame: (frame layer, how many of the side's
-    earlier layers share that frame layer, kind, head)."""
+def _keyed(effects: Sequence[Any], frames: LayerFrames, frame: dict[int, int]
+           ) -> dict[Any, Any]:
+    """Each effect under its place: its name when the frames are the index, else (frame layer,
+    how many of the side's earlier layers share that frame layer, head; -1 for the MLP)."""
+    if frames.by_index:
+        return {effect.name: effect for effect in effects}
     rank: dict[int, dict[int, int]] = {}
     keyed = {}
     for effect in effects:
         target = frame.get(effect.layer, -1 - effect.layer)  # unmapped: a place of its own
         seen = rank.setdefault(target, {})
         seen.setdefault(effect.layer, len(seen))
-        keyed[(target, seen[effect.layer], effect.kind,
-               -1 if effect.head is None else effect.head)] = effect
+        keyed[(target, seen[effect.layer], -1 if effect.head is None else effect.head)] = effect
     return keyed
+
+
+def _check_heads(report: Any) -> None:
+    """A ``ValueError`` when a swept component's head is not a head number (or None for an
+    MLP): aligning layers places components by layer and head."""
+    for effect in _student(report).sweep.effects:
+        head = effect.head
+        if head is not None and (isinstance(head, bool) or not isinstance(head, int)):
+            raise ValueError(f"component {effect.name!r} has head {head!r}, not a head number")
 
 
 def diff_reports(old: Any, new: Any, args: argparse.Namespace,
@@ -1189,8 +1203,8 @@ def diff_reports(old: Any, new: Any, args: argparse.Namespace,
     if frames.old is None or frames.new is None:
         return summary, []
     components: list[Change] = []
-    before = _keyed(old_student.sweep.effects, frames.old)
-    after = _keyed(new_student.sweep.effects, frames.new)
+    before = _keyed(old_student.sweep.effects, frames, frames.old)
+    after = _keyed(new_student.sweep.effects, frames, frames.new)
     old_match = ({p.teacher: p for p in old.alignment.pairs}
                  if hasattr(old, "alignment") else {})
     new_match = ({p.teacher: p for p in new.alignment.pairs}
@@ -1260,6 +1274,8 @@ def _whole_layers(before: dict[Any, Any], after: dict[Any, Any], frames: LayerFr
     """The layers one side has and the other has no counterpart of: {True: the old student's
     removed layers, False: the new student's added ones}, each with its components."""
     found: dict[bool, dict[int, list[str]]] = {True: {}, False: {}}
+    if frames.by_index:  # the same layers on both sides: a missing component is listed alone
+        return found
     for removed, mine, other in ((True, before, after), (False, after, before)):
         places = {(k[0], k[1]) for k in other}
         layers: dict[int, list[tuple[Any, Any]]] = {}

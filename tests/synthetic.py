@@ -144,3 +144,20 @@ def depth_pruned_pair(dropped: Sequence[int] = (4, 9, 14, 19, 24, 29), n_layers:
         for i, name in enumerate(names(layer, n_heads)):
             matches.append((name, names(place[near], n_heads)[i], similarity))
     return pair_report(teacher, student, matches), kept
+
+
+def head_pruned_pair(pruned: Sequence[str] = ("L20H0", "L23H3"), n_layers: int = 30,
+                     n_heads: int = 9) -> PairReport:
+    """The teacher and a copy whose ``pruned`` heads had their output weights zeroed: their
+    attention patterns (and so their matches) stay, their ablation costs nothing."""
+    drops = teacher_drops(n_layers, n_heads)
+    student_drops = drops.copy()
+    for name in pruned:
+        layer, head = (int(x) for x in name[1:].split("H"))
+        student_drops[layer, head] = 0.0
+    student_drops[21, 2] = 30.0  # another head took part of the work over
+    teacher = model_report("HuggingFaceTB/SmolLM2-135M", drops)
+    student = model_report("smollm2-head-pruned", student_drops, pruned=tuple(pruned))
+    matches = [(name, name, 0.98) for layer in range(n_layers)
+               for name in names(layer, n_heads)]
+    return pair_report(teacher, student, matches)
