@@ -238,8 +238,7 @@ def heatmaps(grids: Sequence[Grid], *, annotate: bool | None = None, scale: floa
     colorbar_axes = fig.add_subplot(grid_spec[0, -1])
     bar = fig.colorbar(image, cax=colorbar_axes, extend="both")
     bar.set_ticks([DROP_RANGE[0], -25, 0, 25, 50, 75, DROP_RANGE[1]])
-    bar.set_label("drop (points of the clean metric; < 0: ablating helps)",
-                  fontsize=fontsize + 1)
+    bar.set_label("drop (points; < 0: ablating helps)", fontsize=fontsize + 1)
     bar.ax.tick_params(labelsize=fontsize + 1)
     if any_pruned:
         fig.text(0.01, -0.01, "hatched grey: pruned (zero output weights), not idle",
@@ -352,11 +351,13 @@ def correspondence(
         if row_name in row_of and column_name in column_of:
             axes.add_patch(Rectangle((column_of[column_name] - 0.5, row_of[row_name] - 0.5), 1,
                                      1, fill=False, edgecolor="#333333", linewidth=0.6))
-    if span <= 16:
+    if span <= 16:  # each cell's share in its corner, clear of the numbered marks
+        darkest = float(shares.max()) or 1.0
         for (row, column), value in np.ndenumerate(shares):
             if value >= 0.5:
-                axes.text(column, row, f"{value:.0f}", ha="center", va="bottom",
-                          fontsize=fontsize - 1, color="#333333")
+                axes.text(column - 0.44, row - 0.42, f"{value:.0f}%", ha="left", va="top",
+                          fontsize=fontsize - 1,
+                          color="white" if value > 0.55 * darkest else "#333333")
     by_teacher = {link.teacher: link for link in links}
     colours = {status: colour for status, colour, _ in MARK_STYLES}
     crowd: dict[tuple[int, int], int] = {}
@@ -368,7 +369,11 @@ def correspondence(
         row, column = place[name]
         k = crowd.get((row, column), 0)
         crowd[(row, column)] = k + 1
-        dx, dy = (0.0, 0.0) if k == 0 else (0.32 * math.cos(k * 2.1), 0.32 * math.sin(k * 2.1))
+        # a few marks share a cell on a ring around its centre (lowered a little on a small
+        # matrix, where the cell's share is printed in its corner)
+        centre = 0.08 if span <= 16 else 0.0
+        dx, dy = (centre, centre) if k == 0 else (
+            centre + 0.3 * math.cos(k * 2.1), centre + 0.3 * math.sin(k * 2.1))
         status = mark_status(link, fan_in, dead, pruned)
         used.add(status)
         axes.scatter([column + dx], [row + dy], s=(110 if span <= 16 else 70),
@@ -377,10 +382,11 @@ def correspondence(
                   fontsize=fontsize - 1, color="white", fontweight="bold", zorder=4)
     handles = [Line2D([], [], marker="o", linestyle="", color=colour, label=words)
                for status, colour, words in MARK_STYLES if status in used]
-    if handles:
-        axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.18, 1.0),
-                    fontsize=fontsize, frameon=False, title="numbered: influential",
-                    title_fontsize=fontsize)
+    if handles:  # above the matrix, clear of the colour bar whatever the figure's size
+        axes.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.01),
+                    ncol=len(handles), fontsize=fontsize, frameon=False, handletextpad=0.2,
+                    columnspacing=0.9, title="numbered: the teacher's influential components",
+                    title_fontsize=fontsize, alignment="left")
     bar = fig.colorbar(image, ax=axes, fraction=0.04, pad=0.02)
     bar.set_label("teacher influence matched (% of total)", fontsize=fontsize)
     bar.ax.tick_params(labelsize=fontsize)
