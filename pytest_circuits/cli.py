@@ -1063,6 +1063,10 @@ def _beyond(worse_by: float, tolerance: float) -> bool:
     return not worse_by <= tolerance
 
 
+#: How ``diff`` says it placed two students of different depth through their matchings.
+THROUGH_TEACHER = "teacher layers, through each file's matching"
+
+
 @dataclass(frozen=True)
 class LayerFrames:
     """Where each side's components stand for a component-by-component diff.
@@ -1081,6 +1085,11 @@ class LayerFrames:
     @property
     def by_index(self) -> bool:
         return self.how == "index"
+
+    @property
+    def through_teacher(self) -> bool:
+        """Both sides are placed at the teacher layer their layers stand for."""
+        return self.how == THROUGH_TEACHER
 
 
 def _student(report: Any) -> Any:
@@ -1118,7 +1127,7 @@ def layer_frames(old: Any, new: Any, layer_map: dict[int, int] | None = None) ->
         n_student, n_teacher = depth(report.student), depth(report.teacher)
         frames.append({layer: layer for layer in range(n_student)} if n_student == n_teacher
                       else align_layers(report))
-    return LayerFrames(frames[0], frames[1], "teacher layers, through each file's matching")
+    return LayerFrames(frames[0], frames[1], THROUGH_TEACHER)
 
 
 def _ranges(mapping: dict[int, int]) -> str:
@@ -1292,7 +1301,7 @@ def _layer_change(layer: int, removed: bool, whole: dict[bool, dict[int, list[st
     names = whole[removed][layer]
     side = "old" if removed else "new"
     frame = (frames.old if removed else frames.new) or {}
-    where = (f"teacher layer {frame[layer]}" if "teacher" in frames.how and layer in frame
+    where = (f"teacher layer {frame[layer]}" if frames.through_teacher and layer in frame
              else f"{side} student layer {layer}")
     shown = ", ".join(names) if len(names) <= 3 else f"{names[0]} .. {names[-1]}"
     return Change(
