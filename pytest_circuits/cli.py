@@ -1063,13 +1063,125 @@ def _beyond(worse_by: float, tolerance: float) -> bool:
     return not worse_by <= tolerance
 
 
-def diff_reports(old: Any, new: Any, args: argparse.Namespace) -> tuple[list[Change],
-                                                                        list[Change]]:
+#: How ``diff`` says it placed two students of different depth through their matchings.
+THROUGH_TEACHER = "teacher layers, through each file's matching"
+
+
+@dataclass(frozen=True)
+class LayerFrames:
+    """Where each side's components stand for a component-by-component diff.
+
+    ``old``/``new`` map a student's layer to a layer of the common frame: the teacher's layers
+    when both are aligned through their matching, the old student's layers under a user's
+    ``--layer-map``, the layer itself when both students have the same depth. ``how`` says which,
+    for the output; ``None`` maps: the depths differ and nothing aligns them (the diff then
+    compares no components).
+    """
+
+    old: dict[int, int] | None
+    new: dict[int, int] | None
+    how: str
+
+    @property
+    def by_index(self) -> bool:
+        return self.how == "index"
+
+    @property
+    def through_teacher(self) -> bool:
+        """Both sides are placed at the teacher layer their layers stand for."""
+        return self.how == THROUGH_TEACHER
+
+
+def _student(report: Any) -> Any:
+    return report.student if hasattr(report, "alignment") else report
+
+
+def layer_frames(old: Any, new: Any, layer_map: dict[int, int] | None = None) -> LayerFrames:
+    """How ``diff`` lines up the layers of two results' students (see :class:`LayerFrames`):
+    ``layer_map`` (new layer -> old layer) when given, else the index when both students have
+    the same depth, else each student's layers aligned with the shared teacher's through its
+    own matching (:func:`analysis.layers.align_layers`). A ``ValueError`` or ``TypeError`` says
+    the reports cannot be aligned (a damaged file); a ``UsageError`` that ``layer_map`` does not
+    fit."""
+    from .analysis.layers import align_layers, depth, layer_map_problem
+
+    n_old, n_new = depth(_student(old)), depth(_student(new))
+    if layer_map is not None or n_old != n_new:
+        _check_heads(old)
+        _check_heads(new)
+    if layer_map is not None:
+        problem = layer_map_problem(layer_map, n_new, n_old, names=("new student",
+                                                                     "old student"))
+        if problem:
+            raise UsageError(f"--layer-map {_ranges(layer_map)}: {problem}")
+        return LayerFrames({layer: layer for layer in range(n_old)}, dict(layer_map),
+                           "--layer-map")
+    if n_old == n_new:
+        same = {layer: layer for layer in range(n_old)}
+        return LayerFrames(same, same, "index")
+    if not (hasattr(old, "alignment") and hasattr(new, "alignment")):
+        return LayerFrames(None, None, f"depths differ ({n_old} and {n_new} layers) and the "
+                                       "files hold no matching to align them")
+    frames = []
+    for report in (old, new):
+        n_student, n_teacher = depth(report.student), depth(report.teacher)
+        frames.append({layer: layer for layer in range(n_student)} if n_student == n_teacher
+                      else align_layers(report))
+    return LayerFrames(frames[0], frames[1], THROUGH_TEACHER)
+
+
+def _ranges(mapping: dict[int, int]) -> str:
+    """``{0: 0, 1: 1, 2: 2, 3: 4, 4: 5}`` as ``0-2:0-2, 3-4:4-5`` (runs that both step by 1)."""
+    runs: list[list[tuple[int, int]]] = []
+    for source, target in sorted(mapping.items()):
+        if runs and source == runs[-1][-1][0] + 1 and target == runs[-1][-1][1] + 1:
+            runs[-1].append((source, target))
+        else:
+            runs.append([(source, target)])
+
+    def span(first: int, last: int) -> str:
+        return str(first) if first == last else f"{first}-{last}"
+
+    return ", ".join(f"{span(run[0][0], run[-1][0])}:{span(run[0][1], run[-1][1])}"
+                     for run in runs)
+
+
+def _keyed(effects: Sequence[Any], frames: LayerFrames, frame: dict[int, int]
+           ) -> dict[Any, Any]:
+    """Each effect under its place: its name when the frames are the index, else (frame layer,
+    how many of the side's earlier layers share that frame layer, head; -1 for the MLP)."""
+    if frames.by_index:
+        return {effect.name: effect for effect in effects}
+    rank: dict[int, dict[int, int]] = {}
+    keyed = {}
+    for effect in effects:
+        target = frame.get(effect.layer, -1 - effect.layer)  # unmapped: a place of its own
+        seen = rank.setdefault(target, {})
+        seen.setdefault(effect.layer, len(seen))
+        keyed[(target, seen[effect.layer], -1 if effect.head is None else effect.head)] = effect
+    return keyed
+
+
+def _check_heads(report: Any) -> None:
+    """A ``ValueError`` when a swept component's head is not a head number (or None for an
+    MLP): aligning layers places components by layer and head."""
+    for effect in _student(report).sweep.effects:
+        head = effect.head
+        if head is not None and (isinstance(head, bool) or not isinstance(head, int)):
+            raise ValueError(f"component {effect.name!r} has head {head!r}, not a head number")
+
+
+def diff_reports(old: Any, new: Any, args: argparse.Namespace,
+                 frames: LayerFrames | None = None) -> tuple[list[Change], list[Change]]:
     """(summary changes, component changes) from ``old`` to ``new``; regressions flagged (a
-    value that is not a number regresses)."""
+    value that is not a number regresses).
+
+    Components are compared where they stand in ``frames`` (default :func:`layer_frames`, with
+    ``args.layer_map``): when the students' depths differ, a student layer is compared with the
+    other's layer that stands for the same teacher layer, never with the one of the same
+    number, and a layer with no counterpart is listed once as removed (or added)."""
     summary: list[Change] = []
-    old_student = old.student if hasattr(old, "alignment") else old
-    new_student = new.student if hasattr(new, "alignment") else new
+    old_student, new_student = _student(old), _student(new)
     ob, nb = old_student.brittleness, new_student.brittleness
     if hasattr(old, "alignment"):
         summary += [
@@ -1095,34 +1207,108 @@ def diff_reports(old: Any, new: Any, args: argparse.Namespace) -> tuple[list[Cha
                f"{ob.worst_component} -> {nb.worst_component}"),
         Change("mean drop", ob.mean_drop, nb.mean_drop),
     ]
+    if frames is None:
+        frames = layer_frames(old, new, getattr(args, "layer_map", None))
+    if frames.old is None or frames.new is None:
+        return summary, []
     components: list[Change] = []
-    before = {e.name: e for e in old_student.sweep.effects}
-    after = {e.name: e for e in new_student.sweep.effects}
+    before = _keyed(old_student.sweep.effects, frames, frames.old)
+    after = _keyed(new_student.sweep.effects, frames, frames.new)
     old_match = ({p.teacher: p for p in old.alignment.pairs}
                  if hasattr(old, "alignment") else {})
     new_match = ({p.teacher: p for p in new.alignment.pairs}
                  if hasattr(new, "alignment") else {})
-    for name in list(before) + [n for n in after if n not in before]:
-        b, a = before.get(name), after.get(name)
+    whole_layers = _whole_layers(before, after, frames)
+    listed: set[tuple[bool, int]] = set()
+    for key in list(before) + [k for k in after if k not in before]:
+        b, a = before.get(key), after.get(key)
         if b is None or a is None:
-            components.append(Change(f"student {name}", "absent" if b is None else b.drop,
+            only = b if a is None else a
+            if not frames.by_index and only.layer in whole_layers[a is None]:
+                if (a is None, only.layer) not in listed:  # once per layer, not per component
+                    listed.add((a is None, only.layer))
+                    components.append(_layer_change(only.layer, a is None, whole_layers,
+                                                    frames))
+                continue
+            components.append(Change(f"student {only.name}", "absent" if b is None else b.drop,
                                      "absent" if a is None else a.drop, False,
                                      "new component" if b is None else "removed component"))
             continue
         change = a.influence - b.influence
         if not abs(change) < args.influence_change:  # a NaN change is listed
+            name = b.name if b.name == a.name else f"{b.name} -> {a.name}"
             components.append(Change(
                 f"student {name} drop", b.drop, a.drop,
                 _beyond(a.drop - b.drop, args.max_drop_increase),
                 f"{'gained' if change > 0 else 'lost'} {abs(change):.1f} points of influence"))
+    old_place = {e.name: k for k, e in before.items()}
+    new_place = {e.name: k for k, e in after.items()}
+    old_layer = {e.name: e.layer for e in before.values()}
+    rehomed: dict[int, list[tuple[Any, Any]]] = {}  # removed old layer -> its teachers' moves
     for teacher in list(old_match) + [t for t in new_match if t not in old_match]:
         b, a = old_match.get(teacher), new_match.get(teacher)
-        if b is None or a is None or b.student != a.student:
-            components.append(Change(
-                f"teacher {teacher} match", b.student if b else None, a.student if a else None,
-                False, f"similarity {_cell(b.similarity if b else None)} -> "
-                       f"{_cell(a.similarity if a else None)}"))
+        moved = (b is None or a is None or
+                 old_place.get(b.student, b.student) != new_place.get(a.student, a.student))
+        if not moved:
+            continue
+        layer = old_layer.get(b.student) if b is not None and a is not None else None
+        if not frames.by_index and layer in whole_layers[True]:
+            # the old match's layer is gone: one line per layer, not one per component
+            rehomed.setdefault(layer, []).append((b, a))  # type: ignore[arg-type]
+            continue
+        components.append(Change(
+            f"teacher {teacher} match", b.student if b else None, a.student if a else None,
+            False, f"similarity {_cell(b.similarity if b else None)} -> "
+                   f"{_cell(a.similarity if a else None)}"))
+    for layer, moves in sorted(rehomed.items()):
+        homes = sorted({after[new_place[a.student]].layer for _, a in moves
+                        if a.student in new_place})
+        components.append(Change(
+            f"teachers matched into old student layer {layer} ({len(moves)})",
+            f"L{layer}", "L" + "/L".join(map(str, homes)) if homes else None, False,
+            f"the layer is removed; now matched in new student layer(s) "
+            f"{', '.join(map(str, homes)) or '-'}, "
+            f"mean similarity {_cell(_mean(b.similarity for b, _ in moves))} -> "
+            f"{_cell(_mean(a.similarity for _, a in moves))}"))
     return summary, components
+
+
+def _mean(values: Any) -> float:
+    numbers = [float(v) for v in values]
+    return sum(numbers) / len(numbers) if numbers else float("nan")
+
+
+def _whole_layers(before: dict[Any, Any], after: dict[Any, Any], frames: LayerFrames
+                  ) -> dict[bool, dict[int, list[str]]]:
+    """The layers one side has and the other has no counterpart of: {True: the old student's
+    removed layers, False: the new student's added ones}, each with its components."""
+    found: dict[bool, dict[int, list[str]]] = {True: {}, False: {}}
+    if frames.by_index:  # the same layers on both sides: a missing component is listed alone
+        return found
+    for removed, mine, other in ((True, before, after), (False, after, before)):
+        places = {(k[0], k[1]) for k in other}
+        layers: dict[int, list[tuple[Any, Any]]] = {}
+        for key, effect in mine.items():
+            layers.setdefault(effect.layer, []).append((key, effect))
+        for layer, items in layers.items():
+            if all((key[0], key[1]) not in places for key, _ in items):
+                found[removed][layer] = [effect.name for _, effect in items]
+    return found
+
+
+def _layer_change(layer: int, removed: bool, whole: dict[bool, dict[int, list[str]]],
+                  frames: LayerFrames) -> Change:
+    names = whole[removed][layer]
+    side = "old" if removed else "new"
+    frame = (frames.old if removed else frames.new) or {}
+    where = (f"teacher layer {frame[layer]}" if frames.through_teacher and layer in frame
+             else f"{side} student layer {layer}")
+    shown = ", ".join(names) if len(names) <= 3 else f"{names[0]} .. {names[-1]}"
+    return Change(
+        f"student layer {layer} ({len(names)} components: {shown})",
+        "present" if removed else "absent", "absent" if removed else "present", False,
+        (f"removed: {where} has no counterpart in the new student" if removed
+         else f"added: {where} has no counterpart in the old student"))
 
 
 def pair_up(old: dict[tuple[str, ...], Any], new: dict[tuple[str, ...], Any]
@@ -1148,6 +1334,39 @@ def pair_up(old: dict[tuple[str, ...], Any], new: dict[tuple[str, ...], Any]
     return matched
 
 
+def _frames_of(old: Any, new: Any, args: argparse.Namespace) -> LayerFrames:
+    """:func:`layer_frames` for ``cmd_diff``: a report whose layers or matching cannot be read
+    is a damaged file (exit 3) naming both files, not an internal error."""
+    try:
+        return layer_frames(old, new, args.layer_map)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        if isinstance(exc, UsageError):
+            raise
+        raise MalformedInputError(
+            f"{args.old} or {args.new}: the students' layers cannot be aligned ({exc}); a "
+            "damaged results file cannot be compared: write it again") from None
+
+
+def _frames_line(frames: LayerFrames) -> str:
+    """How the two students' layers were lined up, for a diff of different depths."""
+    if frames.old is None or frames.new is None:
+        return (f"  {frames.how}: components are not compared; give --layer-map NEW:OLD,... "
+                "to compare them\n")
+    if frames.how == "--layer-map":
+        return f"  layers lined up by --layer-map (new:old): {_ranges(frames.new)}\n"
+    return (f"  layers lined up as {frames.how} (student layer:teacher layer): old "
+            f"{_ranges(frames.old)}; new {_ranges(frames.new)}\n")
+
+
+def _layer_map_argument(text: str) -> dict[int, int]:
+    from .analysis.layers import parse_layer_map
+
+    try:
+        return parse_layer_map(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
     old = {_key(r): r for r in load_reports(args.old)}
     new = {_key(r): r for r in load_reports(args.new)}
@@ -1169,8 +1388,11 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
                 f"{label} was measured differently in the two files ("
                 + "; ".join(differences) + "): their numbers cannot be compared; measure both "
                 "with the same settings")
-        summary, components = diff_reports(old[old_key], new[new_key], args)
+        frames = _frames_of(old[old_key], new[new_key], args)
+        summary, components = diff_reports(old[old_key], new[new_key], args, frames)
         out.write(f"\n{label}: {args.old} -> {args.new}\n")
+        if not frames.by_index:
+            out.write(_frames_line(frames))
         out.write(_table(["metric", "before", "after", "change", "verdict", "note"], [
             [c.what, _cell(c.before), _cell(c.after),
              _n(c.after - c.before) if isinstance(c.before, (int, float))
@@ -1317,6 +1539,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default 5)")
     diff.add_argument("--allow-new-discards", action="store_true",
                       help="a newly discarded teacher mechanism is not a regression")
+    diff.add_argument("--layer-map", type=_layer_map_argument, default=None,
+                      metavar="NEW:OLD,...",
+                      help="the old student's layer each layer of the new student stands for, "
+                           "e.g. 0:0,1:1,2:2,3:3,4:5 for a copy without layer 4 (default: when "
+                           "the students' depths differ, each file's matching aligns its "
+                           "student's layers with the teacher's; the same depth: by index)")
     diff.set_defaults(handler=cmd_diff)
     return parser
 

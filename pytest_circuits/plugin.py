@@ -21,8 +21,10 @@ test reports; only the controller writes files.
 An interrupted run (Ctrl-C, or SIGTERM, which the plugin turns into the same interruption), or
 one where a gate test errored, crashed or did not run, writes a results file marked
 ``"complete": false`` listing them, and an interruption leaves the baseline and the HTML report
-as they were. Every output path is checked at startup, before a model loads: writable, and
-neither another output nor an input of the run. A file that cannot be written at the end is
+as they were. A run that gates nothing (``--collect-only``, or no gate test selected) writes no
+file at all: the last results JSON, HTML report and baseline stay as they were. Every output
+path is checked at startup, before a model loads: writable, and neither another output nor an
+input of the run. A file that cannot be written at the end is
 one ERROR line and a failed run, not a traceback.
 """
 
@@ -682,6 +684,19 @@ class CircuitsRun:
         if self.is_worker:
             return
         records = sorted(self.records, key=sort_key)
+        if self._gates_nothing(records):
+            # nothing was gated (--collect-only, or no gate test was selected): an empty
+            # "complete" results file or an empty page would replace the last real ones and
+            # read as a green release, so every file is left as it was
+            self.writers = [w for w in self.writers if w.name not in ("json", "html")]
+            self.run_info = self._run_info(records)
+            for writer in self.writers:
+                self.notes.extend(writer.finish(self.run_info))
+            if self.json_path is not None or self.html_path is not None or (
+                    self.baseline is not None and self.update_baseline):
+                self.notes.append("no gate test ran: the results JSON, the HTML report and "
+                                  "the baseline are left as they were")
+            return
         stopped = self._interruption(session, exitstatus)
         interrupted = stopped is not None and not stopped.startswith("stopped early")
         extra: dict[str, Any] = {"threads": {"per_process": self.threads,
@@ -710,6 +725,14 @@ class CircuitsRun:
                 self._write_failed(writer.what, exc)
         if self.write_failed and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED  # the run lost its results
+
+    def _gates_nothing(self, records: list[GateRecord]) -> bool:
+        """Whether this run gated nothing: ``--collect-only``, or no gate test was selected,
+        recorded a result or ran (a gate test that did not finish still counts: its run
+        writes a results file marked incomplete)."""
+        if getattr(self.config.option, "collectonly", False):
+            return True
+        return not self._gate_tests(records)
 
     def _run_info(self, records: list[GateRecord], extra: dict[str, Any] | None = None,
                   stopped: str | None = None, interrupted: bool = False) -> RunInfo:

@@ -25,7 +25,7 @@ from pytest_circuits.htmlreport import (
     write_html,
     write_session_report,
 )
-from pytest_circuits.htmlreport.page import fmt, slug
+from pytest_circuits.htmlreport.page import TOP_COMPONENTS, fmt, slug
 from pytest_circuits.models import load_model, load_pair
 from pytest_circuits.recording import GateResult, recording
 
@@ -138,9 +138,27 @@ def expected_numbers(report: Any) -> dict[str, float | int]:
             want[f"delta.{attr}_per_compression"] = per
     influence = dict(zip(report.student.sweep.names, report.student.sweep.influences,
                          strict=True))
+    # every match a student component received, and its fan-in as the report counts it (live,
+    # unambiguous matches): the page used to show the first as fan-in, which claimed
+    # compression the JSON's fan_in did not hold
     for name, absorbed in report.fan_in_all.items():
-        want[f"fan_in.{name}"] = len(absorbed)
+        want[f"matched.{name}"] = len(absorbed)
+        want[f"fan_in.{name}"] = len(report.fan_in.get(name, []))
         want[f"student_influence.{name}"] = influence[name]
+    want["compressed.count"] = len(report.compressed)
+    want["dead.count"] = len(report.dead_matches)
+    for role in ("teacher", "student"):
+        pruned = getattr(report, role).sweep.pruned
+        if pruned:
+            want[f"{role}.pruned.count"] = len(pruned)
+    floor = report.settings.min_student_influence
+    top = [m for m in sorted(a.pairs, key=lambda m: (-m.teacher_share, m.teacher))
+           if m.teacher_share > 0 and m.teacher_influence >= floor][:TOP_COMPONENTS]
+    for m in top:
+        want[f"top.{m.teacher}.teacher_influence"] = m.teacher_influence
+        want[f"top.{m.teacher}.teacher_share"] = m.teacher_share
+        want[f"top.{m.teacher}.similarity"] = m.similarity
+        want[f"top.{m.teacher}.student_influence"] = m.student_influence
     for m in a.weakest(5):
         want[f"pair.{m.teacher}.similarity"] = m.similarity
         want[f"pair.{m.teacher}.teacher_share"] = m.teacher_share

@@ -772,7 +772,13 @@ def sweep(
         fingerprint=fingerprint,
         confirm_top_k=confirm_top_k if method == "attribution" else None,
         screening=screening,
+        pruned=_pruned_names(model),
     )
+
+
+def _pruned_names(model: CircuitModel) -> tuple[str, ...] | None:
+    found = engine.pruned_components(model)
+    return None if found is None else tuple(c.name for c in sorted(found))
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:

@@ -481,6 +481,51 @@ def _after_mlp(
     return mid + mlp_out
 
 
+def _weights_of(module: Any) -> tuple[torch.dtype, torch.device]:
+    parameter = next(iter(module.parameters()), None)
+    if parameter is None:
+        return torch.get_default_dtype(), torch.device("cpu")
+    return parameter.dtype, parameter.device
+
+
+def pruned_components(model: CircuitModel) -> list[Component] | None:
+    """The model's heads and MLPs that write nothing: a head whose rows of the output projection
+    are all zero, an MLP whose output does not depend on its input (an output projection of
+    zeros). Pruned and idle components both cost nothing when ablated; only the weights tell
+    them apart. None for a family that declares no ``BlockLayout`` (its modules are unknown).
+
+    Each layer is probed once: through the output projection, a random vector on each head's
+    slice of z (a nonzero slice maps a random vector to zero with probability 0, and a zero
+    slice maps every vector to exactly the bias); through the MLP, two random inputs (a zero
+    output projection gives both exactly its bias)."""
+    parts = _block_parts(model)
+    if parts is None:
+        return None
+    generator = torch.Generator().manual_seed(0)
+    n_heads, d_head, d_model = int(model.n_heads), int(model.d_head), int(model.d_model)
+    found: list[Component] = []
+    with torch.no_grad():
+        for layer, part in enumerate(parts):
+            dtype, device = _weights_of(part.attn_output)
+            probe = torch.zeros(1, n_heads + 1, n_heads * d_head, dtype=torch.float64)
+            for head in range(n_heads):
+                probe[0, head + 1, head * d_head:(head + 1) * d_head] = torch.randn(
+                    d_head, generator=generator, dtype=torch.float64) + 1.0
+            out = _first(part.attn_output(probe.to(dtype=dtype, device=device)))[0]
+            found += [Component.head_at(layer, head) for head in range(n_heads)
+                      if torch.equal(out[head + 1], out[0])]
+            if not part.mlp:
+                continue
+            dtype, device = _weights_of(part.mlp[0])
+            hidden = (torch.randn(1, 2, d_model, generator=generator, dtype=torch.float64)
+                      + 1.0).to(dtype=dtype, device=device)
+            for module in part.mlp:
+                hidden = _first(module(hidden))
+            if torch.equal(hidden[0, 0], hidden[0, 1]):
+                found.append(Component.mlp_at(layer))
+    return found
+
+
 def _merge_heads(z: torch.Tensor) -> torch.Tensor:
     """z as the output projection takes it: [..., n_heads, d_head] -> [..., n_heads * d_head]."""
     return z.reshape(*z.shape[:-2], z.shape[-2] * z.shape[-1])

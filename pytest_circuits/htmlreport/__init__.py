@@ -9,7 +9,7 @@ matplotlib is imported only when a figure is drawn.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +29,30 @@ __all__ = [
 
 def render_html(
     reports: Sequence[Any], gate_results: Iterable[Any] = (), *,
-    title: str = "pytest-circuits report",
+    title: str = "pytest-circuits report", layer_map: Mapping[int, int] | None = None,
 ) -> str:
     """The report page for ``reports`` (one section each), with the verdicts of
-    ``gate_results`` shown in the section of the pair and task they checked."""
+    ``gate_results`` shown in the section of the pair and task they checked.
+
+    A pair whose models differ in depth is drawn layer against layer: each student layer on
+    the row of the teacher layer it stands for, read from the matching, or from ``layer_map``
+    (student layer -> teacher layer, e.g. ``{0: 0, 1: 1, 2: 3}`` for a copy without the
+    teacher's layer 2), which must name every student layer of each such pair in increasing
+    order (a ``ValueError`` says what does not fit)."""
     from .page import render
 
-    return render(Page(list(reports), as_gates(gate_results), title))
+    return render(Page(list(reports), as_gates(gate_results), title, layer_map))
 
 
 def write_html(
     path: str | os.PathLike[str], reports: Sequence[Any], gate_results: Iterable[Any] = (), *,
-    title: str = "pytest-circuits report",
+    title: str = "pytest-circuits report", layer_map: Mapping[int, int] | None = None,
 ) -> Path:
     """Write :func:`render_html` to ``path`` atomically (a CI artifact is never half written)."""
     from ..atomic import write_bytes_atomic
 
     target = Path(path)
-    text = render_html(reports, gate_results, title=title)
+    text = render_html(reports, gate_results, title=title, layer_map=layer_map)
     write_bytes_atomic(target, text.encode("utf-8"))
     return target
 

@@ -15,7 +15,7 @@ import functools
 import io
 import math
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,32 +33,62 @@ OKABE_ITO = {
     "grey": "#999999",
     "black": "#000000",
 }
-#: Sequential map of the drop heatmaps: perceptually uniform and colour-blind safe.
-DROP_CMAP = "viridis"
-#: Heatmap colours span 0..100 points: the paper's clamped drop m_i, so one colour means the
-#: same cost in every model and section. Cells outside the range keep their true number.
-DROP_RANGE = (0.0, 100.0)
+#: Diverging map of the drop heatmaps, centred on 0: red where ablating a component costs the
+#: task, blue where it helps (a negative drop), near white where it does nothing. ColorBrewer's
+#: RdBu is safe for the common colour-vision deficiencies.
+DROP_CMAP = "RdBu_r"
+#: Heatmap colours span -50..100 points with 0 at the centre: one colour means the same drop in
+#: every model and section, a component that helps when ablated (teacher L24H4 at -19.5) is
+#: visibly blue, not the colour of an idle one. Cells outside the range keep their true number.
+DROP_RANGE = (-50.0, 100.0)
+#: Pruned components (zero output weights) are hatched grey: they cost nothing when ablated, as
+#: idle ones do, but were removed rather than left idle.
+PRUNED_FACE, PRUNED_HATCH = "#cfcfcf", "////"
 
 
 @dataclass(frozen=True)
 class Grid:
-    """One model's drops laid out as the heatmap draws them (NaN: not swept)."""
+    """One model's drops laid out as the heatmap draws them (NaN: no layer or not swept).
+
+    ``row_labels`` name each row's layer ("" where this model has no layer on the row: a
+    dropped layer of a depth-pruned student); ``pruned_heads``/``pruned_mlps`` mark the pruned
+    components (zero output weights).
+    """
 
     label: str
-    heads: np.ndarray  # [layers, heads]
-    mlps: np.ndarray  # [layers]
+    heads: np.ndarray  # [rows, heads]
+    mlps: np.ndarray  # [rows]
+    row_labels: tuple[str, ...] = ()
+    pruned_heads: np.ndarray | None = None  # [rows, heads] bool
+    pruned_mlps: np.ndarray | None = None  # [rows] bool
+
+    def labels(self) -> list[str]:
+        return list(self.row_labels) or [str(i) for i in range(self.heads.shape[0])]
 
 
-def drop_grid(label: str, effects: Sequence[Any], n_layers: int, n_heads: int) -> Grid:
-    """Place each swept component's unclamped drop at its layer (and head)."""
-    heads = np.full((n_layers, n_heads), np.nan)
-    mlps = np.full(n_layers, np.nan)
+def drop_grid(label: str, effects: Sequence[Any], n_layers: int, n_heads: int, *,
+              rows: Sequence[int | None] | None = None, pruned: Sequence[str] = ()) -> Grid:
+    """Place each swept component's unclamped drop at its layer's row (and head): ``rows`` gives
+    the layer shown on each row (None: an empty row), default every layer in order."""
+    order = list(range(n_layers)) if rows is None else list(rows)
+    row_of = {layer: i for i, layer in enumerate(order) if layer is not None}
+    heads = np.full((len(order), n_heads), np.nan)
+    mlps = np.full(len(order), np.nan)
+    pruned_heads = np.zeros((len(order), n_heads), dtype=bool)
+    pruned_mlps = np.zeros(len(order), dtype=bool)
+    gone = set(pruned)
     for effect in effects:
+        row = row_of.get(effect.layer)
+        if row is None:
+            continue
         if effect.head is None:
-            mlps[effect.layer] = effect.drop
-        else:
-            heads[effect.layer, effect.head] = effect.drop
-    return Grid(label, heads, mlps)
+            mlps[row] = effect.drop
+            pruned_mlps[row] = effect.name in gone
+        elif effect.head < n_heads:
+            heads[row, effect.head] = effect.drop
+            pruned_heads[row, effect.head] = effect.name in gone
+    labels = tuple("" if layer is None else str(layer) for layer in order)
+    return Grid(label, heads, mlps, labels, pruned_heads, pruned_mlps)
 
 
 def _matplotlib() -> Any:
@@ -121,26 +151,36 @@ def png_base64(fig: Any, dpi: int = 110) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _text_colour(value: float) -> str:
-    """Black on the bright end of viridis, white on the dark end."""
+def _drop_norm() -> Any:
+    from matplotlib.colors import TwoSlopeNorm
+
     low, high = DROP_RANGE
-    share = (min(max(value, low), high) - low) / (high - low)
-    return "black" if share > 0.55 else "white"
+    return TwoSlopeNorm(vmin=low, vcenter=0.0, vmax=high)
+
+
+def _text_colour(value: float) -> str:
+    """White on the strong ends of the diverging map, black near its pale centre."""
+    low, high = DROP_RANGE
+    share = value / high if value >= 0 else value / low
+    return "white" if share > 0.6 else "black"
 
 
 @literal_text
 def heatmaps(grids: Sequence[Grid], *, annotate: bool | None = None, scale: float = 1.0) -> str:
     """Per-head drops (layers x heads) of each model with their MLP drops beside them, side by
-    side on one colour scale, as a base64 PNG."""
-    from matplotlib.colors import Normalize
+    side on one diverging colour scale centred on 0, as a base64 PNG. Rows are the grids' rows
+    (a student's layer on the row of the teacher layer it stands for); pruned components are
+    hatched. The figure's height is bounded: a deep model gets smaller cells."""
+    from matplotlib.patches import Rectangle
 
-    n_layers = max(g.heads.shape[0] for g in grids)
+    n_rows = max(g.heads.shape[0] for g in grids)
     n_heads = max(g.heads.shape[1] for g in grids)
     if annotate is None:  # numbers stay legible up to GPT-2 small's 12 heads
-        annotate = n_heads <= 16 and n_layers <= 16
-    cell = 0.55 if n_heads <= 16 else 0.22
-    width = sum(g.heads.shape[1] + 1.6 for g in grids) * cell + 1.4
-    height = n_layers * cell + 1.3
+        annotate = n_heads <= 16 and n_rows <= 16
+    columns = sum(g.heads.shape[1] + 1.6 for g in grids)
+    cell = min(0.55 if n_heads <= 16 else 0.22, 9.0 / max(n_rows, 1), 12.0 / columns)
+    width = columns * cell + 1.4
+    height = n_rows * cell + 1.3
     fig = _figure(width * scale, height * scale)
     ratios: list[float] = []
     for i, g in enumerate(grids):
@@ -149,33 +189,45 @@ def heatmaps(grids: Sequence[Grid], *, annotate: bool | None = None, scale: floa
             ratios.append(0.6)  # a gap between models
     ratios.append(0.35)
     grid_spec = fig.add_gridspec(1, len(ratios), width_ratios=ratios, wspace=0.08)
-    norm = Normalize(*DROP_RANGE)
+    norm = _drop_norm()
     column = 0
     image = None
-    fontsize = 8 if n_heads <= 8 else 6
+    fontsize = 8 if n_heads <= 8 and n_rows <= 16 else 6
+    any_pruned = False
+    step = max(1, math.ceil(n_rows / 40))  # tick labels stay readable on a deep model
     for g in grids:
         axes_heads = fig.add_subplot(grid_spec[0, column])
         axes_mlp = fig.add_subplot(grid_spec[0, column + 1])
         column += 3
-        layers = g.heads.shape[0]
-        for axes, values in ((axes_heads, g.heads), (axes_mlp, g.mlps[:, None])):
-            padded = np.full((n_layers, values.shape[1]), np.nan)
-            padded[:layers] = values
+        rows = g.heads.shape[0]
+        marks = (g.pruned_heads, g.pruned_mlps[:, None] if g.pruned_mlps is not None else None)
+        for axes, values, pruned in ((axes_heads, g.heads, marks[0]),
+                                     (axes_mlp, g.mlps[:, None], marks[1])):
+            padded = np.full((n_rows, values.shape[1]), np.nan)
+            padded[:rows] = values
             image = axes.imshow(
                 np.ma.masked_invalid(padded), cmap=DROP_CMAP, norm=norm, aspect="equal",
-                origin="upper",
+                origin="upper", interpolation="nearest",
             )
-            axes.set_facecolor("#f2f2f2")  # layers the smaller model does not have
-            axes.set_yticks(range(n_layers))
+            axes.set_facecolor("#f2f2f2")  # rows where this model has no layer
+            if pruned is not None:
+                for row, col in zip(*np.nonzero(pruned), strict=True):
+                    any_pruned = True
+                    axes.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1,
+                                             facecolor=PRUNED_FACE, hatch=PRUNED_HATCH,
+                                             edgecolor="#555555", linewidth=0.0))
+            axes.set_yticks(range(0, n_rows, step))
             axes.tick_params(length=0, labelsize=fontsize + 1)
             if annotate:
                 for (row, col), value in np.ndenumerate(padded):
                     if math.isfinite(value):
                         text = f"{value:.0f}"
-                        axes.text(col, row, "0" if text == "-0" else text, ha="center", va="center",
-                                  fontsize=fontsize, color=_text_colour(value))
+                        axes.text(col, row, "0" if text == "-0" else text, ha="center",
+                                  va="center", fontsize=fontsize, color=_text_colour(value))
             for side in axes.spines.values():
                 side.set_visible(False)
+        labels = g.labels() + [""] * (n_rows - rows)
+        axes_heads.set_yticklabels([labels[i] for i in range(0, n_rows, step)])
         axes_heads.set_xticks(range(g.heads.shape[1]))
         axes_heads.set_xlabel("head", fontsize=fontsize + 1)
         axes_heads.set_ylabel("layer", fontsize=fontsize + 1)
@@ -185,8 +237,12 @@ def heatmaps(grids: Sequence[Grid], *, annotate: bool | None = None, scale: floa
         axes_mlp.set_yticklabels([])
     colorbar_axes = fig.add_subplot(grid_spec[0, -1])
     bar = fig.colorbar(image, cax=colorbar_axes, extend="both")
-    bar.set_label("drop (points of the clean metric)", fontsize=fontsize + 1)
+    bar.set_ticks([DROP_RANGE[0], -25, 0, 25, 50, 75, DROP_RANGE[1]])
+    bar.set_label("drop (points; < 0: ablating helps)", fontsize=fontsize + 1)
     bar.ax.tick_params(labelsize=fontsize + 1)
+    if any_pruned:
+        fig.text(0.01, -0.01, "hatched grey: pruned (zero output weights), not idle",
+                 fontsize=fontsize + 1, color="#333333", va="top")
     return png_base64(fig)
 
 
@@ -201,6 +257,31 @@ class Link:
     discarded: bool
 
 
+#: How a singled-out teacher component's mark is coloured, by what became of it (first that
+#: applies), and the legend's words for it.
+MARK_STYLES = (
+    ("discarded", OKABE_ITO["vermillion"], "discarded"),
+    ("pruned", OKABE_ITO["black"], "onto a pruned component"),
+    ("dead", OKABE_ITO["grey"], "onto a dead component"),
+    ("compressed", OKABE_ITO["orange"], "compressed (fan-in >= 2)"),
+    ("kept", OKABE_ITO["blue"], "kept"),
+)
+
+
+def mark_status(link: Link, fan_in: dict[str, int], dead: Collection[str],
+                pruned: Collection[str] = ()) -> str:
+    """What became of a teacher component, as its mark is coloured (see :data:`MARK_STYLES`)."""
+    if link.discarded:
+        return "discarded"
+    if link.student in pruned:
+        return "pruned"
+    if link.student in dead:
+        return "dead"
+    if fan_in.get(link.student, 0) >= 2:
+        return "compressed"
+    return "kept"
+
+
 @literal_text
 def correspondence(
     teacher_names: Sequence[str],
@@ -211,79 +292,104 @@ def correspondence(
     *,
     teacher_label: str,
     student_label: str,
+    teacher_groups: dict[str, str] | None = None,
+    student_groups: dict[str, str] | None = None,
+    marked: Sequence[str] = (),
+    pruned: Collection[str] = (),
+    aligned: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """Teacher components (left) joined to their matched student components (right).
+    """Where the teacher's influence went, as a matrix of groups: teacher groups (rows; a
+    model's layers, given ``teacher_groups``: name -> group, else each component on its own)
+    by student groups (columns), each cell the teacher's share of influence matched from the
+    row into the column. Its size depends on the number of groups, never on the number of
+    components.
 
-    A student component that absorbed several teacher components is drawn larger, coloured and
-    labelled with its fan-in; a match onto a dead (no-influence) student component ends in a
-    cross; a discarded teacher mechanism's line is dashed vermillion.
+    The teacher components in ``marked`` (the influential ones) are numbered in their cell,
+    coloured by what became of them (:func:`mark_status`: discarded, onto a pruned or dead
+    student component, compressed per ``fan_in``, kept). ``aligned`` (row, column) cells are
+    outlined: the layer each student layer stands for.
     """
-    rows = max(len(teacher_names), len(student_names))
-    fontsize = 8 if rows <= 40 else 6 if rows <= 90 else 4
-    height = max(3.0, 0.2 * rows + 1.0) if rows <= 90 else 0.09 * rows + 1.0
-    fig = _figure(8.0, height)
-    axes = fig.add_axes((0.02, 0.02, 0.96, 0.9))
-    axes.set_axis_off()
+    from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
 
-    def spread(names: Sequence[str]) -> dict[str, float]:
-        if len(names) == 1:
-            return {names[0]: 0.5}
-        return {n: 1.0 - i / (len(names) - 1) for i, n in enumerate(names)}
-
-    y_teacher, y_student = spread(teacher_names), spread(student_names)
-    x_teacher, x_student = 0.22, 0.78
-    most_share = max((link.teacher_share for link in links), default=0.0) or 1.0
-    for link in sorted(links, key=lambda item: item.teacher_share):
-        if link.teacher not in y_teacher or link.student not in y_student:
+    t_group = teacher_groups or {n: n for n in teacher_names}
+    s_group = student_groups or {n: n for n in student_names}
+    rows = list(dict.fromkeys(t_group.get(n, n) for n in teacher_names))
+    columns = list(dict.fromkeys(s_group.get(n, n) for n in student_names))
+    row_of = {g: i for i, g in enumerate(rows)}
+    column_of = {g: i for i, g in enumerate(columns)}
+    matrix = np.zeros((max(len(rows), 1), max(len(columns), 1)))
+    place: dict[str, tuple[int, int]] = {}
+    for link in links:
+        row = row_of.get(t_group.get(link.teacher, link.teacher))
+        column = column_of.get(s_group.get(link.student, link.student))
+        if row is None or column is None:
             continue
-        width = 0.6 + 3.4 * link.teacher_share / most_share
-        if link.discarded:
-            colour, style = OKABE_ITO["vermillion"], "--"
-        elif link.student in dead:  # the teacher's work went nowhere measurable
-            colour, style = OKABE_ITO["grey"], ":"
-        else:
-            colour, style = OKABE_ITO["blue"], "-"
-        axes.plot(
-            [x_teacher, x_student], [y_teacher[link.teacher], y_student[link.student]],
-            color=colour, linewidth=width, alpha=0.45 + 0.5 * max(0.0, link.similarity),
-            linestyle=style, solid_capstyle="round", zorder=1,
-        )
-    discarded = {link.teacher for link in links if link.discarded}
-    for name, y in y_teacher.items():
-        axes.scatter([x_teacher], [y], s=22, zorder=2,
-                     color=OKABE_ITO["vermillion"] if name in discarded else OKABE_ITO["grey"])
-        axes.text(x_teacher - 0.02, y, shown(name) + (" (discarded)" if name in discarded else ""),
-                  ha="right", va="center", fontsize=fontsize,
-                  color=OKABE_ITO["vermillion"] if name in discarded else "black")
-    for name, y in y_student.items():
-        count = fan_in.get(name, 0)
-        if name in dead:
-            # a dead component cannot be doing several teacher components' work: it is drawn
-            # hollow with a cross, so live compression is what stands out
-            axes.scatter([x_student], [y], s=40, facecolor="white", edgecolor=OKABE_ITO["grey"],
-                         zorder=2)
-            if count:
-                axes.scatter([x_student], [y], s=40, marker="x", color="black", zorder=3,
-                             linewidths=1.4)
-            label = f"{name}  dead (no influence)" + (f", {count} matched" if count else "")
-            axes.text(x_student + 0.025, y, shown(label), ha="left", va="center", fontsize=fontsize,
-                      color="#555555")
+        matrix[row, column] += max(float(link.teacher_share), 0.0)
+        place[link.teacher] = (row, column)
+    span = max(len(rows), len(columns), 1)
+    cell = min(0.42, 7.5 / span)
+    fontsize = 8 if span <= 16 else 6
+    fig = _figure(max(4.2, len(columns) * cell + 2.4), max(3.0, len(rows) * cell + 1.9))
+    axes = fig.add_axes((0.16, 0.16, 0.72, 0.72))
+    shares = 100.0 * matrix
+    image = axes.imshow(np.ma.masked_where(shares <= 0, shares), cmap="Blues",
+                        norm=Normalize(0.0, max(float(shares.max()), 1e-9)), aspect="equal",
+                        origin="upper", interpolation="nearest")
+    axes.set_facecolor("white")
+    step_r, step_c = max(1, math.ceil(len(rows) / 40)), max(1, math.ceil(len(columns) / 40))
+    axes.set_yticks(range(0, len(rows), step_r))
+    axes.set_yticklabels([shown(r) for r in rows[::step_r]], fontsize=fontsize)
+    axes.set_xticks(range(0, len(columns), step_c))
+    axes.set_xticklabels([shown(c) for c in columns[::step_c]], fontsize=fontsize,
+                         rotation=90)
+    axes.set_ylabel(shown(teacher_label), fontsize=fontsize + 1)
+    axes.set_xlabel(shown(student_label), fontsize=fontsize + 1)
+    axes.tick_params(length=0)
+    for row_name, column_name in aligned:
+        if row_name in row_of and column_name in column_of:
+            axes.add_patch(Rectangle((column_of[column_name] - 0.5, row_of[row_name] - 0.5), 1,
+                                     1, fill=False, edgecolor="#333333", linewidth=0.6))
+    if span <= 16:  # each cell's share in its corner, clear of the numbered marks
+        darkest = float(shares.max()) or 1.0
+        for (row, column), value in np.ndenumerate(shares):
+            if value >= 0.5:
+                axes.text(column - 0.44, row - 0.42, f"{value:.0f}%", ha="left", va="top",
+                          fontsize=fontsize - 1,
+                          color="white" if value > 0.55 * darkest else "#333333")
+    by_teacher = {link.teacher: link for link in links}
+    colours = {status: colour for status, colour, _ in MARK_STYLES}
+    crowd: dict[tuple[int, int], int] = {}
+    used: set[str] = set()
+    for number, name in enumerate(marked, start=1):
+        link = by_teacher.get(name)
+        if link is None or name not in place:
             continue
-        colour = (OKABE_ITO["vermillion"] if count >= 3 else OKABE_ITO["orange"] if count == 2
-                  else OKABE_ITO["blue"] if count == 1 else OKABE_ITO["grey"])
-        axes.scatter([x_student], [y], s=26 + 70 * max(0, count - 1), color=colour, zorder=2,
-                     edgecolor="black" if count >= 2 else "none")
-        label = name + (f"  \u00d7{count}: absorbed {count} teacher components"
-                        if count >= 2 else "")
-        axes.text(x_student + 0.03, y, shown(label), ha="left", va="center", fontsize=fontsize,
-                  fontweight="bold" if count >= 2 else "normal",
-                  color=OKABE_ITO["vermillion"] if count >= 3 else "black")
-    axes.text(x_teacher, 1.06, shown(teacher_label), ha="center", va="bottom",
-              fontsize=fontsize + 2, fontweight="bold")
-    axes.text(x_student, 1.06, shown(student_label), ha="center", va="bottom",
-              fontsize=fontsize + 2, fontweight="bold")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(-0.04, 1.1)
+        row, column = place[name]
+        k = crowd.get((row, column), 0)
+        crowd[(row, column)] = k + 1
+        # a few marks share a cell on a ring around its centre (lowered a little on a small
+        # matrix, where the cell's share is printed in its corner)
+        centre = 0.08 if span <= 16 else 0.0
+        dx, dy = (centre, centre) if k == 0 else (
+            centre + 0.3 * math.cos(k * 2.1), centre + 0.3 * math.sin(k * 2.1))
+        status = mark_status(link, fan_in, dead, pruned)
+        used.add(status)
+        axes.scatter([column + dx], [row + dy], s=(110 if span <= 16 else 70),
+                     color=colours[status], edgecolor="white", linewidths=0.8, zorder=3)
+        axes.text(column + dx, row + dy, str(number), ha="center", va="center",
+                  fontsize=fontsize - 1, color="white", fontweight="bold", zorder=4)
+    handles = [Line2D([], [], marker="o", linestyle="", color=colour, label=words)
+               for status, colour, words in MARK_STYLES if status in used]
+    if handles:  # above the matrix, clear of the colour bar whatever the figure's size
+        axes.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.01),
+                    ncol=len(handles), fontsize=fontsize, frameon=False, handletextpad=0.2,
+                    columnspacing=0.9, title="numbered: the teacher's influential components",
+                    title_fontsize=fontsize, alignment="left")
+    bar = fig.colorbar(image, ax=axes, fraction=0.04, pad=0.02)
+    bar.set_label("teacher influence matched (% of total)", fontsize=fontsize)
+    bar.ax.tick_params(labelsize=fontsize)
     return png_base64(fig)
 
 

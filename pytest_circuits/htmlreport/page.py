@@ -11,7 +11,7 @@ import html
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,13 +188,51 @@ def _gates_table(gates: Sequence[Gate], prefix: str) -> str:
 # ----------------------------------------------------------------------------- sections
 
 
-def _grid(report: Any, label: str) -> figures.Grid:
+def _shape(report: Any) -> tuple[int, int]:
     model = report.model
     effects = report.sweep.effects
     n_layers = _model_field(model, "n_layers") or 1 + max(e.layer for e in effects)
     n_heads = _model_field(model, "n_heads") or 1 + max(
         (e.head for e in effects if e.head is not None), default=0)
-    return figures.drop_grid(label, effects, int(n_layers), int(n_heads))
+    return int(n_layers), int(n_heads)
+
+
+def pruned_of(report: Any) -> tuple[str, ...]:
+    """The model's pruned components as its sweep recorded them (none when not recorded)."""
+    return tuple(getattr(report.sweep, "pruned", None) or ())
+
+
+def _grid(report: Any, label: str, rows: Sequence[int | None] | None = None) -> figures.Grid:
+    n_layers, n_heads = _shape(report)
+    return figures.drop_grid(label, report.sweep.effects, n_layers, n_heads, rows=rows,
+                             pruned=pruned_of(report))
+
+
+def pair_layer_map(report: Any, layer_map: Mapping[int, int] | None = None) -> dict[int, int]:
+    """Student layer -> teacher layer under which a pair is drawn: by index for the same depth,
+    ``layer_map`` (checked against the pair) or the alignment through the matching otherwise
+    (:func:`analysis.layers.report_layer_map`)."""
+    from ..analysis.layers import depth, layer_map_problem, report_layer_map
+
+    n_teacher, n_student = depth(report.teacher), depth(report.student)
+    if layer_map is None or n_teacher == n_student:
+        return report_layer_map(report)
+    problem = layer_map_problem(layer_map, n_student, n_teacher)
+    if problem:
+        raise ValueError(f"layer_map for {model_name(report.teacher.model)} -> "
+                         f"{model_name(report.student.model)}: {problem}")
+    return report_layer_map(report, layer_map)
+
+
+def _pair_grids(report: Any, mapping: dict[int, int], teacher: str, student: str
+                ) -> list[figures.Grid]:
+    """Teacher and student heatmaps with each student layer on the row of its teacher layer."""
+    from ..analysis.layers import aligned_rows
+
+    n_teacher, n_student = _shape(report.teacher)[0], _shape(report.student)[0]
+    rows = aligned_rows(mapping, n_teacher, n_student)
+    return [_grid(report.teacher, f"teacher {teacher}", [t for t, _ in rows]),
+            _grid(report.student, f"student {student}", [s for _, s in rows])]
 
 
 def _brittleness_rows(reports: Sequence[tuple[str, Any]], delta: Any, prefix: str
@@ -250,13 +288,204 @@ def _distribution_models(pairs: Sequence[tuple[str, Any]]) -> list[tuple[str, li
             for label, r in pairs]
 
 
-def pair_section(report: Any, gates: Sequence[Gate]) -> str:
-    """One pair and task: everything a reviewer needs to decide on the student."""
+#: How many of the teacher's most influential components the correspondence singles out.
+TOP_COMPONENTS = 12
+
+
+def _alignment_note(report: Any, mapping: dict[int, int], given: bool, p: str) -> str:
+    from ..analysis.layers import spans
+
+    n_teacher = _shape(report.teacher)[0]
+    missing = sorted(set(range(n_teacher)) - set(mapping.values()))
+    pairs = ", ".join(f"{s}&rarr;{t}" for s, t in sorted(mapping.items()))
+    how = ("the layer map given" if given else
+           "the matching: each student layer stands for the teacher layer its components are "
+           "matched to most (influence-weighted, monotone)")
+    return (f'<p class="note" data-layer-map="{esc(json.dumps(mapping))}">The models differ in '
+            f"depth, so rows are aligned by {how}, not by index: student layer &rarr; teacher "
+            f"layer {pairs}. Grey rows on the student side: teacher layers with no student "
+            f"counterpart ({esc(spans(missing)) or 'none'}).</p>")
+
+
+def _status(pair: Any, report: Any, dead: set[str], pruned: set[str],
+            discarded: dict[str, Any]) -> str:
+    """What became of a teacher component, in words, from the typed result alone."""
+    if pair.teacher in discarded:
+        also = (f" ({esc(pair.student)} is pruned: zero output weights)"
+                if pair.student in pruned else "")
+        return (f'<span class="warn">discarded: {esc(discarded[pair.teacher].reason)}{also}'
+                "</span>")
+    if pair.student in pruned:
+        return (f'<span class="warn">matched onto {esc(pair.student)}, pruned in the student '
+                "(zero output weights)</span>")
+    if pair.student in dead:
+        return (f'<span class="warn">matched onto {esc(pair.student)}, dead in the student '
+                f"(ablating it costs &lt; {fmt(report.settings.min_student_influence)} points)"
+                "</span>")
+    absorbed = report.compressed.get(pair.student)
+    if absorbed:
+        return (f"compressed: {esc(pair.student)} absorbed {len(absorbed)} teacher components "
+                f"({esc(', '.join(absorbed))})")
+    if pair.ambiguous:
+        return f"kept (a tie among {esc(', '.join(pair.candidates))})"
+    return "kept"
+
+
+def correspondence_part(report: Any, mapping: dict[int, int], teacher: str, student: str,
+                        p: str) -> str:
+    """Where the teacher's influence went, at layer level (a figure of bounded size whatever
+    the model), the most influential teacher components singled out in a short table, and
+    every claim (compression, dead and pruned matches, discards) read from the typed result."""
+    t_layer = {e.name: e.layer for e in report.teacher.sweep.effects}
+    s_layer = {e.name: e.layer for e in report.student.sweep.effects}
+    dead = {m.student for m in report.dead_matches}
+    pruned_t, pruned_s = set(pruned_of(report.teacher)), set(pruned_of(report.student))
+    discarded = {d.teacher: d for d in report.discarded}
+    pairs = report.alignment.pairs
+    # the most influential teacher components that do measurable work (at least the dead
+    # floor): an idle component's match is noise, and a reviewer reads these first
+    floor = float(report.settings.min_student_influence)
+    top = [m for m in sorted(pairs, key=lambda m: (-m.teacher_share, m.teacher))
+           if m.teacher_share > 0 and m.teacher_influence >= floor][:TOP_COMPONENTS]
+    links = [figures.Link(m.teacher, m.student, m.similarity, m.teacher_share,
+                          m.teacher in discarded) for m in pairs]
+    image = _img(figures.correspondence(
+        report.teacher.sweep.names, report.student.sweep.names, links,
+        {s: len(t) for s, t in report.compressed.items()}, dead,
+        teacher_label=f"teacher {teacher} (layer)", student_label=f"student {student} (layer)",
+        teacher_groups={n: f"L{layer}" for n, layer in t_layer.items()},
+        student_groups={n: f"L{layer}" for n, layer in s_layer.items()},
+        marked=[m.teacher for m in top], pruned=pruned_s,
+        aligned=[(f"L{t}", f"L{s}") for s, t in mapping.items()],
+    ), "teacher to student correspondence, layer by layer")
+    body = image + ('<p class="note">Each cell: the share of the teacher\'s influence (sum of '
+                    "its components' shares) whose components were matched from the teacher "
+                    "layer (row) to the student layer (column); outlined cells: the layer each "
+                    "student layer stands for. Numbered: the teacher's most influential "
+                    "components, listed below.</p>")
+    rows = []
+    for number, m in enumerate(top, start=1):
+        rows.append([
+            str(number),
+            esc(m.teacher) + (" <small>(pruned)</small>" if m.teacher in pruned_t else ""),
+            num(f"{p}top.{m.teacher}.teacher_influence", m.teacher_influence),
+            num(f"{p}top.{m.teacher}.teacher_share", m.teacher_share),
+            esc(m.student),
+            num(f"{p}top.{m.teacher}.similarity", m.similarity),
+            num(f"{p}top.{m.teacher}.student_influence", m.student_influence),
+            _status(m, report, dead, pruned_s, discarded),
+        ])
+    body += "<h4>The teacher's most influential components</h4>" + _table(
+        ["#", "teacher component", "teacher influence", "share", "matched student",
+         "similarity", "student influence", "what became of it"], rows, numeric=(0, 2, 3, 5, 6))
+    body += _claims(report, dead, pruned_t, pruned_s, p)
+    body += _fan_in_details(report, dead, pruned_s, p)
+    if report.ambiguous:
+        # tie-aware matching: these matches were decided by ablation effect, not similarity,
+        # and are left out of fan-in; a reviewer should know which ones
+        body += (f"<details><summary>Ambiguous groups (tie-aware matching): "
+                 f"{len(report.ambiguous)}</summary>" + _table(
+                     ["type", "teacher components", "student candidates within the tie margin"],
+                     [[esc(g.kind), esc(", ".join(g.teachers)), esc(", ".join(g.students))]
+                      for g in report.ambiguous],
+                 ) + '<p class="note">Components whose most similar counterparts lie within the '
+                 "tie margin of each other (for example heads that all attend to the first "
+                 "token): their matches were decided by ablation effect and are not counted as "
+                 "compression.</p></details>")
+    return body
+
+
+def _claims(report: Any, dead: set[str], pruned_t: set[str], pruned_s: set[str], p: str
+            ) -> str:
+    """Compression, dead matches and pruned components, each as the typed result says."""
+    items = []
+    compressed = report.compressed
+    if compressed:
+        listed = "; ".join(f"<b>{esc(s)}</b> &larr; {esc(', '.join(t))}"
+                           for s, t in sorted(compressed.items(), key=lambda kv: -len(kv[1])))
+        items.append(f"Compression (fan-in): {num(p + 'compressed.count', len(compressed))} "
+                     f"live student component(s) took over two or more teacher components: "
+                     f"{listed}.")
+    else:
+        items.append(f"Compression (fan-in): {num(p + 'compressed.count', 0)} student "
+                     "components took over two or more teacher components"
+                     + (" (matches that were ties are no evidence of compression and are not "
+                        "counted)" if any(m.ambiguous for m in report.alignment.pairs) else "")
+                     + ".")
+    dead_pairs = report.dead_matches
+    items.append(f"Matched onto dead student components: "
+                 f"{num(p + 'dead.count', len(dead_pairs))} teacher component(s) onto "
+                 f"{len(dead)} student component(s) whose ablation costs less than "
+                 f"{fmt(report.settings.min_student_influence)} points.")
+    for role, pruned in (("teacher", pruned_t), ("student", pruned_s)):
+        recorded = getattr(getattr(report, role).sweep, "pruned", None) is not None
+        if pruned:
+            items.append(f"Pruned in the {role} (zero output weights): "
+                         f"{num(f'{p}{role}.pruned.count', len(pruned))}: "
+                         f"{esc(', '.join(sorted(pruned, key=_component_order)))}.")
+        elif not recorded:
+            items.append(f"Pruned in the {role}: not recorded (a result from an earlier "
+                         "version).")
+    return "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
+
+
+def _component_order(name: str) -> tuple[int, int, str]:
+    found = re.match(r"^L(\d+)H(\d+)$|^MLP(\d+)$", name)
+    if found is None:
+        return (10**9, 0, name)
+    if found.group(3) is not None:
+        return (int(found.group(3)), 10**6, name)
+    return (int(found.group(1)), int(found.group(2)), name)
+
+
+def _fan_in_details(report: Any, dead: set[str], pruned: set[str], p: str) -> str:
+    """Every matched student component, collapsed: fan-in as the report counts it (live,
+    unambiguous matches) beside every match it received."""
+    s_influence = dict(zip(report.student.sweep.names, report.student.sweep.influences,
+                           strict=True))
+    compressed = report.compressed
+    ordered = sorted(report.fan_in_all.items(),
+                     key=lambda kv: (kv[0] not in compressed, kv[0] in dead,
+                                     _component_order(kv[0])))
+    rows = []
+    for name, matched in ordered:
+        counted = report.fan_in.get(name, [])
+        if name in pruned:
+            note = f"pruned (zero output weights): {len(matched)} teacher component(s) matched"
+        elif name in dead:
+            note = (f"dead: {len(matched)} teacher component(s) matched here, but ablating it "
+                    f"costs {fmt(s_influence.get(name, 0.0))} points (&lt; "
+                    f"{fmt(report.settings.min_student_influence)})")
+        elif name in compressed:
+            note = f"absorbed {len(counted)} teacher components"
+        elif len(matched) > len(counted):
+            note = f"{len(matched) - len(counted)} of its matches were ties: not compression"
+        else:
+            note = ""
+        rows.append([
+            f"<b>{esc(name)}</b>" if name in compressed else esc(name),
+            num(f"{p}matched.{name}", len(matched)), num(f"{p}fan_in.{name}", len(counted)),
+            esc(", ".join(matched)), num(f"{p}student_influence.{name}", s_influence.get(name)),
+            f'<span class="warn">{note}</span>' if note else "",
+        ])
+    return (f"<details><summary>Every matched student component "
+            f"({len(rows)})</summary>" + _table(
+                ["student component", "matched", "fan-in", "teacher components matched to it",
+                 "student influence", "notes"], rows, numeric=(1, 2, 4))
+            + '<p class="note">Fan-in counts the matches onto a live student component that were '
+              "not ties: a dead component cannot be doing several teacher components' work, and "
+              "a tie is no evidence of compression.</p></details>")
+
+
+def pair_section(report: Any, gates: Sequence[Gate],
+                 layer_map: Mapping[int, int] | None = None) -> str:
+    """One pair and task: everything a reviewer needs to decide on the student. Models of
+    different depth are drawn layer against layer through ``layer_map`` (student -> teacher)
+    or, without one, the alignment read from the matching."""
     teacher, student = model_name(report.teacher.model), model_name(report.student.model)
     anchor = slug(report.task, teacher, "to", student)
     p = f"{anchor}:"
     tolerance = float(report.teacher.brittleness.tolerance)
-    min_infl = float(report.settings.min_student_influence)
     a = report.alignment
     t_perf, s_perf = report.teacher.performance, report.student.performance
 
@@ -282,62 +511,19 @@ def pair_section(report: Any, gates: Sequence[Gate]) -> str:
         numeric=(1, 2, 3),
     )
 
-    heat = _img(figures.heatmaps([_grid(report.teacher, f"teacher {teacher}"),
-                                  _grid(report.student, f"student {student}")]),
+    mapping = pair_layer_map(report, layer_map)
+    heat = _img(figures.heatmaps(_pair_grids(report, mapping, teacher, student)),
                 "per-head and MLP drops of teacher and student")
     heat += ('<p class="note">Drop = 100 - retained, in points of each model\'s clean logit '
              "difference, for each head (grid) and MLP (column) ablated alone. Both models share "
-             "one colour scale (0 to 100 points); cell numbers are unclamped (above 100: the "
-             "answer flips).</p>")
+             "one diverging colour scale centred on 0 (red: ablating costs the task, blue: it "
+             "helps, from -50 to 100 points); cell numbers are unclamped (above 100: the answer "
+             "flips). Hatched grey: pruned (zero output weights), which costs nothing as an idle "
+             "component does.</p>")
+    if any(s != t for s, t in mapping.items()) or len(mapping) != _shape(report.teacher)[0]:
+        heat += _alignment_note(report, mapping, layer_map is not None, p)
 
-    s_influence = dict(zip(report.student.sweep.names, report.student.sweep.influences,
-                           strict=True))
-    dead = {name for name, value in s_influence.items() if value < min_infl}
-    # fan_in_all keeps matches onto dead components: they are drawn (and marked), not hidden
-    counts = {s: len(ts) for s, ts in report.fan_in_all.items()}
-    discarded_names = {d.teacher for d in report.discarded}
-    links = [figures.Link(m.teacher, m.student, m.similarity, m.teacher_share,
-                          m.teacher in discarded_names) for m in a.pairs]
-    corr = _img(figures.correspondence(
-        report.teacher.sweep.names, report.student.sweep.names, links, counts, dead,
-        teacher_label=f"teacher {teacher}", student_label=f"student {student}",
-    ), "teacher to student correspondence")
-    fan_rows = []
-    # live compression first: it is what a reviewer is looking for
-    ordered = sorted(report.fan_in_all.items(),
-                     key=lambda kv: (kv[0] in dead, -len(kv[1]), kv[0]))
-    for name, absorbed in ordered:
-        if name in dead:
-            note = (f"dead: {len(absorbed)} teacher component(s) matched here, but ablating it "
-                    f"costs {fmt(s_influence.get(name, 0.0))} points (&lt; {fmt(min_infl)})")
-        elif len(absorbed) >= 2:
-            note = f"absorbed {len(absorbed)} teacher components"
-        else:
-            note = ""
-        fan_rows.append([
-            f"<b>{esc(name)}</b>" if len(absorbed) >= 2 and name not in dead else esc(name),
-            num(f"{p}fan_in.{name}", len(absorbed)), esc(", ".join(absorbed)),
-            num(f"{p}student_influence.{name}", s_influence.get(name)),
-            f'<span class="warn">{note}</span>' if note else "",
-        ])
-    corr += _table(["student component", "fan-in", "teacher components matched to it",
-                    "student influence", "notes"], fan_rows, numeric=(1, 3))
-    corr += ('<p class="note">Each teacher component is joined to its most similar student '
-             "component of the same type; line width is the teacher component's share of "
-             "influence. Large coloured dots: one live student component took over several teacher "
-             "components (compression). A hollow dot with a cross: the match lands on a dead "
-             "student component, whose ablation costs almost nothing (a dotted grey line ends "
-             "there). Dashed: a discarded mechanism.</p>")
-    if report.ambiguous:
-        # tie-aware matching: these matches were decided by ablation effect, not similarity,
-        # and are left out of fan-in; a reviewer should know which ones
-        corr += ("<h4>Ambiguous groups (tie-aware matching)</h4>" + _table(
-            ["type", "teacher components", "student candidates within the tie margin"],
-            [[esc(g.kind), esc(", ".join(g.teachers)), esc(", ".join(g.students))]
-             for g in report.ambiguous],
-        ) + '<p class="note">Components whose most similar counterparts lie within the tie '
-            "margin of each other (for example heads that all attend to the first token): their "
-            "matches were decided by ablation effect and are not counted as compression.</p>")
+    corr = correspondence_part(report, mapping, teacher, student, p)
 
     dist = _img(figures.drop_distributions(_distribution_models(
         [(f"teacher {teacher}", report.teacher), (f"student {student}", report.student)]),
@@ -446,6 +632,9 @@ class Page:
     reports: list[Any]
     gates: list[Gate] = field(default_factory=list)
     title: str = "pytest-circuits report"
+    #: student layer -> teacher layer for the pairs whose models differ in depth (None: read
+    #: from each pair's matching)
+    layer_map: Mapping[int, int] | None = None
 
 
 def _contents(page: Page) -> str:
@@ -499,7 +688,8 @@ def render(page: Page) -> str:
     for report in page.reports:
         if is_pair_report(report):
             t, s = model_name(report.teacher.model), model_name(report.student.model)
-            sections.append(pair_section(report, gates_for(page.gates, t, s, report.task)))
+            sections.append(pair_section(report, gates_for(page.gates, t, s, report.task),
+                                         page.layer_map))
         else:
             name = model_name(report.model)
             sections.append(model_section(report, gates_for(page.gates, None, name,
@@ -532,15 +722,16 @@ def render(page: Page) -> str:
     )
 
 
-def snippet(reports: Sequence[Any], gates: Sequence[Gate]) -> str:
+def snippet(reports: Sequence[Any], gates: Sequence[Gate],
+            layer_map: Mapping[int, int] | None = None) -> str:
     """A compact fragment for pytest-html's extras: verdicts, key numbers, small heatmaps."""
     blocks = []
     for report in reports:
         if is_pair_report(report):
             t, s = model_name(report.teacher.model), model_name(report.student.model)
             chosen = gates_for(gates, t, s, report.task)
-            image = figures.heatmaps([_grid(report.teacher, f"teacher {t}"),
-                                      _grid(report.student, f"student {s}")], scale=0.7)
+            image = figures.heatmaps(_pair_grids(report, pair_layer_map(report, layer_map), t,
+                                                 s), scale=0.7)
             facts = (f"A {fmt(report.alignment.score)} (weighted "
                      f"{fmt(report.alignment.weighted_score)}), behaviour retained "
                      f"{fmt(report.behavior_retained)}%, severity "

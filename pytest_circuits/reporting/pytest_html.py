@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,12 @@ class PytestHtmlExtras(Writer):
             from ..htmlreport import html_snippet
         except ImportError:
             return
-        snippet = html_snippet(records)
+        try:
+            snippet = html_snippet(records)
+        except (ValueError, KeyError, TypeError) as exc:
+            # a stored report this version cannot read back (a ReportFormatError is a
+            # ValueError): the row says so; the run and its own verdicts go on
+            snippet = ('<div class="circuits-extra">circuits report not drawn: '
+                       f"{html.escape(str(exc))}</div>")
         if snippet:
             report.extras = [*getattr(report, "extras", []), extras.html(snippet)]

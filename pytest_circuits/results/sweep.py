@@ -177,6 +177,7 @@ class SweepResult:
     re-measured exactly (None for an exact sweep, where it means nothing). ``screening`` says how
     an auto sweep chose what to measure exactly (None for the other methods); each effect's
     ``method`` and ``bound`` say whether its value is exact or a bounded estimate.
+    ``pruned`` names the components whose weights were zeroed (None: not recorded).
     """
 
     model: ModelInfo
@@ -187,6 +188,12 @@ class SweepResult:
     fingerprint: MethodFingerprint
     confirm_top_k: int | None = None
     screening: Screening | None = field(default=None)
+    #: The model's components (swept or not) that write nothing because their weights were
+    #: zeroed (pruned): a head whose output projection rows are all zero, an MLP whose output
+    #: does not depend on its input. Ablating one costs nothing, as ablating an idle one does;
+    #: this tells them apart. None: not recorded (a sweep from before this field, or a family
+    #: whose modules the engine does not know).
+    pruned: tuple[str, ...] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -258,6 +265,7 @@ class SweepResult:
             "fingerprint": self.fingerprint.to_dict(),
             "confirm_top_k": self.confirm_top_k,
             "screening": self.screening.to_dict() if self.screening is not None else None,
+            "pruned": list(self.pruned) if self.pruned is not None else None,
         }
 
     @classmethod
@@ -275,4 +283,7 @@ class SweepResult:
                 if data.get("screening") is not None
                 else None
             ),
+            # results from before the field: not recorded (None), never "nothing pruned"
+            pruned=(tuple(str(n) for n in data["pruned"])
+                    if data.get("pruned") is not None else None),
         )
