@@ -96,9 +96,10 @@ class Threshold:
             )
         return number
 
-    def mistake(self, value: float, gate: str) -> str:
+    def mistake(self, value: float, gate: str, label: str | None = None) -> str:
         """What is probably wrong with a valid ``value`` ("" when nothing): the one rule for
-        every threshold, so each kind gets it by declaring its unit.
+        every threshold, so each kind gets it by declaring its unit. ``label`` is how the value
+        was written (default ``name=value``; the CLI's ``--min-retained 0.9``).
 
         - a percentage in (0, 1] was almost surely written as a fraction: ``min_retained=0.9``
           passes a student that keeps 0.9% of its teacher's metric (meant: 90);
@@ -106,7 +107,7 @@ class Threshold:
           every release: ``max_severity_increase=-0.01`` demands the student be less brittle
           than its teacher, ``min_retained=101`` more capable.
         """
-        what = f"{gate}: {self.name}={value:g}"
+        what = f"{gate}: {label or f'{self.name}={value:g}'}"
         if self.unit == "percent" and 0 < value <= 1:
             return (f"{what} is read as {value:g} percent of the teacher's metric, which almost "
                     f"any student reaches; did you mean {value * 100:g}? (percent thresholds "
