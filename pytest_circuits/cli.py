@@ -112,6 +112,8 @@ class Progress:
         self.enabled = enabled
         self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.detail = ""  # the running sweep: "zoo:tiny-student 40/156 ablations"
+        #: without a terminal, a sweep running longer than this many seconds prints its count
+        self.sweep_lines_after = 3.0
 
     def components(self, model_name: str, done: int, total: int) -> None:
         """The sweep's callback (``pytest_circuits.progress``): the ticker draws it."""
@@ -139,7 +141,7 @@ class Progress:
         if not self.live:
             self.stream.write(f"[{self.done + 1}/{self.total}] {label} ...\n")
             self.stream.flush()
-            with progress.reporting(SweepProgress(self._line)):
+            with progress.reporting(SweepProgress(self._line, after=self.sweep_lines_after)):
                 yield
             self.done += 1
             return

@@ -391,7 +391,7 @@ def _gate(
     if "task" not in settings:
         raise check.fail(line, f"{what} has no task: add task: numerals (a built-in: numerals, "
                                "numwords, ioi) or task: path/to/task.yaml")
-    problem = task_problem(settings["task"], (base,))
+    problem = task_problem(settings["task"], (base,), files=False)
     if problem:
         raise check.fail(lines["task"], f"{what}: {problem}")
     return GateSpec(
@@ -411,14 +411,20 @@ def _gate(
     )
 
 
-def task_problem(task: str, folders: Sequence[Path] = ()) -> str:
+def task_problem(task: str, folders: Sequence[Path] = (), *, files: bool = True) -> str:
     """Why ``task`` names no task ("" when it does): a built-in name, or a task file that exists
     as given or under one of ``folders`` (a gate file's own folder). What a gate file and the
     command line refuse before any model loads, with the built-in name it was probably meant to
-    be ("IOI": "did you mean 'ioi'?")."""
+    be ("IOI": "did you mean 'ioi'?").
+
+    ``files=False`` accepts any path with a task file's suffix, existing or not: a gate file
+    is read at collection, and its task file may be written later in the session (a fixture, a
+    conftest), so a missing one is left to the gate, which names it when it runs."""
     if task in BUILTIN_TASKS:
         return ""
     path = Path(task)
+    if not files and path.suffix.lower() in TASK_FILE_SUFFIXES:
+        return ""
     candidates = [path] + ([] if path.is_absolute() else [Path(f) / path for f in folders])
     if any(c.is_file() for c in candidates):
         return ""
