@@ -26,6 +26,7 @@ import re
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,11 +39,14 @@ from .cache import directory_problem
 from .config.options import AnalysisOptions
 from .dtypes import DTYPES, canonical_dtype
 from .errors import CircuitsError
+from .gatefile import task_problem
 from .identity import model_name
 from .kinds import KINDS, UNITS
+from .kinds.behavior import DEFAULT_MIN_ACCURACY_RETAINED, share_of_teacher
+from .kinds.registry import ThresholdWarning
 from .kinds.runner import evaluate
 from .models import load_model, load_pair
-from .output import plain, unwritable, write_json_atomic
+from .output import SweepProgress, plain, unwritable, write_json_atomic
 from .results import report_from_dict
 from .tables import format_number, format_table
 from .tasks import BUILTIN_TASKS, DEFAULT_N_PROMPTS, MAX_N_PROMPTS
@@ -96,7 +100,9 @@ class Progress:
     """A progress bar on stderr: one step per analysis, with the elapsed time of the current one.
 
     On a terminal the bar redraws in place (and ticks while a long sweep runs); elsewhere (CI
-    logs, pipes) each step is one plain line, so logs stay readable.
+    logs, pipes) each step is one plain line, and a sweep that runs longer than a few seconds
+    adds whole lines with its count (``output.SweepProgress``: when it passes the mark, at each
+    quarter and when done), so a log shows how far a minutes-long sweep is.
     """
 
     def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True) -> None:
@@ -106,10 +112,16 @@ class Progress:
         self.enabled = enabled
         self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.detail = ""  # the running sweep: "zoo:tiny-student 40/156 ablations"
+        #: without a terminal, a sweep running longer than this many seconds prints its count
+        self.sweep_lines_after = 3.0
 
     def components(self, model_name: str, done: int, total: int) -> None:
         """The sweep's callback (``pytest_circuits.progress``): the ticker draws it."""
         self.detail = f", {model_name} {done}/{total} ablations" if done < total else ""
+
+    def _line(self, text: str) -> None:
+        self.stream.write(f"  {text}\n")
+        self.stream.flush()
 
     def _draw(self, label: str, started: float) -> None:
         width = 24
@@ -129,7 +141,8 @@ class Progress:
         if not self.live:
             self.stream.write(f"[{self.done + 1}/{self.total}] {label} ...\n")
             self.stream.flush()
-            yield
+            with progress.reporting(SweepProgress(self._line, after=self.sweep_lines_after)):
+                yield
             self.done += 1
             return
         stop = threading.Event()
@@ -168,12 +181,14 @@ class Run:
     device: str
     dtype: str | None
     progress: Progress = field(default_factory=lambda: Progress(1, enabled=False))
+    #: ``-q``: the libraries' own progress bars (transformers, huggingface_hub, GGUF) are off too
+    quiet: bool = False
     _models: dict[str, Any] = field(default_factory=dict)
 
     def model(self, source: str) -> Any:
         if source not in self._models:
-
-            with self.progress.step(f"loading {source}"):
+            with self.progress.step(f"loading {source}"), (
+                    library_bars_off() if self.quiet else _nothing()):
                 self._models[source] = load_model(source, device=self.device, dtype=self.dtype)
         return self._models[source]
 
@@ -202,8 +217,42 @@ class Run:
         kind = KINDS[name]
         chosen = {option: getattr(self.options, option) for option in kind.analysis_options
                   if option != "components"}
-        return evaluate(kind, target, task, n_prompts=self.options.n_prompts,
-                        seed=self.options.seed, **chosen, **thresholds)
+        with warnings.catch_warnings():
+            # a threshold that is probably a mistake was reported once, before any model loaded
+            warnings.simplefilter("ignore", ThresholdWarning)
+            return evaluate(kind, target, task, n_prompts=self.options.n_prompts,
+                            seed=self.options.seed, **chosen, **thresholds)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+@contextmanager
+def library_bars_off() -> Iterator[None]:
+    """The progress bars transformers and huggingface_hub draw while a model loads switched
+    off for the block (``-q``), and put back as they were afterwards. The GGUF conversion draws
+    its bar with tqdm directly, not through transformers' switch, so for the block it draws
+    through transformers' own (switched-off) tqdm."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_module
+    except ImportError:  # pragma: no cover - a transformers without GGUF support
+        gguf_module = None
+    drawn_with = getattr(gguf_module, "tqdm", None)
+    if drawn_with is not None:
+        gguf_module.tqdm = hf_logging.tqdm
+    try:
+        yield
+    finally:
+        if drawn_with is not None:
+            gguf_module.tqdm = drawn_with
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _run_from(args: argparse.Namespace, steps: int) -> Run:
@@ -221,7 +270,7 @@ def _run_from(args: argparse.Namespace, steps: int) -> Run:
         ablation=args.ablation, similarity=args.similarity, matching=args.matching,
         preset=args.preset, margin=args.margin, method=args.method)
     return Run(tasks=tasks, options=options, device=args.device, dtype=args.dtype,
-               progress=Progress(steps, enabled=not args.quiet))
+               progress=Progress(steps, enabled=not args.quiet), quiet=args.quiet)
 
 
 # ----------------------------------------------------------------------------- checking arguments
@@ -271,6 +320,8 @@ def _number_rules() -> list[tuple[str, str, Rule]]:
         # the behaviour gate's own threshold; a head may cost at most 100 points, so a margin
         # over the teacher's worst head lies in max_single_drop's range
         ("min_retained", "--min-retained", _within("behavior_preserved", "min_retained")),
+        ("min_accuracy_retained", "--min-accuracy-retained",
+         _within("behavior_preserved", "min_accuracy_retained")),
         ("drop_margin", "--drop-margin", _within("ablation_robust", "max_single_drop")),
         ("max_alignment_drop", "--max-alignment-drop", _at_least_zero),
         ("max_severity_increase", "--max-severity-increase", _at_least_zero),
@@ -415,10 +466,41 @@ def _choose_cache(args: argparse.Namespace, err: TextIO) -> None:
         args.cache_dir = None
 
 
+#: The command-line options that set a gate kind's threshold: (attribute, option, kind).
+THRESHOLD_OPTIONS = (("min_retained", "--min-retained", "behavior_preserved"),
+                     ("min_accuracy_retained", "--min-accuracy-retained", "behavior_preserved"))
+
+
+def check_tasks(args: argparse.Namespace) -> None:
+    """Refuse a ``--task`` that names no built-in task and no existing task file, before any
+    model loads (:class:`UsageError`), with the built-in it was probably meant to be."""
+    for task in getattr(args, "task", None) or []:
+        problem = task_problem(task)
+        if problem:
+            raise UsageError(f"--task: {problem}")
+
+
+def threshold_mistakes(args: argparse.Namespace) -> list[str]:
+    """A warning for each threshold option whose value is valid but probably a mistake (a
+    percentage written as a fraction...), by the gates' own rule (``Threshold.mistake``)."""
+    found = []
+    for attribute, option, kind in THRESHOLD_OPTIONS:
+        value = getattr(args, attribute, None)
+        if value is not None:
+            text = KINDS[kind].threshold(attribute).mistake(
+                value, f"pytest-circuits {args.command}", label=f"{option} {value:g}")
+            found += [text] if text else []
+    return found
+
+
 def preflight(args: argparse.Namespace, err: TextIO) -> None:
-    """Everything that can be refused before a model loads: arguments, output paths, the
-    cache directory and the device (:class:`UsageError`, exit 2)."""
+    """Everything that can be refused before a model loads: arguments, task names, output
+    paths, the cache directory and the device (:class:`UsageError`, exit 2); a threshold that is
+    probably a mistake is a warning on ``err``."""
     check_arguments(args)
+    check_tasks(args)
+    for text in threshold_mistakes(args):
+        err.write(f"pytest-circuits: warning: {text}\n")
     _check_outputs(args)
     if hasattr(args, "cache_dir"):
         _choose_cache(args, err)
@@ -465,6 +547,41 @@ def alignment_interval(report: Any) -> tuple[float, float]:
     from . import metrics
 
     return metrics.bootstrap_ci([p.contribution for p in report.alignment.pairs])
+
+
+#: Resamples of the weighted score's bootstrap (each recomputes the score from its pairs).
+WEIGHTED_RESAMPLES = 2000
+
+
+def weighted_alignment_interval(report: Any) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the influence-weighted score A_w over its matched
+    pairs (seed 42): A_w is not a mean of per-pair terms (each pair's share depends on every
+    other pair's influence), so each resample of the pairs is scored again with the report's
+    noise floor. A resample that no score can be taken of (every pair below the floor) is
+    skipped."""
+    import numpy as np
+
+    from . import metrics
+
+    pairs = report.alignment.pairs
+    similarity = np.array([p.similarity for p in pairs], dtype=float)
+    teacher = np.array([p.teacher_influence for p in pairs], dtype=float)
+    student = np.array([p.student_influence for p in pairs], dtype=float)
+    floor = report.fingerprint.noise_floor or 0.0
+    rng = np.random.default_rng(42)
+    scores = []
+    for _ in range(WEIGHTED_RESAMPLES):
+        pick = rng.integers(0, len(pairs), len(pairs))
+        try:
+            scores.append(metrics.weighted_alignment_score(similarity[pick], teacher[pick],
+                                                           student[pick], floor))
+        except ValueError:
+            continue
+    score = float(report.alignment.weighted_score)
+    if not scores:
+        return score, score
+    low, high = np.quantile(scores, [0.025, 0.975])
+    return float(low), float(high)
 
 
 def _worst(report: Any, kind: str) -> tuple[str, float]:
@@ -548,15 +665,22 @@ class Finding:
 
 
 def findings(run: Run, teacher: str, student: str, report: Any, calibration: Calibration,
-             min_retained: float) -> list[Finding]:
+             min_retained: float,
+             min_accuracy_retained: float = DEFAULT_MIN_ACCURACY_RETAINED) -> list[Finding]:
     """What the calibrated gates (the block ``calibration_yaml`` writes) would block for
     ``student`` on one task, each decided by the gate itself (``Run.gate``: the same checks,
     parity preflight, lost-behaviour rule and exact settling as under pytest), and the
     discarded mechanisms of its pair ``report`` as notes."""
     pair, task = run.pair(teacher, student), calibration.gate_task
-    found = _blocking(calibration.task, run.gate(
-        "behavior_preserved", pair, task, min_retained=min_retained),
-        behavior_retained=lambda c: f"behaviour retained {c.value:.1f}% < {c.threshold:g}%")
+    behaviour = run.gate("behavior_preserved", pair, task, min_retained=min_retained,
+                         min_accuracy_retained=min_accuracy_retained)
+    found = _blocking(
+        calibration.task, behaviour,
+        behavior_retained=lambda c: f"behaviour retained {c.value:.1f}% < {c.threshold:g}%",
+        accuracy_retained=lambda c: (
+            f"top-1 accuracy {c.value:.1f}% of the teacher's < {c.threshold:g}% (the student "
+            f"names the answer on {_correct(report.student.performance)}, the teacher on "
+            f"{_correct(report.teacher.performance)})"))
     found += _blocking(calibration.task, run.gate(
         "ablation_robust", pair, task, max_severity_increase=calibration.max_severity_increase),
         severity_increase=lambda c: (f"severity rises by {c.value:.3f} over the teacher > "
@@ -601,13 +725,47 @@ def _yaml_plain(text: str) -> str:
     return _yaml_text(text)
 
 
+#: The analysis options a calibrated gate states, in this order, when its kind takes them.
+CALIBRATED_OPTIONS = ("preset", "matching", "similarity", "ablation", "method", "margin")
+
+
+def gate_options(kind: str, options: AnalysisOptions) -> dict[str, Any]:
+    """The analysis options of ``options`` that a gate of ``kind`` takes, as its YAML keys:
+    everything that produced the numbers a calibrated threshold came from, so the pasted gate
+    measures the way its threshold was measured. A preset stands for its matching and
+    similarity; a method left to the default rule (None) is left out, as the gates leave it."""
+    accepted = KINDS[kind].analysis_options
+    chosen: dict[str, Any] = {}
+    for name in CALIBRATED_OPTIONS:
+        value = getattr(options, name)
+        if name not in accepted or value is None:
+            continue
+        if name in ("matching", "similarity") and options.preset is not None:
+            continue  # the preset sets both (and refuses them beside it)
+        chosen[name] = value
+    return chosen
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return _yaml_plain(value)
+    if isinstance(value, float) and float(f"{value:g}") == value:
+        return f"{value:g}"  # 90, 0.65: as a person writes them
+    return _yaml_text(value)
+
+
 def calibration_yaml(
     teacher: str, students: Sequence[str], calibrations: Sequence[Calibration],
-    min_retained: float, min_score: dict[str, float], n_prompts: int | None, seed: int,
-    ablation: str,
+    options: AnalysisOptions, min_retained: float, min_score: dict[str, float],
+    min_accuracy_retained: float | None = DEFAULT_MIN_ACCURACY_RETAINED,
+    min_weighted_score: dict[str, float] | None = None,
 ) -> str:
-    """A ready-to-paste ``circuits.yaml`` with the calibrated gates for every task and pair."""
+    """A ready-to-paste ``circuits.yaml`` with the calibrated gates for every task and pair.
 
+    Each gate states every option its numbers were measured with (``options``: the prompts,
+    seed, preset or matching and similarity, ablation, sweep method and margin), so a gate
+    pasted on its own into another file still measures as the calibration did."""
+    min_weighted_score = min_weighted_score or {}
     lines = [
         f"# thresholds calibrated by `pytest-circuits calibrate` against the teacher {teacher}",
         "pairs:",
@@ -618,30 +776,42 @@ def calibration_yaml(
     for pair_name, student in zip(pair_names, names, strict=True):
         lines.append(f"  {pair_name}: {{teacher: {_yaml_text(teacher)}, "
                      f"student: {_yaml_text(student)}}}")
-    lines += ["defaults:", f"  n_prompts: {n_prompts or DEFAULT_N_PROMPTS}", f"  seed: {seed}",
-              f"  ablation: {ablation}", "gates:"]
+    lines.append("gates:")
+    n_prompts = options.n_prompts or DEFAULT_N_PROMPTS
     for pair_name in pair_names:
         suffix = "" if len(pair_names) == 1 else f"-{pair_name}"
         for c in calibrations:
-            def gate(name: str, body: str, comment: str, pair_name: str = pair_name,
-                     c: Calibration = c, suffix: str = suffix) -> None:
+            def gate(name: str, kind: str, thresholds: dict[str, Any], comment: str,
+                     pair_name: str = pair_name, c: Calibration = c, suffix: str = suffix
+                     ) -> None:
+                body = {**thresholds, **gate_options(kind, options)}
+                mapping = ", ".join(f"{k}: {_yaml_value(v)}" for k, v in body.items())
                 lines.extend([f"  - name: {_yaml_plain(f'{c.task}-{name}{suffix}')}",
                               f"    pair: {pair_name}", f"    task: {_yaml_plain(c.gate_task)}",
-                              f"    {body}  # {comment}"])
+                              f"    n_prompts: {n_prompts}", f"    seed: {options.seed}",
+                              f"    # {comment}", f"    {kind}: {{{mapping}}}"])
 
-            gate("behaviour", f"behavior_preserved: {{min_retained: {min_retained:g}}}",
-                 "percent of the teacher's clean logit difference")
+            behaviour: dict[str, Any] = {"min_retained": min_retained}
+            if min_accuracy_retained is not None:
+                behaviour["min_accuracy_retained"] = min_accuracy_retained
+            gate("behaviour", "behavior_preserved", behaviour,
+                 "percent of the teacher's clean logit difference and top-1 accuracy")
             low, high = c.severity_ci
-            gate("severity", f"ablation_robust: {{max_severity_increase: "
-                             f"{c.max_severity_increase:g}}}",
+            gate("severity", "ablation_robust",
+                 {"max_severity_increase": c.max_severity_increase},
                  f"teacher severity {c.severity:.3f}, 95% CI {low:.3f}..{high:.3f}")
             if c.max_head_drop is not None:
-                gate("no-critical-head", f"ablation_robust: {{components: heads, "
-                                         f"max_single_drop: {c.max_head_drop:g}}}",
+                gate("no-critical-head", "ablation_robust",
+                     {"components": "heads", "max_single_drop": c.max_head_drop},
                      c.head_rule())
             if c.gate_task in min_score:
-                gate("aligned", f"circuit_aligned: {{min_score: {min_score[c.gate_task]:g}}}",
-                     "lower 95% bound of A of the candidates that pass the gates above")
+                aligned: dict[str, Any] = {"min_score": min_score[c.gate_task]}
+                what = "A"
+                if c.gate_task in min_weighted_score:
+                    aligned["min_weighted_score"] = min_weighted_score[c.gate_task]
+                    what = "A and of the weighted A"
+                gate("aligned", "circuit_aligned", aligned,
+                     f"lower 95% bound of {what} of the candidates that pass the gates above")
     return "\n".join(lines) + "\n"
 
 
@@ -811,6 +981,29 @@ def _label(key: tuple[str, ...]) -> str:
 # ----------------------------------------------------------------------------- subcommands
 
 
+def _correct(performance: Any) -> str:
+    """How many prompts a model answers right: "21/32"."""
+    n = performance.n_prompts
+    return f"{round(performance.accuracy * n)}/{n}"
+
+
+def accuracy_retained(report: Any) -> float:
+    """The student's top-1 accuracy as a percentage of the teacher's (the behaviour gate's
+    ``accuracy_retained``)."""
+    return share_of_teacher(report.student.performance.accuracy,
+                            report.teacher.performance.accuracy)
+
+
+def _accuracy_cell(report: Any) -> str:
+    """The student's top-1 accuracy and its share of the teacher's: "0/32 (0%)"."""
+    return f"{_correct(report.student.performance)} ({accuracy_retained(report):.0f}%)"
+
+
+def _answer_prob(performance: Any) -> str:
+    value = getattr(performance, "answer_prob", None)
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _print_pair(report: Any, out: TextIO) -> None:
     a, t, s = report.alignment, report.teacher.brittleness, report.student.brittleness
     d = report.brittleness_delta
@@ -822,6 +1015,10 @@ def _print_pair(report: Any, out: TextIO) -> None:
               f"{a.score:.4f} (mean similarity {a.mean_similarity:.4f}, influence term "
               f"{a.influence_term:+.4f})   weighted {a.weighted_score:.4f}   compression "
               f"{report.compression:.3f}\n")
+    tp, sp = report.teacher.performance, report.student.performance
+    out.write(f"  top-1 accuracy: teacher {_correct(tp)}, student {_correct(sp)} "
+              f"({accuracy_retained(report):.1f}% of the teacher's)   answer probability: "
+              f"teacher {_answer_prob(tp)}, student {_answer_prob(sp)}\n")
     rows = [
         ["mean drop [95% CI]",
          f"{t.mean_drop:.2f} [{t.mean_drop_ci[0]:.2f}..{t.mean_drop_ci[1]:.2f}]",
@@ -894,6 +1091,10 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
              for student in args.students for task in tasks}
     blocked = False
     min_score: dict[str, float] = {}
+    min_weighted: dict[str, float] = {}
+    # the weighted score is gated where the preset recommends it: with its noise floor it
+    # sees a lost influential component that A averages away (docs/method.md)
+    weighs = run.options.preset == "recommended"
     for c in calibrations:
         out.write(f"\nteacher {c.teacher} on task '{c.label}'\n")
         rows = [
@@ -914,35 +1115,47 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
         if not args.students:
             continue
         rows = []
-        passing_lows = []
+        passing_lows: list[float] = []
+        passing_weighted_lows: list[float] = []
         notes: list[tuple[str, Finding]] = []
         for student in args.students:
             report = pairs[(student, c.gate_task)]
             low, high = alignment_interval(report)
-            found = findings(run, args.teacher, student, report, c, args.min_retained)
+            weighted = f"{report.alignment.weighted_score:.3f}"
+            if weighs:
+                w_low, w_high = weighted_alignment_interval(report)
+                weighted += f" [{w_low:.3f}..{w_high:.3f}]"
+            found = findings(run, args.teacher, student, report, c, args.min_retained,
+                             args.min_accuracy_retained)
             blocking = [f for f in found if f.blocking]
             blocked |= bool(blocking)
             if not blocking:
                 passing_lows.append(low)
+                if weighs:
+                    passing_weighted_lows.append(w_low)
             notes.extend((student, f) for f in found)
             name, drop = _worst(report.student, "head")
             increase = report.student.brittleness.severity - report.teacher.brittleness.severity
-            rows.append([student, f"{report.behavior_retained:.1f}%",
+            rows.append([student, f"{report.behavior_retained:.1f}%", _accuracy_cell(report),
                          f"{report.student.brittleness.severity:.3f} ({increase:+.3f})",
                          f"{drop:.1f} ({name})",
-                         f"{report.alignment.score:.3f} [{low:.3f}..{high:.3f}]",
+                         f"{report.alignment.score:.3f} [{low:.3f}..{high:.3f}]", weighted,
                          f"BLOCKED ({len(blocking)})" if blocking else "passes"])
         out.write("  candidates under these thresholds:\n")
-        out.write(_table(["student", "behaviour", "severity (increase)", "worst head",
-                          "A [95% CI]", "verdict"], rows) + "\n")
+        out.write(_table(["student", "behaviour", "top-1 accuracy", "severity (increase)",
+                          "worst head", "A [95% CI]",
+                          "weighted A [95% CI]" if weighs else "weighted A", "verdict"],
+                         rows) + "\n")
         for student, f in notes:
             out.write(f"    {student}: {'BLOCKS' if f.blocking else 'note'}: {f.text}\n")
         if passing_lows:
             min_score[c.gate_task] = max(0.0, _round_down(min(passing_lows), 0.05))
+        if passing_weighted_lows:
+            min_weighted[c.gate_task] = max(0.0, _round_down(min(passing_weighted_lows), 0.05))
     out.write("\n# ---- paste into circuits.yaml ----\n")
     out.write(calibration_yaml(
-        args.teacher, args.students, calibrations, args.min_retained, min_score,
-        args.n_prompts, args.seed, args.ablation))
+        args.teacher, args.students, calibrations, run.options, args.min_retained, min_score,
+        args.min_accuracy_retained, min_weighted))
     return EXIT_REGRESSION if (blocked and args.strict) else EXIT_OK
 
 
@@ -978,10 +1191,17 @@ class Candidate:
     def retained(self) -> float:
         return min(r.behavior_retained for r in self.reports)
 
+    @property
+    def accuracy(self) -> float:
+        """Top-1 accuracy kept, in percent of the teacher's: the lowest over the tasks."""
+        return min(accuracy_retained(r) for r in self.reports)
+
     def sort_key(self) -> tuple[float, ...]:
-        # fewest blocking findings first, then computing most like the teacher, then robustness
-        return (len(self.blocking), -self.alignment, -self.weighted, self.discarded,
-                self.severity)
+        # fewest blocking findings first, then naming the answer as often as the teacher does
+        # (a logit difference can hold while the model predicts some third token), then
+        # computing most like the teacher, then robustness
+        return (len(self.blocking), -self.accuracy, -self.alignment, -self.weighted,
+                self.discarded, self.severity)
 
 
 def rank_candidates(candidates: list[Candidate]) -> list[Candidate]:
@@ -992,6 +1212,9 @@ def _why(better: Candidate, worse: Candidate) -> str:
     if len(better.blocking) != len(worse.blocking):
         return (f"{len(better.blocking)} blocking finding(s) against "
                 f"{len(worse.blocking)}")
+    if better.accuracy != worse.accuracy:
+        return (f"top-1 accuracy {better.accuracy:.1f}% of the teacher's against "
+                f"{worse.accuracy:.1f}%")
     if better.alignment != worse.alignment:
         return f"alignment {better.alignment:.3f} against {worse.alignment:.3f}"
     if better.weighted != worse.weighted:
@@ -1010,7 +1233,8 @@ def cmd_rank(args: argparse.Namespace, out: TextIO) -> int:
     for source in args.candidates:
         reports = [run.pair_report(args.teacher, source, task) for task in tasks]
         found = [f for r, c in zip(reports, calibrations, strict=True)
-                 for f in findings(run, args.teacher, source, r, c, args.min_retained)]
+                 for f in findings(run, args.teacher, source, r, c, args.min_retained,
+                                   args.min_accuracy_retained)]
         candidates.append(Candidate(source, reports, found))
     ranked = rank_candidates(candidates)
     rows = []
@@ -1018,17 +1242,20 @@ def cmd_rank(args: argparse.Namespace, out: TextIO) -> int:
         worst = max(c.reports, key=lambda r: r.student.brittleness.worst_drop)
         wb = worst.student.brittleness
         discarded = sorted({f"{d.teacher} ({r.task})" for r in c.reports for d in r.discarded})
-        rows.append([str(place), c.source, f"{c.retained:.1f}%", f"{c.alignment:.3f}",
+        rows.append([str(place), c.source, f"{c.retained:.1f}%", f"{c.accuracy:.1f}%",
+                     f"{c.alignment:.3f}",
                      f"{c.weighted:.3f}", f"{c.severity:.3f}",
                      f"{wb.worst_component} {wb.worst_drop:.0f} ({worst.task})",
                      ", ".join(discarded) or "none"])
     out.write(f"\ncandidates for teacher {args.teacher} on {', '.join(tasks)} "
-              "(behaviour: lowest over tasks; alignment: mean; severity: highest)\n")
-    out.write(_table(["rank", "candidate", "behaviour kept", "alignment", "weighted",
-                      "severity", "worst component", "discarded mechanisms"], rows) + "\n")
+              "(behaviour and accuracy: lowest over tasks; alignment: mean; severity: "
+              "highest)\n")
+    out.write(_table(["rank", "candidate", "behaviour kept", "accuracy kept", "alignment",
+                      "weighted", "severity", "worst component", "discarded mechanisms"], rows)
+              + "\n")
     out.write("\nwhy this order (fewest findings that thresholds calibrated on the teacher "
-              "would block, then alignment, weighted alignment, discarded mechanisms, "
-              "severity):\n")
+              "would block, then top-1 accuracy kept, alignment, weighted alignment, discarded "
+              "mechanisms, severity):\n")
     for place, c in enumerate(ranked, 1):
         reason = "" if place == len(ranked) else f"; above {ranked[place].source}: " + _why(
             c, ranked[place])
@@ -1454,16 +1681,30 @@ def _analysis_options(parser: argparse.ArgumentParser) -> None:
                             f"{DEFAULT_CACHE_DIR}; when it cannot be used, the command warns "
                             "and runs without it)")
     group.add_argument("--no-cache", action="store_true", help="recompute everything")
-    group.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress on stderr, the libraries' loading bars (transformers, "
+                            "huggingface_hub, GGUF conversion) included")
 
 
 def _threshold_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-retained", type=float, default=90.0, metavar="PERCENT",
-                        help="behaviour floor: student clean metric in percent of the "
-                             "teacher's (default 90)")
+                        help="behaviour floor: student clean logit difference in percent of "
+                             "the teacher's (default 90; percent, so 90, not 0.9)")
+    parser.add_argument("--min-accuracy-retained", type=float,
+                        default=DEFAULT_MIN_ACCURACY_RETAINED, metavar="PERCENT",
+                        help="behaviour floor: student top-1 accuracy in percent of the "
+                             f"teacher's (default {DEFAULT_MIN_ACCURACY_RETAINED:g}; 0 checks "
+                             "nothing)")
     parser.add_argument("--drop-margin", type=float, default=10.0, metavar="POINTS",
                         help="a single head may cost this many points more than the teacher's "
                              "worst head (default 10)")
+
+
+#: What a model argument may be, for ``--help``.
+MODEL_HELP = ("a model: a save_pretrained directory, a hub id (openai-community/gpt2), a "
+              ".gguf file, or zoo:NAME for a bundled tiny model (zoo:tiny-teacher, "
+              "zoo:tiny-student, zoo:tiny-student-brittle)")
+STUDENTS_HELP = "candidate students, each a model as TEACHER is"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1471,8 +1712,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pytest-circuits",
         description="Compare distilled students with their teacher by how they compute: "
                     "ablation sweeps, circuit matching, alignment and brittleness.",
-        epilog="Models: a hub id (openai-community/gpt2), a save_pretrained directory, or "
-               "zoo:NAME (zoo:tiny-teacher, zoo:tiny-student, zoo:tiny-student-brittle). "
+        epilog="Models: a save_pretrained directory, a hub id (openai-community/gpt2), a .gguf "
+               "file (needs pip install 'pytest-circuits[gguf]') or zoo:NAME (zoo:tiny-teacher, "
+               "zoo:tiny-student, zoo:tiny-student-brittle). "
                "Exit codes: 0 ok; 1 regression (diff) or blocked candidate (calibrate "
                "--strict); 2 usage error (checked before any model loads); 3 analysis "
                "refused, results not comparable, a damaged results file, or an internal "
@@ -1487,8 +1729,8 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="full analysis of one teacher-student pair",
         description="Sweep both models, match components and print alignment, brittleness, "
                     "compression and discarded mechanisms for each task.")
-    compare.add_argument("teacher", metavar="TEACHER")
-    compare.add_argument("student", metavar="STUDENT")
+    compare.add_argument("teacher", metavar="TEACHER", help=MODEL_HELP)
+    compare.add_argument("student", metavar="STUDENT", help=MODEL_HELP)
     compare.add_argument("--html", metavar="PATH", help="write the self-contained HTML report")
     compare.add_argument("--json", metavar="PATH", help="write the reports as JSON (for diff)")
     _analysis_options(compare)
@@ -1499,8 +1741,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure the teacher (and candidate students) and print suggested gate "
                     "thresholds relative to the teacher with their bootstrap intervals, and a "
                     "ready-to-paste circuits.yaml.")
-    calibrate.add_argument("teacher", metavar="TEACHER")
-    calibrate.add_argument("students", metavar="STUDENT", nargs="*")
+    calibrate.add_argument("teacher", metavar="TEACHER", help=MODEL_HELP)
+    calibrate.add_argument("students", metavar="STUDENT", nargs="*",
+                           help=STUDENTS_HELP)
     _threshold_options(calibrate)
     calibrate.add_argument("--strict", action="store_true",
                            help="exit 1 when a candidate would be blocked")
@@ -1512,8 +1755,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Analyse several candidates against one teacher and rank them: fewest "
                     "findings under thresholds calibrated on the teacher first, then "
                     "alignment, weighted alignment and severity. The reasons are printed.")
-    rank.add_argument("teacher", metavar="TEACHER")
-    rank.add_argument("candidates", metavar="CANDIDATE", nargs="+")
+    rank.add_argument("teacher", metavar="TEACHER", help=MODEL_HELP)
+    rank.add_argument("candidates", metavar="CANDIDATE", nargs="+",
+                      help=STUDENTS_HELP)
     _threshold_options(rank)
     _analysis_options(rank)
     rank.set_defaults(handler=cmd_rank)

@@ -7,7 +7,7 @@ is documented in ``GATES.md`` next to this module.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,10 @@ from .dtypes import DTYPES, canonical_dtype
 from .errors import CircuitAssertionError, CircuitsError
 from .fixtures import memo_of, run_device
 from .kinds import KINDS, read_baseline_tolerance
+from .kinds.registry import warn_mistakes
 from .kinds.shift import check_max_examples
 from .settings import DEVICE_PATTERN, Value, model_source, resolve
+from .tasks import BUILTIN_TASKS, TASK_FILE_SUFFIXES
 from .tasks.task import MAX_N_PROMPTS
 from .yamlfile import Items, Node, YamlError, load_yaml
 
@@ -284,7 +286,7 @@ def _gates(document: Any, base: Path) -> list[GateSpec]:
     specs: list[GateSpec] = []
     seen: dict[str, int] = {}
     for index, gate in enumerate(gates):
-        spec = _gate(check, gate, gates.lines[index], index, pairs, models, defaults)
+        spec = _gate(check, gate, gates.lines[index], index, pairs, models, defaults, base)
         if spec.name in seen:
             raise check.fail(spec.line, f"gate name {spec.name!r} is already used by the gate "
                                         f"on line {seen[spec.name]}; gate names are test ids "
@@ -297,6 +299,7 @@ def _gates(document: Any, base: Path) -> list[GateSpec]:
 def _gate(
     check: _Checker, gate: Any, line: int, index: int,
     pairs: dict[str, tuple[ModelRef, ModelRef]], models: dict[str, ModelRef], defaults: Node,
+    base: Path,
 ) -> GateSpec:
     gate = check.mapping(gate, line, f"gates[{index}]")
     line = gate.line
@@ -345,6 +348,9 @@ def _gate(
                 kind.threshold(key).read(value, f"{what}: {kind_name}")
             except CircuitsError as exc:
                 raise check.fail(arguments_node.lines.get(key, kind_line), str(exc)) from None
+            # a value that is probably a mistake warns here too, before any model loads
+            where = f"line {arguments_node.lines.get(key, kind_line)}: {what}: {kind_name}"
+            warn_mistakes([kind.threshold(key)], {key: value}, where)
     if "baseline_tolerance" in settings:
         try:  # a metric of another kind (from defaults:) is a misspelling for this gate
             read_baseline_tolerance(settings["baseline_tolerance"],
@@ -385,6 +391,9 @@ def _gate(
     if "task" not in settings:
         raise check.fail(line, f"{what} has no task: add task: numerals (a built-in: numerals, "
                                "numwords, ioi) or task: path/to/task.yaml")
+    problem = task_problem(settings["task"], (base,), files=False)
+    if problem:
+        raise check.fail(lines["task"], f"{what}: {problem}")
     return GateSpec(
         name=name,
         kind=kind_name,
@@ -400,6 +409,36 @@ def _gate(
         xfail=settings.get("xfail"),
         marks=settings.get("marks", ()),
     )
+
+
+def task_problem(task: str, folders: Sequence[Path] = (), *, files: bool = True) -> str:
+    """Why ``task`` names no task ("" when it does): a built-in name, or a task file that exists
+    as given or under one of ``folders`` (a gate file's own folder). What a gate file and the
+    command line refuse before any model loads, with the built-in name it was probably meant to
+    be ("IOI": "did you mean 'ioi'?").
+
+    ``files=False`` accepts any path with a task file's suffix, existing or not: a gate file
+    is read at collection, and its task file may be written later in the session (a fixture, a
+    conftest), so a missing one is left to the gate, which names it when it runs."""
+    if task in BUILTIN_TASKS:
+        return ""
+    path = Path(task)
+    if not files and path.suffix.lower() in TASK_FILE_SUFFIXES:
+        return ""
+    candidates = [path] + ([] if path.is_absolute() else [Path(f) / path for f in folders])
+    if any(c.is_file() for c in candidates):
+        return ""
+    lowered = {name.lower(): name for name in BUILTIN_TASKS}
+    hint = (f" (did you mean {lowered[task.lower()]!r}?)" if task.lower() in lowered
+            else closest(task, BUILTIN_TASKS))
+    looked = ", ".join(dict.fromkeys(str(c) for c in candidates))
+    if path.suffix.lower() in TASK_FILE_SUFFIXES:
+        return (f"task file {task!r} not found{hint} (looked in: {looked}); give the path of a "
+                "task file, relative to the gate file, or a built-in task "
+                f"({', '.join(BUILTIN_TASKS)})")
+    return (f"task {task!r} is not a built-in task{hint} and no task file of that name exists "
+            f"(looked in: {looked}); give a built-in task ({', '.join(BUILTIN_TASKS)}, "
+            f"case-sensitive) or the path of a task file ({', '.join(TASK_FILE_SUFFIXES)})")
 
 
 def _unknown(what: str, name: str, declared: dict[str, Any]) -> str:

@@ -63,7 +63,8 @@ def model_info(model: CircuitModel) -> ModelInfo:
 
 
 def measure_task_performance(model: CircuitModel, task: Task) -> TaskPerformance:
-    """Clean logit difference (per prompt and mean) and accuracy of ``model`` on ``task``.
+    """Clean logit difference (per prompt and mean), accuracy and the mean probability of the
+    correct answer of ``model`` on ``task``.
 
     Only the prediction position is unembedded. Raises NonFiniteError when any logit there is
     NaN or infinite, over the whole vocabulary (``engine.clean_run`` checks every clean run with
@@ -71,6 +72,7 @@ def measure_task_performance(model: CircuitModel, task: Task) -> TaskPerformance
     leaves the logit difference finite but makes top-1 accuracy meaningless.
     """
     logit_diff, top1_correct = engine.clean_metrics(model, task)
+    answer_prob = engine.clean_answer_probs(model, task)
     diffs = logit_diff.double().cpu().numpy()
     return TaskPerformance(
         model=model.name,
@@ -79,6 +81,7 @@ def measure_task_performance(model: CircuitModel, task: Task) -> TaskPerformance
         per_prompt=tuple(float(x) for x in diffs),
         accuracy=float(top1_correct.float().mean()),
         pairwise_accuracy=float((diffs > 0).mean()),
+        answer_prob=float(answer_prob.double().mean()),
     )
 
 

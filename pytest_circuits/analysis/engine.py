@@ -839,6 +839,9 @@ class CleanRun:
     capture: Capture
     logit_diff: torch.Tensor  # [n] float32
     top1_correct: torch.Tensor  # [n] bool
+    #: [n] float32: the probability the model gives the correct answer (softmax over the whole
+    #: vocabulary at the prediction position); None for a run built without it
+    answer_prob: torch.Tensor | None = None
 
     @property
     def mean_logit_diff(self) -> float:
@@ -893,19 +896,31 @@ def clean_run(
         capture=capture,
         logit_diff=diffs,
         top1_correct=logits.argmax(-1) == tensors.correct.to(logits.device),
+        answer_prob=answer_probabilities(logits, tensors.correct),
     )
     memo[key] = run if span is None else (span, run)
     return run
 
 
-def clean_metrics(model: CircuitModel, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-prompt clean logit difference ([n] float32) and top-1 correctness ([n] bool) over
-    the whole task, chunk by chunk (a task of one chunk reads its memoised clean run)."""
+def answer_probabilities(logits: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """The probability of the correct answer per prompt ([n, vocab] logits -> [n] float32):
+    the softmax over the whole vocabulary, in float32 whatever the model's dtype."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return log_probs[rows, correct.to(logits.device)].exp()
+
+
+def _clean_per_prompt(model: CircuitModel, task: Task
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-prompt clean logit difference, top-1 correctness and answer probability over the
+    whole task, chunk by chunk (a task of one chunk reads its memoised clean run)."""
     n = task_tensors(model, task).n_prompts
     chunks = prompt_chunks(n)
     if len(chunks) == 1:
         run = clean_run(model, task)
-        return run.logit_diff, run.top1_correct
+        if run.answer_prob is None:  # pragma: no cover - every clean run computes it
+            raise AssertionError("a clean run without its answer probabilities")
+        return run.logit_diff, run.top1_correct, run.answer_prob
     key = ("clean_metrics", task.fingerprint())
     memo = model_cache(model)
     if key not in memo:
@@ -914,13 +929,29 @@ def clean_metrics(model: CircuitModel, task: Task) -> tuple[torch.Tensor, torch.
         # only each chunk's per-prompt metrics are kept, never its capture (one chunk held)
         diffs: list[torch.Tensor] = []
         correct: list[torch.Tensor] = []
+        probs: list[torch.Tensor] = []
         for chunk in reversed(chunks):
             run = clean_run(model, task, prompts=chunk)
+            assert run.answer_prob is not None
             diffs.append(run.logit_diff)
             correct.append(run.top1_correct)
+            probs.append(run.answer_prob)
             del run
-        memo[key] = (torch.cat(diffs[::-1]), torch.cat(correct[::-1]))
+        memo[key] = (torch.cat(diffs[::-1]), torch.cat(correct[::-1]), torch.cat(probs[::-1]))
     return memo[key]
+
+
+def clean_metrics(model: CircuitModel, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-prompt clean logit difference ([n] float32) and top-1 correctness ([n] bool) over
+    the whole task, chunk by chunk (a task of one chunk reads its memoised clean run)."""
+    diffs, correct, _ = _clean_per_prompt(model, task)
+    return diffs, correct
+
+
+def clean_answer_probs(model: CircuitModel, task: Task) -> torch.Tensor:
+    """Per-prompt probability of the correct answer ([n] float32) in the clean run, from the
+    same (memoised) clean runs as :func:`clean_metrics`."""
+    return _clean_per_prompt(model, task)[2]
 
 
 def forget_task(model: CircuitModel, task: Task) -> None:

@@ -9,8 +9,11 @@ test holds ``GATES.md`` to it. Torch-free: the plugin reads it at load time.
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..config.options import AnalysisOptions, closest
@@ -30,10 +33,25 @@ UNITS: dict[str, str] = {
     "fraction": "a share of prompts, from 0 to 1",
     "count": "a count",
     "ratio": "a logit difference as a share of the largest absolute logit of its prompt",
+    "probability": "a probability, from 0 to 1",
 }
+
+#: What a student identical to its teacher measures in the units that compare the two: 100% of
+#: the teacher's metric, no difference of scores. A threshold that such a student fails blocks
+#: every release, the faithful ones included (see :meth:`Threshold.mistake`).
+IDENTICAL_COPY: dict[str, float] = {"percent": 100.0, "score difference": 0.0}
 
 #: How a unit is marked after a number in the terminal summary ("" for plain scores).
 UNIT_SYMBOLS: dict[str, str] = {"points": "pts", "percent": "%"}
+
+
+
+class ThresholdWarning(UserWarning):
+    """A threshold is valid but almost certainly not what was meant: a percentage written as a
+    fraction (``min_retained=0.9``), or a bound an identical copy of the teacher fails
+    (``max_severity_increase=-0.01``). The gate runs as written; the warning says what it
+    will do and what was probably meant."""
+
 
 #: A comparison: ">=" the value must reach the threshold (higher is better), "<=" it must not
 #: exceed it (lower is better).
@@ -77,6 +95,61 @@ class Threshold:
                 f"{self.range_text} ({UNITS[self.unit]})"
             )
         return number
+
+    def mistake(self, value: float, gate: str, label: str | None = None) -> str:
+        """What is probably wrong with a valid ``value`` ("" when nothing): the one rule for
+        every threshold, so each kind gets it by declaring its unit. ``label`` is how the value
+        was written (default ``name=value``; the CLI's ``--min-retained 0.9``).
+
+        - a percentage in (0, 1] was almost surely written as a fraction: ``min_retained=0.9``
+          passes a student that keeps 0.9% of its teacher's metric (meant: 90);
+        - a bound that a student identical to its teacher fails (:data:`IDENTICAL_COPY`) blocks
+          every release: ``max_severity_increase=-0.01`` demands the student be less brittle
+          than its teacher, ``min_retained=101`` more capable.
+        """
+        what = f"{gate}: {label or f'{self.name}={value:g}'}"
+        if self.unit == "percent" and 0 < value <= 1:
+            return (f"{what} is read as {value:g} percent of the teacher's metric, which almost "
+                    f"any student reaches; did you mean {value * 100:g}? (percent thresholds "
+                    "are written from 0 to 100, not as fractions)")
+        identical = IDENTICAL_COPY.get(self.unit)
+        if identical is None:
+            return ""
+        fails = value > identical if self.direction == ">=" else value < identical
+        if not fails:
+            return ""
+        unit = "%" if self.unit == "percent" else ""
+        demand = ("LESS" if self.direction == "<=" else "MORE") + (
+            " brittle" if "severity" in self.metric else " capable")
+        return (f"{what} blocks a student identical to its teacher (which measures "
+                f"{identical:g}{unit}): it demands the student be {demand} than the teacher, "
+                "so even a faithful copy fails; "
+                + (f"write a value >= {identical:g} to allow the teacher's own level"
+                   if self.direction == "<=" else
+                   f"write a value <= {identical:g} to pass a faithful copy"))
+
+
+def warn_mistakes(thresholds: Sequence[Threshold], values: Mapping[str, float | None],
+                  gate: str) -> list[str]:
+    """Issue a :class:`ThresholdWarning` for every threshold whose value is probably a mistake
+    (:meth:`Threshold.mistake`); return their texts."""
+    found = [text for t in thresholds
+             if (value := values.get(t.name)) is not None and (text := t.mistake(value, gate))]
+    for text in found:
+        warnings.warn(text, ThresholdWarning, stacklevel=_caller_level())
+    return found
+
+
+_PACKAGE = str(Path(__file__).resolve().parent.parent)
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside this package: the
+    user's call of the assertion, however many of the package's frames lie between."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @dataclass(frozen=True)
@@ -219,6 +292,7 @@ class GateKind:
                 f"{gate}: no threshold was set, so nothing would be checked; pass at least one "
                 f"of {names} (for example {first.name}={_example(first)})"
             )
+        warn_mistakes(self.thresholds, values, gate)
         return values
 
 

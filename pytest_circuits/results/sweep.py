@@ -155,13 +155,19 @@ class TaskPerformance:
     per_prompt: tuple[float, ...]
     accuracy: float  # share of prompts whose top-1 token is the correct answer
     pairwise_accuracy: float  # share of prompts with correct logit > distractor logit
+    #: mean probability of the correct answer at the prediction position (softmax over the
+    #: vocabulary); None in a result written before it was measured
+    answer_prob: float | None = None
 
     @property
     def n_prompts(self) -> int:
         return len(self.per_prompt)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["answer_prob"] is None:  # as a result written before it existed: reads back equal
+            del data["answer_prob"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskPerformance:
