@@ -26,6 +26,8 @@ from typing import Any
 from .errors import CircuitsError, GateConfigError
 from .kinds import UNITS, kind_of, metric_spec
 from .results import GateResult
+from .results.fingerprint import DEFAULT_DIRECTION, METHOD_FIELDS, MethodFingerprint
+from .settings import closest
 from .tables import format_table
 
 FORMAT = "pytest-circuits-baseline"
@@ -181,7 +183,6 @@ def legacy_value(name: str, fingerprint: dict[str, Any]) -> Any:
     matched teacher to student (the paper's convention) and a sweep had none. Any other field
     reads as the fingerprint's default, or None (a mismatch) when it has none.
     """
-    from .results.fingerprint import DEFAULT_DIRECTION, MethodFingerprint
 
     if name == "direction":
         return DEFAULT_DIRECTION if fingerprint.get("matching") else ""
@@ -193,7 +194,6 @@ def legacy_value(name: str, fingerprint: dict[str, Any]) -> Any:
 
 def method_differences(current: dict[str, Any], stored: dict[str, Any]) -> list[str]:
     """Method fields of two fingerprints that differ, as ``name: stored -> current``."""
-    from .results.fingerprint import METHOD_FIELDS
 
     def value(fingerprint: dict[str, Any], name: str) -> Any:
         return fingerprint[name] if name in fingerprint else legacy_value(name, fingerprint)
@@ -451,7 +451,6 @@ def entry_problem(key: Any, entry: Any) -> str:
         if not math.isfinite(number):
             return f"has a value {metric}: {number!r} that is not finite"
         if kind is not None and kind.metric(str(metric)) is None:
-            from .settings import closest
 
             known = [m.name for m in kind.metrics]
             return (f"names a metric {metric!r} that gate {kind.name} does not report"

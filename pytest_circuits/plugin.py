@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 
-from .baseline import Baseline, BaselineCheck, BaselineFileError
+from .baseline import Baseline, BaselineCheck, BaselineFileError, entry_for, entry_problem
 from .config import context
 from .config.context import CacheStore, RunContext, RunSettings
 from .errors import CircuitAssertionError
@@ -54,6 +54,7 @@ from .fixtures import (  # the fixtures are imported here so that pytest finds t
     student,
     teacher,
 )
+from .gatefile import GateFile, GateItem, is_gate_file
 from .output import (
     GateRecord,
     SweepProgress,
@@ -124,10 +125,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    from .gatefile import is_gate_file
 
     if is_gate_file(file_path):
-        from .gatefile import GateFile
 
         return GateFile.from_parent(parent, path=file_path)
     return None
@@ -205,7 +204,6 @@ def _watch_raises() -> None:
 def collected_inputs(items: list[pytest.Item]) -> list[tuple[str, Path]]:
     """The files the collected tests read that collection knows: their modules and gate
     files, and a gate file's task files and model files."""
-    from .gatefile import GateItem
 
     found: dict[Path, str] = {}
     for item in items:
@@ -229,7 +227,6 @@ def is_gate_test(item: pytest.Item) -> bool:
     """Whether ``item`` runs gates, as far as collection can tell: a gate-file item, or a test
     that uses the circuit fixtures or carries the ``circuits`` marker. (A test that calls a
     gate on models it loads itself is known to be one once it records a result.)"""
-    from .gatefile import GateItem
 
     if isinstance(item, GateItem) or item.get_closest_marker("circuits") is not None:
         return True
@@ -408,7 +405,6 @@ class CircuitsRun:
         """Whether pytest would read ``path`` as a test module, conftest or gate file."""
         from fnmatch import fnmatch
 
-        from .gatefile import is_gate_file
 
         if is_gate_file(path) or path.name == "conftest.py":
             return True
@@ -746,7 +742,6 @@ class CircuitsRun:
     def _gate_tests(self, records: list[GateRecord]) -> tuple[GateTest, ...]:
         """Every gate test of the run (collected as one, or that recorded a result, or a
         gate-file item) with how it ended; one never reported did not run."""
-        from .gatefile import is_gate_file
 
         counts: dict[str, int] = {}
         for record in records:
@@ -762,7 +757,6 @@ class CircuitsRun:
     def _write_baseline(self, records: list[GateRecord], complete: bool) -> bool:
         """Merge this run's results into the baseline file; whether it was written."""
         assert self.baseline is not None
-        from .baseline import entry_for, entry_problem
 
         remove = set(self.stale) if complete else set()
         # an entry the loader would refuse (no values, a value that is not finite or outside

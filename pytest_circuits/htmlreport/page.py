@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..identity import model_name
+from ..output import plain
 from . import figures
 
 #: The parts every pair section has, in order (``data-part`` attributes; tests check them).
@@ -672,7 +673,6 @@ def _verdicts(gates: Sequence[Gate]) -> str:
 
 def _data_block(reports: Sequence[Any]) -> str:
     """The reports as JSON inside the page (inert data, not script), for tools and checks."""
-    from ..output import plain
 
     text = json.dumps(plain([r.to_dict() for r in reports]), allow_nan=True)
     # every "<" as its JSON escape (JSON has "<" only inside strings): a name holding

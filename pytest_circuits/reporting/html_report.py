@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import RunInfo, Writer
+from .base import RunInfo, Writer
 
 
 class HtmlReport(Writer):

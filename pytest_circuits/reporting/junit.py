@@ -7,7 +7,7 @@ from typing import Any
 
 from ..output import GateRecord
 from ..results import GateResult
-from . import Writer
+from .base import Writer
 
 
 def property_prefix(result: GateResult, seen: dict[str, int]) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..output import GateRecord
-from . import Writer
+from .base import Writer
 
 
 def writes_a_report(pluginmanager: Any) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..output import GateRecord, environment, sort_key, write_json_atomic
-from . import GateTest, RunInfo, Writer, unfinished_summary
+from .base import GateTest, RunInfo, Writer, unfinished_summary
 
 FORMAT = "pytest-circuits-results"
 VERSION = 1

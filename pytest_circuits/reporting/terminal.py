@@ -10,7 +10,7 @@ from ..kinds import UNIT_SYMBOLS, metric_spec
 from ..output import GateRecord, sort_key
 from ..results import GateResult, MetricCheck
 from ..tables import format_number, format_table
-from . import RunInfo, Writer, unfinished_summary
+from .base import RunInfo, Writer, unfinished_summary
 
 
 def _threshold_cell(result: GateResult, check: MetricCheck) -> str:
