@@ -34,17 +34,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import progress
+from .analysis.layers import align_layers, depth, layer_map_problem, parse_layer_map
 from .baseline import method_differences, value_problem
 from .cache import directory_problem
 from .config.options import AnalysisOptions
 from .dtypes import DTYPES, canonical_dtype
 from .errors import CircuitsError
 from .gatefile import task_problem
+from .htmlreport import write_html
 from .identity import model_name
 from .kinds import KINDS, UNITS
 from .kinds.behavior import DEFAULT_MIN_ACCURACY_RETAINED, share_of_teacher
 from .kinds.registry import ThresholdWarning
 from .kinds.runner import evaluate
+from .metrics import severity_score
 from .models import load_model, load_pair
 from .output import SweepProgress, plain, unwritable, write_json_atomic
 from .results import report_from_dict
@@ -527,7 +530,6 @@ def severity_terms(report: Any) -> Any:
     bootstrap of the mean is a bootstrap of severity."""
     import numpy as np
 
-    from .metrics import severity_score
 
     b = report.brittleness
     return np.array([severity_score([drop], tolerance=b.tolerance, limit=b.limit, alpha=b.alpha)
@@ -1064,7 +1066,6 @@ def _write_outputs(args: argparse.Namespace, reports: list[Any], out: TextIO) ->
         write_json_atomic(Path(args.json), document)
         out.write(f"\nwrote {len(reports)} report(s) to {args.json}\n")
     if args.html:
-        from .htmlreport import write_html
 
         write_html(args.html, reports, title="pytest-circuits: " + ", ".join(
             sorted({f"{_key(r)[0]} -> {_key(r)[1]}" for r in reports})))
@@ -1330,7 +1331,6 @@ def layer_frames(old: Any, new: Any, layer_map: dict[int, int] | None = None) ->
     own matching (:func:`analysis.layers.align_layers`). A ``ValueError`` or ``TypeError`` says
     the reports cannot be aligned (a damaged file); a ``UsageError`` that ``layer_map`` does not
     fit."""
-    from .analysis.layers import align_layers, depth, layer_map_problem
 
     n_old, n_new = depth(_student(old)), depth(_student(new))
     if layer_map is not None or n_old != n_new:
@@ -1586,7 +1586,6 @@ def _frames_line(frames: LayerFrames) -> str:
 
 
 def _layer_map_argument(text: str) -> dict[int, int]:
-    from .analysis.layers import parse_layer_map
 
     try:
         return parse_layer_map(text)

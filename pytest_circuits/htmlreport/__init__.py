@@ -13,8 +13,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_bytes_atomic
+from ..results import report_from_dict
 from ..results.reports import ReportFormatError
-from .page import MODEL_PARTS, PAIR_PARTS, Page, as_gates, is_pair_report, model_name
+from .page import (
+    MODEL_PARTS,
+    PAIR_PARTS,
+    Page,
+    as_gates,
+    is_pair_report,
+    model_name,
+    render,
+    snippet,
+)
 
 __all__ = [
     "MODEL_PARTS",
@@ -39,7 +50,6 @@ def render_html(
     (student layer -> teacher layer, e.g. ``{0: 0, 1: 1, 2: 3}`` for a copy without the
     teacher's layer 2), which must name every student layer of each such pair in increasing
     order (a ``ValueError`` says what does not fit)."""
-    from .page import render
 
     return render(Page(list(reports), as_gates(gate_results), title, layer_map))
 
@@ -49,7 +59,6 @@ def write_html(
     title: str = "pytest-circuits report", layer_map: Mapping[int, int] | None = None,
 ) -> Path:
     """Write :func:`render_html` to ``path`` atomically (a CI artifact is never half written)."""
-    from ..atomic import write_bytes_atomic
 
     target = Path(path)
     text = render_html(reports, gate_results, title=title, layer_map=layer_map)
@@ -61,7 +70,6 @@ def _typed(report: Any) -> Any:
     """A report stored in a GateResult (a dict after the JSON round trip) as its typed class."""
     if not isinstance(report, dict):
         return report
-    from ..results import report_from_dict
 
     return report_from_dict(report)
 
@@ -117,7 +125,6 @@ def write_session_report(
 
 def html_snippet(gate_results: Iterable[Any]) -> str:
     """A compact HTML fragment (one small block per analysis) for pytest-html's ``extras``."""
-    from .page import snippet
 
     results = list(gate_results)
     return snippet(reports_from_gate_results(results), as_gates(results))

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis.layers import aligned_rows, depth, layer_map_problem, report_layer_map, spans
 from ..identity import model_name
 from ..output import plain
 from . import figures
@@ -213,7 +214,6 @@ def pair_layer_map(report: Any, layer_map: Mapping[int, int] | None = None) -> d
     """Student layer -> teacher layer under which a pair is drawn: by index for the same depth,
     ``layer_map`` (checked against the pair) or the alignment through the matching otherwise
     (:func:`analysis.layers.report_layer_map`)."""
-    from ..analysis.layers import depth, layer_map_problem, report_layer_map
 
     n_teacher, n_student = depth(report.teacher), depth(report.student)
     if layer_map is None or n_teacher == n_student:
@@ -228,7 +228,6 @@ def pair_layer_map(report: Any, layer_map: Mapping[int, int] | None = None) -> d
 def _pair_grids(report: Any, mapping: dict[int, int], teacher: str, student: str
                 ) -> list[figures.Grid]:
     """Teacher and student heatmaps with each student layer on the row of its teacher layer."""
-    from ..analysis.layers import aligned_rows
 
     n_teacher, n_student = _shape(report.teacher)[0], _shape(report.student)[0]
     rows = aligned_rows(mapping, n_teacher, n_student)
@@ -294,7 +293,6 @@ TOP_COMPONENTS = 12
 
 
 def _alignment_note(report: Any, mapping: dict[int, int], given: bool, p: str) -> str:
-    from ..analysis.layers import spans
 
     n_teacher = _shape(report.teacher)[0]
     missing = sorted(set(range(n_teacher)) - set(mapping.values()))
