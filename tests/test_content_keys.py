@@ -195,3 +195,38 @@ def test_canonical_source_joins_spellings_of_one_path(tmp_path: Path,
     # names that are not local files stay as written
     assert canonical_source("zoo:tiny-teacher") == "zoo:tiny-teacher"
     assert canonical_source("openai-community/gpt2") == "openai-community/gpt2"
+
+
+def test_a_release_session_sweeps_the_teacher_once_and_each_student_once(
+        sweeps: list[str], memory: None) -> None:
+    """One teacher, two students, one task: a heads-only robust gate first, then behaviour,
+    alignment (recommended preset, both scores) and robustness against the teacher, for each
+    student, with the teacher loaded under two names: one sweep per model."""
+    from pytest_circuits import (
+        assert_ablation_robust,
+        assert_behavior_preserved,
+        assert_circuit_aligned,
+    )
+    from pytest_circuits.errors import CircuitAssertionError
+
+    teacher = load_model("zoo:tiny-teacher", device="cpu")
+    twin = load_model("zoo:tiny-teacher", name="teacher-again", device="cpu")
+    students = [load_model(f"zoo:{name}", device="cpu")
+                for name in ("tiny-student", "tiny-student-brittle")]
+    for index, student in enumerate(students):
+        pair = load_pair(teacher if index == 0 else twin, student)
+        for gate in (
+            lambda p: assert_ablation_robust(p, "numerals", max_single_drop=100.0,
+                                             components="heads", n_prompts=8),
+            lambda p: assert_behavior_preserved(p, "numerals", min_retained=10.0, n_prompts=8),
+            lambda p: assert_circuit_aligned(p, "numerals", preset="recommended", min_score=0.1,
+                                             min_weighted_score=0.1, n_prompts=8),
+            lambda p: assert_ablation_robust(p, "numerals", max_severity_increase=1.0,
+                                             n_prompts=8),
+        ):
+            try:
+                gate(pair)
+            except CircuitAssertionError:
+                pass  # a verdict either way: only the sweeps are counted here
+    assert sorted(sweeps) == sorted(["zoo:tiny-teacher", "zoo:tiny-student",
+                                     "zoo:tiny-student-brittle"])
