@@ -3,14 +3,25 @@
 A baseline file is JSON with a header (format, version, dates, library versions) and one entry
 per :attr:`GateResult.key`. A result is compared metric by metric with its entry: for a metric a
 gate checks with ``>=`` a lower value is worse, for ``<=`` a higher one; a change in the worse
-direction beyond the tolerance is a regression and fails the test that measured it. An entry
-measured with a different method (any of ``METHOD_FIELDS`` of the fingerprint) or with other
-value settings (:func:`value_settings`: the severity tolerance, limit and exponent) is refused; a
-field an older release did not write yet reads as the value it implicitly had. An entry that
-lacks a metric the gate checks is refused, and so is a stored value outside what its unit can
-take (:data:`VALUE_RANGES`). Which way is worse for a metric the gate did not check, each
-metric's default tolerance and its unit come from its gate kind's registry entry
-(:mod:`pytest_circuits.kinds`).
+direction beyond the tolerance is a regression and fails the test that measured it.
+
+An auto sweep's values may be estimates with a band (``ComponentEffect.bound``); the band of
+each metric a gate reports is derived from the sweeps in its report (:func:`value_bands`) and a
+baseline entry keeps it. An estimate is compared by its band: within tolerance only if the whole
+band is, a regression only if the whole band is beyond it, and otherwise undecided: a checked
+metric then refuses the comparison (measure exactly, or re-record), an unchecked one is left out
+and named. So an exact baseline serves an auto run and the other way round (the sweep
+algorithm, exact or auto, is not a difference of method here), and no estimate passes a
+regression check on its point value alone. Two estimates of the same weights by the same method
+are the same measurement and compare by value.
+
+An entry measured with a different method (any other of ``METHOD_FIELDS`` of the fingerprint)
+or with other value settings (:func:`value_settings`: the severity tolerance, limit and
+exponent) is refused; a field an older release did not write yet reads as the value it
+implicitly had. An entry that lacks a metric the gate checks is refused, and so is a stored
+value outside what its unit can take (:data:`VALUE_RANGES`). Which way is worse for a metric
+the gate did not check, each metric's default tolerance and its unit come from its gate kind's
+registry entry (:mod:`pytest_circuits.kinds`).
 """
 
 from __future__ import annotations
@@ -67,6 +78,11 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
 
 #: Rounding room at a range's ends (a cosine similarity may come out as 1.0000000000000002).
 RANGE_SLACK = 1e-9
+
+#: Sweep algorithms that measure the same quantities (auto: exactly where a verdict could
+#: depend on it, a bounded estimate elsewhere): a baseline of one compares with a run of the
+#: other, estimates by their bands.
+INTERCHANGEABLE_METHODS = frozenset({"exact", "auto"})
 
 #: What an entry written before :func:`value_settings` existed was measured with: the
 #: defaults of ``assert_ablation_robust`` and ``metrics.severity_score``.
@@ -132,6 +148,9 @@ class MetricDelta:
     current: float
     tolerance: float
     op: str  # ">=" (lower is worse) or "<=" (higher is worse)
+    #: [low, high] where a value is an estimate (None: an unbounded end); None when exact
+    current_band: list[float | None] | None = None
+    baseline_band: list[float | None] | None = None
 
     @property
     def worse_by(self) -> float:
@@ -139,11 +158,53 @@ class MetricDelta:
         change = self.current - self.baseline
         return -change if self.op == ">=" else change
 
+    def _worse_range(self) -> tuple[float, float]:
+        """The least and the most the value can have moved in the worse direction, over both
+        bands (a point for exact values)."""
+        c_lo, c_hi = _ends(self.current_band, self.current)
+        b_lo, b_hi = _ends(self.baseline_band, self.baseline)
+        if self.op == ">=":
+            return b_lo - c_hi, b_hi - c_lo
+        return c_lo - b_hi, c_hi - b_lo
+
     @property
     def regressed(self) -> bool:
+        """Worse by more than the tolerance, wherever the estimates lie in their bands."""
         if not (math.isfinite(self.current) and math.isfinite(self.baseline)):
             return True  # NaN compares false with everything: it must never read as "ok"
-        return self.worse_by > self.tolerance + 1e-12
+        return self._worse_range()[0] > self.tolerance + 1e-12
+
+    @property
+    def unsettled(self) -> bool:
+        """Within the tolerance at one end of an estimate's band and beyond it at the other:
+        neither a regression nor a pass (never true of two exact values)."""
+        if self.regressed:
+            return False
+        return self._worse_range()[1] > self.tolerance + 1e-12
+
+    def band_text(self) -> str:
+        """``0.91 (0.88..0.94)`` per side, for messages."""
+        def side(value: float, band: list[float | None] | None) -> str:
+            if band is None:
+                return f"{value:.4g} (exact)"
+            low, high = _ends(band, value)
+            return f"{value:.4g} (estimate within {low:.4g}..{high:.4g})"
+
+        return (f"baseline {side(self.baseline, self.baseline_band)}, this run "
+                f"{side(self.current, self.current_band)}")
+
+
+def _ends(band: list[float | None] | None, value: float) -> tuple[float, float]:
+    if band is None:
+        return value, value
+    low, high = band
+    return (-math.inf if low is None else float(low)), (math.inf if high is None else float(high))
+
+
+def _band(low: float, high: float) -> list[float | None]:
+    """A band as stored (JSON has no infinity: an unbounded end is None)."""
+    return [None if math.isinf(low) or math.isnan(low) else float(low),
+            None if math.isinf(high) or math.isnan(high) else float(high)]
 
 
 @dataclass
@@ -192,17 +253,28 @@ def legacy_value(name: str, fingerprint: dict[str, Any]) -> Any:
     return None
 
 
-def method_differences(current: dict[str, Any], stored: dict[str, Any]) -> list[str]:
-    """Method fields of two fingerprints that differ, as ``name: stored -> current``."""
+def _method_value(fingerprint: dict[str, Any], name: str) -> Any:
+    return fingerprint[name] if name in fingerprint else legacy_value(name, fingerprint)
 
-    def value(fingerprint: dict[str, Any], name: str) -> Any:
-        return fingerprint[name] if name in fingerprint else legacy_value(name, fingerprint)
+
+def method_differences(current: dict[str, Any], stored: dict[str, Any],
+                       ignore: tuple[str, ...] = ()) -> list[str]:
+    """Method fields of two fingerprints that differ, as ``name: stored -> current`` (the
+    fields in ``ignore`` left out)."""
 
     return [
-        f"{name}: baseline {value(stored, name)!r}, this run {value(current, name)!r}"
+        f"{name}: baseline {_method_value(stored, name)!r}, this run "
+        f"{_method_value(current, name)!r}"
         for name in METHOD_FIELDS
-        if value(stored, name) != value(current, name)
+        if name not in ignore and _method_value(stored, name) != _method_value(current, name)
     ]
+
+
+def switched_algorithm(current: dict[str, Any], stored: dict[str, Any]) -> bool:
+    """Whether the two fingerprints were swept by different algorithms that measure the same
+    quantities (:data:`INTERCHANGEABLE_METHODS`: exact and auto)."""
+    before, now = _method_value(stored, "method"), _method_value(current, "method")
+    return before != now and {before, now} <= INTERCHANGEABLE_METHODS
 
 
 def value_settings(result: GateResult) -> dict[str, float]:
@@ -242,6 +314,135 @@ def setting_differences(current: dict[str, float], stored: dict[str, Any]) -> li
             shown = repr(before) if recorded else f"{before!r} (not recorded: the default then)"
             differences.append(f"{name}: baseline {shown}, this run {value!r}")
     return differences
+
+
+# ----------------------------------------------------------------------------- estimates' bands
+
+UNBOUNDED = (-math.inf, math.inf)
+
+
+def has_estimates(fingerprint: dict[str, Any]) -> bool:
+    """Whether the sweep record in a result's (or an entry's) fingerprint says some of its
+    values were estimates (an auto sweep that did not measure every component exactly)."""
+    from .results.gate import SWEEP_METHOD_KEY, SweepMethodRecord
+
+    data = fingerprint.get(SWEEP_METHOD_KEY)
+    if not isinstance(data, dict):
+        return False
+    return any(sweep.estimated for sweep in SweepMethodRecord.from_dict(data).sweeps.values())
+
+
+def value_bands(result: GateResult) -> dict[str, tuple[float, float]]:
+    """The interval each of ``result``'s values can lie in while every estimate of its sweeps
+    moves within its band, for the values that are estimates; empty when every value is exact
+    (an exact sweep, an auto sweep that settled, or a gate that sweeps nothing).
+
+    Read from the sweeps in the result's report with the intervals the gates decide their
+    verdicts by (:mod:`pytest_circuits.analysis.bounds`); a value no interval is known for (a
+    Gini coefficient, a pair's teacher-side value the student's report does not hold, a result
+    without its report) is unbounded. Loads numpy, only when the result has estimates."""
+    if not has_estimates(result.fingerprint):
+        return {}
+    from .results.gate import report_from_data
+    from .results.reports import ModelReport, PairReport
+
+    report = report_from_data(result.report)
+    if isinstance(report, ModelReport):
+        found = _model_bands(result, report)
+    elif isinstance(report, PairReport):
+        found = _pair_bands(result, report)
+    else:
+        found = {}
+    bands = {}
+    for metric, value in result.values.items():
+        low, high = found.get(metric, UNBOUNDED)
+        low, high = min(low, value), max(high, value)  # rounding never leaves the value out
+        if high > low:
+            bands[metric] = (low, high)
+    return bands
+
+
+def _model_bands(result: GateResult, report: Any) -> dict[str, tuple[float, float]]:
+    """``ablation_robust``'s metrics over the student's (or model's) sweep; the increase over
+    the teacher is bounded only when the teacher's values were exact."""
+    from .analysis.bounds import brittleness_intervals, drop_intervals
+    from .metrics import worst_share_mean
+
+    record = result.sweep_method
+    roles = record.sweeps if record is not None else {}
+    subject = roles.get("student", roles.get("model"))
+    bands: dict[str, tuple[float, float]] = {}
+    if subject is None or subject.estimated:
+        low, high = drop_intervals(report.sweep)
+        bands.update(brittleness_intervals(report.sweep, report.brittleness))
+        bands["worst5_mean"] = (worst_share_mean(low), worst_share_mean(high))
+        tolerance = report.brittleness.tolerance
+        bands["count_above_tolerance"] = (float((low > tolerance).sum()),
+                                          float((high > tolerance).sum()))
+        bands["gini"] = UNBOUNDED  # not monotone in the drops: no band is derived for it
+        bands["n_components"] = (float(len(low)),) * 2
+    teacher = roles.get("teacher")
+    if "severity_increase" in result.values:
+        if teacher is not None and teacher.estimated:
+            bands["severity_increase"] = bands["teacher_severity"] = UNBOUNDED
+        else:
+            taught = result.values["teacher_severity"]
+            low, high = bands.get("severity", (result.values["severity"],) * 2)
+            bands["severity_increase"] = (low - taught, high - taught)
+    return bands
+
+
+def _pair_bands(result: GateResult, report: Any) -> dict[str, tuple[float, float]]:
+    """``circuit_aligned``'s scores (``alignment_slack``) and ``mechanism_preserved``'s
+    per-component values: a similarity is exact unless the matching reads influences, a matched
+    student component's influence moves within its effect's band."""
+    from .analysis.bounds import alignment_slack, matching_reads_influences
+
+    bands: dict[str, tuple[float, float]] = {}
+    if matching_reads_influences(report):
+        return bands  # other estimates could pair other components: nothing is bounded
+    a = report.alignment
+    paper, weighted = alignment_slack(report)
+    bands["alignment"] = (a.score - paper, a.score + paper)
+    bands["weighted_alignment"] = (a.weighted_score - weighted, a.weighted_score + weighted)
+    bands["influence_term"] = (a.influence_term - paper, a.influence_term + paper)
+    for metric in ("mean_similarity", "n_pairs"):
+        if metric in result.values:
+            bands[metric] = (result.values[metric],) * 2
+    effects = {e.name: e for e in report.student.sweep.effects}
+    for pair in a.pairs:
+        similarity = f"{pair.teacher}.similarity"
+        if similarity in result.values:
+            bands[similarity] = (pair.similarity,) * 2
+        effect = effects.get(pair.student)
+        influence = f"{pair.teacher}.student_influence"
+        if influence in result.values and effect is not None:
+            band = 0.0 if effect.is_exact else (
+                math.inf if effect.bound is None else float(effect.bound))
+            bands[influence] = (pair.student_influence - band, pair.student_influence + band)
+    return bands
+
+
+def stored_bands(entry: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """The bands of a baseline entry's estimated values (as :func:`value_bands`); an entry
+    whose values were estimates but that was recorded before bands were kept has every value
+    unbounded."""
+    recorded = entry.get("bands")
+    if isinstance(recorded, dict):
+        return {metric: _ends(band, 0.0) for metric, band in recorded.items()}
+    if has_estimates(entry.get("fingerprint") or {}):
+        return {metric: UNBOUNDED for metric in entry.get("values", {})}
+    return {}
+
+
+def same_weights(result: GateResult, entry: dict[str, Any]) -> bool:
+    """Whether the entry was measured on the very weights this result was, role by role."""
+    stored = entry.get("models")
+    if not isinstance(stored, dict) or not result.models or set(stored) != set(result.models):
+        return False
+    return all(isinstance(stored[role], dict)
+               and stored[role].get("weights_sha256") == info.weights_sha256
+               for role, info in result.models.items())
 
 
 def value_range(gate: str, metric: str) -> tuple[float, float] | None:
@@ -351,7 +552,10 @@ class Baseline:
                     f"values as the baseline with:\n  {update_command(self.shown, result.nodeid)}"
                 ),
             )
-        differences = method_differences(result.fingerprint, entry.get("fingerprint", {}))
+        stored_fingerprint = entry.get("fingerprint", {})
+        switched = switched_algorithm(result.fingerprint, stored_fingerprint)
+        differences = method_differences(result.fingerprint, stored_fingerprint,
+                                         ignore=("method",) if switched else ())
         if differences:
             return BaselineCheck(
                 result.key, "refused",
@@ -388,16 +592,44 @@ class Baseline:
                     + update_command(self.shown, result.nodeid)
                 ),
             )
+        # two estimates of the same weights by the same method are one measurement: by value
+        same = not switched and same_weights(result, entry)
+        bands = {} if same else value_bands(result)
+        before = {} if same else stored_bands(entry)
         deltas = []
         for metric, current in result.values.items():
             op = direction(metric, result)
             if op is None or metric not in stored:
                 continue
-            deltas.append(MetricDelta(metric, float(stored[metric]), float(current),
-                                      tolerance_for(metric, result, tolerance), op))
+            deltas.append(MetricDelta(
+                metric, float(stored[metric]), float(current),
+                tolerance_for(metric, result, tolerance), op,
+                current_band=_band(*bands[metric]) if metric in bands else None,
+                baseline_band=_band(*before[metric]) if metric in before else None,
+            ))
         regressed = [d for d in deltas if d.regressed]
+        checked = {c.metric for c in result.checks}
+        undecided = [d for d in deltas if d.unsettled]
+        left_out = "".join(
+            f"\n  not compared: {d.metric}: {d.band_text()}; its band reaches past the "
+            f"tolerance {d.tolerance:g}" for d in undecided if d.metric not in checked)
+        blocking = [d for d in undecided if d.metric in checked]
+        if blocking and not regressed:
+            return BaselineCheck(
+                result.key, "refused", deltas,
+                message=(
+                    f"baseline entry {result.key!r} in {self.shown} cannot be compared: an "
+                    "estimate's band reaches both within and beyond the tolerance, so whether "
+                    "it regressed is not decided:\n    "
+                    + "\n    ".join(f"{d.metric}: {d.band_text()}, tolerance {d.tolerance:g}"
+                                     for d in blocking)
+                    + "\n  measure exactly (--circuits-method=exact, or method='exact' on the "
+                    "gate), or re-record the baseline with:\n  "
+                    + update_command(self.shown, result.nodeid) + left_out
+                ),
+            )
         if not regressed:
-            return BaselineCheck(result.key, "ok", deltas)
+            return BaselineCheck(result.key, "ok", deltas, message=left_out.strip())
         table = format_table(
             ["metric", "baseline", "now", "change", "tolerance"],
             [[d.metric, d.baseline, d.current, f"{d.current - d.baseline:+.4g}",
@@ -409,7 +641,7 @@ class Baseline:
             message=(
                 f"regression against baseline {self.shown} for {result.key!r}:\n{table}\n"
                 "  if the change is intended, accept it with:\n  "
-                + update_command(self.shown, result.nodeid)
+                + update_command(self.shown, result.nodeid) + left_out
             ),
         )
 
@@ -465,14 +697,36 @@ def entry_problem(key: Any, entry: Any) -> str:
         if (isinstance(number, bool) or not isinstance(number, (int, float))
                 or not math.isfinite(number)):
             return f"has a setting {name}: {number!r} that is not a finite number"
+    problem = _bands_problem(entry.get("bands", {}), values)
+    if problem:
+        return problem
     if "nodeid" in entry and not isinstance(entry["nodeid"], str):
         return "has a \"nodeid\" that is not a string"
     return ""
 
 
+def _bands_problem(bands: Any, values: dict[str, Any]) -> str:
+    """What is wrong with an entry's ``bands`` ("" when nothing): a mapping of its own metrics
+    to [low, high] around the value, each end a finite number or null (unbounded)."""
+    if not isinstance(bands, dict):
+        return f"has \"bands\" that is {type(bands).__name__}, not a mapping"
+    for metric, band in bands.items():
+        if metric not in values:
+            return f"has a band for {metric!r}, which it holds no value of"
+        if not isinstance(band, list) or len(band) != 2 or any(
+                end is not None and (isinstance(end, bool) or not isinstance(end, (int, float))
+                                     or not math.isfinite(end)) for end in band):
+            return (f"has a band {metric}: {band!r} that is not [low, high] of finite numbers "
+                    "or null")
+        low, high = _ends(band, 0.0)
+        if not low <= values[metric] <= high:
+            return f"has a band {metric}: {band!r} that leaves out its value {values[metric]!r}"
+    return ""
+
+
 def entry_for(result: GateResult) -> dict[str, Any]:
-    """What a baseline keeps of a result: its values, thresholds, method, value settings and
-    models."""
+    """What a baseline keeps of a result: its values, thresholds, method, value settings,
+    models and the bands of its estimated values."""
     entry = {
         "values": dict(result.values),
         "checks": {c.metric: {"op": c.op, "threshold": c.threshold} for c in result.checks},
@@ -483,4 +737,7 @@ def entry_for(result: GateResult) -> dict[str, Any]:
     settings = value_settings(result)
     if settings:
         entry["settings"] = settings
+    bands = value_bands(result)
+    if bands:
+        entry["bands"] = {metric: _band(*band) for metric, band in bands.items()}
     return entry

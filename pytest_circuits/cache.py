@@ -49,7 +49,8 @@ T = TypeVar("T")
 #: old entry is recomputed instead of read into the wrong shape.
 #: 2: typed ModelInfo in reports, CompareSettings, fan_in_all, SweepResult.confirm_top_k.
 #: 3: JSON entries with a checksum instead of pickles; ComponentEffect.bound, screening.
-#: 4: SweepResult.pruned, TaskPerformance.answer_prob.
+#: 4: keys name a model by its content (weights and tokenizer digest), no longer its name;
+#:    SweepResult.pruned, TaskPerformance.answer_prob.
 CACHE_FORMAT = 4
 
 #: A disk entry's file name ends with this (older releases wrote ``.pkl`` files, never read).

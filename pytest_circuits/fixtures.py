@@ -8,6 +8,7 @@ the fixtures call only when a test asks for them.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .errors import CircuitsError
-from .models import load_model, load_pair
+from .models import canonical_source, load_model, load_pair
 from .settings import (
     Value,
     apply_threads,
@@ -44,7 +45,9 @@ def missing_model_message(role: str) -> str:
 class ModelMemo:
     """Loaded models, pairs and tasks, one of each per process (session or xdist worker).
 
-    Keys are (source, device, dtype) for models; a load that failed is remembered and its
+    Models are keyed by (canonical source, device, dtype): a local path by its real path, so
+    ``./m.gguf`` (an option), ``m.gguf`` (an ini key) and ``../releases/m.gguf`` (a marker) load
+    the file once; a hub id or zoo name as written. A load that failed is remembered and its
     error raised again, so a broken model does not cost a load per test.
     """
 
@@ -65,15 +68,27 @@ class ModelMemo:
 
     def model(self, source: str, *, device: str, dtype: str, name: str | None = None
               ) -> CircuitModel:
-        """``load_model(source)``, once per (source, device, dtype)."""
+        """``load_model(source)``, once per (canonical source, device, dtype).
+
+        The model carries ``name`` (default: the source as given), the name results and
+        baseline keys use. Another name for a model already loaded is a copy of it under that
+        name (the same weights, bridge and tokenizer; its own per-model memo, whose entries
+        may name it), so it costs no load, and its analyses come from the content-keyed cache.
+        """
+        label = name or source
+        where = canonical_source(source)
 
         def build() -> CircuitModel:
 
             if self.threads is not None:  # torch is loaded now: make sure it took the count
                 apply_threads(self.threads)
-            return load_model(source, device=device, dtype=dtype, name=name or source)
+            return load_model(source, device=device, dtype=dtype, name=label)
 
-        return self._get(("model", source, name, device, dtype), build)
+        loaded: CircuitModel = self._get(("model", where, device, dtype), build)
+        if loaded.name == label:
+            return loaded
+        return self._get(("model", where, device, dtype, label),
+                         lambda: _renamed(loaded, label))
 
     def pair(self, teacher: CircuitModel, student: CircuitModel) -> ModelPair:
         """``load_pair(teacher, student)`` over models from :meth:`model`, once per pair."""
@@ -105,6 +120,14 @@ class ModelMemo:
         # The memo holds the models for the whole process, so their ids stay unique.
         key = ("task", spec, n_prompts, seed, search_paths, None if model is None else id(model))
         return self._get(key, build)
+
+
+def _renamed(model: CircuitModel, name: str) -> CircuitModel:
+    """``model`` under another name: a shallow copy (``CircuitModel.__copy__`` gives it an empty
+    per-model memo), sharing the bridge, weights and tokenizer."""
+    clone = copy.copy(model)
+    clone.name = name
+    return clone
 
 
 MEMO_KEY = pytest.StashKey[ModelMemo]()

@@ -7,6 +7,7 @@ is documented in ``GATES.md`` next to this module.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from .fixtures import memo_of, run_device
 from .kinds import KINDS, read_baseline_tolerance
 from .kinds.registry import warn_mistakes
 from .kinds.shift import check_max_examples
-from .settings import DEVICE_PATTERN, Value, model_source, resolve
+from .settings import DEVICE_PATTERN, resolve
 from .tasks import BUILTIN_TASKS, TASK_FILE_SUFFIXES
 from .tasks.task import MAX_N_PROMPTS
 from .yamlfile import Items, Node, YamlError, load_yaml
@@ -85,7 +86,7 @@ class GateFileError(CircuitsError, ValueError):
 class ModelRef:
     """A model named in a gate file: where to load it from and the name results carry."""
 
-    source: str  # absolute when it is a directory relative to the gate file
+    source: str  # a relative path made absolute from the gate file's directory
     name: str  # as written in the file (stable across machines, part of baseline keys)
 
 
@@ -240,8 +241,46 @@ def load_gate_file(path: Path) -> list[GateSpec]:
         raise GateFileError(f"{path}:{exc}") from None
 
 
-def _model_ref(source: str, base: Path) -> ModelRef:
-    return ModelRef(model_source(Value(source, "gate file", base)), source)
+#: Endings that make a model source a file path rather than a hub id.
+_FILE_ENDINGS = (".gguf", ".safetensors", ".bin")
+
+
+def _path_shaped(text: str) -> bool:
+    """Whether ``text`` can only be a path (a hub id is ``org/name``): it starts like one, has a
+    backslash, a trailing or second ``/``, or names a weight file."""
+    return (text.startswith((".", "/", "~")) or "\\" in text or text.endswith("/")
+            or text.count("/") > 1 or text.lower().endswith(_FILE_ENDINGS))
+
+
+def gate_file_source(text: str, base: Path) -> str:
+    """Where a model source written in a gate file in ``base`` loads from: a relative path is
+    read from the gate file's directory (never the working directory), made absolute; a zoo
+    name or hub id stays as written. A missing path stays next to the gate file, so the load
+    names that place. Raises ``ValueError`` for a relative name that exists only relative to
+    the working directory: it would load from there, which the gate file does not say."""
+    if text.startswith("zoo:"):
+        return text
+    path = Path(text).expanduser()
+    if path.is_absolute():
+        return str(path)
+    beside = (base / path).absolute()
+    if beside.exists() or _path_shaped(text) and not path.exists():
+        return str(beside)
+    if path.exists():
+        raise ValueError(
+            f"model {text!r} is read from the gate file's directory ({str(base.absolute())!r}), "
+            f"where {str(beside)!r} does not exist; it exists relative to the working directory "
+            f"({os.getcwd()!r}), which a gate file's paths never are: write the path relative "
+            "to the gate file, or absolute"
+        )
+    return text  # a hub id
+
+
+def _model_ref(check: _Checker, source: str, base: Path, line: int) -> ModelRef:
+    try:
+        return ModelRef(gate_file_source(source, base), source)
+    except ValueError as exc:
+        raise check.fail(line, str(exc)) from None
 
 
 def _gates(document: Any, base: Path) -> list[GateSpec]:
@@ -264,14 +303,15 @@ def _gates(document: Any, base: Path) -> list[GateSpec]:
                 raise check.fail(line, f"pair {name!r} has no {role}: add {role}: SOURCE "
                                        "(a hub id, a local directory or zoo:NAME)")
             check.value("model", spec[role], spec.lines[role], f"pair {name!r}: {role}")
-        pairs[name] = (_model_ref(spec["teacher"], base), _model_ref(spec["student"], base))
+        pairs[name] = (_model_ref(check, spec["teacher"], base, spec.lines["teacher"]),
+                       _model_ref(check, spec["student"], base, spec.lines["student"]))
 
     models: dict[str, ModelRef] = {}
     for name, source in check.mapping(root.get("models", Node()), root.lines.get("models", 1),
                                       "models").items():
         line = root["models"].lines[name]
         check.value("model", source, line, f"model {name!r}")
-        models[name] = _model_ref(source, base)
+        models[name] = _model_ref(check, source, base, line)
 
     defaults = check.mapping(root.get("defaults", Node()), root.lines.get("defaults", 1),
                              "defaults")

@@ -70,6 +70,8 @@ class CircuitModel:
     #: over several devices (``device`` is then the embedding's device); None otherwise
     device_map: dict[str, Any] | None = None
     _fingerprint: str | None = field(default=None, repr=False)
+    #: (id of the tokenizer it was computed for, its digest): see :attr:`tokenizer_digest`
+    _tokenizer_digest: tuple[int, str] | None = field(default=None, repr=False)
     _hf_state: dict[str, Any] | None = field(default=None, repr=False)
     analysis_memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
@@ -111,6 +113,16 @@ class CircuitModel:
             state = self._hf_state if self._hf_state is not None else self.hf_model.state_dict()
             self._fingerprint = fingerprint_state_dict(state)
         return self._fingerprint
+
+    @property
+    def tokenizer_digest(self) -> str:
+        """sha256 of what the tokenizer encodes with (:func:`tokenizer_digest`), computed once
+        per tokenizer object (a copy given another tokenizer gets its own digest)."""
+        memo = self._tokenizer_digest
+        if memo is None or memo[0] != id(self.tokenizer):
+            memo = (id(self.tokenizer), tokenizer_digest(self.tokenizer))
+            self._tokenizer_digest = memo
+        return memo[1]
 
     def components(self, which: str = "all") -> list[Component]:
         return all_components(self.n_layers, self.n_heads, which)
@@ -200,6 +212,43 @@ def fingerprint_state_dict(state: dict[str, Any]) -> str:
         # the array's own buffer (the same bytes as tobytes(), without copying every tensor)
         digest.update(memoryview(tensor.view(-1).view(_byte_dtype()).numpy()))
     return digest.hexdigest()
+
+
+def tokenizer_digest(tokenizer: Any) -> str:
+    """sha256 of a tokenizer's encoding rules: a fast tokenizer's full JSON (vocabulary, merges,
+    normaliser, pre-tokeniser, post-processor, added tokens), else its sorted vocabulary; with
+    its class, special tokens and padding side. Together with the weights fingerprint it is a
+    model's identity in every analysis cache key (two spellings of one path share entries)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        rules = backend.to_str()
+    else:
+        rules = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=True)
+    extra = {
+        "class": type(tokenizer).__name__,
+        "special": {str(k): str(v) for k, v in dict(tokenizer.special_tokens_map).items()},
+        "padding_side": str(getattr(tokenizer, "padding_side", "")),
+    }
+    digest = hashlib.sha256(rules.encode("utf-8"))
+    digest.update(json.dumps(extra, sort_keys=True).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def canonical_source(source: str | os.PathLike[str]) -> str:
+    """One spelling per model source, for memoising loads: an existing local file or directory
+    as its real path (``./m.gguf``, ``m.gguf`` and ``../here/m.gguf`` are one model), a zoo
+    name or hub id as written. Relative paths are read from the working directory, as
+    :func:`load_model` reads them."""
+    text = os.fspath(source)
+    if text.startswith("zoo:"):
+        return text
+    path = Path(text).expanduser()
+    try:
+        if path.exists():
+            return os.path.realpath(path)
+    except OSError:  # a name the file system refuses (too long): not a local path
+        pass
+    return text
 
 
 def _byte_dtype() -> Any:

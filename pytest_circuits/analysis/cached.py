@@ -1,13 +1,16 @@
 """The analyses the gates and the CLI read, memoised per session and on disk.
 
-A compared pair is keyed by both models' weights, the task and every option that changes its
-numbers (:data:`config.options.PAIR_KEY_FIELDS`); its two sweeps come from ``store`` and are
-shared with every other report on the same models. A model's report is recomputed from its
-stored sweep, which costs no forward pass.
+A compared pair is keyed by both models' content (weights fingerprint and tokenizer digest,
+never their names or paths), the task and every option that changes its numbers
+(:data:`config.options.PAIR_KEY_FIELDS`); its two sweeps come from ``store`` and are shared with
+every other report on the same models. A report served for models loaded under other names is
+relabelled with the asking pair's own (:func:`relabelled_pair`). A model's report is recomputed
+from its stored sweep, which costs no forward pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from .. import cache
@@ -21,6 +24,7 @@ from .store import (
     auto_thresholds,
     default_method,
     n_components,
+    relabelled,
     sweep_result,
     task_performance,
 )
@@ -63,9 +67,9 @@ def pair_report(pair: Any, task: Any, options: AnalysisOptions | None = None,
             methods = ["exact", "exact"]  # exact sweeps were stored: the exact report is this
     compared = "auto" if "auto" in methods else methods[0]
     parts = {
-        "names": [pair.teacher.name, pair.student.name],
         "teacher": pair.teacher.weights_fingerprint,
         "student": pair.student.weights_fingerprint,
+        "tokenizers": [pair.teacher.tokenizer_digest, pair.student.tokenizer_digest],
         "task": task.fingerprint(),
         **options.key(PAIR_KEY_FIELDS),
         "method": compared,
@@ -77,4 +81,16 @@ def pair_report(pair: Any, task: Any, options: AnalysisOptions | None = None,
     else:
         sweeps = None  # compare finds the exact sweeps in the cache (or sweeps them)
     measured = options.replace(method=compared)
-    return cache.cached("pair", parts, lambda: compare(pair, task, measured, sweeps=sweeps))
+    report = cache.cached("pair", parts, lambda: compare(pair, task, measured, sweeps=sweeps))
+    return relabelled_pair(report, pair)
+
+
+def relabelled_pair(report: Any, pair: Any) -> Any:
+    """``report`` (a PairReport from the cache) named as ``pair``'s models are: the teacher's
+    and student's ModelReports (and their sweeps) carry the asking models' names and sources.
+    Nothing else in a pair report names a model, and nothing is copied when the names agree."""
+    teacher = relabelled(report.teacher, pair.teacher)
+    student = relabelled(report.student, pair.student)
+    if teacher is report.teacher and student is report.student:
+        return report
+    return dataclasses.replace(report, teacher=teacher, student=student)

@@ -1,9 +1,14 @@
 """A model's sweeps and clean runs, memoised per session and on disk.
 
-A sweep is keyed by the model's weights, the task and the sweep's own options (components,
-ablation, method, seed, and for an auto sweep the cut points it decides exactly), so every
-gate, pair and direct call in a session shares one: the teacher is swept once however many
-students are compared with it. ``compare``, ``model_report`` and every gate obtain sweeps here.
+A sweep is keyed by the model's content (weights fingerprint and tokenizer digest, never its
+name or path), the task and the sweep's own options (components, ablation, method, seed, and
+for an auto sweep the cut points it decides exactly), so every gate, pair and direct call in a
+session shares one: the teacher is swept once however many students, files and gates name it,
+under whatever name or path. What leaves the cache is relabelled with the asking model's own
+name and source (:func:`relabelled`). A subset of components is read from an exact sweep of
+all of them; an exact subset of at least half the components is swept as a full sweep, so a
+later gate on every component finds it. ``compare``, ``model_report`` and every gate obtain
+sweeps here.
 
 The sweep algorithm is ``options.method``: "exact", "auto" (screened, then exact wherever a
 verdict against ``options.thresholds`` could depend on the value) or None, which picks "auto"
@@ -71,10 +76,12 @@ def as_task(task: Any, n_prompts: int | None, seed: int | None, model: Any = Non
 
 
 def model_parts(model: Any, task: Any) -> dict[str, Any]:
-    """What identifies a model's run of a task: its weights, how it computes, the task."""
+    """What identifies a model's run of a task: its weights and tokenizer, how it computes, the
+    task. Never its name or path: one model loaded under two names or from two spellings of a
+    path shares every entry (see :func:`relabelled`)."""
     return {
-        "name": model.name,
         "model": model.weights_fingerprint,
+        "tokenizer": model.tokenizer_digest,
         "task": task.fingerprint(),
         "dtype": model.dtype,
         "device": model.device_kind,
@@ -117,9 +124,32 @@ def _stored(kind: str, parts: dict[str, Any]) -> Any:
 
 def task_performance(model: Any, task: Any) -> Any:
     """The clean run's metric (``ablation.measure_task_performance``) through the session/disk
-    cache."""
-    return cache.cached("performance", model_parts(model, task),
-                        lambda: ablation.measure_task_performance(model, task))
+    cache, named as ``model`` is."""
+    performance = cache.cached("performance", model_parts(model, task),
+                               lambda: ablation.measure_task_performance(model, task))
+    return _renamed_performance(performance, model.name)
+
+
+def _renamed_performance(performance: Any, name: str) -> Any:
+    if performance.model == name:
+        return performance
+    return dataclasses.replace(performance, model=name)
+
+
+def relabelled(result: Any, model: Any) -> Any:
+    """``result`` (a SweepResult or ModelReport from the cache) as ``model``'s own: the cache is
+    keyed by content, so a result measured on the same weights and tokenizer under another name
+    or path is served with ``model``'s name and source (the numbers are the same). Only the
+    model descriptions are replaced; the effects and statistics are shared, not copied."""
+    own = model.describe()
+    info = result.model
+    if info.name == own.name and info.source == own.source:
+        return result
+    renamed = {"model": dataclasses.replace(info, name=own.name, source=own.source),
+               "performance": _renamed_performance(result.performance, own.name)}
+    if hasattr(result, "sweep"):  # a ModelReport: its sweep names the model too
+        renamed["sweep"] = relabelled(result.sweep, model)
+    return dataclasses.replace(result, **renamed)
 
 
 def sweep_result(model: Any, task: Any, options: AnalysisOptions | None = None,
@@ -143,6 +173,11 @@ def sweep_result(model: Any, task: Any, options: AnalysisOptions | None = None,
         # a subset is read from an exact sweep of every component when one is stored: each
         # component's single ablation is measured the same way whatever else is swept
         result = _subset_of_stored(model, task, options)
+        if result is None and method == "exact" and _mostly_all(model, options.components):
+            # sweep every component instead (at most twice the work, usually a tenth more),
+            # so the gates that read all of them later find the sweep stored
+            full = sweep_result(model, task, options.replace(components="all"))
+            result = _subset_of(full, model, options.components)
     if result is None and method == "auto":
         thresholds = auto_thresholds(options)
         # an exact sweep decides every verdict: one already stored is never swept again
@@ -158,6 +193,7 @@ def sweep_result(model: Any, task: Any, options: AnalysisOptions | None = None,
                 margin=options.margin, thresholds=thresholds,
             ),
         )
+    result = relabelled(result, model)
     ablation.require_valid_task([result.performance], margin=options.margin)
     return result
 
@@ -171,10 +207,24 @@ def _subset_of_stored(model: Any, task: Any, options: AnalysisOptions) -> Any:
                              "method": "exact"})
     if full is None:
         return None
-    chosen = select_components(_selection(options.components), int(model.n_layers),
-                               int(model.n_heads), model_name=model.name)
+    return _subset_of(full, model, options.components)
+
+
+def _subset_of(full: Any, model: Any, components: str | tuple[str, ...]) -> Any:
+    """The effects of ``full`` (a sweep of every component) that ``components`` selects."""
+    chosen = _chosen(model, components)
     by_name = {e.name: e for e in full.effects}
     return dataclasses.replace(full, effects=[by_name[c.name] for c in chosen])
+
+
+def _chosen(model: Any, components: str | tuple[str, ...]) -> Any:
+    return select_components(_selection(components), int(model.n_layers), int(model.n_heads),
+                             model_name=model.name)
+
+
+def _mostly_all(model: Any, components: str | tuple[str, ...]) -> bool:
+    """Whether ``components`` selects at least half of the model's components."""
+    return 2 * len(_chosen(model, components)) >= n_components(model)
 
 
 def _selection(components: str | tuple[str, ...]) -> str | list[str]:
