@@ -187,8 +187,10 @@ def _watch_raises() -> None:
     """Let a recorder know when ``pytest.raises`` catches a gate's error (an expected failure,
     not a swallowed one). ``ExceptionInfo.fill_unfilled`` is what every ``pytest.raises``
     form calls with the exception it caught; it is wrapped once per process."""
-    original = pytest.ExceptionInfo.fill_unfilled
-    if getattr(original, "circuits_watch", False):
+    original = getattr(pytest.ExceptionInfo, "fill_unfilled", None)
+    if original is None or getattr(original, "circuits_watch", False):
+        # a pytest without it: a gate failure caught by pytest.raises then fails its test
+        # like any swallowed one (stricter, never a silent pass)
         return
 
     def fill_unfilled(self: Any, exc_info: Any) -> None:
