@@ -401,8 +401,10 @@ def test_the_gpt2_gates_run_unchanged_and_block_only_on_alignment(
     behaviour = by_test["test_good_candidate_still_does_the_task"]
     aligned = by_test["test_good_candidate_keeps_the_teachers_circuit"]
     robust = by_test["test_good_candidate_has_no_single_point_of_failure"]
-    assert behaviour["verdicts"] == {"behavior_retained": "PASS"}
+    # the behaviour gate also checks top-1 accuracy against the teacher's (default 50%)
+    assert behaviour["verdicts"] == {"behavior_retained": "PASS", "accuracy_retained": "PASS"}
     assert behaviour["values"]["behavior_retained"] >= 80.0
+    assert behaviour["values"]["accuracy_retained"] >= 50.0
     assert aligned["verdicts"] == {"alignment": "FAIL"}
     assert aligned["values"]["alignment"] < 0.65
     assert robust["verdicts"] == {"severity": "PASS", "max_single_drop": "PASS"}
