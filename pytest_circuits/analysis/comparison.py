@@ -118,7 +118,8 @@ def compare(
     how components are paired ("paper": attention/eigenvector similarity; "causal": ablation
     effect; "tie_aware": similarity, with candidates within ``tie_margin`` of the best treated
     as a tie decided by ablation effect and left out of fan-in), ``similarity`` what similarity
-    means ("paper", "subspace": principal angles between MLP output subspaces, or "cka") and
+    means ("paper", "subspace": principal angles between MLP output subspaces, "cka", or
+    "combined": subspace for MLPs, heads by attention pattern and by what they write) and
     ``direction`` which side picks its best partner ("teacher_to_student", the paper's v2
     convention, or "student_to_teacher"). ``noise_floor`` (points) leaves pairs below it on
     both sides out of the influence-weighted score. ``preset="recommended"`` sets matching,
