@@ -11,12 +11,17 @@ import pytest
 import torch
 
 from pytest_circuits.analysis import compare
+from pytest_circuits.analysis.matching import match_tie_aware
 from pytest_circuits.analysis.similarity import (
+    combined_head_similarity,
     output_similarity,
     shares_residual_basis,
     signatures,
+    silent_heads,
     similarity_matrices,
 )
+from pytest_circuits.components import Component
+from pytest_circuits.config.options import OUTPUT_TIE_MARGIN
 from pytest_circuits.models import CircuitModel, load_model, load_pair
 from pytest_circuits.tasks import builtin_task
 from pytest_circuits.zoo import zoo_path
@@ -104,3 +109,28 @@ def test_models_trained_apart_share_no_basis_and_fall_back_to_patterns(teacher, 
     by_pattern = similarity_matrices(teacher, apart, task, "subspace")
     np.testing.assert_array_equal(combined.heads, by_pattern.heads)
     np.testing.assert_array_equal(combined.mlps, by_pattern.mlps)
+
+
+def test_a_pattern_tie_stays_a_tie_unless_the_writes_differ_beyond_their_noise():
+    teacher = [Component.head_at(0, 0)]
+    student = [Component.head_at(0, 0), Component.head_at(0, 1)]
+    patterns = np.array([[1.0, 0.99]])  # a tie on what they read (within 0.02)
+    for writes, tied in ((np.array([[0.1, 0.35]]), True),  # 0.25 apart: within the noise
+                         (np.array([[0.1, 0.8]]), False)):  # 0.7 apart: told apart
+        combined = combined_head_similarity(patterns, writes)
+        plain = match_tie_aware(combined, teacher, student, np.zeros(1), np.zeros(2))
+        assert not plain[0].ambiguous and plain[0].student == "L0H1"  # the average alone
+        (match,) = match_tie_aware(combined, teacher, student, np.zeros(1), np.zeros(2),
+                                   evidence=[(patterns, 0.02), (writes, OUTPUT_TIE_MARGIN)])
+        assert match.ambiguous is tied
+        assert match.candidates == (("L0H1", "L0H0") if tied else ())
+
+
+def test_a_head_that_writes_nothing_is_compared_by_its_pattern_alone():
+    writes = np.ones((3, 4, 5))
+    writes[1] = 0.0  # pruned: its output projection is zero
+    assert silent_heads(writes).tolist() == [False, True, False]
+    patterns = np.array([[1.0, 0.6], [0.3, 0.9]])
+    outputs = np.array([[np.nan, 0.2], [np.nan, 0.8]])
+    np.testing.assert_allclose(combined_head_similarity(patterns, outputs),
+                               [[1.0, 0.4], [0.3, 0.85]])

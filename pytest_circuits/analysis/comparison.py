@@ -18,6 +18,7 @@ from ..config.options import (  # noqa: F401 (the defaults are importable from h
     DEFAULT_TIE_MARGIN,
     DEFAULT_WEAK_SIMILARITY,
     DISCARD_Z,
+    OUTPUT_TIE_MARGIN,
     PRESETS,
     AnalysisOptions,
 )
@@ -424,12 +425,19 @@ def _match(
             )
             continue
         matrix = mats.heads if which == "heads" else mats.mlps
+        margin = DEFAULT_TIE_MARGIN if tie_margin is None else tie_margin
+        evidence: list[tuple[np.ndarray, float]] = []
+        if which == "heads" and mats.head_pattern_similarity is not None and (
+                mats.head_output_similarity is not None):
+            # combined similarity: a tie on the pattern and within the output's noise is a tie
+            evidence = [(mats.head_pattern_similarity, margin),
+                        (mats.head_output_similarity, OUTPUT_TIE_MARGIN)]
         if matching == "paper":
             matches += match_by_similarity(matrix, teacher, student, direction)
         else:
             matches += match_tie_aware(
                 matrix, teacher, student, values(0, teacher, drop), values(1, student, drop),
-                direction, tie_margin=DEFAULT_TIE_MARGIN if tie_margin is None else tie_margin,
-                effect_tolerance=effect_tolerance,
+                direction, tie_margin=margin, effect_tolerance=effect_tolerance,
+                evidence=evidence,
             )
     return matches

@@ -421,15 +421,23 @@ def shares_residual_basis(teacher: CircuitModel, student: CircuitModel, task: Ta
     return float(cosine.mean()) >= SHARED_BASIS_MIN_COSINE
 
 
+def silent_heads(writes: np.ndarray) -> np.ndarray:
+    """[n] True for a head that writes nothing (a pruned one: its writes' norm is at most
+    ``1e-6`` of the median head's), whose output cannot be compared with anything."""
+    norms = np.linalg.norm(writes.reshape(len(writes), -1), axis=1)
+    return norms <= 1e-6 * float(np.median(norms))
+
+
 def combined_head_similarity(
     patterns: np.ndarray, writes: np.ndarray | None
 ) -> np.ndarray:
     """``similarity="combined"`` for heads: the mean of the attention-pattern similarity (what
-    a head reads) and the output similarity (what it writes), or the pattern similarity alone
-    when ``writes`` is None (the models share no residual basis). Both [n_t, n_s]."""
+    a head reads) and the output similarity (what it writes), the pattern similarity alone
+    where the output similarity is NaN (a head that writes nothing) or ``writes`` is None (the
+    models share no residual basis). Both [n_t, n_s]."""
     if writes is None:
         return patterns
-    return (patterns + writes) / 2.0
+    return np.where(np.isnan(writes), patterns, (patterns + writes) / 2.0)
 
 
 def _same_width(teacher: np.ndarray, student: np.ndarray) -> None:
@@ -581,6 +589,11 @@ class SimilarityMatrices:
     teacher_mlps: list[Component]
     student_mlps: list[Component]
     similarity: str  # one of SIMILARITIES
+    #: ``similarity="combined"`` with output evidence: the heads' attention-pattern and output
+    #: similarities apart ([teacher heads, student heads]; NaN where a head writes nothing),
+    #: for tie-aware matching's ties; None otherwise
+    head_pattern_similarity: np.ndarray | None = None
+    head_output_similarity: np.ndarray | None = None
 
 
 def similarity_matrices(
@@ -616,6 +629,7 @@ def similarity_matrices(
             similarity=similarity,
         )
     t, s = signatures(teacher, task), signatures(student, task)
+    head_pattern_similarity = head_output_similarity = None
     if similarity == "cka":
         assert t.head_outputs is not None and s.head_outputs is not None
         assert t.mlp_outputs is not None and s.mlp_outputs is not None
@@ -628,7 +642,11 @@ def similarity_matrices(
             pattern_similarity(t.patterns, s.patterns), t.patterns, s.patterns
         )
         if similarity == "combined":
-            heads = combined_head_similarity(heads, _write_similarity(teacher, student, task, t, s))
+            head_pattern_similarity = heads
+            head_output_similarity = _write_similarity(teacher, student, task, t, s)
+            heads = combined_head_similarity(heads, head_output_similarity)
+            if head_output_similarity is None:
+                head_pattern_similarity = None
         if similarity == "paper":
             mlps = eigenvector_similarity(t.mlp_eigenvectors, s.mlp_eigenvectors)
         else:
@@ -642,23 +660,28 @@ def similarity_matrices(
         teacher_mlps=t.mlps,
         student_mlps=s.mlps,
         similarity=similarity,
+        head_pattern_similarity=head_pattern_similarity,
+        head_output_similarity=head_output_similarity,
     )
 
 
 def _write_similarity(
     teacher: CircuitModel, student: CircuitModel, task: Task, t: Signatures, s: Signatures
 ) -> np.ndarray | None:
-    """[n_t, n_s] output similarity of every head pair (exactly 1 for identical writes), or
-    None when it means nothing: no writes captured, or no shared residual basis."""
+    """[n_t, n_s] output similarity of every head pair (exactly 1 for identical writes; NaN
+    where either head writes nothing), or None when it means nothing: no writes captured, or no
+    shared residual basis."""
     if t.head_writes is None or s.head_writes is None:
         return None
     if t.head_writes.shape[1:] != s.head_writes.shape[1:]:
         return None
     if not shares_residual_basis(teacher, student, task):
         return None
-    return _exact_for_copies(
+    values = _exact_for_copies(
         output_similarity(t.head_writes, s.head_writes), t.head_writes, s.head_writes
     )
+    silent = silent_heads(t.head_writes)[:, None] | silent_heads(s.head_writes)[None, :]
+    return np.where(silent, np.nan, values)
 
 
 def _check_same_tokens(teacher: CircuitModel, student: CircuitModel, task: Task) -> None:

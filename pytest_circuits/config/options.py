@@ -63,6 +63,12 @@ DEFAULT_MIN_STUDENT_INFLUENCE = 2.0
 #: by measurement (docs/method.md): on SmolLM2-135M against its 4-bit copy, 0.02 puts a head's
 #: own copy within the margin of its best match for 256 of 270 heads (204 are the strict best).
 DEFAULT_TIE_MARGIN = 0.02
+#: Output-similarity margin of tie-aware matching with ``similarity="combined"``: a candidate
+#: ties with the best when its attention pattern is within ``tie_margin`` of the best's and what
+#: it writes within this margin of the best's. The output similarity is noisier than the pattern
+#: (a head against its own 4-bit copy scores 0.56 to 0.85 on SmolLM2-135M), so two heads whose
+#: writes differ by less than 0.3 are not told apart by them (docs/method.md).
+OUTPUT_TIE_MARGIN = 0.3
 #: A teacher component whose ablation costs at least this many points is "influential".
 DEFAULT_INFLUENTIAL = 10.0
 #: A match weaker than this similarity does not count as a counterpart.
