@@ -169,7 +169,10 @@ def test_a_pruned_head_is_discarded_and_moves_the_weighted_score(
     # at least the head's share (A_w <= 1 - share when its counterpart does nothing); measured
     # 2.4x the share for L23H3, whose removal also takes MLP0 from 47.6 to 5.5 points
     assert share <= lost <= 3.0 * share
-    assert 1.0 - report.alignment.score < 0.01  # the paper's A barely moves (0.9977)
+    # the paper's A barely moves: 0.9889 since issue 18 (0.9977 by attention patterns alone),
+    # because the combined similarity also sees that the heads after L23H3 write a little
+    # differently without it; still a twentieth of what the weighted score loses
+    assert 1.0 - report.alignment.score < 0.02
 
 
 def test_quantised_copies_map_to_themselves_by_what_their_heads_write(eight_bit, four_bit):
