@@ -228,7 +228,8 @@ def test_the_recommended_preset_reaches_the_analysis(tmp_path: Path) -> None:
     assert code == EXIT_OK, err
     (report,) = load_reports(str(out_json))
     assert report.fingerprint.matching == "tie_aware"
-    assert report.fingerprint.similarity == "subspace"
+    # the recommended preset compares heads by pattern and output since issue 18 (was "subspace")
+    assert report.fingerprint.similarity == "combined"
 
 
 def test_a_preset_with_a_conflicting_matching_is_refused_before_any_model_loads() -> None:

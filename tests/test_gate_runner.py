@@ -72,7 +72,8 @@ def test_a_bad_option_is_refused_naming_who_got_it(changes: dict[str, Any], mess
 
 def test_a_preset_and_the_options_it_stands_for_share_one_key() -> None:
     preset = AnalysisOptions(preset="recommended").resolved()
-    spelled = AnalysisOptions(matching="tie_aware", similarity="subspace", tie_margin=0.02,
+    # the recommended preset compares heads by pattern and output since issue 18 (was "subspace")
+    spelled = AnalysisOptions(matching="tie_aware", similarity="combined", tie_margin=0.02,
                               noise_floor=3.0).resolved()
     assert preset.key(PAIR_KEY_FIELDS) == spelled.key(PAIR_KEY_FIELDS)
     assert preset.key(PAIR_KEY_FIELDS)["noise_floor"] == 3.0

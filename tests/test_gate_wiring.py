@@ -83,9 +83,10 @@ def test_the_recommended_preset_reaches_the_analysis_and_the_failure_message(gpt
     result, message = _recorded(assert_circuit_aligned, gpt2_pair, "numerals", min_score=1.0,
                                 preset="recommended", n_prompts=8, seed=0)
     assert result.fingerprint["matching"] == "tie_aware"
-    assert result.fingerprint["similarity"] == "subspace"
+    # the recommended preset compares heads by pattern and output since issue 18 (was "subspace")
+    assert result.fingerprint["similarity"] == "combined"
     assert result.fingerprint["noise_floor"] == 3.0
-    assert "preset=recommended, matching=tie_aware, similarity=subspace" in message
+    assert "preset=recommended, matching=tie_aware, similarity=combined" in message
     paper, message = _recorded(assert_circuit_aligned, gpt2_pair, "numerals", min_score=1.0,
                                n_prompts=8, seed=0)
     assert paper.fingerprint["matching"] == "paper"
@@ -205,5 +206,6 @@ def test_a_yaml_gate_runs_with_the_recommended_preset_on_the_zoo(tmp_path) -> No
     run.assert_outcomes(passed=3)
     results = {r["nodeid"].split("::")[-1]: r for r in load_json(tmp_path / "out.json")["results"]}
     assert results["aligned-recommended"]["fingerprint"]["matching"] == "tie_aware"
-    assert results["aligned-recommended"]["fingerprint"]["similarity"] == "subspace"
+    # the recommended preset compares heads by pattern and output since issue 18 (was "subspace")
+    assert results["aligned-recommended"]["fingerprint"]["similarity"] == "combined"
     assert results["mechanism-paper"]["fingerprint"]["matching"] == "paper"

@@ -288,7 +288,8 @@ def test_a_tie_aware_report_round_trips_with_candidates_and_groups(
     back = report_from_dict(through_json(report.to_dict()))
     assert_same(report, back)
     assert back.fingerprint.matching == "tie_aware"
-    assert back.fingerprint.similarity == "subspace"
+    # the recommended preset compares heads by pattern and output since issue 18 (was "subspace")
+    assert back.fingerprint.similarity == "combined"
     assert back.fingerprint.tie_margin == 0.02
     assert back.fingerprint.noise_floor == 3.0
     assert [p.ambiguous for p in back.alignment.pairs] == [

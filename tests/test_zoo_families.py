@@ -15,6 +15,7 @@ One model pair and one ``compare`` report per (pair, task) are shared by the who
 from __future__ import annotations
 
 import copy
+import math
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +28,8 @@ from helpers import load_json, mean_logit_diff, output_projection, shared_run
 from pytest_circuits.analysis import engine
 from pytest_circuits.analysis.ablation import sweep
 from pytest_circuits.analysis.cached import as_task
-from pytest_circuits.analysis.comparison import PairReport, compare
+from pytest_circuits.analysis.comparison import PairReport, compare, find_discarded
+from pytest_circuits.config.options import DISCARD_Z
 from pytest_circuits.models import CircuitModel, ModelPair, load_pair
 from pytest_circuits.parity import bridge_parity
 from pytest_circuits.tasks import Task
@@ -263,6 +265,11 @@ MEASURED: dict[tuple[str, str], tuple[float, float, float, float, float]] = {
 #: GPT-2 IOI every teacher component that shares a student partner shares a dead one (ablating
 #: it costs < 2 points), which ``fan_in`` leaves out by design.
 NO_LIVE_FAN_IN = {("gpt2", "ioi")}
+#: The one (pair, task) that discards nothing since discards are decided above the sweeps' noise
+#: (issue 18): on GPT-2 IOI the dead floor alone discarded L3H0 (4.6 +- 2.5 points onto L1H1,
+#: 0.2 +- 1.0) and MLP1-MLP3 (2.6 to 4.3 points, standard errors 2.0 to 3.5, onto MLP1, 1.4 +-
+#: 4.6), every one within two combined standard errors of the floor.
+ONLY_NOISE_DISCARDED = {("gpt2", "ioi")}
 
 
 @pytest.mark.slow
@@ -311,9 +318,22 @@ def test_the_students_restructuring_shows(
         for student, teachers in report.compressed.items():
             assert len(set(teachers)) >= 2
             assert report.student.sweep.effect(student).influence >= floor
-    # Every pair discards something, and says why (a weak best match or a dead partner).
-    assert report.discarded
+    # Every pair discards something, and says why (a weak best match or a dead partner); where
+    # only noise crossed the floor, the floor alone would discard, and nothing is discarded.
     settings = report.settings
+    if (family, name) in ONLY_NOISE_DISCARDED:
+        assert report.discarded == []
+        teacher = {e.name: e for e in report.teacher.sweep.effects}
+        student = {e.name: e for e in report.student.sweep.effects}
+        by_floor = find_discarded(report.alignment.pairs, {n: e.influence for n, e in
+                                                           teacher.items()}, settings)
+        assert by_floor
+        for item in by_floor:
+            assert item.student is not None
+            se = (teacher[item.teacher].stderr or 0.0, student[item.student].stderr or 0.0)
+            assert item.teacher_influence - floor < DISCARD_Z * math.hypot(*se)
+    else:
+        assert report.discarded
     for item in report.discarded:
         assert item.student is not None and item.similarity is not None
         if "dead component" in item.reason:  # absorbed by a student component doing no work

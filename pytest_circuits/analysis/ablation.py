@@ -197,13 +197,25 @@ def _replay_metrics(
 ) -> np.ndarray:
     """Mean logit difference of each of ``reps`` stacked copies, replayed from ``layer``, over
     the prompts in ``prompts`` (the whole task by default; ``hooks`` must be built for them)."""
+    return _replay_per_prompt(model, task, layer, hooks, reps, prompts).mean(1).cpu().numpy()
+
+
+def _replay_per_prompt(
+    model: CircuitModel,
+    task: Task,
+    layer: int,
+    hooks: Sequence[tuple[str, Any]],
+    reps: int,
+    prompts: slice | None = None,
+) -> torch.Tensor:
+    """:func:`_replay_metrics` before the mean: [reps, prompts] logit differences (float64)."""
     tensors = engine.task_tensors(model, task)
     if prompts is not None:
         tensors = tensors.rows(prompts)
     run = engine.clean_run(model, task, prompts=prompts)
     # resumes after the ablated part and unembeds only the answer tokens (see the engine)
     diffs = engine.replay_logit_differences(model, run.capture, layer, tensors, hooks, reps=reps)
-    return diffs.view(reps, tensors.n_prompts).double().mean(1).cpu().numpy()
+    return diffs.view(reps, tensors.n_prompts).double()
 
 
 class _ChunkMeans:
@@ -234,8 +246,11 @@ def _exact_metrics(
     ablation: str,
     seed: int,
     ablations_per_forward: int,
+    per_prompt: dict[Component, list[np.ndarray]] | None = None,
 ) -> dict[Component, float]:
-    """Each component's ablated metric, ``ablations_per_forward`` of a layer per replay.
+    """Each component's ablated metric, ``ablations_per_forward`` of a layer per replay; when
+    ``per_prompt`` is given, each component's per-prompt ablated metrics are appended to it,
+    chunk by chunk in prompt order (what :func:`ablation_stderr` needs).
 
     Prompts run in chunks of ``engine.PROMPT_BATCH``, the chunk loop outermost so that each
     chunk's clean run is captured once and dropped before the next. A stack that runs out of
@@ -266,7 +281,7 @@ def _exact_metrics(
                     ]
                     hooks = engine.ablation_hooks(chunk, values, batch)
                     try:
-                        per_copy = _replay_metrics(model, task, layer, hooks, len(chunk), part)
+                        by_prompt = _replay_per_prompt(model, task, layer, hooks, len(chunk), part)
                     except RuntimeError as error:
                         if len(chunk) == 1 or not is_out_of_memory(error):
                             raise
@@ -286,8 +301,12 @@ def _exact_metrics(
                             stacklevel=3,
                         )
                         continue
+                    per_copy = by_prompt.mean(1).cpu().numpy()
                     for comp, value in zip(chunk, per_copy, strict=True):
                         totals.add(comp, float(value), batch)
+                    if per_prompt is not None:
+                        for comp, row in zip(chunk, by_prompt.cpu().numpy(), strict=True):
+                            per_prompt.setdefault(comp, []).append(row)
                     start += len(chunk)
                     measured += len(chunk)
                     progress.report(model.name, measured, to_measure)
@@ -628,8 +647,10 @@ def _auto_metrics(
     per_forward: int,
     clean: float,
     thresholds: GateThresholds,
+    per_prompt: dict[Component, list[np.ndarray]] | None = None,
 ) -> tuple[dict[Component, float], set[Component], Screening]:
-    """The screen, then exact values wherever a verdict or the top-k could depend on them.
+    """The screen, then exact values wherever a verdict or the top-k could depend on them
+    (``per_prompt``, when given, receives the exact values' per-prompt metrics).
 
     Round 0 measures exactly every MLP, the top-k by screened drop and by screened influence,
     and each layer's heads ablated jointly (a check on the screen that costs one replay a layer);
@@ -655,11 +676,14 @@ def _auto_metrics(
         layer: state.drop(value)
         for layer, value in _joint_head_metrics(model, task, grouped, ablation, seed).items()
     }
-    rounds = _confirm(
-        state, joint, lambda pending: _exact_metrics(
-            model, task, pending, ablation, seed, per_forward
-        ),
-    )
+    def measure(pending: list[Component]) -> dict[Component, float]:
+        fresh: dict[Component, list[np.ndarray]] = {}  # a value measured again replaces its rows
+        values = _exact_metrics(model, task, pending, ablation, seed, per_forward, fresh)
+        if per_prompt is not None:
+            per_prompt.update(fresh)
+        return values
+
+    rounds = _confirm(state, joint, measure)
     ablated = {c: state.exact.get(c, screened[c]) for c in components}
     screening = Screening(
         thresholds=thresholds,
@@ -724,19 +748,21 @@ def sweep(
 
     used_method = {c: method for c in chosen}
     screening: Screening | None = None
+    per_prompt: dict[Component, list[np.ndarray]] = {}
     if method == "exact":
-        ablated = _exact_metrics(model, task, chosen, ablation, seed, per_forward)
+        ablated = _exact_metrics(model, task, chosen, ablation, seed, per_forward, per_prompt)
     elif method == "auto":
         ablated, confirmed, screening = _auto_metrics(
             model, task, chosen, ablation, seed, per_forward, clean,
-            thresholds or GateThresholds(),
+            thresholds or GateThresholds(), per_prompt,
         )
         used_method = {c: "exact" if c in confirmed else "attribution" for c in chosen}
     else:
         _, ablated = _attribution_metrics(model, task, chosen, ablation, seed)
         if confirm_top_k > 0:
             ranked = sorted(chosen, key=lambda c: -abs(ablated[c] - clean))[:confirm_top_k]
-            ablated.update(_exact_metrics(model, task, ranked, ablation, seed, per_forward))
+            ablated.update(_exact_metrics(model, task, ranked, ablation, seed, per_forward,
+                                          per_prompt))
             for comp in ranked:
                 used_method[comp] = "exact"
     values = np.array([ablated[c] for c in chosen], dtype=float)
@@ -758,6 +784,11 @@ def sweep(
             bound=(
                 screening.head_band(c)
                 if screening is not None and used_method[c] != "exact"
+                else None
+            ),
+            stderr=(
+                ablation_stderr(performance.per_prompt, np.concatenate(per_prompt[c]))
+                if c in per_prompt and used_method[c] == "exact"
                 else None
             ),
         )
@@ -782,6 +813,30 @@ def sweep(
 def _pruned_names(model: CircuitModel) -> tuple[str, ...] | None:
     found = engine.pruned_components(model)
     return None if found is None else tuple(c.name for c in sorted(found))
+
+
+def ablation_stderr(clean: Sequence[float], ablated: Sequence[float]) -> float | None:
+    """Standard error, in drop points, of a component's drop over the task's prompts.
+
+    The drop is ``100 * (1 - r)`` with ``r = mean(ablated) / mean(clean)`` over the same
+    prompts, a ratio of means; its standard error (the delta method's, which a bootstrap over
+    the prompts approximates) is ``100 * sd(ablated_p - r * clean_p) / (sqrt(n) * |mean(clean)|)``
+    with ``sd`` the sample standard deviation over the n prompts. 0 for a component whose
+    ablation changes no prompt's metric; None for a single prompt (nothing to estimate from).
+    """
+    a = np.asarray(ablated, dtype=float)
+    c = np.asarray(clean, dtype=float)
+    if a.shape != c.shape:
+        raise ValueError(
+            f"{len(a)} ablated and {len(c)} clean per-prompt metrics: they must be the same "
+            "prompts, in the same order"
+        )
+    n = len(a)
+    if n < 2:
+        return None
+    mean_clean = float(c.mean())
+    residual = a - (float(a.mean()) / mean_clean) * c
+    return float(100.0 * residual.std(ddof=1) / (math.sqrt(n) * abs(mean_clean)))
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:

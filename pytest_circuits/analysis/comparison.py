@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -16,6 +17,8 @@ from ..config.options import (  # noqa: F401 (the defaults are importable from h
     DEFAULT_NOISE_FLOOR,
     DEFAULT_TIE_MARGIN,
     DEFAULT_WEAK_SIMILARITY,
+    DISCARD_Z,
+    OUTPUT_TIE_MARGIN,
     PRESETS,
     AnalysisOptions,
 )
@@ -116,7 +119,8 @@ def compare(
     how components are paired ("paper": attention/eigenvector similarity; "causal": ablation
     effect; "tie_aware": similarity, with candidates within ``tie_margin`` of the best treated
     as a tie decided by ablation effect and left out of fan-in), ``similarity`` what similarity
-    means ("paper", "subspace": principal angles between MLP output subspaces, or "cka") and
+    means ("paper", "subspace": principal angles between MLP output subspaces, "cka", or
+    "combined": subspace for MLPs, heads by attention pattern and by what they write) and
     ``direction`` which side picks its best partner ("teacher_to_student", the paper's v2
     convention, or "student_to_teacher"). ``noise_floor`` (points) leaves pairs below it on
     both sides out of the influence-weighted score. ``preset="recommended"`` sets matching,
@@ -164,6 +168,7 @@ def compare(
     s_infl = {e.name: e.influence for e in student_report.sweep.effects}
     t_drop = {e.name: e.drop for e in teacher_report.sweep.effects}
     s_drop = {e.name: e.drop for e in student_report.sweep.effects}
+    t_se, s_se = (_stderrs(report.sweep) for report in (teacher_report, student_report))
 
     matches = _match(
         pair, task, similarity, matching, direction, (t_infl, s_infl), (t_drop, s_drop),
@@ -219,12 +224,26 @@ def compare(
         fan_in=fan_in(counted),
         fan_in_all=fan_in(matches),
         discarded=find_discarded(
-            pairs, t_infl, settings, s_infl if direction == "teacher_to_student" else None
+            pairs, t_infl, settings, s_infl if direction == "teacher_to_student" else None,
+            teacher_stderr=t_se, student_stderr=s_se,
         ),
         fingerprint=fingerprint,
         settings=settings,
         ambiguous=ambiguous_groups(matches, pair, direction),
     )
+
+
+def _stderrs(result: SweepResult) -> dict[str, float]:
+    """Each component's standard error over prompts, in points: the exact sweep's own
+    (``ComponentEffect.stderr``); for an auto sweep's estimate its bound read as
+    ``DISCARD_Z`` standard errors; absent (0) when the sweep kept neither."""
+    found = {}
+    for e in result.effects:
+        if e.stderr is not None:
+            found[e.name] = e.stderr
+        elif e.bound is not None:
+            found[e.name] = e.bound / DISCARD_Z
+    return found
 
 
 def _compared_method(options: AnalysisOptions, pair: ModelPair) -> str:
@@ -284,24 +303,45 @@ def find_discarded(
     teacher_influence: dict[str, float],
     settings: CompareSettings,
     student_influence: dict[str, float] | None = None,
+    *,
+    teacher_stderr: dict[str, float] | None = None,
+    student_stderr: dict[str, float] | None = None,
 ) -> list[Discarded]:
     """Teacher components that lost their mechanism in the student, in teacher order.
 
     Each teacher component is judged by its counterpart: its most similar matched student
     component (with teacher-to-student matching, its only one). It is discarded when
 
-    - the counterpart is dead (influence < ``min_student_influence``) while the teacher
-      component itself is not: the match was absorbed by a component that does no work. A dead
-      teacher component matched onto a dead student one lost nothing and is not listed;
+    - the counterpart is dead (influence < ``min_student_influence``, the dead floor) and the
+      teacher component clearly is not: its influence clears the floor by at least ``DISCARD_Z``
+      combined standard errors, ``I_T - floor >= DISCARD_Z * sqrt(se_T^2 + se_S^2)`` (the
+      sweeps' standard errors over prompts, ``teacher_stderr`` / ``student_stderr``; a
+      component absent from them counts as exact). Two components that both sit near the
+      floor (2.27 and 1.89 points, with standard errors near 1) are noise, not a lost
+      mechanism; a dead teacher component matched onto a dead student one lost nothing;
     - it is influential (>= ``influential``) and the counterpart's similarity is below
       ``weak_similarity``;
     - it is influential and no student component chose it (student-to-teacher matching only);
-    - (tie-aware matching, given ``student_influence``) it is not dead, its match was a tie
-      decided by ablation effect, and its most similar candidate is dead: the component that
-      kept its attention pattern does no work, and a similar one elsewhere was chosen for its
-      effect (a pruned head whose pattern resembles a neighbour's).
+    - (tie-aware matching, given ``student_influence``) its match was a tie decided by ablation
+      effect, its most similar candidate is dead, and it clears the floor as in the first rule
+      against that candidate: the component that kept its attention pattern does no work, and a
+      similar one elsewhere was chosen for its effect (a pruned head whose pattern resembles a
+      neighbour's).
     """
     floor = settings.min_student_influence
+    t_se, s_se = teacher_stderr or {}, student_stderr or {}
+
+    def clears_floor(teacher: str, influence: float, student: str) -> bool:
+        margin = DISCARD_Z * math.hypot(t_se.get(teacher, 0.0), s_se.get(student, 0.0))
+        return influence - floor >= margin
+
+    def noise(teacher: str, influence: float, student: str, student_influence: float) -> str:
+        if teacher not in t_se and student not in s_se:
+            return ""
+        return (f"; {teacher} costs {influence:.1f} ± {t_se.get(teacher, 0.0):.1f} and "
+                f"{student} {student_influence:.1f} ± {s_se.get(student, 0.0):.1f} points "
+                "(standard errors over prompts)")
+
     by_teacher: dict[str, list[MatchedPair]] = {}
     for p in pairs:
         by_teacher.setdefault(p.teacher, []).append(p)
@@ -323,22 +363,24 @@ def find_discarded(
         closest = p.candidates[0] if p.ambiguous and p.candidates[0] != p.student else None
         closest_influence = (student_influence or {}).get(closest or "")
         if closest is not None and closest_influence is not None and (
-            closest_influence < floor <= influence
+            closest_influence < floor and clears_floor(teacher, influence, closest)
         ):
             reason = (
                 f"its most similar counterpart {closest} is dead (ablation costs "
                 f"{closest_influence:.1f} points, < {floor}); the tie with {p.student} "
                 "was decided by ablation effect"
+                + noise(teacher, influence, closest, closest_influence)
             )
             found.append(Discarded(
                 teacher=teacher, teacher_influence=influence, student=closest,
                 similarity=None, student_influence=closest_influence, reason=reason,
             ))
             continue
-        if p.student_influence < floor <= influence:
+        if p.student_influence < floor and clears_floor(teacher, influence, p.student):
             reason = (
                 f"matched onto a dead component: {p.student} costs only "
                 f"{p.student_influence:.1f} points when ablated (< {floor})"
+                + noise(teacher, influence, p.student, p.student_influence)
             )
         elif influence >= settings.influential and p.similarity < settings.weak_similarity:
             reason = (
@@ -383,12 +425,19 @@ def _match(
             )
             continue
         matrix = mats.heads if which == "heads" else mats.mlps
+        margin = DEFAULT_TIE_MARGIN if tie_margin is None else tie_margin
+        evidence: list[tuple[np.ndarray, float]] = []
+        if which == "heads" and mats.head_pattern_similarity is not None and (
+                mats.head_output_similarity is not None):
+            # combined similarity: a tie on the pattern and within the output's noise is a tie
+            evidence = [(mats.head_pattern_similarity, margin),
+                        (mats.head_output_similarity, OUTPUT_TIE_MARGIN)]
         if matching == "paper":
             matches += match_by_similarity(matrix, teacher, student, direction)
         else:
             matches += match_tie_aware(
                 matrix, teacher, student, values(0, teacher, drop), values(1, student, drop),
-                direction, tie_margin=DEFAULT_TIE_MARGIN if tie_margin is None else tie_margin,
-                effect_tolerance=effect_tolerance,
+                direction, tie_margin=margin, effect_tolerance=effect_tolerance,
+                evidence=evidence,
             )
     return matches

@@ -117,6 +117,7 @@ def match_tie_aware(
     direction: str = DEFAULT_DIRECTION,
     tie_margin: float = DEFAULT_TIE_MARGIN,
     effect_tolerance: float = DEFAULT_MIN_STUDENT_INFLUENCE,
+    evidence: Sequence[tuple[np.ndarray, float]] = (),
 ) -> list[Match]:
     """Similarity matching that knows about ties, broken by ablation effect.
 
@@ -134,6 +135,13 @@ def match_tie_aware(
     Why: a real model has many heads with near-identical attention patterns (67 of SmolLM2's
     270 heads mostly attend to the first token), so "the most similar" among them is decided by
     rounding noise and the paper's fan-in reports compression that is not there.
+
+    ``evidence`` (``similarity="combined"``: the pattern and the output similarity the combined
+    one averages, each [teacher, student] with its own margin) widens the ties: a partner also
+    ties with the best when it is within each piece's margin of the best on that piece (a NaN,
+    where a piece says nothing about a pair, counts as within). Two heads whose patterns tie and
+    whose writes differ by less than the output's noise are not told apart by an average that
+    happens to favour one.
     """
     if not tie_margin >= 0 or not np.isfinite(tie_margin):
         raise IncompatiblePairError(
@@ -153,9 +161,21 @@ def match_tie_aware(
     score = similarity if by_teacher else similarity.T
     chooser_drop, partner_drop = (t_drop, s_drop) if by_teacher else (s_drop, t_drop)
     partners = student if by_teacher else teacher
+    pieces = [(m if by_teacher else m.T, margin) for m, margin in evidence]
+    for m, _ in pieces:
+        if m.shape != score.shape:
+            raise ValueError(f"evidence matrix shape {m.shape} does not match {score.shape}")
     matches = []
     for i, row in enumerate(score):
-        candidates = np.flatnonzero(row >= row.max() - tie_margin)
+        within = row >= row.max() - tie_margin
+        if pieces:
+            best = int(np.argmax(row))
+            alike = np.ones_like(within)
+            for m, margin in pieces:
+                near = m[i] >= m[i, best] - margin
+                alike &= near | np.isnan(m[i]) | bool(np.isnan(m[i, best]))
+            within |= alike
+        candidates = np.flatnonzero(within)
         if len(candidates) > 1 and abs(chooser_drop[i]) >= effect_tolerance:
             gaps = np.abs(partner_drop[candidates] - chooser_drop[i])
             near = candidates[gaps <= gaps.min() + effect_tolerance]

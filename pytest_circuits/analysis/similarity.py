@@ -1,4 +1,5 @@
-"""Component signatures and teacher-to-student similarity matrices (the paper's, subspace, CKA)."""
+"""Component signatures and teacher-to-student similarity matrices (the paper's, subspace, CKA,
+and heads compared by what they read and what they write)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,16 @@ N_EIGENVECTORS = 3
 #: measurement (docs/method.md): 8 directions separate different layers of SmolLM2-135M best
 #: (off-diagonal <= 0.16) while a layer and its 4-bit copy keep 0.93 on average (min 0.87).
 SUBSPACE_DIM = 8
+#: At most this many prompts (the first ones) give each head's writes at the prediction
+#: positions for ``similarity="combined"``: 16 already separate every head of SmolLM2-135M from
+#: the others against its 4-bit copy (docs/method.md), and the writes cost
+#: ``n_heads * prompts * d_model`` floats per model.
+OUTPUT_PROMPTS = 64
+#: Two models write to one residual basis when the token embeddings of the task's tokens point
+#: the same way on average (mean cosine of the two embedding rows of each token) at least this
+#: much: a quantised, pruned or fine-tuned copy, or a student initialised from its teacher
+#: (0.94 to 1.0 on the zoo's four pairs); two models trained apart score near 0.
+SHARED_BASIS_MIN_COSINE = 0.5
 
 
 @dataclass
@@ -45,6 +56,11 @@ class Signatures:
     #: (and of their shape): equal exactly when the outputs are equal bit for bit
     head_digests: tuple[bytes, ...] = ()
     mlp_digests: tuple[bytes, ...] = ()
+    #: per head, what it writes to the residual stream (its z through the output projection,
+    #: the bias left out) at the prediction position of each of the first ``OUTPUT_PROMPTS``
+    #: prompts: [n_heads_total, prompts, d_model]; None when the family declares no block
+    #: layout (the output projection is unknown)
+    head_writes: np.ndarray | None = None
 
 
 class _Digests:
@@ -125,7 +141,9 @@ def _signatures_at_once(
     cache = run.capture.cache
     patterns, outputs, mlps, eig = [], [], [], []
     head_digests, mlp_digests = _Digests(len(heads)), _Digests(model.n_layers)
+    positions = engine.task_tensors(model, task).positions
     with torch.no_grad():
+        writes = _head_writes(model, cache, positions)
         for layer in range(model.n_layers):
             pattern = cache[engine.pattern_hook(layer)].float().mean(0)  # [head, q, k]
             patterns.append(pattern.cpu().numpy())
@@ -145,7 +163,39 @@ def _signatures_at_once(
         mlp_eigenvectors=np.stack(eig),
         head_digests=head_digests.digests(),
         mlp_digests=mlp_digests.digests(),
+        head_writes=writes,
     )
+
+
+def _head_writes(
+    model: CircuitModel, cache: dict[str, torch.Tensor], positions: torch.Tensor,
+    limit: int = OUTPUT_PROMPTS,
+) -> np.ndarray | None:
+    """What every head writes to the residual stream at each prompt's prediction position (the
+    first ``limit`` prompts of ``cache``): [n_heads_total, prompts, d_model] float64.
+
+    Each head's z is sent through its layer's own output projection alone, and the projection
+    of zeros (its bias) subtracted, so the write is exactly that head's term of the attention
+    output whatever module the family uses (Linear, GPT-2's Conv1D, grouped-query attention).
+    None when the family declares no block layout.
+    """
+    parts = engine._block_parts(model)
+    if parts is None:
+        return None
+    n = min(int(positions.shape[0]), limit)
+    rows = torch.arange(n, device=positions.device)
+    written = []
+    for layer, part in enumerate(parts):
+        z = cache[engine.z_hook(layer)][:n]  # [n, seq, head, d_head]
+        at = z[rows, positions[:n].to(z.device)]  # [n, head, d_head]
+        n_heads, d_head = at.shape[1], at.shape[2]
+        alone = at.new_zeros((n_heads, n, n_heads * d_head))
+        for h in range(n_heads):
+            alone[h, :, h * d_head:(h + 1) * d_head] = at[:, h]
+        out = engine._first(part.attn_output(alone))
+        bias = engine._first(part.attn_output(alone[:1, :1] * 0))
+        written.append((out - bias).double().cpu().numpy())
+    return np.concatenate(written, axis=0)
 
 
 def _signatures_by_chunk(
@@ -166,9 +216,14 @@ def _signatures_by_chunk(
     moments: list[np.ndarray | None] = [None for _ in layers]
     head_digests, mlp_digests = _Digests(len(heads)), _Digests(model.n_layers)
     tokens = 0
+    written: list[np.ndarray | None] = []
+    tensors = engine.task_tensors(model, task)
     with torch.no_grad():
         for prompts in chunks:
             cache = engine.clean_run(model, task, cache_names=names, prompts=prompts).capture.cache
+            if prompts.start < OUTPUT_PROMPTS:  # the first OUTPUT_PROMPTS prompts only
+                written.append(_head_writes(model, cache, tensors.positions[prompts],
+                                            OUTPUT_PROMPTS - prompts.start))
             for layer in layers:
                 pattern = cache[engine.pattern_hook(layer)].float().double().sum(0).cpu().numpy()
                 total = pattern_sums[layer]
@@ -185,6 +240,8 @@ def _signatures_by_chunk(
             del cache
     k = max(N_EIGENVECTORS, SUBSPACE_DIM)
     eig = [_top_eigenvectors_of(m / tokens, k) for m in moments if m is not None]
+    parts = [w for w in written if w is not None]
+    writes = np.concatenate(parts, axis=1) if parts and len(parts) == len(written) else None
     patterns = [p / n for p in pattern_sums if p is not None]
     return Signatures(
         heads=heads,
@@ -195,6 +252,7 @@ def _signatures_by_chunk(
         mlp_eigenvectors=np.stack(eig),
         head_digests=head_digests.digests(),
         mlp_digests=mlp_digests.digests(),
+        head_writes=writes,
     )
 
 
@@ -314,6 +372,72 @@ def subspace_similarity(
     u, v = teacher[..., :k], student[..., :k]
     overlap = np.einsum("adi,bdj->abij", u, v)
     return (overlap**2).sum(axis=(2, 3)) / k
+
+
+def output_similarity(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
+    """[n_t, n_s] cosine between what two heads write, centred over prompts.
+
+    ``teacher`` [n_t, prompts, d] and ``student`` [n_s, prompts, d] are each head's writes to
+    the residual stream at the prediction positions (:attr:`Signatures.head_writes`), in one
+    residual basis. Each head's mean write over the prompts is taken out (a head that writes the
+    same vector on every prompt carries its information in how it varies), the rest flattened
+    and compared by cosine: 1 for the same writes up to a positive scale, near 0 for heads that
+    write to unrelated directions (most pairs on a real model, even heads whose attention
+    patterns are near-identical), 0 for a head that writes nothing (a pruned one).
+    """
+    if teacher.shape[1:] != student.shape[1:]:
+        raise IncompatiblePairError(
+            f"head writes cover different prompts or widths ({teacher.shape[1:]} vs "
+            f"{student.shape[1:]}): output similarity needs the same task and one residual width"
+        )
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        flat = (x - x.mean(axis=1, keepdims=True)).reshape(len(x), -1)
+        return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+
+    return unit(teacher) @ unit(student).T
+
+
+def shares_residual_basis(teacher: CircuitModel, student: CircuitModel, task: Task) -> bool:
+    """True when the two models write to one residual basis: the same width, and the token
+    embeddings of the task's tokens point the same way (mean cosine of each token's two
+    embedding rows >= ``SHARED_BASIS_MIN_COSINE``). A quantised, pruned or fine-tuned copy and a
+    student initialised from its teacher do; two models trained apart do not, and comparing
+    their writes direction by direction would compare noise."""
+    if teacher.d_model != student.d_model:
+        return False
+    try:
+        t_embed = teacher.hf_model.get_input_embeddings().weight
+        s_embed = student.hf_model.get_input_embeddings().weight
+    except (AttributeError, NotImplementedError):
+        return False
+    ids = torch.unique(engine.task_tensors(teacher, task).tokens).cpu()
+    if int(ids.max()) >= min(t_embed.shape[0], s_embed.shape[0]):
+        return False
+    with torch.no_grad():
+        a = t_embed.detach()[ids.to(t_embed.device)].double().cpu()
+        b = s_embed.detach()[ids.to(s_embed.device)].double().cpu()
+        cosine = torch.nn.functional.cosine_similarity(a, b, dim=1)
+    return float(cosine.mean()) >= SHARED_BASIS_MIN_COSINE
+
+
+def silent_heads(writes: np.ndarray) -> np.ndarray:
+    """[n] True for a head that writes nothing (a pruned one: its writes' norm is at most
+    ``1e-6`` of the median head's), whose output cannot be compared with anything."""
+    norms = np.linalg.norm(writes.reshape(len(writes), -1), axis=1)
+    return norms <= 1e-6 * float(np.median(norms))
+
+
+def combined_head_similarity(
+    patterns: np.ndarray, writes: np.ndarray | None
+) -> np.ndarray:
+    """``similarity="combined"`` for heads: the mean of the attention-pattern similarity (what
+    a head reads) and the output similarity (what it writes), the pattern similarity alone
+    where the output similarity is NaN (a head that writes nothing) or ``writes`` is None (the
+    models share no residual basis). Both [n_t, n_s]."""
+    if writes is None:
+        return patterns
+    return np.where(np.isnan(writes), patterns, (patterns + writes) / 2.0)
 
 
 def _same_width(teacher: np.ndarray, student: np.ndarray) -> None:
@@ -465,6 +589,11 @@ class SimilarityMatrices:
     teacher_mlps: list[Component]
     student_mlps: list[Component]
     similarity: str  # one of SIMILARITIES
+    #: ``similarity="combined"`` with output evidence: the heads' attention-pattern and output
+    #: similarities apart ([teacher heads, student heads]; NaN where a head writes nothing),
+    #: for tie-aware matching's ties; None otherwise
+    head_pattern_similarity: np.ndarray | None = None
+    head_output_similarity: np.ndarray | None = None
 
 
 def similarity_matrices(
@@ -500,6 +629,7 @@ def similarity_matrices(
             similarity=similarity,
         )
     t, s = signatures(teacher, task), signatures(student, task)
+    head_pattern_similarity = head_output_similarity = None
     if similarity == "cka":
         assert t.head_outputs is not None and s.head_outputs is not None
         assert t.mlp_outputs is not None and s.mlp_outputs is not None
@@ -511,6 +641,12 @@ def similarity_matrices(
         heads = _exact_for_copies(
             pattern_similarity(t.patterns, s.patterns), t.patterns, s.patterns
         )
+        if similarity == "combined":
+            head_pattern_similarity = heads
+            head_output_similarity = _write_similarity(teacher, student, task, t, s)
+            heads = combined_head_similarity(heads, head_output_similarity)
+            if head_output_similarity is None:
+                head_pattern_similarity = None
         if similarity == "paper":
             mlps = eigenvector_similarity(t.mlp_eigenvectors, s.mlp_eigenvectors)
         else:
@@ -524,7 +660,28 @@ def similarity_matrices(
         teacher_mlps=t.mlps,
         student_mlps=s.mlps,
         similarity=similarity,
+        head_pattern_similarity=head_pattern_similarity,
+        head_output_similarity=head_output_similarity,
     )
+
+
+def _write_similarity(
+    teacher: CircuitModel, student: CircuitModel, task: Task, t: Signatures, s: Signatures
+) -> np.ndarray | None:
+    """[n_t, n_s] output similarity of every head pair (exactly 1 for identical writes; NaN
+    where either head writes nothing), or None when it means nothing: no writes captured, or no
+    shared residual basis."""
+    if t.head_writes is None or s.head_writes is None:
+        return None
+    if t.head_writes.shape[1:] != s.head_writes.shape[1:]:
+        return None
+    if not shares_residual_basis(teacher, student, task):
+        return None
+    values = _exact_for_copies(
+        output_similarity(t.head_writes, s.head_writes), t.head_writes, s.head_writes
+    )
+    silent = silent_heads(t.head_writes)[:, None] | silent_heads(s.head_writes)[None, :]
+    return np.where(silent, np.nan, values)
 
 
 def _check_same_tokens(teacher: CircuitModel, student: CircuitModel, task: Task) -> None:

@@ -43,8 +43,11 @@ MATCHINGS = ("paper", "causal", "tie_aware")
 DIRECTIONS = ("teacher_to_student", "student_to_teacher")
 DEFAULT_DIRECTION = "teacher_to_student"
 #: "paper": attention patterns and top eigenvectors; "subspace": the paper's for heads,
-#: principal angles between MLP output subspaces; "cka": linear CKA of head and MLP outputs.
-SIMILARITIES = ("paper", "subspace", "cka")
+#: principal angles between MLP output subspaces; "cka": linear CKA of head and MLP outputs;
+#: "combined": subspace for MLPs, and for heads the mean of the attention-pattern similarity
+#: (what a head reads) and the output similarity (what it writes to the residual stream at the
+#: prediction positions) wherever the two models share a residual basis.
+SIMILARITIES = ("paper", "subspace", "cka", "combined")
 
 # ----------------------------------------------------------------------------- the defaults
 
@@ -60,10 +63,22 @@ DEFAULT_MIN_STUDENT_INFLUENCE = 2.0
 #: by measurement (docs/method.md): on SmolLM2-135M against its 4-bit copy, 0.02 puts a head's
 #: own copy within the margin of its best match for 256 of 270 heads (204 are the strict best).
 DEFAULT_TIE_MARGIN = 0.02
+#: Output-similarity margin of tie-aware matching with ``similarity="combined"``: a candidate
+#: ties with the best when its attention pattern is within ``tie_margin`` of the best's and what
+#: it writes within this margin of the best's. The output similarity is noisier than the pattern
+#: (a head against its own 4-bit copy scores 0.56 to 0.85 on SmolLM2-135M), so two heads whose
+#: writes differ by less than 0.3 are not told apart by them (docs/method.md).
+OUTPUT_TIE_MARGIN = 0.3
 #: A teacher component whose ablation costs at least this many points is "influential".
 DEFAULT_INFLUENTIAL = 10.0
 #: A match weaker than this similarity does not count as a counterpart.
 DEFAULT_WEAK_SIMILARITY = 0.5
+#: How many standard errors a teacher component's influence must clear the dead floor by, its
+#: counterpart's standard error combined with its own, before a dead counterpart makes it
+#: "discarded" (docs/method.md, "Discarded"): 2 is about a 95% one-sided margin, so an
+#: influence that sits near the floor on both sides (2.27 against 1.89 points) is noise, not a
+#: lost mechanism.
+DISCARD_Z = 2.0
 #: The recommended noise floor of the influence-weighted score, in points: pairs whose
 #: ablation costs less on both sides drop out (see metrics.weighted_alignment_score).
 DEFAULT_NOISE_FLOOR = 3.0
@@ -91,11 +106,12 @@ AUTO_MIN_COMPONENTS = 1000
 
 #: Named combinations of method options. "paper" is the paper's method (the default);
 #: "recommended" is what docs/method.md measured to give meaningful numbers on real models:
-#: tie-aware matching, subspace similarity for MLPs and a noise floor under the weighted score.
+#: tie-aware matching, heads compared by what they read and write (``"combined"``), subspace
+#: similarity for MLPs and a noise floor under the weighted score.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"matching": "paper", "similarity": "paper", "tie_margin": None,
               "noise_floor": 0.0},
-    "recommended": {"matching": "tie_aware", "similarity": "subspace",
+    "recommended": {"matching": "tie_aware", "similarity": "combined",
                     "tie_margin": DEFAULT_TIE_MARGIN, "noise_floor": DEFAULT_NOISE_FLOOR},
 }
 
@@ -244,7 +260,8 @@ def check_similarity(similarity: Any, where: str = "similarity") -> str:
             f"{where}: similarity={similarity!r} is not a similarity; use 'paper' (attention "
             "patterns and top-3 eigenvectors, the paper's), 'subspace' (the paper's for heads, "
             "principal angles between top-8 MLP output subspaces, stable under small weight "
-            "changes) or 'cka' (linear CKA of head and MLP outputs)"
+            "changes), 'cka' (linear CKA of head and MLP outputs) or 'combined' (subspace for "
+            "MLPs; heads by attention pattern and by what they write to the residual stream)"
         )
     return similarity
 
@@ -463,8 +480,9 @@ def _check_method_choices(options: AnalysisOptions, where: str) -> None:
         if not isinstance(preset, str) or preset not in PRESETS:
             raise GateConfigError(
                 f"{where}: preset={preset!r} is not a preset; use 'recommended' (tie-aware "
-                "matching, subspace MLP similarity, a 3-point noise floor under the weighted "
-                "score) or 'paper' (the paper's method, the default)"
+                "matching, heads compared by pattern and output, subspace MLP similarity, a "
+                "3-point noise floor under the weighted score) or 'paper' (the paper's method, "
+                "the default)"
             )
         chosen = [f"{name}={value!r}" for name, value in
                   (("matching", options.matching), ("similarity", options.similarity))

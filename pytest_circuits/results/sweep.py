@@ -57,6 +57,11 @@ class ComponentEffect:
     #: :class:`Screening`); it also bounds ``retained``, ``influence`` and the clamped drop.
     #: None when the value is exact, or screened without any bound (``method="attribution"``).
     bound: float | None = None
+    #: For an exactly measured value: the standard error of ``drop`` (hence of ``influence``)
+    #: over the task's prompts, in drop points (``analysis.ablation.ablation_stderr``): how far
+    #: the value could move on another draw of prompts. None for an estimate, a single-prompt
+    #: task, or a sweep stored before it was kept.
+    stderr: float | None = None
 
     @property
     def is_exact(self) -> bool:
