@@ -51,7 +51,8 @@ T = TypeVar("T")
 #: 3: JSON entries with a checksum instead of pickles; ComponentEffect.bound, screening.
 #: 4: keys name a model by its content (weights and tokenizer digest), no longer its name;
 #:    SweepResult.pruned, TaskPerformance.answer_prob.
-CACHE_FORMAT = 4
+#: 5: ComponentEffect.stderr, and discards decided above it (stored pair reports recomputed).
+CACHE_FORMAT = 5
 
 #: A disk entry's file name ends with this (older releases wrote ``.pkl`` files, never read).
 SUFFIX = ".json"

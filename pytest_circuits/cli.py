@@ -37,7 +37,7 @@ from . import progress
 from .analysis.layers import align_layers, depth, layer_map_problem, parse_layer_map
 from .baseline import method_differences, value_problem
 from .cache import directory_problem
-from .config.options import AnalysisOptions
+from .config.options import SIMILARITIES, AnalysisOptions
 from .dtypes import DTYPES, canonical_dtype
 from .errors import CircuitsError
 from .gatefile import task_problem
@@ -1658,7 +1658,7 @@ def _analysis_options(parser: argparse.ArgumentParser) -> None:
                        help="prompts per built-in task (default: the plugin's, 32)")
     group.add_argument("--seed", type=int, default=0, help="task and ablation seed (default 0)")
     group.add_argument("--ablation", choices=("mean", "zero", "resample"), default="mean")
-    group.add_argument("--similarity", choices=("paper", "subspace", "cka"), default="paper",
+    group.add_argument("--similarity", choices=SIMILARITIES, default="paper",
                        help="how MLPs (and, for cka, heads) are compared (default: paper)")
     group.add_argument("--matching", choices=("paper", "causal", "tie_aware"), default="paper",
                        help="paper: by similarity; causal: by ablation effect (any tokenizers); "
