@@ -134,11 +134,14 @@ def _array_bytes(sig: similarity.Signatures) -> dict[str, int]:
 def test_signatures_hold_nothing_that_grows_with_the_prompts(
     fresh: Callable[[str], CircuitModel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With chunks of 8, the signatures of 16 and of 48 prompts hold arrays of the same sizes:
-    no per-token outputs over all prompts are kept."""
+    """With chunks of 8, the signatures of 64 and of 192 prompts hold arrays of the same sizes:
+    no per-token outputs over all prompts are kept (the heads' writes at the prediction
+    positions, which the combined similarity reads, cover at most the first
+    ``similarity.OUTPUT_PROMPTS`` = 64 prompts, so both counts are at or above that bound)."""
     monkeypatch.setattr(engine, "PROMPT_BATCH", 8)
     sizes = []
-    for n in (16, 48):
+    assert similarity.OUTPUT_PROMPTS == 64
+    for n in (64, 192):
         sig = similarity.signatures(fresh("zoo:tiny-teacher"), builtin_task("numerals", n))
         assert sig.head_outputs is None and sig.mlp_outputs is None
         sizes.append(_array_bytes(sig))
@@ -161,12 +164,14 @@ def _traced_peak(run: Callable[[], Any]) -> int:
 def test_similarity_peak_does_not_grow_with_the_prompts(
     fresh: Callable[[str], CircuitModel], monkeypatch: pytest.MonkeyPatch, which: str
 ) -> None:
-    """With chunks of 8, similarity over 4x the prompts (16 -> 64) peaks at about the same
+    """With chunks of 8, similarity over 4x the prompts (64 -> 256) peaks at about the same
     traced memory; keeping per-token float64 outputs of every prompt (CKA's inputs, the
-    exact-copy check's) would make it grow about 4x."""
+    exact-copy check's) would make it grow about 4x. (The heads' writes the combined similarity
+    reads are bounded by ``similarity.OUTPUT_PROMPTS`` = 64 prompts: both counts are at or
+    above it.)"""
     monkeypatch.setattr(engine, "PROMPT_BATCH", 8)
     peaks = []
-    for n in (16, 64):
+    for n in (64, 256):
         task = builtin_task("numerals", n)
         teacher, student = fresh("zoo:tiny-teacher"), fresh("zoo:tiny-student")
         for model in (teacher, student):
