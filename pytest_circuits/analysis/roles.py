@@ -48,10 +48,9 @@ from typing import Any
 import torch
 
 from .. import cache
-from ..config.options import closest
 from ..errors import GateConfigError
 from ..models import CircuitModel
-from ..results.roles import ROLE_SPECS, ROLES, RoleResult
+from ..results.roles import ROLE_SPECS, RoleResult, check_roles
 from . import engine
 from .similarity import _head_writes
 from .store import as_task, model_parts
@@ -79,26 +78,6 @@ COPY_FRACTION = 0.1
 #: The least logit difference the copy scale is measured against (the task margin's default).
 MIN_LOGIT_SCALE = 0.1
 _VERSION = 1
-
-
-def check_roles(roles: Any, where: str) -> tuple[str, ...]:
-    """``roles`` ("all", one name or a list of names) as role names in report order; a
-    :class:`GateConfigError` naming the unknown one (with a did-you-mean) otherwise."""
-    if roles == "all":
-        return ROLES
-    names = [roles] if isinstance(roles, str) else roles
-    if not isinstance(names, (list, tuple)) or not names:
-        raise GateConfigError(
-            f"{where}: roles={roles!r} must be 'all' or a non-empty list of role names from "
-            f"{', '.join(ROLES)}"
-        )
-    for name in names:
-        if name not in ROLE_SPECS:
-            raise GateConfigError(
-                f"{where}: {name!r} is not a head role{closest(name, ROLES)}; the roles are "
-                f"{', '.join(ROLES)} (or 'all')"
-            )
-    return tuple(r for r in ROLES if r in names)
 
 
 # ----------------------------------------------------------------------------- the formulas

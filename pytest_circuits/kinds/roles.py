@@ -7,6 +7,7 @@ from typing import Any
 from ..config.options import DEFAULT_DIRECTION, DEFAULT_MARGIN, GateThresholds
 from ..errors import GateConfigError
 from ..results import Blame, MetricCheck
+from ..results.roles import check_roles
 from ..tables import format_table
 from .registry import GateKind, Metric, Threshold, Tolerance
 from .runner import GateCall, Measurement, run_gate
@@ -18,6 +19,7 @@ def assert_roles_preserved(
     task: Any,
     *,
     roles: Any = "all",
+    role_thresholds: dict[str, float] | None = None,
     max_merged: float | None = None,
     matching: str = "paper",
     direction: str = DEFAULT_DIRECTION,
@@ -31,7 +33,8 @@ def assert_roles_preserved(
 ) -> Any:
     """Every teacher head role in ``roles`` ("all": every role the teacher holds on the task;
     or a list of names: previous_token, duplicate_token, induction, similar_member, mover,
-    inhibition) has a student head holding it (its score reaches the role's threshold).
+    inhibition) has a student head holding it (its score reaches the role's threshold; the
+    documented thresholds unless ``role_thresholds`` gives others, e.g. ``{"mover": 0.25}``).
 
     A role no student head holds is *discarded* and fails the gate, naming the teacher heads
     that held it; a student head holding two or more teacher roles that no teacher head holds
@@ -41,25 +44,57 @@ def assert_roles_preserved(
     :class:`RoleComparison`.
     """
     __tracebackhide__ = True
-    from ..analysis.roles import check_roles
-
     check_roles(roles, "assert_roles_preserved")  # before any model loads
+    read_role_thresholds(role_thresholds)
     return run_gate(
-        KIND, pair, task, roles=roles, max_merged=max_merged, matching=matching,
-        direction=direction, similarity=similarity, ablation=ablation, preset=preset,
-        n_prompts=n_prompts, seed=seed, margin=margin, baseline_tolerance=baseline_tolerance,
+        KIND, pair, task, roles=roles, role_thresholds=role_thresholds, max_merged=max_merged,
+        matching=matching, direction=direction, similarity=similarity, ablation=ablation,
+        preset=preset, n_prompts=n_prompts, seed=seed, margin=margin,
+        baseline_tolerance=baseline_tolerance,
     )
+
+
+def read_role_thresholds(value: Any) -> dict[str, float]:
+    """``role_thresholds`` validated: a mapping of role names to numbers in [0, 1]."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not value:
+        raise GateConfigError(
+            f"assert_roles_preserved: role_thresholds={value!r} must be a non-empty mapping of "
+            "role names to scores in [0, 1], e.g. {'mover': 0.25}"
+        )
+    out = {}
+    for role, number in value.items():
+        check_roles([role], "assert_roles_preserved: role_thresholds")
+        if (isinstance(number, bool) or not isinstance(number, (int, float))
+                or not 0.0 <= float(number) <= 1.0):
+            raise GateConfigError(
+                f"assert_roles_preserved: role_thresholds[{role!r}]={number!r} must be a score "
+                "in [0, 1] (a head holds the role when its score reaches it)"
+            )
+        out[role] = float(number)
+    return out
+
+
+def _with_thresholds(result: Any, thresholds: dict[str, float]) -> Any:
+    import dataclasses
+
+    chosen = {r: thresholds.get(r, t) for r, t in result.thresholds.items()}
+    return dataclasses.replace(result, thresholds=chosen)
 
 
 def _measure(call: GateCall, method: str | None) -> Measurement:
     from ..analysis.bounds import matching_reads_influences
-    from ..analysis.roles import check_roles, head_roles
+    from ..analysis.roles import head_roles
     from ..results.roles import compare_roles
 
     asked = call.extra["roles"]
     names = check_roles(asked, "assert_roles_preserved")
-    teacher = head_roles(call.pair.teacher, call.task, roles=names, seed=call.options.seed)
-    student = head_roles(call.pair.student, call.task, roles=names, seed=call.options.seed)
+    chosen = read_role_thresholds(call.extra.get("role_thresholds"))
+    teacher = _with_thresholds(
+        head_roles(call.pair.teacher, call.task, roles=names, seed=call.options.seed), chosen)
+    student = _with_thresholds(
+        head_roles(call.pair.student, call.task, roles=names, seed=call.options.seed), chosen)
     held = teacher.held
     if asked == "all":
         names = tuple(r for r in names if r in held)
@@ -143,7 +178,8 @@ KIND = GateKind(
                meaning="student heads holding two or more teacher roles no teacher head "
                        "holds together"),
     ),
-    options=("roles", "matching", "direction", "similarity", "ablation", "margin", "preset"),
+    options=("roles", "role_thresholds", "matching", "direction", "similarity", "ablation",
+             "margin", "preset"),
     default_check="that every named teacher role has a student head holding it",
     measure=_measure,
 )

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config.options import closest
+from ..errors import GateConfigError
 from ..identity import ModelInfo
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "RoleComparison",
     "RoleResult",
     "RoleSpec",
+    "check_roles",
     "compare_roles",
 ]
 
@@ -60,6 +63,26 @@ ROLE_SPECS: dict[str, RoleSpec] = {spec.name: spec for spec in (
 
 #: Role names in report order.
 ROLES: tuple[str, ...] = tuple(ROLE_SPECS)
+
+
+def check_roles(roles: Any, where: str) -> tuple[str, ...]:
+    """``roles`` ("all", one name or a list of names) as role names in report order; a
+    :class:`GateConfigError` naming the unknown one (with a did-you-mean) otherwise."""
+    if roles == "all":
+        return ROLES
+    names = [roles] if isinstance(roles, str) else roles
+    if not isinstance(names, (list, tuple)) or not names:
+        raise GateConfigError(
+            f"{where}: roles={roles!r} must be 'all' or a non-empty list of role names from "
+            f"{', '.join(ROLES)}"
+        )
+    for name in names:
+        if name not in ROLE_SPECS:
+            raise GateConfigError(
+                f"{where}: {name!r} is not a head role{closest(name, ROLES)}; the roles are "
+                f"{', '.join(ROLES)} (or 'all')"
+            )
+    return tuple(r for r in ROLES if r in names)
 
 
 @dataclass
