@@ -245,3 +245,39 @@ def test_an_unknown_role_is_refused_with_a_did_you_mean(teacher) -> None:
         head_roles(teacher, "ioi", roles=["inducton"])
     with pytest.raises(GateConfigError, match="must be 'all' or a non-empty list"):
         head_roles(teacher, "ioi", roles=[])
+
+
+# ----------------------------------------------------------------------------- a real model
+
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_smollm2_has_duplicate_token_induction_and_mover_heads_on_ioi() -> None:
+    """SmolLM2-135M (30 x 9 query heads over 3 key/value heads): the IOI roles known to exist
+    at this size are found on 4 prompts and the repeated random tokens."""
+    from helpers import smollm2_gguf
+
+    from pytest_circuits.tasks import Task
+
+    pairs = (("Mary", "John"), ("Tom", "Anna"), ("James", "Sarah"), ("Paul", "Mark"))
+    task = Task(
+        name="smollm2-ioi-4",
+        prompts=tuple(f"When {a} and {b} went to the store, {b} gave a drink to"
+                      for a, b in pairs),
+        correct=tuple(" " + a for a, _ in pairs),
+        distractors=tuple(" " + b for _, b in pairs),
+        corrupted=tuple(f"When {a} and {b} went to the store, {a} gave a drink to"
+                        for a, b in pairs),
+    )
+    model = load_model(smollm2_gguf(), device="cpu")
+    roles = head_roles(model, task, roles=["duplicate_token", "induction", "mover"])
+    held = roles.held
+    assert set(held) == {"duplicate_token", "induction", "mover"}
+    # measured: duplicate-token L2H4 L8H1 L9H2 L14H3, induction L17H3-5 L18H6, movers L23H0
+    # (0.70), L23H1 (0.47), L23H7 (0.31)
+    assert "L14H3" in held["duplicate_token"]
+    assert roles.score("duplicate_token", "L14H3") == pytest.approx(0.764, abs=0.02)
+    assert {"L17H4", "L18H6"} <= set(held["induction"])
+    assert roles.score("induction", "L18H6") == pytest.approx(0.796, abs=0.02)
+    assert {"L23H0", "L23H1"} <= set(held["mover"])
+    assert roles.score("mover", "L23H0") == pytest.approx(0.696, abs=0.02)
