@@ -83,18 +83,10 @@ def _with_thresholds(result: Any, thresholds: dict[str, float]) -> Any:
     return dataclasses.replace(result, thresholds=chosen)
 
 
-def _measure(call: GateCall, method: str | None) -> Measurement:
-    from ..analysis.bounds import matching_reads_influences
-    from ..analysis.roles import head_roles
-    from ..results.roles import compare_roles
-
-    asked = call.extra["roles"]
-    names = check_roles(asked, "assert_roles_preserved")
-    chosen = read_role_thresholds(call.extra.get("role_thresholds"))
-    teacher = _with_thresholds(
-        head_roles(call.pair.teacher, call.task, roles=names, seed=call.options.seed), chosen)
-    student = _with_thresholds(
-        head_roles(call.pair.student, call.task, roles=names, seed=call.options.seed), chosen)
+def _held_roles(call: GateCall, asked: Any, names: tuple[str, ...], teacher: Any
+                ) -> tuple[str, ...]:
+    """The roles the gate checks: with "all" every role the teacher holds; a named role the
+    teacher does not hold (or no role at all) is an error naming its best score."""
     held = teacher.held
     if asked == "all":
         names = tuple(r for r in names if r in held)
@@ -116,6 +108,22 @@ def _measure(call: GateCall, method: str | None) -> Measurement:
                 f"{', '.join(missing)} head on task '{call.task.name}' ({'; '.join(why)}); "
                 "name roles it holds, or roles='all' (every role it holds)"
             )
+    return names
+
+
+def _measure(call: GateCall, method: str | None) -> Measurement:
+    from ..analysis.bounds import matching_reads_influences
+    from ..analysis.roles import head_roles
+    from ..results.roles import compare_roles
+
+    asked = call.extra["roles"]
+    names = check_roles(asked, "assert_roles_preserved")
+    chosen = read_role_thresholds(call.extra.get("role_thresholds"))
+    teacher = _with_thresholds(
+        head_roles(call.pair.teacher, call.task, roles=names, seed=call.options.seed), chosen)
+    student = _with_thresholds(
+        head_roles(call.pair.student, call.task, roles=names, seed=call.options.seed), chosen)
+    names = _held_roles(call, asked, names, teacher)
     report, sweeps, estimated = measure_pair(call, method, GateThresholds(drop=(), top_k=5))
     comparison = compare_roles(teacher, student, report.alignment.pairs, roles=names)
     checks = [MetricCheck(f"{r}.role_score", student.best(r), teacher.thresholds[r], ">=",
