@@ -143,6 +143,20 @@ def test_roles_are_cached_and_renamed_for_the_asking_model(teacher) -> None:
     assert RoleResult.from_dict(first.to_dict()) == first
 
 
+def test_roles_are_stored_on_disk_and_read_back_in_a_new_session(teacher, tmp_path) -> None:
+    from pytest_circuits import cache
+    from pytest_circuits.config import context
+
+    with context.changed(cache=context.CacheStore()):
+        cache.configure(tmp_path / "cache")
+        first = head_roles(teacher, "numerals", n_prompts=4)
+        [entry] = (tmp_path / "cache").glob("roles-*")
+        cache.forget()  # a new session: nothing in memory
+        again = head_roles(teacher, "numerals", n_prompts=4)
+    assert again is not first and again == first
+    assert entry.exists()
+
+
 @pytest.mark.parametrize("name", ["tiny-llama-teacher", "tiny-bert-teacher",
                                   "tiny-distilbert-student"])
 def test_every_zoo_family_gets_a_score_per_head_and_role(name) -> None:
