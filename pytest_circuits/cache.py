@@ -41,6 +41,7 @@ from .config import context
 from .config.context import CacheStore
 from .results.fingerprint import library_versions
 from .results.reports import ModelReport, PairReport, report_from_dict
+from .results.roles import RoleResult
 from .results.sweep import SweepResult
 
 T = TypeVar("T")
@@ -115,6 +116,7 @@ def _codecs() -> list[_Codec]:
     return [
         _Codec("report", lambda v: isinstance(v, (ModelReport, PairReport)), report_from_dict),
         _Codec("sweep", lambda v: isinstance(v, SweepResult), SweepResult.from_dict),
+        _Codec("roles", lambda v: isinstance(v, RoleResult), RoleResult.from_dict),
     ]
 
 

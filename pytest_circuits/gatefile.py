@@ -28,7 +28,9 @@ from .errors import CircuitAssertionError, CircuitsError
 from .fixtures import memo_of, run_device
 from .kinds import KINDS, read_baseline_tolerance
 from .kinds.registry import warn_mistakes
+from .kinds.roles import read_role_thresholds
 from .kinds.shift import check_max_examples
+from .results.roles import check_roles
 from .settings import DEVICE_PATTERN, resolve
 from .tasks import BUILTIN_TASKS, TASK_FILE_SUFFIXES
 from .tasks.task import MAX_N_PROMPTS
@@ -181,6 +183,18 @@ class _Checker:
             return canonical_dtype(value) if key == "dtype" else value
         if key == "components":
             return self.components(value, line, what)
+        if key in ("roles", "role_thresholds"):  # the roles_preserved gate's own keys
+            plain = value if isinstance(value, str) else (
+                dict(value) if isinstance(value, Node) else list(value)
+                if isinstance(value, list) else value)
+            try:
+                if key == "roles":
+                    check_roles(plain, what)
+                else:
+                    read_role_thresholds(plain)
+            except CircuitsError as exc:
+                raise self.fail(line, str(exc)) from None
+            return plain
         if key == "marks":
             return tuple(self.string_list(value, line, f"{what}: marks"))
         if key == "baseline_tolerance":

@@ -1,4 +1,5 @@
-"""Typed, torch-free results: gate results, model and pair reports, sweeps, fingerprints.
+"""Typed, torch-free results: gate results, model and pair reports, sweeps, fingerprints, head
+roles.
 
 Each type turns into plain JSON data with ``to_dict`` and back with ``from_dict``; results files,
 baselines, the analysis cache and the reports read them from here without importing torch.
@@ -44,9 +45,25 @@ _LAZY = {
     "SweepConfigError": "sweep",
     "SweepResult": "sweep",
     "TaskPerformance": "sweep",
+    "ROLES": "roles",
+    "ROLE_SPECS": "roles",
+    "KeptRole": "roles",
+    "MergedHead": "roles",
+    "RoleComparison": "roles",
+    "RoleResult": "roles",
+    "RoleSpec": "roles",
+    "compare_roles": "roles",
 }
 
 __all__ = [
+    "ROLES",
+    "ROLE_SPECS",
+    "KeptRole",
+    "MergedHead",
+    "RoleComparison",
+    "RoleResult",
+    "RoleSpec",
+    "compare_roles",
     "DEFAULT_DIRECTION",
     "DEFAULT_INFLUENTIAL",
     "DEFAULT_MARGIN",
