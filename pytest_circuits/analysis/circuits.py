@@ -27,7 +27,6 @@ circuit's nodes (``benchmarks/bench_discovery.py`` measures the whole against an
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,10 +35,17 @@ import torch
 
 from .. import cache, progress
 from ..components import Component, all_components
-from ..config.options import ABLATIONS, DEFAULT_MARGIN
+from ..config.options import DEFAULT_MARGIN
 from ..errors import GateConfigError, InvalidTaskError, NonFiniteError
 from ..models import CircuitModel
-from ..results.circuit import CircuitEdge, CircuitResult, StabilityPoint, jaccard
+from ..results.circuit import (
+    CircuitEdge,
+    CircuitResult,
+    StabilityPoint,
+    check_ablation,
+    check_threshold,
+    jaccard,
+)
 from . import engine
 from .ablation import (
     default_ablations_per_forward,
@@ -64,28 +70,6 @@ __all__ = ["CANDIDATES", "DEFAULT_STABILITY", "DEFAULT_THRESHOLD", "EDGE_THRESHO
 
 
 # ----------------------------------------------------------------------------- arguments
-
-
-def check_threshold(value: Any, where: str = "discover_circuit", name: str = "threshold"
-                    ) -> float:
-    """A pruning threshold: a finite number strictly between 0 and 1."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or not 0 < value < 1):
-        raise GateConfigError(
-            f"{where}: {name}={value!r} must be a number strictly between 0 and 1: the share "
-            "of the full model's logit difference pruning may lose (the paper's 0.20 keeps "
-            "more than 80%); pass e.g. threshold=0.2"
-        )
-    return float(value)
-
-
-def check_ablation(value: Any, where: str = "discover_circuit") -> str:
-    if value not in ABLATIONS:
-        raise GateConfigError(
-            f"{where}: ablation={value!r} is not one of {', '.join(map(repr, ABLATIONS))}; "
-            "pass ablation='mean' (the paper's), 'zero' or 'resample'"
-        )
-    return str(value)
 
 
 def _check_stability(value: Any, where: str) -> tuple[float, ...]:

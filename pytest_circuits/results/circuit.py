@@ -8,8 +8,34 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..components import Component
+from ..config.options import ABLATIONS
+from ..errors import GateConfigError
 
-__all__ = ["CircuitEdge", "CircuitResult", "StabilityPoint", "jaccard"]
+__all__ = ["CircuitEdge", "CircuitResult", "StabilityPoint", "check_ablation", "check_threshold",
+           "jaccard"]
+
+
+def check_threshold(value: Any, where: str = "discover_circuit", name: str = "threshold"
+                    ) -> float:
+    """A pruning threshold: a finite number strictly between 0 and 1."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or not 0 < value < 1):
+        raise GateConfigError(
+            f"{where}: {name}={value!r} must be a number strictly between 0 and 1: the share "
+            "of the full model's logit difference pruning may lose (the paper's 0.20 keeps "
+            "more than 80%); pass e.g. threshold=0.2"
+        )
+    return float(value)
+
+
+def check_ablation(value: Any, where: str = "discover_circuit") -> str:
+    """An ablation name: one of ``ABLATIONS``."""
+    if value not in ABLATIONS:
+        raise GateConfigError(
+            f"{where}: ablation={value!r} is not one of {', '.join(map(repr, ABLATIONS))}; "
+            "pass ablation='mean' (the paper's), 'zero' or 'resample'"
+        )
+    return str(value)
 
 
 def jaccard(a: Any, b: Any) -> float:
