@@ -331,7 +331,18 @@ def _number_rules() -> list[tuple[str, str, Rule]]:
         ("max_drop_increase", "--max-drop-increase", _at_least_zero),
         ("max_retained_drop", "--max-retained-drop", _at_least_zero),
         ("influence_change", "--influence-change", _at_least_zero),
+        ("threshold", "--threshold", _prune_threshold),
+        ("stability", "--stability", _prune_threshold),
     ]
+
+
+def _prune_threshold(value: Any) -> str:
+    """A circuit's pruning threshold (or each of a list): strictly between 0 and 1."""
+    for number in value if isinstance(value, list) else [value]:
+        if not (math.isfinite(number) and 0 < number < 1):
+            return (f"must be strictly between 0 and 1 (the share of the full logit difference "
+                    f"pruning may lose; the paper's is 0.2), got {number!r}")
+    return ""
 
 
 #: What ``--device`` may name: a CUDA device (``cuda``, ``cuda:1``), the CPU, Apple's GPU, or
@@ -1708,14 +1719,6 @@ STUDENTS_HELP = "candidate students, each a model as TEACHER is"
 
 def cmd_circuit(args: argparse.Namespace, out: TextIO) -> int:
     """Discover each task's circuit of one model (iterative node pruning) and print it."""
-    from .results.circuit import check_threshold
-
-    try:
-        threshold = check_threshold(args.threshold, "--threshold", "--threshold")
-        for level in args.stability or ():
-            check_threshold(level, "--stability", "a --stability threshold")
-    except CircuitsError as exc:
-        raise UsageError(str(exc)) from None
     tasks = args.task or ["numerals"]
     run = _run_from(args, steps=1 + len(tasks))
     results = []
@@ -1727,7 +1730,7 @@ def cmd_circuit(args: argparse.Namespace, out: TextIO) -> int:
         built = as_task(task, run.options.n_prompts, run.options.seed, model)
         with run.progress.step(f"{task}: circuit of {args.model}"):
             results.append(circuit_result(
-                model, built, threshold=threshold, ablation=args.ablation, seed=args.seed,
+                model, built, threshold=args.threshold, ablation=args.ablation, seed=args.seed,
                 edges=args.edges, stability=None if args.no_stability else args.stability,
                 margin=args.margin))
     for result in results:
