@@ -262,14 +262,16 @@ def test_zero_ablation_finds_the_same_planted_circuit(planted: Any) -> None:
 @pytest.mark.parametrize("task_name", ["numerals", "ioi"])
 def test_stacked_speculative_discovery_equals_one_candidate_at_a_time(
         teacher: CircuitModel, teacher_plain: Any, task_name: str) -> None:
-    task = builtin_task(task_name, n_prompts=16, seed=0)
+    task = builtin_task(task_name, n_prompts=12, seed=0)
     hf, tokenizer = teacher_plain
     reference = plain(hf, tokenizer, task)
     expected, metrics, circuit_metric = reference_pruning(reference, 4, 4, 0.20)
     full = reference.metric()
+    costs = []
     for per_forward in (1, 5):
         result = discover_circuit(teacher, task, stability=None,
                                   ablations_per_forward=per_forward)
+        costs.append(result.cost_fe)
         assert result.nodes == tuple(c.name for c in expected), per_forward
         assert result.faithfulness == pytest.approx(circuit_metric / full, abs=1e-4)
         for comp in expected:
@@ -277,10 +279,8 @@ def test_stacked_speculative_discovery_equals_one_candidate_at_a_time(
             assert result.node_drops[comp.name] == pytest.approx(drop, abs=1e-2)
         complement = reference.metric(expected) / full
         assert result.complement == pytest.approx(complement, abs=1e-4)
-    # speculation costs extra copies on a CPU, never other decisions
-    single = discover_circuit(teacher, task, stability=None, ablations_per_forward=1)
-    stacked = discover_circuit(teacher, task, stability=None, ablations_per_forward=5)
-    assert stacked.cost_fe >= single.cost_fe
+    # speculation costs extra copies (wrong guesses are measured again), never other decisions
+    assert costs[1] >= costs[0]
 
 
 def test_the_orders_are_backward_mlp_first_and_forward_heads_first() -> None:
@@ -293,22 +293,22 @@ def test_the_orders_are_backward_mlp_first_and_forward_heads_first() -> None:
 # ----------------------------------------------------------------------------- thresholds
 
 
-def test_higher_thresholds_give_smaller_circuits_that_keep_their_share(
+def test_each_threshold_keeps_its_share_and_looser_ones_prune_more(
         teacher: CircuitModel) -> None:
     task = builtin_task("numerals", n_prompts=16, seed=0)
-    result = discover_circuit(teacher, task)
+    levels = (0.05, 0.1, 0.2, 0.3, 0.5)
+    result = discover_circuit(teacher, task, stability=levels)
     points = {p.threshold: p for p in result.stability}
-    assert sorted(points) == [0.10, 0.15, 0.20, 0.25, 0.30]
-    sizes = [len(points[t].nodes) for t in sorted(points)]
-    assert sizes == sorted(sizes, reverse=True)
+    assert tuple(sorted(points)) == levels
     for level, point in points.items():
         assert point.faithfulness > 1 - level  # pruning never goes below its own bar
-    assert points[0.20].nodes == result.nodes and points[0.20].jaccard == 1.0
+    assert points[0.2].nodes == result.nodes and points[0.2].jaccard == 1.0
     assert all(0.0 <= p.jaccard <= 1.0 for p in result.stability)
-    strict = discover_circuit(teacher, task, threshold=0.05, stability=None)
-    loose = discover_circuit(teacher, task, threshold=0.5, stability=None)
-    assert strict.size >= result.size >= loose.size
-    assert strict.faithfulness > 0.95 and loose.faithfulness > 0.5
+    sizes = [len(points[t].nodes) for t in levels]
+    # greedy pruning is not monotone in T step by step (on these 16 prompts the sizes at
+    # 0.1, 0.15, 0.2, 0.25, 0.3 are 6, 5, 6, 5, 4), but across the range it prunes more
+    assert sizes[0] > sizes[-1] and sizes[0] >= sizes[2] >= sizes[-1]
+    assert points[0.05].faithfulness > 0.95 and points[0.5].faithfulness > 0.5
 
 
 def test_heads_only_pruning_keeps_every_mlp(teacher: CircuitModel) -> None:
@@ -340,9 +340,14 @@ def test_an_edge_into_the_logits_alone_is_the_senders_own_ablation(
         teacher: CircuitModel, monkeypatch: pytest.MonkeyPatch) -> None:
     # with every edge kept, a sender that no later circuit node reads reaches the logits only,
     # so patching it into the final residual is ablating it: its node drop
+    task = builtin_task("numerals", n_prompts=16, seed=0)
+    kept = discover_circuit(teacher, task, edges=True, stability=None)
+    assert kept.edges is not None and len(kept.edges) >= 1
+    bar = circuits.EDGE_THRESHOLD
+    assert bar == 0.8 and all(e.score < bar for e in kept.edges)
     monkeypatch.setattr(circuits, "EDGE_THRESHOLD", math.inf)
-    result = discover_circuit(teacher, "numerals", edges=True, stability=None)
-    assert result.edges is not None
+    result = discover_circuit(teacher, task, edges=True, stability=None)
+    assert result.edges is not None and result.nodes == kept.nodes
     scores = {(e.sender, e.receiver): e.score for e in result.edges}
     nodes = [Component.parse(n) for n in result.nodes]
     last = max(nodes, key=lambda c: (c.layer, c.order))
@@ -355,13 +360,9 @@ def test_an_edge_into_the_logits_alone_is_the_senders_own_ablation(
         if receiver != "logits":
             a, b = Component.parse(sender), Component.parse(receiver)
             assert (b.layer, b.kind == "mlp") > (a.layer, a.kind == "mlp")
-
-
-def test_kept_edges_fall_below_the_edge_threshold(teacher: CircuitModel) -> None:
-    result = discover_circuit(teacher, "numerals", edges=True, stability=None)
-    assert result.edges is not None and len(result.edges) >= 1
-    assert all(e.score < circuits.EDGE_THRESHOLD for e in result.edges)
-    assert {e.sender for e in result.edges} <= set(result.nodes)
+    # the kept edges are those of the full set below the threshold, with the same scores
+    assert {(e.sender, e.receiver): e.score for e in kept.edges} == pytest.approx(
+        {k: v for k, v in scores.items() if v < bar})
 
 
 # ----------------------------------------------------------------------------- the result
