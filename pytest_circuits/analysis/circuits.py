@@ -18,6 +18,10 @@ there), later it is assumed kept (it survived before); copy ``j`` ablates the re
 earlier candidates assumed removed, and candidate ``j``. Copies after the first wrong guess are
 measured again. The decisions are those of one candidate at a time (a test holds them equal).
 
+The task runs as one batch (the current circuit's run holds every block's residual for all its
+prompts), not in ``engine.PROMPT_BATCH`` chunks as sweeps do: discovery is meant for the few
+dozen prompts the paper uses.
+
 Costs are counted in forward-pass equivalents (FE): blocks run, each stacked copy counted, over
 the number of layers, plus the clean and reference runs. A discovery's first pass costs what an
 exact sweep costs (each component replayed from its layer); the later passes visit only the
@@ -252,6 +256,7 @@ class _Pruner:
                 if dropped != assume[j]:
                     break  # the later copies assumed otherwise: measure them again
             i += consumed
+            progress.report(self.model.name, i, len(candidates))
         return removed
 
     def prune(self, threshold: float, candidates: Sequence[Component]
@@ -271,7 +276,6 @@ class _Pruner:
         while True:
             removed = self.run_pass(orders[passes % 2], keep, seen, evaluations)
             passes += 1
-            progress.report(self.model.name, len(self.removed), len(allowed))
             if removed == 0:
                 break
         gone = set(self.removed)
