@@ -427,6 +427,7 @@ def test_smollm2_has_a_faithful_ioi_circuit() -> None:
     result = discover_circuit(model, task, candidates="heads", stability=None)
     seconds = time.perf_counter() - started
     print(f"SmolLM2-135M IOI circuit (heads pruned, MLPs kept): {' '.join(result.heads)}: "
-          f"{result.n_heads} heads of 270, faithfulness {result.faithfulness:.3f}, {result.cost_fe:.0f} FE, {seconds:.0f} s")
+          f"{result.n_heads} heads of 270, faithfulness {result.faithfulness:.3f}, "
+          f"{result.cost_fe:.0f} FE, {seconds:.0f} s")
     assert result.faithfulness >= 0.8
     assert 0 < result.n_heads < 270
