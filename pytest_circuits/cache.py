@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from .atomic import write_bytes_atomic
 from .config import context
 from .config.context import CacheStore
+from .results.circuit import CircuitResult
 from .results.fingerprint import library_versions
 from .results.reports import ModelReport, PairReport, report_from_dict
 from .results.roles import RoleResult
@@ -117,6 +118,7 @@ def _codecs() -> list[_Codec]:
         _Codec("report", lambda v: isinstance(v, (ModelReport, PairReport)), report_from_dict),
         _Codec("sweep", lambda v: isinstance(v, SweepResult), SweepResult.from_dict),
         _Codec("roles", lambda v: isinstance(v, RoleResult), RoleResult.from_dict),
+        _Codec("circuit", lambda v: isinstance(v, CircuitResult), CircuitResult.from_dict),
     ]
 
 

@@ -331,7 +331,18 @@ def _number_rules() -> list[tuple[str, str, Rule]]:
         ("max_drop_increase", "--max-drop-increase", _at_least_zero),
         ("max_retained_drop", "--max-retained-drop", _at_least_zero),
         ("influence_change", "--influence-change", _at_least_zero),
+        ("threshold", "--threshold", _prune_threshold),
+        ("stability", "--stability", _prune_threshold),
     ]
+
+
+def _prune_threshold(value: Any) -> str:
+    """A circuit's pruning threshold (or each of a list): strictly between 0 and 1."""
+    for number in value if isinstance(value, list) else [value]:
+        if not (math.isfinite(number) and 0 < number < 1):
+            return (f"must be strictly between 0 and 1 (the share of the full logit difference "
+                    f"pruning may lose; the paper's is 0.2), got {number!r}")
+    return ""
 
 
 #: What ``--device`` may name: a CUDA device (``cuda``, ``cuda:1``), the CPU, Apple's GPU, or
@@ -1706,6 +1717,61 @@ MODEL_HELP = ("a model: a save_pretrained directory, a hub id (openai-community/
 STUDENTS_HELP = "candidate students, each a model as TEACHER is"
 
 
+def cmd_circuit(args: argparse.Namespace, out: TextIO) -> int:
+    """Discover each task's circuit of one model (iterative node pruning) and print it."""
+    tasks = args.task or ["numerals"]
+    run = _run_from(args, steps=1 + len(tasks))
+    results = []
+    for task in tasks:
+        model = run.model(args.model)
+        from .analysis.circuits import circuit_result
+        from .analysis.store import as_task
+
+        built = as_task(task, run.options.n_prompts, run.options.seed, model)
+        with run.progress.step(f"{task}: circuit of {args.model}"):
+            results.append(circuit_result(
+                model, built, threshold=args.threshold, ablation=args.ablation, seed=args.seed,
+                edges=args.edges, stability=None if args.no_stability else args.stability,
+                margin=args.margin))
+    for result in results:
+        _print_circuit(result, out)
+    if args.json:
+        write_json_atomic(Path(args.json), plain({"circuits": [r.to_dict() for r in results]}))
+        out.write(f"\nwrote {len(results)} circuit(s) to {args.json}\n")
+    return EXIT_OK
+
+
+def _print_circuit(result: Any, out: TextIO) -> None:
+    out.write(f"\n== circuit of {result.model} on task '{result.task}' (pruned at "
+              f"T={result.threshold:g}, {result.ablation} ablation) ==\n")
+    out.write(f"size: {result.size} of {result.n_components} components ({result.n_heads} heads, "
+              f"{result.n_mlps} MLPs)\n")
+    out.write(f"faithfulness: {result.faithfulness:.3f} (the circuit alone keeps "
+              f"{100 * result.faithfulness:.1f}% of the full logit difference "
+              f"{result.full_logit_diff:.3f})\n")
+    out.write(f"completeness: {result.completeness:.3f} (with the circuit ablated the rest keeps "
+              f"{100 * result.complement:.1f}%)\n")
+    out.write(f"cost: {result.cost_fe:.1f} forward-pass equivalents, {result.passes} pruning "
+              "passes\n\n")
+    rows = [[layer, " ".join(f"{name} ({result.node_drops.get(name, float('nan')):.1f})"
+                             for name in names)]
+            for layer, names in sorted(result.by_layer().items())]
+    out.write(format_table(["layer", "nodes (drop in points when removed alone)"], rows) + "\n")
+    if result.stability:
+        out.write("\nthreshold sweep:\n")
+        out.write(format_table(
+            ["T", "nodes", "heads", "MLPs", "faithfulness", f"Jaccard vs T={result.threshold:g}"],
+            [[f"{p.threshold:g}", len(p.nodes), sum(not n.startswith("MLP") for n in p.nodes),
+              sum(n.startswith("MLP") for n in p.nodes), p.faithfulness, p.jaccard]
+             for p in result.stability]) + "\n")
+    if result.edges is not None:
+        out.write("\nedges (score: patched logit difference over the circuit's, kept below "
+                  "0.8):\n")
+        out.write(format_table(["sender", "receiver", "score"],
+                               [[e.sender, e.receiver, e.score] for e in result.edges]
+                               or [["-", "-", "-"]]) + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pytest-circuits",
@@ -1789,6 +1855,26 @@ def build_parser() -> argparse.ArgumentParser:
                            "the students' depths differ, each file's matching aligns its "
                            "student's layers with the teacher's; the same depth: by index)")
     diff.set_defaults(handler=cmd_diff)
+
+    circuit = sub.add_parser(
+        "circuit", help="discover one model's circuit on a task (iterative node pruning)",
+        description="Prune every head and MLP that the task does not need (backward, then "
+                    "forward passes, until a pass removes nothing) and print the circuit: its "
+                    "size, faithfulness (the circuit alone), completeness, its nodes by layer "
+                    "with each node's drop, and the threshold sweep.")
+    circuit.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    circuit.add_argument("--threshold", type=float, default=0.2, metavar="T",
+                         help="a node is pruned while the rest keeps more than 1 - T of the full "
+                              "logit difference (default 0.2, the paper's)")
+    circuit.add_argument("--stability", type=float, nargs="+", metavar="T",
+                         default=[0.10, 0.15, 0.20, 0.25, 0.30],
+                         help="thresholds of the stability sweep (default 0.1 0.15 0.2 0.25 0.3)")
+    circuit.add_argument("--no-stability", action="store_true", help="skip the threshold sweep")
+    circuit.add_argument("--edges", action="store_true",
+                         help="path-patch the edges between the circuit's nodes")
+    circuit.add_argument("--json", metavar="PATH", help="write the circuits as JSON")
+    _analysis_options(circuit)
+    circuit.set_defaults(handler=cmd_circuit)
     return parser
 
 

@@ -30,6 +30,7 @@ from .kinds import KINDS, read_baseline_tolerance
 from .kinds.registry import warn_mistakes
 from .kinds.roles import read_role_thresholds
 from .kinds.shift import check_max_examples
+from .results.circuit import check_threshold as check_prune_threshold
 from .results.roles import check_roles
 from .settings import DEVICE_PATTERN, resolve
 from .tasks import BUILTIN_TASKS, TASK_FILE_SUFFIXES
@@ -59,7 +60,7 @@ DEFAULT_KEYS = RUN_SETTINGS + ANALYSIS_SETTINGS
 TOP_KEYS = ("pairs", "models", "defaults", "gates")
 #: Number-valued keys that are not thresholds, each with its gate's own rule.
 ANALYSIS_NUMBERS = {"margin": check_margin, "tolerance": check_drop_tolerance,
-                    "atol": check_atol}
+                    "atol": check_atol, "threshold": check_prune_threshold}
 #: Number-valued keys: every kind's thresholds, plus the analysis numbers.
 NUMBERS = frozenset(
     {t.name for kind in KINDS.values() for t in kind.thresholds} | set(ANALYSIS_NUMBERS)

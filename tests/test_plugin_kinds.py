@@ -38,7 +38,8 @@ class Untouchable:
 
 def test_the_registry_holds_every_gate_kind_with_its_public_function() -> None:
     assert sorted(KINDS) == ["ablation_robust", "behavior_preserved", "bridge_parity",
-                             "circuit_aligned", "mechanism_preserved", "roles_preserved",
+                             "circuit_aligned", "circuit_faithful", "mechanism_preserved",
+                             "roles_preserved",
                              "shift_robust"]
     for kind in KINDS.values():
         assert getattr(pytest_circuits, kind.function_name) is kind.function

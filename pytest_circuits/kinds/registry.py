@@ -34,6 +34,7 @@ UNITS: dict[str, str] = {
     "count": "a count",
     "ratio": "a logit difference as a share of the largest absolute logit of its prompt",
     "probability": "a probability, from 0 to 1",
+    "share": "a share of a reference value (1 is equal to it)",
 }
 
 #: What a student identical to its teacher measures in the units that compare the two: 100% of

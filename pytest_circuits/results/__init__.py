@@ -13,6 +13,9 @@ from typing import Any
 #: Name -> the submodule defining it. Loaded on first use: the gate results (``gate``) are
 #: read at plugin load, the reports and sweeps (which need numpy) only when a result holds one.
 _LAZY = {
+    "CircuitEdge": "circuit",
+    "CircuitResult": "circuit",
+    "StabilityPoint": "circuit",
     "DEFAULT_DIRECTION": "fingerprint",
     "METHOD_FIELDS": "fingerprint",
     "MethodFingerprint": "fingerprint",
@@ -75,6 +78,8 @@ __all__ = [
     "Alignment",
     "AmbiguousGroup",
     "Blame",
+    "CircuitEdge",
+    "CircuitResult",
     "CompareSettings",
     "ComponentEffect",
     "Discarded",
@@ -90,6 +95,7 @@ __all__ = [
     "Screening",
     "SweepConfigError",
     "SweepMethodRecord",
+    "StabilityPoint",
     "SweepResult",
     "TaskPerformance",
     "as_model_info",
