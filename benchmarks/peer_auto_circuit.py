@@ -223,6 +223,13 @@ def table(ours: dict[str, Any], peer: dict[str, Any]) -> str:
             f"| {row['name']} | {row['heads']} | {row['mlps']} | {row['heads'] + row['mlps']} | "
             f"{row['edges']} | {_fmt(row['faithfulness'])} | {row['how']} |")
     lines.append("")
+    for row in peer["rows"]:
+        if row.get("nodes"):
+            lines.append(f"- {row['name']} uses: {', '.join(row['nodes'])}")
+    levels = peer["sweeps"].get("auto-circuit ACDC", {})
+    if levels:
+        lines.append("- ACDC's tau levels (edges: faithfulness): " + ", ".join(
+            f"{k}: {v:.3f}" for k, v in sorted(levels.items(), key=lambda kv: int(kv[0]))))
     lines.append(f"edges in auto-circuit's graph: {peer['graph']['edges']} "
                  f"({peer['graph']['srcs']} sources, {peer['graph']['dests']} destinations, q/k/v "
                  "inputs separate); times: " + ", ".join(
