@@ -110,6 +110,19 @@ class Screening:
     #: (head, its scale: prompt mass in drop points plus a small share of the mean), every
     #: swept head
     scales: tuple[tuple[str, float], ...] = ()
+    #: (layer, error per unit of scale assumed for that layer's MLP) where MLPs may be
+    #: estimates: on a deep model the screen is calibrated on a sample of the prompts
+    #: (``sampled_prompts`` of them, 0 when not), every MLP on its own; an MLP's rate is its
+    #: own but at least ``model_share`` of the largest, and its scale its prompt mass as a head's
+    mlp_errors: tuple[tuple[int, float], ...] = ()
+    sampled_prompts: int = 0
+
+    def mlp_rate(self, layer: int) -> float:
+        """The error per unit of scale assumed for ``layer``'s MLP if unconfirmed."""
+        observed = dict(self.mlp_errors)
+        if layer not in observed:
+            return math.inf
+        return max(observed[layer], self.model_share * max(observed.values()))
 
     def error_rate(self, layer: int) -> float:
         """The error per unit of scale assumed for ``layer``'s unconfirmed heads."""
@@ -122,9 +135,13 @@ class Screening:
         return self.safety * self.error_rate(layer) * scale + self.floor
 
     def head_band(self, component: Component | str) -> float:
-        """The band of one swept head (its own scale, see ``scales``)."""
+        """The band of one swept head, or of an MLP left an estimate (its own scale, see
+        ``scales``)."""
         comp = component if isinstance(component, Component) else Component.parse(component)
-        return self.band(comp.layer, dict(self.scales).get(comp.name, 1.0))
+        scale = dict(self.scales).get(comp.name, 1.0)
+        if comp.kind == "mlp":
+            return self.safety * self.mlp_rate(comp.layer) * scale + self.floor
+        return self.band(comp.layer, scale)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +152,8 @@ class Screening:
             "rounds": self.rounds,
             "model_share": self.model_share,
             "scales": [[name, scale] for name, scale in self.scales],
+            "mlp_errors": [[layer, error] for layer, error in self.mlp_errors],
+            "sampled_prompts": self.sampled_prompts,
         }
 
     @classmethod
@@ -147,6 +166,8 @@ class Screening:
             rounds=data["rounds"],
             model_share=data.get("model_share", 0.0),  # records from before the prompt mass
             scales=tuple((str(name), scale) for name, scale in data.get("scales", ())),
+            mlp_errors=tuple((int(layer), error) for layer, error in data.get("mlp_errors", ())),
+            sampled_prompts=int(data.get("sampled_prompts", 0)),
         )
 
 
