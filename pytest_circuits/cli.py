@@ -1760,7 +1760,8 @@ def _analysis_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--method", choices=("exact", "auto"), default=None,
                        help="sweep algorithm: exact, or auto (screen by attribution, measure "
                             "exactly what could change a verdict or the top 5) (default: as the "
-                            "gates, auto for a model of 1,000 components or more, exact below)")
+                            "gates, auto where its predicted cost is below the exact sweep's or "
+                            "for a model of 1,000 components or more, exact otherwise)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     group.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
     group.add_argument("--cache-dir", default=None, metavar="DIR",

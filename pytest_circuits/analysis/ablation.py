@@ -14,7 +14,7 @@ import torch
 
 from .. import metrics, progress
 from ..components import Component, select_components
-from ..config.options import ANALYSIS_METHODS
+from ..config.options import ANALYSIS_METHODS, AUTO_SAMPLE_MIN_LAYERS, AUTO_SAMPLE_PROMPTS
 from ..errors import InvalidTaskError, NonFiniteError
 from ..identity import ModelInfo
 from ..models import CircuitModel
@@ -52,18 +52,17 @@ SCREEN_MODEL_SHARE = 0.3
 SCREEN_MASS_EPS = 0.05
 
 #: On a model of at least ``SAMPLE_MIN_LAYERS`` layers and a task of at least twice
-#: ``SAMPLE_PROMPTS`` prompts, auto calibrates the screen on a sample: the first
-#: ``SAMPLE_PROMPTS`` prompts, on which each layer's heads are ablated jointly and every MLP
+#: ``SAMPLE_PROMPTS`` prompts (``config.options``), auto calibrates the screen on a sample: the
+#: first ``SAMPLE_PROMPTS`` prompts, on which each layer's heads are ablated jointly and every MLP
 #: alone (exact replays of that many prompts, about ``SAMPLE_PROMPTS / n`` of a full replay
 #: each). An MLP is then a bounded estimate too (its own sampled error rate, see
 #: :class:`Screening`), measured on every prompt only where a verdict or the top-k could depend
 #: on it. On a shallower model (or a shorter task) every MLP is measured and each layer's heads
-#: are ablated jointly on every prompt, as before: there the whole of that costs about as much
-#: as the screen, and the small models are where screens are least linear. Chosen with
-#: ``benchmarks/count_sweep_work.py --smollm2`` (SmolLM2-135M, IOI, 32 prompts: 31 FE before,
-#: the figures in benchmarks/README.md).
-SAMPLE_PROMPTS = 4
-SAMPLE_MIN_LAYERS = 8
+#: are ablated jointly on every prompt, as before: there all of that costs about as much as the
+#: screen, and the small models are where screens are least linear. Measured with
+#: ``benchmarks/count_sweep_work.py --smollm2`` (figures in benchmarks/README.md).
+SAMPLE_PROMPTS = AUTO_SAMPLE_PROMPTS
+SAMPLE_MIN_LAYERS = AUTO_SAMPLE_MIN_LAYERS
 
 
 class OutOfMemoryRetryWarning(UserWarning):
