@@ -16,8 +16,9 @@ of ``bench_sweep.py`` (same models, tasks and seeds), and prints the ratio. Elem
 ``bench_release.py`` loads it) on the built-in IOI task (``--prompts``, 32 by default, seed 0,
 mean ablation): the exact sweep's FE and values once (kept in ``--cache``, a fixed folder under
 /tmp, keyed by the task's fingerprint: the exact sweep takes minutes on a CPU), then auto's FE
-with the default thresholds (tolerance 20, top 5) and with the recommended pair gates' cut points
-(tolerance 20, influential 10, dead floor 2, noise floor 3, top 5), and whether every verdict
+with the default thresholds (tolerance 20, top 5), with ``--gates`` also with the recommended pair
+gates' cut points (tolerance 20, influential 10, dead floor 2, noise floor 3, top 5), with
+``--unsampled`` also auto without the sampled calibration (the rule before it), and whether every verdict
 matches the exact sweep's: severity, worst drop and count above the tolerance, each cut point's
 side for every component's drop and influence, the top 5 by drop and by influence, and every
 estimate within its band.
@@ -110,6 +111,7 @@ def count_smollm2(args: argparse.Namespace) -> None:
 
     from pytest_circuits.analysis import ablation, engine
     from pytest_circuits.analysis.store import as_task
+    from pytest_circuits.config import options
     from pytest_circuits.models import load_model, smollm2_gguf_path
     from pytest_circuits.results.sweep import GateThresholds, SweepResult
 
@@ -136,8 +138,14 @@ def count_smollm2(args: argparse.Namespace) -> None:
     print(f"SmolLM2-135M, IOI {args.prompts} prompts, mean ablation, "
           f"{len(exact.effects)} components; 1 FE = {forward / 1e9:.1f} GFLOP")
     print(f"  exact: {exact_fe:.1f} FE")
-    for label, limits in SMOLLM2_THRESHOLDS:
+    runs = [(label, limits, True) for label, limits in SMOLLM2_THRESHOLDS
+            if label == "default" or args.gates]
+    if args.unsampled:
+        runs.append(("default, unsampled calibration", SMOLLM2_THRESHOLDS[0][1], False))
+    for label, limits, sampled in runs:
         thresholds = GateThresholds(**limits)
+        # the rule before the sampled calibration: every MLP measured, joint on every prompt
+        ablation.SAMPLE_MIN_LAYERS = options.AUTO_SAMPLE_MIN_LAYERS if sampled else 10**9
         engine.model_cache(model).clear()
         found = []
         started = time.perf_counter()
@@ -166,6 +174,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--auto", action="store_true", help="also count method='auto'")
     parser.add_argument("--smollm2", action="store_true",
                         help="SmolLM2-135M on IOI instead: auto against exact (see above)")
+    parser.add_argument("--gates", action="store_true",
+                        help="with --smollm2, also the recommended pair gates' cut points "
+                             "(minutes: auto measures most components there)")
+    parser.add_argument("--unsampled", action="store_true",
+                        help="with --smollm2, also count auto without the sampled calibration")
     parser.add_argument("--cache", default="/tmp/pytest-circuits-count-sweep",
                         help="where --smollm2 keeps the exact sweep it compares with")
     args = parser.parse_args(argv)

@@ -63,6 +63,11 @@ SCREEN_MASS_EPS = 0.05
 #: ``benchmarks/count_sweep_work.py --smollm2`` (figures in benchmarks/README.md).
 SAMPLE_PROMPTS = AUTO_SAMPLE_PROMPTS
 SAMPLE_MIN_LAYERS = AUTO_SAMPLE_MIN_LAYERS
+#: With a sampled calibration, a layer's joint error on the sample, scaled up to the whole task,
+#: is added to the band of each of its heads (it could be any one head's: SmolLM2's L16H0,
+#: screened -1.5 points, exact 20.1, carries nearly all of layer 16's), and a layer or an MLP
+#: inherits this share of the model's worst rate (each has direct evidence of its own there).
+SAMPLED_MODEL_SHARE = 0.1
 
 
 class OutOfMemoryRetryWarning(UserWarning):
@@ -400,12 +405,13 @@ def _sampled_rates(
     ablation: str,
     seed: int,
     rows: dict[Component, list[np.ndarray]],
-) -> tuple[dict[int, float], dict[int, float]]:
+) -> tuple[dict[int, float], dict[int, float], dict[int, float]]:
     """The screen's error rates on the first ``SAMPLE_PROMPTS`` prompts: per layer, that of
     all its swept heads ablated jointly, and per MLP, its own; each the absolute error of the
     summed first-order terms over the sample divided by their summed absolute values (plus
     ``SCREEN_MASS_EPS`` of the mean, as the scales are; see :func:`_head_scales`), so that
-    it multiplies a scale. One exact replay of the sample per layer and per MLP."""
+    it multiplies a scale; and per layer, the joint error itself scaled up to the whole task,
+    in drop points. One exact replay of the sample per layer and per MLP."""
     sample = slice(0, SAMPLE_PROMPTS)
     n = engine.task_tensors(model, task).n_prompts
     clean = engine.clean_metrics(model, task)[0].double().cpu().numpy()[sample]
@@ -421,6 +427,8 @@ def _sampled_rates(
     groups += [("mlp", c.layer, [c]) for c in components if c.kind == "mlp"]
     heads: dict[int, float] = {}
     mlps: dict[int, float] = {}
+    floors: dict[int, float] = {}
+    clean_mean = abs(float(engine.clean_metrics(model, task)[0].double().mean()))
     with torch.no_grad():
         for kind, layer, comps in sorted(groups, key=lambda g: (g[1], g[0])):
             values = [
@@ -434,7 +442,9 @@ def _sampled_rates(
             scale = sum(mass[c] + SCREEN_MASS_EPS * mean_mass[kind] for c in comps)
             rate = error / scale if scale > 0 else (0.0 if error == 0 else math.inf)
             (heads if kind == "head" else mlps)[layer] = rate
-    return heads, mlps
+            if kind == "head":
+                floors[layer] = 100.0 * error * n / (SAMPLE_PROMPTS * clean_mean)
+    return heads, mlps, floors
 
 
 def _attribution_metrics(
@@ -566,6 +576,8 @@ class _AutoState:
     #: MLPs that may stay estimates (sampled calibration): (layer, its error per unit of scale)
     mlp_errors: dict[int, float] = field(default_factory=dict)
     screen_mlps: bool = False
+    #: (sampled calibration) per layer, drop points added to each of its heads' bands
+    layer_floors: dict[int, float] = field(default_factory=dict)
 
     def drop(self, ablated: float) -> float:
         return 100.0 - 100.0 * (ablated / self.clean)
@@ -610,8 +622,12 @@ class _AutoState:
         return max(self.layer_errors.get(layer, 0.0), self.model_share * model_wide)
 
     def band(self, comp: Component) -> float:
-        rate = self.error_rate(comp.layer) if comp.kind == "head" else self.mlp_rate(comp.layer)
-        return self.safety * rate * self.scale_of(comp) + self.floor
+        if comp.kind == "head":
+            rate = self.error_rate(comp.layer)
+            extra = self.layer_floors.get(comp.layer, 0.0)
+        else:
+            rate, extra = self.mlp_rate(comp.layer), 0.0
+        return self.safety * rate * self.scale_of(comp) + self.floor + extra
 
     def unconfirmed(self) -> list[Component]:
         return [c for c in self.components if c not in self.exact]
@@ -787,13 +803,15 @@ def _auto_metrics(
         safety=SCREEN_SAFETY,
         floor=SCREEN_FLOOR,
         scale=scales,
-        model_share=SCREEN_MODEL_SHARE,
+        model_share=SAMPLED_MODEL_SHARE if sampled else SCREEN_MODEL_SHARE,
         n_layers=model.n_layers,
         screen_mlps=sampled,
     )
     joint: dict[int, float] = {}
     if sampled:
-        head_rates, mlp_rates = _sampled_rates(model, task, components, ablation, seed, rows)
+        head_rates, mlp_rates, state.layer_floors = _sampled_rates(
+            model, task, components, ablation, seed, rows
+        )
         for layer, rate in head_rates.items():
             state.observe(layer, rate)
         for layer, rate in mlp_rates.items():
@@ -824,6 +842,7 @@ def _auto_metrics(
                      if c.kind == "head" or c in state.scale),
         mlp_errors=tuple(sorted(state.mlp_errors.items())),
         sampled_prompts=SAMPLE_PROMPTS if sampled else 0,
+        layer_floors=tuple(sorted(state.layer_floors.items())),
     )
     return ablated, set(state.exact), screening
 

@@ -116,6 +116,9 @@ class Screening:
     #: own but at least ``model_share`` of the largest, and its scale its prompt mass as a head's
     mlp_errors: tuple[tuple[int, float], ...] = ()
     sampled_prompts: int = 0
+    #: (layer, drop points added to each of its heads' bands): with a sampled calibration, the
+    #: joint ablation's error on the sample scaled up to the task (it could be one head's)
+    layer_floors: tuple[tuple[int, float], ...] = ()
 
     def mlp_rate(self, layer: int) -> float:
         """The error per unit of scale assumed for ``layer``'s MLP if unconfirmed."""
@@ -141,7 +144,7 @@ class Screening:
         scale = dict(self.scales).get(comp.name, 1.0)
         if comp.kind == "mlp":
             return self.safety * self.mlp_rate(comp.layer) * scale + self.floor
-        return self.band(comp.layer, scale)
+        return self.band(comp.layer, scale) + dict(self.layer_floors).get(comp.layer, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -154,6 +157,7 @@ class Screening:
             "scales": [[name, scale] for name, scale in self.scales],
             "mlp_errors": [[layer, error] for layer, error in self.mlp_errors],
             "sampled_prompts": self.sampled_prompts,
+            "layer_floors": [[layer, value] for layer, value in self.layer_floors],
         }
 
     @classmethod
@@ -168,6 +172,8 @@ class Screening:
             scales=tuple((str(name), scale) for name, scale in data.get("scales", ())),
             mlp_errors=tuple((int(layer), error) for layer, error in data.get("mlp_errors", ())),
             sampled_prompts=int(data.get("sampled_prompts", 0)),
+            layer_floors=tuple((int(layer), value)
+                               for layer, value in data.get("layer_floors", ())),
         )
 
 
