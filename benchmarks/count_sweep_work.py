@@ -18,10 +18,10 @@ mean ablation): the exact sweep's FE and values once (kept in ``--cache``, a fix
 /tmp, keyed by the task's fingerprint: the exact sweep takes minutes on a CPU), then auto's FE
 with the default thresholds (tolerance 20, top 5), with ``--gates`` also with the recommended pair
 gates' cut points (tolerance 20, influential 10, dead floor 2, noise floor 3, top 5), with
-``--unsampled`` also auto without the sampled calibration (the rule before it), and whether every verdict
-matches the exact sweep's: severity, worst drop and count above the tolerance, each cut point's
-side for every component's drop and influence, the top 5 by drop and by influence, and every
-estimate within its band.
+``--unsampled`` also auto without the sampled calibration (the rule before it), and whether
+every verdict matches the exact sweep's: severity, worst drop and count above the tolerance,
+each cut point's side for every component's drop and influence, the top 5 by drop and by
+influence, and every estimate within its band.
 """
 
 from __future__ import annotations

@@ -70,6 +70,7 @@ def test_a_deep_model_is_calibrated_on_a_sample_and_keeps_the_exact_verdicts(
     model, task = deep_gpt2
     assert len(task.prompts) >= 2 * SAMPLE_PROMPTS
     exact = sweep(model, task, ablation=ablation, method="exact")
+    kept_mlps = 0
     for thresholds in (THRESHOLDS, GateThresholds()):
         auto = sweep(model, task, ablation=ablation, method="auto", thresholds=thresholds)
         assert auto.screening is not None and auto.screening.sampled_prompts == SAMPLE_PROMPTS
@@ -79,11 +80,13 @@ def test_a_deep_model_is_calibrated_on_a_sample_and_keeps_the_exact_verdicts(
             range(model.n_layers))
         assert_confirmed_values_are_exact(exact, auto)
         assert_bands_hold(exact, auto)
+        kept_mlps += sum(1 for e in auto.effects if e.kind == "mlp" and not e.is_exact)
         if thresholds == THRESHOLDS:
             assert_same_verdicts(exact, auto)
         else:
             assert [x.name for x in auto.worst(5)] == [x.name for x in exact.worst(5)]
             assert auto.brittleness().severity == exact.brittleness().severity
+    assert kept_mlps, "every MLP was measured: the MLP bands were not checked"
 
 
 def test_a_shallow_model_measures_every_mlp_and_is_not_sampled(tmp_path: Any) -> None:
