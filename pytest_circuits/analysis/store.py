@@ -102,8 +102,9 @@ def sweep_costs(n_layers: int, n_heads: int, n_prompts: int | None = None) -> tu
     the exact sweep costs ``(n_heads + 1)`` of them per layer. Auto costs its screen
     (``AUTO_SCREEN_FE``), its calibration (a joint replay of each layer's heads and one of each
     MLP, on ``AUTO_SAMPLE_PROMPTS`` of the prompts for a deep model, every MLP measured and the
-    joint replays on every prompt for a shallow one) and ``AUTO_CONFIRMED`` values measured
-    exactly at the mean replay's cost (see ``config.options``)."""
+    joint replays on every prompt for a shallow one) and ``AUTO_CONFIRMED_SHARE`` of the
+    components (at least ``AUTO_CONFIRMED_MIN``) measured exactly at the mean replay's cost
+    (see ``config.options``)."""
     layers = max(int(n_layers), 1)
     replays = [(layers - layer) / layers for layer in range(layers)]
     per_layer = sum(replays)
@@ -113,7 +114,9 @@ def sweep_costs(n_layers: int, n_heads: int, n_prompts: int | None = None) -> tu
                and prompts >= 2 * defaults.AUTO_SAMPLE_PROMPTS)
     calibration = 2 * per_layer * (defaults.AUTO_SAMPLE_PROMPTS / prompts if sampled else 1.0)
     mean_replay = per_layer / layers
-    confirmed = min(defaults.AUTO_CONFIRMED, layers * (int(n_heads) + 1)) * mean_replay
+    components = layers * (int(n_heads) + 1)
+    confirmed = min(max(defaults.AUTO_CONFIRMED_MIN, defaults.AUTO_CONFIRMED_SHARE * components),
+                    components) * mean_replay
     return exact, defaults.AUTO_SCREEN_FE + calibration + confirmed
 
 

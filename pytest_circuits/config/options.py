@@ -111,14 +111,16 @@ AUTO_MIN_COMPONENTS = 1000
 #: ``l`` up, ``(L - l) / L`` FE. Auto costs its screen (``AUTO_SCREEN_FE``: one forward and one
 #: backward pass), its calibration (each layer's heads jointly and every MLP: on every prompt for
 #: a shallow model, on ``AUTO_SAMPLE_PROMPTS`` of them for a deep one, see
-#: ``analysis.ablation``) and ``AUTO_CONFIRMED`` exact values at the mean replay's cost (the top 5
-#: by drop and by influence, measured whatever the screen says, are most of what auto confirms
-#: with the default thresholds: 15 values on SmolLM2-135M, IOI, 32 prompts). Counted with
-#: ``benchmarks/count_sweep_work.py``: SmolLM2-135M exact 114 FE, auto 12 (predicted 155 and
-#: 12): auto; the zoo's tiny teacher (4 layers x 4 heads) exact 8.7 FE, auto 8.8, its students
-#: (2 layers) 4.0 against 6.6 (predicted 12.5 against 14.5, 7.5 against 11.2): exact.
+#: ``analysis.ablation``) and ``AUTO_CONFIRMED_SHARE`` of the components measured exactly (at
+#: least ``AUTO_CONFIRMED_MIN``: the top 5 by drop and by influence) at the mean replay's cost.
+#: Measured with ``benchmarks/count_sweep_work.py`` (counted FLOPs, default thresholds):
+#: SmolLM2-135M on IOI (32 prompts) exact 115 FE, auto 18.8 with 45 of 300 values exact
+#: (predicted 155 and 30): auto; the zoo's tiny teacher (4 layers x 4 heads) exact 8.7 FE, auto
+#: 8.8, its students (2 layers) 4.0 against 6.6 (predicted 12.5 against 14.3, 7.5 against
+#: 13.5): exact.
 AUTO_SCREEN_FE = 3.0
-AUTO_CONFIRMED = 10
+AUTO_CONFIRMED_SHARE = 0.15
+AUTO_CONFIRMED_MIN = 10
 #: An auto sweep of a model of at least ``AUTO_SAMPLE_MIN_LAYERS`` layers, on a task of at
 #: least twice ``AUTO_SAMPLE_PROMPTS`` prompts, calibrates its screen on the first
 #: ``AUTO_SAMPLE_PROMPTS`` prompts (see ``analysis.ablation``).
