@@ -787,6 +787,12 @@ def _auto_metrics(
     every unconfirmed component whose band reaches a threshold or the top-k, and as many more as
     the mean clamped drop's interval needs to clear every mean-drop limit (widest interval per
     unit of replay cost first), and widens the bands by the errors it saw, until none is left.
+
+    On a deep model (``SAMPLE_MIN_LAYERS`` layers, at least twice ``SAMPLE_PROMPTS`` prompts)
+    the joint ablations and every MLP are replayed on the first ``SAMPLE_PROMPTS`` prompts
+    only (:func:`_sampled_rates`) instead: MLPs get bands of their own and are measured like
+    heads, only where a verdict or the top-k could depend on them, and each layer's joint error
+    on the sample, scaled up to the task, is added to its heads' bands.
     """
     rows: dict[Component, list[np.ndarray]] = {}
     _, screened, masses = _attribution_screen(model, task, components, ablation, seed, rows)
