@@ -85,8 +85,8 @@ class Screening:
     also holds its layer's joint error on that sample scaled up to the task (``layer_floors``).
     Attribution is a linear approximation, not a bound, so a head's bound is empirical:
     ``safety`` times its layer's error rate times the head's scale, plus ``floor``, in drop
-    points. The scale (``scales``) is the head's prompt mass, the sum over prompts of the absolute first-order
-    change on each (a head whose estimate is a sum of large per-prompt changes that cancel, or
+    points. The scale (``scales``) is the head's prompt mass, the sum over prompts of the
+    absolute first-order change on each (a head whose estimate is a sum of large per-prompt changes that cancel, or
     that moves single prompts a lot, is where the screen goes wrong), plus a small share of the
     mean. The error rate (``layer_errors``) is the largest error per unit of scale seen on the
     layer's measured heads or in the joint ablation of all its swept heads (its error shared in
