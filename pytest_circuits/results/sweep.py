@@ -79,27 +79,27 @@ class ComponentEffect:
 class Screening:
     """How an auto sweep decided which values to measure exactly, and how far to trust the rest.
 
-    On a shallow model every MLP is measured exactly and a head may stay a first-order
-    estimate; on a deep one (``sampled_prompts`` > 0) an MLP may stay an estimate too, with a
-    band from its own error on a sample of the prompts (``mlp_errors``), and each head's band
-    also holds its layer's joint error on that sample scaled up to the task (``layer_floors``).
-    Attribution is a linear approximation, not a bound, so a head's bound is empirical:
-    ``safety`` times its layer's error rate times the head's scale, plus ``floor``, in drop
-    points. The scale (``scales``) is the head's prompt mass, the sum over prompts of the
-    absolute first-order change on each (a head whose estimate is a sum of large per-prompt changes that cancel, or
+    On a shallow model every MLP is measured exactly and a head may stay a first-order estimate;
+    on a deep one (``sampled_prompts`` > 0) an MLP may stay an estimate too, with a band from
+    its own error on a sample of the prompts (``mlp_errors``), and each head's band also holds
+    its layer's joint error on that sample scaled up to the task (``layer_floors``). Attribution
+    is a linear approximation, not a bound, so a head's bound is empirical: ``safety`` times its
+    layer's error rate times the head's scale, plus ``floor``, in drop points. The scale
+    (``scales``) is the head's prompt mass, the sum over prompts of the absolute first-order
+    change on each (a head whose estimate is a sum of large per-prompt changes that cancel, or
     that moves single prompts a lot, is where the screen goes wrong), plus a small share of the
     mean. The error rate (``layer_errors``) is the largest error per unit of scale seen on the
     layer's measured heads or in the joint ablation of all its swept heads (its error shared in
     proportion to their scales), but at least ``model_share`` of the largest rate of any layer:
-    a layer whose measured heads happened to be screened well still inherits part of the
-    model's worst. Every head whose interval could reach a threshold or the top-k was measured
-    exactly, so the verdicts and the blamed components are exact as long as each estimate lies
-    within its bound. That is an empirical claim, not a theorem: on saved exact sweeps of the
-    zoo, random GPT-2 shapes, the GPT-2-small shape and SmolLM2-135M (IOI, mean and zero
-    ablation; ``benchmarks/auto_bounds.py``, figures in benchmarks/README.md) every kept
-    estimate lay within its band, the worst at half of it. A head the screen gets badly wrong
-    while its prompt mass is small and its layer looks clean would still escape; use
-    ``method="exact"`` where a verdict must not rest on an estimate.
+    a layer whose measured heads happened to be screened well still inherits part of the model's
+    worst. Every head whose interval could reach a threshold or the top-k was measured exactly,
+    so the verdicts and the blamed components are exact as long as each estimate lies within its
+    bound. That is an empirical claim, not a theorem: on saved exact sweeps of the zoo, random
+    GPT-2 shapes, the GPT-2-small shape and SmolLM2-135M (IOI, mean and zero ablation;
+    ``benchmarks/auto_bounds.py``, figures in benchmarks/README.md) every kept estimate lay
+    within its band, the worst at half of it. A head the screen gets badly wrong while its
+    prompt mass is small and its layer looks clean would still escape; use ``method="exact"``
+    where a verdict must not rest on an estimate.
     """
 
     thresholds: GateThresholds
