@@ -13,7 +13,7 @@ results file that cannot be read, is not JSON or is not a results file; an unkno
 3 malformed input, or the analysis could not run, or results cannot be compared (a results file
 whose reports are damaged: missing keys, wrong types, non-finite or impossible numbers; a model
 that does not load, a task a model does not perform, an incompatible pair, results measured with
-different methods), and an internal error (``--traceback`` shows it).
+different methods, exact against auto aside), and an internal error (``--traceback`` shows it).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any, TextIO
 
 from . import progress
 from .analysis.layers import align_layers, depth, layer_map_problem, parse_layer_map
-from .baseline import method_differences, value_problem
+from .baseline import method_differences, switched_algorithm, value_problem
 from .cache import directory_problem
 from .config.options import SIMILARITIES, AnalysisOptions
 from .dtypes import DTYPES, canonical_dtype
@@ -1288,6 +1288,13 @@ class Change:
     after: float | str | None
     regressed: bool = False
     note: str = ""
+    #: an estimate's band reaches past the tolerance at one end and not at the other: neither
+    #: a regression nor a pass (no estimate passes on its point value alone)
+    undecided: bool = False
+
+    @property
+    def verdict(self) -> str:
+        return "REGRESSED" if self.regressed else "UNDECIDED" if self.undecided else "ok"
 
 
 def _cell(value: float | str | None) -> str:
@@ -1409,6 +1416,66 @@ def _check_heads(report: Any) -> None:
             raise ValueError(f"component {effect.name!r} has head {head!r}, not a head number")
 
 
+Interval = tuple[float, float]
+
+
+def estimate_intervals(report: Any) -> dict[str, Interval]:
+    """Where the summary values ``diff`` compares can lie while every estimate of the report's
+    sweeps moves within its band (:mod:`analysis.bounds`), for those that rest on an estimate;
+    empty for a report of exact (or settled) sweeps. Keys: the summary rows' names."""
+    from .analysis.bounds import alignment_slack, brittleness_intervals, has_estimates
+
+    student = _student(report)
+    found: dict[str, Interval] = {}
+    if has_estimates(student.sweep):
+        intervals = brittleness_intervals(student.sweep, student.brittleness)
+        found["severity"] = intervals["severity"]
+        found["worst single drop"] = intervals["max_single_drop"]
+        found["mean drop"] = intervals["mean_drop"]
+    if hasattr(report, "alignment"):
+        paper, weighted = alignment_slack(report)
+        for name, value, slack in (("alignment A", report.alignment.score, paper),
+                                   ("weighted alignment", report.alignment.weighted_score,
+                                    weighted)):
+            if slack:
+                found[name] = (value - slack, value + slack)
+    return found
+
+
+def read_by_value(old: Any, new: Any) -> bool:
+    """Whether two reports' estimates are one measurement, compared by value as the baseline
+    does: the same sweep method of the same weights (both models of a pair)."""
+    if old.fingerprint.method != new.fingerprint.method:
+        return False
+    sides = ("teacher", "student") if hasattr(old, "alignment") else (None,)
+    for side in sides:
+        a = getattr(old, side) if side else old
+        b = getattr(new, side) if side else new
+        if a.sweep.model.weights_sha256 != b.sweep.model.weights_sha256:
+            return False
+    return True
+
+
+def _judged(what: str, before: float, after: float, tolerance: float, higher_is_worse: bool,
+            bands: tuple[Interval | None, Interval | None], note: str = "") -> Change:
+    """A summary row: regressed when worse by more than ``tolerance`` wherever the estimates
+    lie in their ``bands`` (old, new; None for an exact value), undecided when only somewhere.
+    """
+    (b_lo, b_hi), (a_lo, a_hi) = (band or (value, value)
+                                  for band, value in zip(bands, (before, after), strict=True))
+    if higher_is_worse:
+        least, most = a_lo - b_hi, a_hi - b_lo
+    else:
+        least, most = b_lo - a_hi, b_hi - a_lo
+    regressed = _beyond(least, tolerance)
+    undecided = not regressed and _beyond(most, tolerance)
+    if undecided:
+        note = (f"{note}; " if note else "") + (
+            f"an estimate: {_n(b_lo)}..{_n(b_hi)} -> {_n(a_lo)}..{_n(a_hi)} within the bands, "
+            "past the tolerance at one end; measure with --method exact")
+    return Change(what, before, after, regressed, note, undecided)
+
+
 def diff_reports(old: Any, new: Any, args: argparse.Namespace,
                  frames: LayerFrames | None = None) -> tuple[list[Change], list[Change]]:
     """(summary changes, component changes) from ``old`` to ``new``; regressions flagged (a
@@ -1421,14 +1488,20 @@ def diff_reports(old: Any, new: Any, args: argparse.Namespace,
     summary: list[Change] = []
     old_student, new_student = _student(old), _student(new)
     ob, nb = old_student.brittleness, new_student.brittleness
+    by_value = read_by_value(old, new)
+    old_bands = {} if by_value else estimate_intervals(old)
+    new_bands = {} if by_value else estimate_intervals(new)
+
+    def bands(name: str) -> tuple[Interval | None, Interval | None]:
+        return old_bands.get(name), new_bands.get(name)
+
     if hasattr(old, "alignment"):
         summary += [
-            Change("alignment A", old.alignment.score, new.alignment.score,
-                   _beyond(old.alignment.score - new.alignment.score, args.max_alignment_drop)),
-            Change("weighted alignment", old.alignment.weighted_score,
-                   new.alignment.weighted_score,
-                   _beyond(old.alignment.weighted_score - new.alignment.weighted_score,
-                           args.max_alignment_drop)),
+            _judged("alignment A", old.alignment.score, new.alignment.score,
+                    args.max_alignment_drop, False, bands("alignment A")),
+            _judged("weighted alignment", old.alignment.weighted_score,
+                    new.alignment.weighted_score, args.max_alignment_drop, False,
+                    bands("weighted alignment")),
             Change("behaviour retained (%)", old.behavior_retained, new.behavior_retained,
                    _beyond(old.behavior_retained - new.behavior_retained,
                            args.max_retained_drop)),
@@ -1438,11 +1511,11 @@ def diff_reports(old: Any, new: Any, args: argparse.Namespace,
                               bool(gone) and not args.allow_new_discards,
                               "newly discarded: " + ", ".join(gone) if gone else ""))
     summary += [
-        Change("severity", ob.severity, nb.severity,
-               _beyond(nb.severity - ob.severity, args.max_severity_increase)),
-        Change("worst single drop", ob.worst_drop, nb.worst_drop,
-               _beyond(nb.worst_drop - ob.worst_drop, args.max_drop_increase),
-               f"{ob.worst_component} -> {nb.worst_component}"),
+        _judged("severity", ob.severity, nb.severity, args.max_severity_increase, True,
+                bands("severity")),
+        _judged("worst single drop", ob.worst_drop, nb.worst_drop, args.max_drop_increase,
+                True, bands("worst single drop"),
+                f"{ob.worst_component} -> {nb.worst_component}"),
         Change("mean drop", ob.mean_drop, nb.mean_drop),
     ]
     if frames is None:
@@ -1473,12 +1546,19 @@ def diff_reports(old: Any, new: Any, args: argparse.Namespace,
                                      "new component" if b is None else "removed component"))
             continue
         change = a.influence - b.influence
-        if not abs(change) < args.influence_change:  # a NaN change is listed
-            name = b.name if b.name == a.name else f"{b.name} -> {a.name}"
-            components.append(Change(
-                f"student {name} drop", b.drop, a.drop,
-                _beyond(a.drop - b.drop, args.max_drop_increase),
-                f"{'gained' if change > 0 else 'lost'} {abs(change):.1f} points of influence"))
+        b_band = 0.0 if by_value or b.is_exact else (math.inf if b.bound is None else b.bound)
+        a_band = 0.0 if by_value or a.is_exact else (math.inf if a.bound is None else a.bound)
+        name = b.name if b.name == a.name else f"{b.name} -> {a.name}"
+        judged = _judged(
+            f"student {name} drop", b.drop, a.drop, args.max_drop_increase, True,
+            ((b.drop - b_band, b.drop + b_band) if b_band else None,
+             (a.drop - a_band, a.drop + a_band) if a_band else None),
+            f"{'gained' if change > 0 else 'lost'} {abs(change):.1f} points of influence")
+        # listed when the influence moved beyond the threshold wherever the estimates lie in
+        # their bands (a NaN change is listed), or when an estimate's drop could regress
+        moved = not abs(change) - (a_band + b_band) < args.influence_change
+        if moved or (a_band + b_band > 0 and (judged.regressed or judged.undecided)):
+            components.append(judged)
     old_place = {e.name: k for k, e in before.items()}
     new_place = {e.name: k for k, e in after.items()}
     old_layer = {e.name: e.layer for e in before.values()}
@@ -1613,13 +1693,15 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
             f"{args.old} and {args.new} share no pair (or teacher) and task: {args.old} has "
             f"{', '.join(_label(k) for k in old)}; {args.new} has "
             f"{', '.join(_label(k) for k in new)}")
-    regressions = 0
+    regressions = undecided = 0
     for old_key, new_key in matched:
         label = _label(old_key) if old_key == new_key else (
             f"{_label(old_key)} -> student {new_key[1]}")
 
-        differences = method_differences(new[new_key].fingerprint.to_dict(),
-                                         old[old_key].fingerprint.to_dict())
+        # exact and auto measure the same quantities: an estimate is then read by its band
+        current, stored = new[new_key].fingerprint.to_dict(), old[old_key].fingerprint.to_dict()
+        ignore = ("method",) if switched_algorithm(current, stored) else ()
+        differences = method_differences(current, stored, ignore=ignore)
         if differences:
             raise AnalysisError(
                 f"{label} was measured differently in the two files ("
@@ -1634,16 +1716,18 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
             [c.what, _cell(c.before), _cell(c.after),
              _n(c.after - c.before) if isinstance(c.before, (int, float))
              and isinstance(c.after, (int, float)) else "-",
-             "REGRESSED" if c.regressed else "ok", c.note] for c in summary]) + "\n")
+             c.verdict, c.note] for c in summary]) + "\n")
         if components:
             out.write("  component changes:\n")
             out.write(_table(["component", "before", "after", "verdict", "note"], [
                 [c.what, _cell(c.before), _cell(c.after),
-                 "REGRESSED" if c.regressed else "changed", c.note] for c in components]) + "\n")
+                 "changed" if c.verdict == "ok" else c.verdict, c.note]
+                for c in components]) + "\n")
         else:
             out.write("  no component gained or lost influence beyond "
                       f"{args.influence_change:g} points or changed its match\n")
         regressions += sum(c.regressed for c in summary + components)
+        undecided += sum(c.undecided for c in summary + components)
     used_old = {k for k, _ in matched}
     used_new = {k for _, k in matched}
     for key in old:
@@ -1653,7 +1737,11 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
         if key not in used_new:
             out.write(f"\nonly in {args.new}: {_label(key)}\n")
     out.write(f"\n{regressions} regression(s) beyond tolerance\n")
-    return EXIT_REGRESSION if regressions else EXIT_OK
+    if undecided:
+        out.write(f"{undecided} change(s) undecided: an estimate's band reaches past the "
+                  "tolerance; no estimate passes on its point value (measure with --method "
+                  "exact)\n")
+    return EXIT_REGRESSION if regressions or undecided else EXIT_OK
 
 
 # ----------------------------------------------------------------------------- the parser
@@ -1683,7 +1771,8 @@ def _analysis_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--method", choices=("exact", "auto"), default=None,
                        help="sweep algorithm: exact, or auto (screen by attribution, measure "
                             "exactly what could change a verdict or the top 5) (default: as the "
-                            "gates, auto for a model of 1,000 components or more, exact below)")
+                            "gates, auto where its predicted cost is below the exact sweep's or "
+                            "for a model of 1,000 components or more, exact otherwise)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     group.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
     group.add_argument("--cache-dir", default=None, metavar="DIR",

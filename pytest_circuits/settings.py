@@ -19,6 +19,7 @@ from .config.options import (  # noqa: F401 (AUTO_MIN_COMPONENTS re-exported)
     AUTO_MIN_COMPONENTS,
     SWEEP_METHODS,
     closest,
+    default_method_rule,
     method_hint,
 )
 from .dtypes import DTYPES, canonical_dtype
@@ -62,7 +63,7 @@ SETTINGS: tuple[Setting, ...] = (
             kind="int", default=0, per_test=True, metavar="N"),
     Setting("method", "sweep algorithm of the gates that ablate components: exact or auto (auto: "
             "screen by attribution, measure exactly whatever could change a verdict) (default: "
-            f"auto for a model of {AUTO_MIN_COMPONENTS:,} components or more, exact below)",
+            f"{default_method_rule()})",
             per_test=True, metavar="METHOD"),
     Setting("device", "device to load models on: auto, cpu, cuda, cuda:N, or cuda:auto (each "
             "xdist worker on its own GPU: gwN -> cuda:N mod the device count) (default: auto)",
@@ -224,8 +225,7 @@ def _convert(setting: Setting, value: Value) -> Any:
         raise pytest.UsageError(
             f"{value.origin}: method {text!r} is not a sweep method{closest(text, SWEEP_METHODS)}; "
             f"use {' or '.join(SWEEP_METHODS)} ({method_hint(text)}), or leave it unset for the "
-            f"default (auto for a model of {AUTO_MIN_COMPONENTS:,} components or more, exact "
-            "below)"
+            f"default ({default_method_rule()})"
         )
     if setting.name == "dtype":
         dtype = canonical_dtype(text)

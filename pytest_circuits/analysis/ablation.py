@@ -14,7 +14,7 @@ import torch
 
 from .. import metrics, progress
 from ..components import Component, select_components
-from ..config.options import ANALYSIS_METHODS
+from ..config.options import ANALYSIS_METHODS, AUTO_SAMPLE_MIN_LAYERS, AUTO_SAMPLE_PROMPTS
 from ..errors import InvalidTaskError, NonFiniteError
 from ..identity import ModelInfo
 from ..models import CircuitModel
@@ -50,6 +50,24 @@ SCREEN_SAFETY = 4.0
 SCREEN_FLOOR = 0.25
 SCREEN_MODEL_SHARE = 0.3
 SCREEN_MASS_EPS = 0.05
+
+#: On a model of at least ``SAMPLE_MIN_LAYERS`` layers and a task of at least twice
+#: ``SAMPLE_PROMPTS`` prompts (``config.options``), auto calibrates the screen on a sample: the
+#: first ``SAMPLE_PROMPTS`` prompts, on which each layer's heads are ablated jointly and every MLP
+#: alone (exact replays of that many prompts, about ``SAMPLE_PROMPTS / n`` of a full replay
+#: each). An MLP is then a bounded estimate too (its own sampled error rate, see
+#: :class:`Screening`), measured on every prompt only where a verdict or the top-k could depend
+#: on it. On a shallower model (or a shorter task) every MLP is measured and each layer's heads
+#: are ablated jointly on every prompt, as before: there all of that costs about as much as the
+#: screen, and the small models are where screens are least linear. Measured with
+#: ``benchmarks/count_sweep_work.py --smollm2`` (figures in benchmarks/README.md).
+SAMPLE_PROMPTS = AUTO_SAMPLE_PROMPTS
+SAMPLE_MIN_LAYERS = AUTO_SAMPLE_MIN_LAYERS
+#: With a sampled calibration, a layer's joint error on the sample, scaled up to the whole task,
+#: is added to the band of each of its heads (it could be any one head's: SmolLM2's L16H0,
+#: screened -1.5 points, exact 20.1, carries nearly all of layer 16's), and a layer or an MLP
+#: inherits this share of the model's worst rate (each has direct evidence of its own there).
+SAMPLED_MODEL_SHARE = 0.1
 
 
 class OutOfMemoryRetryWarning(UserWarning):
@@ -355,6 +373,80 @@ def _joint_head_metrics(
     return totals.means()
 
 
+def _group_hooks(
+    model: CircuitModel, components: Sequence[Component], values: Sequence[torch.Tensor | None]
+) -> list[tuple[str, Any]]:
+    """Hooks that ablate all of ``components`` together in one (unstacked) replay."""
+    by_hook: dict[str, list[tuple[Component, torch.Tensor | None]]] = {}
+    for comp, value in zip(components, values, strict=True):
+        by_hook.setdefault(engine.component_hook(comp, model), []).append((comp, value))
+    hooks: list[tuple[str, Any]] = []
+    for name, edits in by_hook.items():
+
+        def edit(act: torch.Tensor, hook: Any, edits: Any = edits) -> Any:
+            out = act.clone()
+            for comp, value in edits:
+                target = out[:, :, comp.order] if comp.kind == "head" else out
+                if value is None:
+                    target.zero_()
+                else:
+                    target.copy_(value.to(device=target.device, dtype=target.dtype)
+                                 .expand_as(target))
+            return out
+
+        hooks.append((name, edit))
+    return hooks
+
+
+def _sampled_rates(
+    model: CircuitModel,
+    task: Task,
+    components: Sequence[Component],
+    ablation: str,
+    seed: int,
+    rows: dict[Component, list[np.ndarray]],
+) -> tuple[dict[int, float], dict[int, float], dict[int, float]]:
+    """The screen's error rates on the first ``SAMPLE_PROMPTS`` prompts: per layer, that of
+    all its swept heads ablated jointly, and per MLP, its own; each the absolute error of the
+    summed first-order terms over the sample divided by their summed absolute values (plus
+    ``SCREEN_MASS_EPS`` of the mean, as the scales are; see :func:`_head_scales`), so that
+    it multiplies a scale; and per layer, the joint error itself scaled up to the whole task,
+    in drop points. One exact replay of the sample per layer and per MLP."""
+    sample = slice(0, SAMPLE_PROMPTS)
+    n = engine.task_tensors(model, task).n_prompts
+    clean = engine.clean_metrics(model, task)[0].double().cpu().numpy()[sample]
+    lin = {c: np.concatenate(rows[c])[sample].astype(float) for c in components}
+    mass = {c: float(np.abs(lin[c]).sum()) for c in components}
+    mean_mass = {
+        kind: float(np.mean([mass[c] for c in components if c.kind == kind] or [0.0]))
+        for kind in ("head", "mlp")
+    }
+    groups: list[tuple[str, int, list[Component]]] = [
+        ("head", layer, heads) for layer, heads in _grouped_heads(components).items()
+    ]
+    groups += [("mlp", c.layer, [c]) for c in components if c.kind == "mlp"]
+    heads: dict[int, float] = {}
+    mlps: dict[int, float] = {}
+    floors: dict[int, float] = {}
+    clean_mean = abs(float(engine.clean_metrics(model, task)[0].double().mean()))
+    with torch.no_grad():
+        for kind, layer, comps in sorted(groups, key=lambda g: (g[1], g[0])):
+            values = [
+                engine.replacement(model, task, c, ablation, seed=seed, prompts=sample)
+                for c in comps
+            ]
+            hooks = _group_hooks(model, comps, values)
+            ablated = _replay_per_prompt(model, task, layer, hooks, 1, sample)[0].cpu().numpy()
+            change = float((ablated - clean).sum()) / n  # the sample's change of the mean
+            error = abs(change - sum(float(lin[c].sum()) for c in comps))
+            scale = sum(mass[c] + SCREEN_MASS_EPS * mean_mass[kind] for c in comps)
+            rate = error / scale if scale > 0 else (0.0 if error == 0 else math.inf)
+            (heads if kind == "head" else mlps)[layer] = rate
+            if kind == "head":
+                floors[layer] = 100.0 * error * n / (SAMPLE_PROMPTS * clean_mean)
+    return heads, mlps, floors
+
+
 def _attribution_metrics(
     model: CircuitModel, task: Task, components: Sequence[Component], ablation: str, seed: int
 ) -> tuple[float, dict[Component, float]]:
@@ -369,11 +461,19 @@ def _attribution_metrics(
 
 
 def _attribution_screen(
-    model: CircuitModel, task: Task, components: Sequence[Component], ablation: str, seed: int
+    model: CircuitModel,
+    task: Task,
+    components: Sequence[Component],
+    ablation: str,
+    seed: int,
+    rows: dict[Component, list[np.ndarray]] | None = None,
 ) -> tuple[float, dict[Component, float], dict[Component, float]]:
     """:func:`_attribution_metrics`, plus each component's prompt mass: the sum over prompts of
     the absolute value of that prompt's first-order term (in units of the metric, so at least
-    the estimate's own change; auto's error predictor, see :class:`Screening`)."""
+    the estimate's own change; auto's error predictor, see :class:`Screening`). ``rows``, when
+    given, receives each component's per-prompt first-order terms, chunk by chunk in prompt
+    order (each prompt's change of the mean metric: its own change divided by the task's
+    prompt count)."""
     tensors = engine.task_tensors(model, task)
     layers = sorted({c.layer for c in components})
     names = [engine.z_hook(i) for i in layers] + [engine.mlp_out_hook(i) for i in layers]
@@ -382,7 +482,7 @@ def _attribution_screen(
     if len(chunks) == 1:
         # one chunk: today's computation, so small tasks give bit-identical estimates
         clean, deltas, masses = _attribution_chunk(
-            model, task, tensors, components, names, ablation, seed, None, n
+            model, task, tensors, components, names, ablation, seed, None, n, rows
         )
         return clean, {comp: clean + delta for comp, delta in deltas.items()}, masses
     # The metric is the mean over all n prompts, so each chunk backpropagates its sum / n: the
@@ -393,7 +493,8 @@ def _attribution_screen(
     mass_total: dict[Component, float] = {}
     for prompts in chunks:
         chunk_clean, deltas, masses = _attribution_chunk(
-            model, task, tensors.rows(prompts), components, names, ablation, seed, prompts, n
+            model, task, tensors.rows(prompts), components, names, ablation, seed, prompts, n,
+            rows,
         )
         clean_total += chunk_clean
         for comp, delta in deltas.items():
@@ -413,6 +514,7 @@ def _attribution_chunk(
     seed: int,
     prompts: slice | None,
     n: int,
+    rows: dict[Component, list[np.ndarray]] | None = None,
 ) -> tuple[float, dict[Component, float], dict[Component, float]]:
     """One forward and backward pass over ``tensors``' prompts: their contribution to the
     clean metric (sum / ``n``; the mean when they are the whole task), each component's
@@ -445,7 +547,10 @@ def _attribution_chunk(
             # grad is of the mean metric, so the summed product is already the mean's change
             product = ((target - act) * grad).double()
             deltas[comp] = float(product.sum())
-            masses[comp] = float(product.flatten(1).sum(1).abs().sum())
+            per_prompt = product.flatten(1).sum(1)
+            masses[comp] = float(per_prompt.abs().sum())
+            if rows is not None:
+                rows.setdefault(comp, []).append(per_prompt.cpu().numpy())
     return clean, deltas, masses
 
 
@@ -468,6 +573,11 @@ class _AutoState:
     n_layers: int = 0  # the model's, for the cost of a replay (0: every value costs the same)
     exact: dict[Component, float] = field(default_factory=dict)
     layer_errors: dict[int, float] = field(default_factory=dict)
+    #: MLPs that may stay estimates (sampled calibration): (layer, its error per unit of scale)
+    mlp_errors: dict[int, float] = field(default_factory=dict)
+    screen_mlps: bool = False
+    #: (sampled calibration) per layer, drop points added to each of its heads' bands
+    layer_floors: dict[int, float] = field(default_factory=dict)
 
     def drop(self, ablated: float) -> float:
         return 100.0 - 100.0 * (ablated / self.clean)
@@ -484,13 +594,26 @@ class _AutoState:
         if total > 0:
             self.observe(layer, error / total)
 
+    def observe_mlp(self, layer: int, rate: float) -> None:
+        self.mlp_errors[layer] = max(self.mlp_errors.get(layer, 0.0), rate)
+
     def record(self, measured: dict[Component, float]) -> None:
         for comp, value in measured.items():
             self.exact[comp] = value
-            if comp.kind == "head":  # MLPs are all measured: their errors bound no estimate
-                error = abs(self.drop(value) - self.screened_drop[comp])
-                scale = self.scale_of(comp)
-                self.observe(comp.layer, error / scale if scale > 0 else math.inf)
+            error = abs(self.drop(value) - self.screened_drop[comp])
+            scale = self.scale_of(comp)
+            rate = error / scale if scale > 0 else math.inf
+            if comp.kind == "head":
+                self.observe(comp.layer, rate)
+            elif self.screen_mlps:  # else every MLP is measured: its error bounds no estimate
+                self.observe_mlp(comp.layer, rate)
+
+    def mlp_rate(self, layer: int) -> float:
+        """Error per unit of scale assumed for an unconfirmed MLP of ``layer``: its own, but at
+        least ``model_share`` of the largest seen on any MLP (inf when none was seen)."""
+        if layer not in self.mlp_errors:
+            return math.inf
+        return max(self.mlp_errors[layer], self.model_share * max(self.mlp_errors.values()))
 
     def error_rate(self, layer: int) -> float:
         """Error per unit of scale assumed for ``layer``'s unconfirmed heads: the largest seen
@@ -499,7 +622,12 @@ class _AutoState:
         return max(self.layer_errors.get(layer, 0.0), self.model_share * model_wide)
 
     def band(self, comp: Component) -> float:
-        return self.safety * self.error_rate(comp.layer) * self.scale_of(comp) + self.floor
+        if comp.kind == "head":
+            rate = self.error_rate(comp.layer)
+            extra = self.layer_floors.get(comp.layer, 0.0)
+        else:
+            rate, extra = self.mlp_rate(comp.layer), 0.0
+        return self.safety * rate * self.scale_of(comp) + self.floor + extra
 
     def unconfirmed(self) -> list[Component]:
         return [c for c in self.components if c not in self.exact]
@@ -579,12 +707,13 @@ class _AutoState:
 
 
 def _head_scales(
-    masses: dict[Component, float], clean: float
+    masses: dict[Component, float], clean: float, kind: str = "head"
 ) -> dict[Component, float]:
     """Each head's error predictor in drop points: its prompt mass (see
     :func:`_attribution_screen`) plus ``SCREEN_MASS_EPS`` of the mean over the swept heads, so
-    that a head the screen sees no change in still gets a share of its layer's error."""
-    points = {c: 100.0 * mass / abs(clean) for c, mass in masses.items() if c.kind == "head"}
+    that a head the screen sees no change in still gets a share of its layer's error
+    (``kind="mlp"``: the same for the MLPs, over the swept MLPs)."""
+    points = {c: 100.0 * mass / abs(clean) for c, mass in masses.items() if c.kind == kind}
     if not points:
         return {}
     mean = sum(points.values()) / len(points)
@@ -599,7 +728,7 @@ def _first_round(state: _AutoState) -> list[Component]:
     for comp in components:
         if comp.kind == "head":
             per_layer.setdefault(comp.layer, []).append(comp)
-    first = {c for c in components if c.kind == "mlp"}
+    first = set() if state.screen_mlps else {c for c in components if c.kind == "mlp"}
     first.update(heads[0] for heads in per_layer.values() if len(heads) == 1)
     k = state.thresholds.top_k
     first.update(sorted(components, key=lambda c: -state.screened_drop[c])[:k])
@@ -658,8 +787,20 @@ def _auto_metrics(
     every unconfirmed component whose band reaches a threshold or the top-k, and as many more as
     the mean clamped drop's interval needs to clear every mean-drop limit (widest interval per
     unit of replay cost first), and widens the bands by the errors it saw, until none is left.
+
+    On a deep model (``SAMPLE_MIN_LAYERS`` layers, at least twice ``SAMPLE_PROMPTS`` prompts)
+    the joint ablations and every MLP are replayed on the first ``SAMPLE_PROMPTS`` prompts
+    only (:func:`_sampled_rates`) instead: MLPs get bands of their own and are measured like
+    heads, only where a verdict or the top-k could depend on them, and each layer's joint error
+    on the sample, scaled up to the task, is added to its heads' bands.
     """
-    _, screened, masses = _attribution_screen(model, task, components, ablation, seed)
+    rows: dict[Component, list[np.ndarray]] = {}
+    _, screened, masses = _attribution_screen(model, task, components, ablation, seed, rows)
+    sampled = (model.n_layers >= SAMPLE_MIN_LAYERS
+               and engine.task_tensors(model, task).n_prompts >= 2 * SAMPLE_PROMPTS)
+    scales = _head_scales(masses, clean)
+    if sampled:
+        scales.update(_head_scales(masses, clean, kind="mlp"))
     state = _AutoState(
         clean=clean,
         components=components,
@@ -667,15 +808,26 @@ def _auto_metrics(
         thresholds=thresholds,
         safety=SCREEN_SAFETY,
         floor=SCREEN_FLOOR,
-        scale=_head_scales(masses, clean),
-        model_share=SCREEN_MODEL_SHARE,
+        scale=scales,
+        model_share=SAMPLED_MODEL_SHARE if sampled else SCREEN_MODEL_SHARE,
         n_layers=model.n_layers,
+        screen_mlps=sampled,
     )
-    grouped = _grouped_heads(components)
-    joint = {
-        layer: state.drop(value)
-        for layer, value in _joint_head_metrics(model, task, grouped, ablation, seed).items()
-    }
+    joint: dict[int, float] = {}
+    if sampled:
+        head_rates, mlp_rates, state.layer_floors = _sampled_rates(
+            model, task, components, ablation, seed, rows
+        )
+        for layer, rate in head_rates.items():
+            state.observe(layer, rate)
+        for layer, rate in mlp_rates.items():
+            state.observe_mlp(layer, rate)
+    else:
+        grouped = _grouped_heads(components)
+        joint = {
+            layer: state.drop(value)
+            for layer, value in _joint_head_metrics(model, task, grouped, ablation, seed).items()
+        }
     def measure(pending: list[Component]) -> dict[Component, float]:
         fresh: dict[Component, list[np.ndarray]] = {}  # a value measured again replaces its rows
         values = _exact_metrics(model, task, pending, ablation, seed, per_forward, fresh)
@@ -692,7 +844,11 @@ def _auto_metrics(
         layer_errors=tuple(sorted(state.layer_errors.items())),
         rounds=rounds,
         model_share=state.model_share,
-        scales=tuple((c.name, state.scale_of(c)) for c in components if c.kind == "head"),
+        scales=tuple((c.name, state.scale_of(c)) for c in components
+                     if c.kind == "head" or c in state.scale),
+        mlp_errors=tuple(sorted(state.mlp_errors.items())),
+        sampled_prompts=SAMPLE_PROMPTS if sampled else 0,
+        layer_floors=tuple(sorted(state.layer_floors.items())),
     )
     return ablated, set(state.exact), screening
 

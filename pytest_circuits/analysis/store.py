@@ -12,7 +12,8 @@ sweeps here.
 
 The sweep algorithm is ``options.method``: "exact", "auto" (screened, then exact wherever a
 verdict against ``options.thresholds`` could depend on the value) or None, which picks "auto"
-for a model of at least ``config.options.AUTO_MIN_COMPONENTS`` components and "exact" below.
+where its predicted cost is below the exact sweep's (:func:`sweep_costs`) or for a model of at
+least ``config.options.AUTO_MIN_COMPONENTS`` components, and "exact" otherwise.
 An auto sweep's key holds its thresholds, so one made for other thresholds is never served to a
 gate whose verdict it could not decide; an exact sweep already stored serves an auto request (it
 decides every verdict), so a model is never swept twice for one task and settings.
@@ -93,10 +94,40 @@ def n_components(model: Any) -> int:
     return int(model.n_layers) * (int(model.n_heads) + 1)
 
 
-def default_method(model: Any) -> str:
-    """The sweep algorithm for ``method=None``: "auto" from ``AUTO_MIN_COMPONENTS`` components
-    on (read at call time, so a test may lower it), "exact" below."""
-    return "auto" if n_components(model) >= defaults.AUTO_MIN_COMPONENTS else "exact"
+def sweep_costs(n_layers: int, n_heads: int, n_prompts: int | None = None) -> tuple[float, float]:
+    """Predicted forward-pass equivalents of a full sweep of a model of ``n_layers`` layers and
+    ``n_heads`` heads on ``n_prompts`` prompts (default: the built-in tasks'): (exact, auto).
+
+    A value of layer ``l`` costs a replay of the blocks from ``l`` up, ``(L - l) / L`` FE, so
+    the exact sweep costs ``(n_heads + 1)`` of them per layer. Auto costs its screen
+    (``AUTO_SCREEN_FE``), its calibration (a joint replay of each layer's heads and one of each
+    MLP, on ``AUTO_SAMPLE_PROMPTS`` of the prompts for a deep model, every MLP measured and the
+    joint replays on every prompt for a shallow one) and ``AUTO_CONFIRMED_SHARE`` of the
+    components (at least ``AUTO_CONFIRMED_MIN``) measured exactly at the mean replay's cost
+    (see ``config.options``)."""
+    layers = max(int(n_layers), 1)
+    replays = [(layers - layer) / layers for layer in range(layers)]
+    per_layer = sum(replays)
+    exact = (int(n_heads) + 1) * per_layer
+    prompts = DEFAULT_N_PROMPTS if n_prompts is None else max(int(n_prompts), 1)
+    sampled = (layers >= defaults.AUTO_SAMPLE_MIN_LAYERS
+               and prompts >= 2 * defaults.AUTO_SAMPLE_PROMPTS)
+    calibration = 2 * per_layer * (defaults.AUTO_SAMPLE_PROMPTS / prompts if sampled else 1.0)
+    mean_replay = per_layer / layers
+    components = layers * (int(n_heads) + 1)
+    confirmed = min(max(defaults.AUTO_CONFIRMED_MIN, defaults.AUTO_CONFIRMED_SHARE * components),
+                    components) * mean_replay
+    return exact, defaults.AUTO_SCREEN_FE + calibration + confirmed
+
+
+def default_method(model: Any, n_prompts: int | None = None) -> str:
+    """The sweep algorithm for ``method=None``: "auto" where its predicted cost is below the
+    exact sweep's (:func:`sweep_costs`) or from ``AUTO_MIN_COMPONENTS`` components on (both
+    read at call time, so a test may change them), else "exact"."""
+    if n_components(model) >= defaults.AUTO_MIN_COMPONENTS:
+        return "auto"
+    exact, auto = sweep_costs(model.n_layers, model.n_heads, n_prompts)
+    return "auto" if auto < exact else "exact"
 
 
 def auto_thresholds(options: AnalysisOptions, drop: Any = ()) -> GateThresholds:

@@ -104,6 +104,36 @@ DEFAULT_DROP_THRESHOLDS: tuple[float, ...] = (DEFAULT_TOLERANCE,)
 #: (kinds/runner.py). Read at call time, so a test may lower it.
 AUTO_MIN_COMPONENTS = 1000
 
+#: Below :data:`AUTO_MIN_COMPONENTS` the default is decided by cost: auto wherever its predicted
+#: forward-pass equivalents (FE) are fewer than the exact sweep's (``store.sweep_costs``; the
+#: model's layout and the task's prompt count are all it reads, so the choice is made before
+#: anything runs). An exact value of layer ``l`` of ``L`` costs a replay of the blocks from
+#: ``l`` up, ``(L - l) / L`` FE. Auto costs its screen (``AUTO_SCREEN_FE``: one forward and one
+#: backward pass), its calibration (each layer's heads jointly and every MLP: on every prompt for
+#: a shallow model, on ``AUTO_SAMPLE_PROMPTS`` of them for a deep one, see
+#: ``analysis.ablation``) and ``AUTO_CONFIRMED_SHARE`` of the components measured exactly (at
+#: least ``AUTO_CONFIRMED_MIN``: the top 5 by drop and by influence) at the mean replay's cost.
+#: Measured with ``benchmarks/count_sweep_work.py`` (counted FLOPs, default thresholds):
+#: SmolLM2-135M on IOI (32 prompts) exact 115 FE, auto 18.8 with 45 of 300 values exact
+#: (predicted 155 and 30): auto; the zoo's tiny teacher (4 layers x 4 heads) exact 8.7 FE, auto
+#: 8.8, its students (2 layers) 4.0 against 6.6 (predicted 12.5 against 14.3, 7.5 against
+#: 13.5): exact.
+AUTO_SCREEN_FE = 3.0
+AUTO_CONFIRMED_SHARE = 0.15
+AUTO_CONFIRMED_MIN = 10
+#: An auto sweep of a model of at least ``AUTO_SAMPLE_MIN_LAYERS`` layers, on a task of at
+#: least twice ``AUTO_SAMPLE_PROMPTS`` prompts, calibrates its screen on the first
+#: ``AUTO_SAMPLE_PROMPTS`` prompts (see ``analysis.ablation``).
+AUTO_SAMPLE_PROMPTS = 4
+AUTO_SAMPLE_MIN_LAYERS = 8
+
+
+def default_method_rule() -> str:
+    """The default sweep method in words, for messages and help (read at call time, so that a
+    test lowering :data:`AUTO_MIN_COMPONENTS` sees its value)."""
+    return (f"auto for a model of {AUTO_MIN_COMPONENTS:,} components or more, or where auto's "
+            "predicted cost is below the exact sweep's; exact otherwise")
+
 #: Named combinations of method options. "paper" is the paper's method (the default);
 #: "recommended" is what docs/method.md measured to give meaningful numbers on real models:
 #: tie-aware matching, heads compared by what they read and write (``"combined"``), subspace
@@ -218,8 +248,7 @@ def check_gate_method(value: Any, where: str) -> str | None:
         raise GateConfigError(
             f"{where}: method={value!r} is not a sweep method{closest(value, SWEEP_METHODS)}; "
             f"pass method='exact' or method='auto' ({method_hint(value)}), or None for the "
-            f"run's --circuits-method, else the default (auto for a model of "
-            f"{AUTO_MIN_COMPONENTS:,} components or more, exact below)"
+            f"run's --circuits-method, else the default ({default_method_rule()})"
         )
     return value
 
@@ -229,7 +258,7 @@ def check_analysis_method(value: Any) -> str | None:
     if value is not None and value not in ANALYSIS_METHODS:
         raise SweepConfigError(
             f"method={value!r} is not one of {', '.join(repr(m) for m in ANALYSIS_METHODS)} (or "
-            "None for the default: auto for a large model, exact below)"
+            "None for the default: auto where it costs less, exact otherwise)"
         )
     return value
 
@@ -337,7 +366,8 @@ class GateThresholds:
 class AnalysisOptions:
     """Every setting that changes what an analysis measures.
 
-    ``method`` None is the default rule (auto from :data:`AUTO_MIN_COMPONENTS` components);
+    ``method`` None is the default rule (auto where it costs less than the exact sweep, or from
+    :data:`AUTO_MIN_COMPONENTS` components; ``analysis.store.default_method``);
     ``n_prompts`` None the run's, else the task's default; ``margin`` None switches the "model
     cannot do this task" guard off (research use only: no gate accepts it). A ``preset`` stands
     for matching, similarity, tie margin and noise floor together (:meth:`resolved`).

@@ -219,7 +219,7 @@ def task_options(n_prompts: Any, seed: Any, gate: str) -> tuple[int | None, int]
 def sweep_method(method: Any, gate: str) -> tuple[str | None, str]:
     """A gate's ``method=`` checked, with where it came from: its own argument when given, else
     the run's ``--circuits-method`` (or ini key, or marker), else None: the default by size
-    (auto from ``AUTO_MIN_COMPONENTS`` components, exact below)."""
+    (``analysis.store.default_method``: auto where it costs less, exact otherwise)."""
     if method is None:
         return context.current().method
     return check_gate_method(method, gate), f"method={method!r}"
@@ -386,8 +386,7 @@ def record_method(result: GateResult, call: GateCall, sweeps: Mapping[str, Any],
         )
     method = "auto" if "auto" in ran_by else "exact"
     if requested is None:  # the threshold is read now: a test may lower it
-        origin = (f"default: auto for a model of {defaults.AUTO_MIN_COMPONENTS:,} components or "
-                  "more, exact below")
+        origin = f"default: {defaults.default_method_rule()}"
     line = f"sweep method: {method} ({origin}): " + "; ".join(
         f"{role} {sweep_line(sweep)}" for role, sweep in sweeps.items())
     if settled:  # the gate swept again exactly (see ``Measurement.unsettled``)

@@ -79,8 +79,11 @@ class ComponentEffect:
 class Screening:
     """How an auto sweep decided which values to measure exactly, and how far to trust the rest.
 
-    Every MLP is measured exactly; a head may stay a first-order estimate. Attribution is a
-    linear approximation, not a bound, so a head's bound is empirical: ``safety`` times its
+    On a shallow model every MLP is measured exactly and a head may stay a first-order estimate;
+    on a deep one (``sampled_prompts`` > 0) an MLP may stay an estimate too, with a band from
+    its own error on a sample of the prompts (``mlp_errors``), and each head's band also holds
+    its layer's joint error on that sample scaled up to the task (``layer_floors``). Attribution
+    is a linear approximation, not a bound, so a head's bound is empirical: ``safety`` times its
     layer's error rate times the head's scale, plus ``floor``, in drop points. The scale
     (``scales``) is the head's prompt mass, the sum over prompts of the absolute first-order
     change on each (a head whose estimate is a sum of large per-prompt changes that cancel, or
@@ -88,15 +91,15 @@ class Screening:
     mean. The error rate (``layer_errors``) is the largest error per unit of scale seen on the
     layer's measured heads or in the joint ablation of all its swept heads (its error shared in
     proportion to their scales), but at least ``model_share`` of the largest rate of any layer:
-    a layer whose measured heads happened to be screened well still inherits part of the
-    model's worst. Every head whose interval could reach a threshold or the top-k was measured
-    exactly, so the verdicts and the blamed components are exact as long as each estimate lies
-    within its bound. That is an empirical claim, not a theorem: on saved exact sweeps of the
-    zoo, random GPT-2 shapes, the GPT-2-small shape and SmolLM2-135M (IOI, mean and zero
-    ablation; ``benchmarks/auto_bounds.py``, figures in benchmarks/README.md) every kept
-    estimate lay within its band, the worst at half of it. A head the screen gets badly wrong
-    while its prompt mass is small and its layer looks clean would still escape; use
-    ``method="exact"`` where a verdict must not rest on an estimate.
+    a layer whose measured heads happened to be screened well still inherits part of the model's
+    worst. Every head whose interval could reach a threshold or the top-k was measured exactly,
+    so the verdicts and the blamed components are exact as long as each estimate lies within its
+    bound. That is an empirical claim, not a theorem: on saved exact sweeps of the zoo, random
+    GPT-2 shapes, the GPT-2-small shape and SmolLM2-135M (IOI, mean and zero ablation;
+    ``benchmarks/auto_bounds.py``, figures in benchmarks/README.md) every kept estimate lay
+    within its band, the worst at half of it. A head the screen gets badly wrong while its
+    prompt mass is small and its layer looks clean would still escape; use ``method="exact"``
+    where a verdict must not rest on an estimate.
     """
 
     thresholds: GateThresholds
@@ -110,6 +113,22 @@ class Screening:
     #: (head, its scale: prompt mass in drop points plus a small share of the mean), every
     #: swept head
     scales: tuple[tuple[str, float], ...] = ()
+    #: (layer, error per unit of scale assumed for that layer's MLP) where MLPs may be
+    #: estimates: on a deep model the screen is calibrated on a sample of the prompts
+    #: (``sampled_prompts`` of them, 0 when not), every MLP on its own; an MLP's rate is its
+    #: own but at least ``model_share`` of the largest, and its scale its prompt mass as a head's
+    mlp_errors: tuple[tuple[int, float], ...] = ()
+    sampled_prompts: int = 0
+    #: (layer, drop points added to each of its heads' bands): with a sampled calibration, the
+    #: joint ablation's error on the sample scaled up to the task (it could be one head's)
+    layer_floors: tuple[tuple[int, float], ...] = ()
+
+    def mlp_rate(self, layer: int) -> float:
+        """The error per unit of scale assumed for ``layer``'s MLP if unconfirmed."""
+        observed = dict(self.mlp_errors)
+        if layer not in observed:
+            return math.inf
+        return max(observed[layer], self.model_share * max(observed.values()))
 
     def error_rate(self, layer: int) -> float:
         """The error per unit of scale assumed for ``layer``'s unconfirmed heads."""
@@ -122,9 +141,13 @@ class Screening:
         return self.safety * self.error_rate(layer) * scale + self.floor
 
     def head_band(self, component: Component | str) -> float:
-        """The band of one swept head (its own scale, see ``scales``)."""
+        """The band of one swept head, or of an MLP left an estimate (its own scale, see
+        ``scales``)."""
         comp = component if isinstance(component, Component) else Component.parse(component)
-        return self.band(comp.layer, dict(self.scales).get(comp.name, 1.0))
+        scale = dict(self.scales).get(comp.name, 1.0)
+        if comp.kind == "mlp":
+            return self.safety * self.mlp_rate(comp.layer) * scale + self.floor
+        return self.band(comp.layer, scale) + dict(self.layer_floors).get(comp.layer, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +158,9 @@ class Screening:
             "rounds": self.rounds,
             "model_share": self.model_share,
             "scales": [[name, scale] for name, scale in self.scales],
+            "mlp_errors": [[layer, error] for layer, error in self.mlp_errors],
+            "sampled_prompts": self.sampled_prompts,
+            "layer_floors": [[layer, value] for layer, value in self.layer_floors],
         }
 
     @classmethod
@@ -147,6 +173,10 @@ class Screening:
             rounds=data["rounds"],
             model_share=data.get("model_share", 0.0),  # records from before the prompt mass
             scales=tuple((str(name), scale) for name, scale in data.get("scales", ())),
+            mlp_errors=tuple((int(layer), error) for layer, error in data.get("mlp_errors", ())),
+            sampled_prompts=int(data.get("sampled_prompts", 0)),
+            layer_floors=tuple((int(layer), value)
+                               for layer, value in data.get("layer_floors", ())),
         )
 
 
