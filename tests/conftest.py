@@ -100,10 +100,11 @@ def smollm2_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="session")
 def smollm2_model() -> CircuitModel:
-    """SmolLM2-135M-Instruct from its GGUF file (float32, one torch thread), loaded once for the
-    real tier's modules that only read it (about 25 s a load). Tests copy its ``hf_model`` to
-    edit weights, never change it."""
+    """SmolLM2-135M-Instruct from its GGUF file (the default dtype, float32 for a GGUF file, as
+    test_real_model checks; one torch thread), loaded once for the real tier's modules that only
+    read it (about 25 s a load). Tests copy its ``hf_model`` to edit weights; one that changes
+    it in place restores it (test_real_model)."""
     import torch
 
     torch.set_num_threads(1)  # on a shared 2-core runner more threads only add contention
-    return load_model(smollm2_gguf(), device="cpu", dtype="float32")
+    return load_model(smollm2_gguf(), device="cpu")
