@@ -109,7 +109,7 @@ def test_a_four_bit_copy_reports_ties_not_compression(four_bit):
     itself_or_tied = sum(
         p.teacher == p.student or (p.ambiguous and p.teacher in p.candidates) for p in pairs
     )
-    assert itself_or_tied >= 0.95 * len(pairs)  # measured 286 of 300
+    assert itself_or_tied >= 0.95 * len(pairs)  # measured 299 of 300 (286 on the earlier task)
 
 
 def test_quantised_copies_map_to_themselves_by_what_their_heads_write(eight_bit, four_bit):
