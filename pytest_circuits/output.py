@@ -183,17 +183,27 @@ class SweepProgress:
     """Lines on the terminal for a sweep that runs longer than ``after`` seconds: when it passes
     that mark, at each further quarter, and when it is done. Whole lines (never carriage
     returns), so pytest's progress line and CI logs stay readable; quick sweeps print nothing.
-    An xdist worker has no terminal, so only a serial run installs it.
+
+    With ``every`` (seconds), the lines after the mark come on a clock instead of at quarters:
+    one whenever ``every`` seconds have passed since the last, so a CI log shows a long sweep
+    moving at a steady pace (the plugin's lines: :data:`pytest_circuits.plugin.PROGRESS_EVERY`).
+    ``clock`` (seconds, monotonic) is for tests.
     """
 
-    def __init__(self, write_line: Any, after: float = 3.0, clock: Any = None) -> None:
+    def __init__(self, write_line: Any, after: float = 3.0, clock: Any = None, *,
+                 every: float | None = None) -> None:
         import time
 
+        if every is not None and not every >= 0:
+            raise ValueError(f"SweepProgress: every={every!r} must be a number of seconds >= 0 "
+                             "(None: a line at each quarter)")
         self.write_line = write_line
         self.after = after
+        self.every = every
         self.clock = clock if clock is not None else time.monotonic
         self._started: dict[str, float] = {}
         self._quarter: dict[str, int] = {}  # last quarter announced; absent: nothing shown yet
+        self._shown: dict[str, float] = {}  # when the last line was written (with ``every``)
 
     def __call__(self, model_name: str, done: int, total: int) -> None:
         now = self.clock()
@@ -205,11 +215,18 @@ class SweepProgress:
                                 f"{elapsed:.1f} s")
             self._started.pop(model_name, None)
             self._quarter.pop(model_name, None)
+            self._shown.pop(model_name, None)
             return
         if elapsed < self.after:
             return
         quarter = 4 * done // total
-        if self._quarter.get(model_name, -1) < quarter:
+        if self.every is None:
+            due = self._quarter.get(model_name, -1) < quarter
+        else:
+            last = self._shown.get(model_name)
+            due = last is None or now - last >= self.every
+        if due:
             self._quarter[model_name] = quarter
+            self._shown[model_name] = now
             self.write_line(f"circuits: sweeping {model_name}: {done}/{total} ablations after "
                             f"{elapsed:.1f} s")

@@ -92,6 +92,10 @@ RECORDS = pytest.StashKey[list[GateRecord]]()
 GATE_TEST_ATTRIBUTE = "circuits_gate_test"
 GATE_TESTS_OUTPUT = "circuits_gate_tests"
 
+#: Seconds between the progress lines of a long sweep (after its first, at 3 s); read when
+#: each test starts.
+PROGRESS_EVERY = 30.0
+
 #: The fixtures that make a test a gate test.
 CIRCUIT_FIXTURES = frozenset({"circuit_pair", "circuit_task", "student", "teacher"})
 
@@ -457,10 +461,13 @@ class CircuitsRun:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         """Install the session's context, whose analysis cache starts empty and points at
         pytest's cache directory (or is off): nothing carries over from another session in
-        this process, and nothing of this one outlives it."""
+        this process, and nothing of this one outlives it. Its progress lines show the sweeps
+        that fixtures run; each test gets its own for the sweeps of its call."""
         from . import cache
 
-        self._context_token = context.install(RunContext(cache=CacheStore()))
+        # the progress lines also cover sweeps run by fixtures (setup), not only by tests
+        self._context_token = context.install(RunContext(cache=CacheStore(),
+                                                         progress=self._sweep_progress()))
         if resolve(self.config, "no_cache").value:
             cache.configure(None, enabled=False)
             return
@@ -550,19 +557,40 @@ class CircuitsRun:
         return chosen.value, chosen.origin
 
     def _sweep_progress(self) -> SweepProgress | None:
-        """Lines on the terminal while a long sweep runs (serial runs: a worker has none)."""
-        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
-        if self.is_worker or terminal is None:
+        """Lines while a long sweep runs (model, ablations done of all, time so far): when it
+        passes 3 s, then about every :data:`PROGRESS_EVERY` seconds, and when it is done; none
+        under ``-q``. A serial run writes them through the terminal reporter. An xdist worker
+        has no terminal and its captured output reaches the controller only with its report,
+        after the test: it writes them to its standard error, which the controller's process
+        shares (xdist starts workers with it inherited), prefixed with the worker's id so the
+        CI log says whose sweep it is."""
+        if self.config.get_verbosity() < 0:
             return None
         capture = self.config.pluginmanager.get_plugin("capturemanager")
 
-        def write_line(line: str) -> None:
+        def outside_capture() -> Any:
             # the test's output is being captured (fd level): step outside it, as live logs do
-            with (capture.global_and_fixture_disabled() if capture is not None
-                  else contextlib.nullcontext()):
-                terminal.write_line(line)
+            return (capture.global_and_fixture_disabled() if capture is not None
+                    else contextlib.nullcontext())
 
-        return SweepProgress(write_line)
+        if self.is_worker:
+            worker = self.config.workerinput.get("workerid", "worker")
+
+            def write_line(line: str) -> None:
+                with outside_capture():
+                    # on its own line: the controller's dots may be mid-line
+                    sys.stderr.write(f"\n[{worker}] {line}\n")
+                    sys.stderr.flush()
+        else:
+            terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+            if terminal is None:
+                return None
+
+            def write_line(line: str) -> None:
+                with outside_capture():
+                    terminal.write_line(line)
+
+        return SweepProgress(write_line, every=PROGRESS_EVERY)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:

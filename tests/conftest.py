@@ -96,3 +96,15 @@ def smollm2_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
     directory = tmp_path_factory.mktemp("smollm2-tokenizer")
     loaded.save_pretrained(directory)
     return AutoTokenizer.from_pretrained(directory)
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> CircuitModel:
+    """SmolLM2-135M-Instruct from its GGUF file (the default dtype, float32 for a GGUF file, as
+    test_real_model checks; one torch thread), loaded once for the real tier's modules that only
+    read it (about 25 s a load). Tests copy its ``hf_model`` to edit weights; one that changes
+    it in place restores it (test_real_model)."""
+    import torch
+
+    torch.set_num_threads(1)  # on a shared 2-core runner more threads only add contention
+    return load_model(smollm2_gguf(), device="cpu")

@@ -1,7 +1,7 @@
 """The behaviour gate judges what the student predicts, not only how far the correct answer
 beats the distractor: top-1 accuracy and the answer's probability against the teacher's.
 
-The student that motivates it (SmolLM2-135M with six layers dropped, tests/test_real_behaviour)
+The student that motivates it (SmolLM2-135M with six layers dropped, tests/test_real_release)
 keeps 104.5% of its teacher's IOI logit difference and names the answer on 0 of 32 prompts. The
 zoo version here is built exactly: the student's final LayerNorm gets a bias along a direction
 that raises one unrelated token above every answer while leaving each answer's logit, and so

