@@ -74,6 +74,7 @@ from .settings import (
     apply_threads,
     merged_marker_kwargs,
     model_source,
+    ray_address,
     resolve,
     thread_count,
 )
@@ -122,6 +123,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if isinstance(run, CircuitsRun):
         run.restore_signals()
         run.release_context()
+
+
+def session_executor(config: pytest.Config) -> Any:
+    """The session's sweep executor: a Ray one when ``--circuits-ray`` (or ini, or
+    ``RAY_ADDRESS``) names a cluster, else None. Ray itself is imported on first use."""
+    address = ray_address(config)
+    if address is None:
+        return None
+    from .distributed import RayExecutor
+
+    return RayExecutor(address.value, origin=address.origin)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -293,6 +305,7 @@ class CircuitsRun:
             config.pluginmanager, self.json_path, self.html_path)
         self.run_info: RunInfo | None = None  # what the writers were given at the end
         self._context_token: Any = None  # the session's context, installed at session start
+        self.executor: Any = None  # the session's Ray executor (--circuits-ray), else None
         self.interruption: str | None = None  # what stopped the run, when something did
         self.baseline: Baseline | None = None
         baseline_path = resolve(config, "baseline").value
@@ -460,7 +473,9 @@ class CircuitsRun:
         this process, and nothing of this one outlives it."""
         from . import cache
 
-        self._context_token = context.install(RunContext(cache=CacheStore()))
+        self.executor = session_executor(self.config)
+        self._context_token = context.install(RunContext(cache=CacheStore(),
+                                                         executor=self.executor))
         if resolve(self.config, "no_cache").value:
             cache.configure(None, enabled=False)
             return
@@ -474,6 +489,9 @@ class CircuitsRun:
         if self._context_token is not None:
             context.uninstall(self._context_token)
             self._context_token = None
+        if self.executor is not None:  # the session's Ray actors (and a local Ray) end here
+            self.executor.close()
+            self.executor = None
 
     def _has_cuda(self) -> bool:
         if self.cuda is None:  # imports torch: asked only once a gpu-marked test exists
