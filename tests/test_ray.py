@@ -284,3 +284,20 @@ def _root() -> Any:
     from pathlib import Path
 
     return Path(__file__).resolve().parent.parent
+
+
+def test_the_address_comes_from_the_option_the_ini_key_or_ray_address(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_circuits.settings import ray_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_address(pytester.parseconfig()) is None
+    chosen = ray_address(pytester.parseconfig("--circuits-ray=10.0.0.5:6379"))
+    assert (chosen.value, chosen.origin) == ("10.0.0.5:6379", "--circuits-ray")
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    chosen = ray_address(pytester.parseconfig())
+    assert (chosen.value, chosen.origin) == ("auto", "environment variable RAY_ADDRESS")
+    chosen = ray_address(pytester.parseconfig("--circuits-ray=local"))  # the option wins
+    assert chosen.value == "local"
+    with pytest.raises(pytest.UsageError, match="the Ray address is empty"):
+        ray_address(pytester.parseconfig("--circuits-ray= "))
