@@ -389,7 +389,10 @@ class RayExecutor:
                     submit(actor_index)
         finally:
             for ref in running:  # an error left shares running: they are not read
-                ray.cancel(ref, force=False)
+                try:
+                    ray.cancel(ref, force=False)
+                except Exception:  # noqa: BLE001 - a lost cluster cannot cancel; the error stands
+                    pass
         return results
 
     def _get(self, refs: Any, what: str) -> Any:
