@@ -53,9 +53,18 @@ def executor(ray_local: None) -> Iterator[RayExecutor]:
     ex.close()
 
 
+class _Zoo(dict):
+    """The zoo models by family, each loaded on first use (an xdist worker loads only the
+    families its tests ask for)."""
+
+    def __missing__(self, family: str) -> CircuitModel:
+        model = self[family] = load_model(FAMILIES[family], device="cpu")
+        return model
+
+
 @pytest.fixture(scope="session")
 def zoo() -> dict[str, CircuitModel]:
-    return {family: load_model(source, device="cpu") for family, source in FAMILIES.items()}
+    return _Zoo()
 
 
 def task_for(model: CircuitModel, name: str = "numerals") -> Any:
@@ -231,19 +240,18 @@ def test_without_the_setting_ray_is_never_imported(pytester: pytest.Pytester,
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [
         str(_root()), os.environ.get("PYTHONPATH", "")])))
+    # the sweep's seam, the plugin's session and the distributed package itself import no Ray
     pytester.makepyfile(test_plain="""
         import sys
+        import pytest_circuits.distributed
         from pytest_circuits.analysis import ablation
         from pytest_circuits.config import context
 
-        def test_no_ray(teacher):
-            ablation.sweep(teacher, "numerals", method="exact")
+        def test_no_ray():
             assert context.current().executor is None
             assert "ray" not in sys.modules
     """)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider",
-                                           "--circuits-teacher=zoo:tiny-teacher",
-                                           "--circuits-n-prompts=4")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
 
 
@@ -301,3 +309,17 @@ def test_the_address_comes_from_the_option_the_ini_key_or_ray_address(
     assert chosen.value == "local"
     with pytest.raises(pytest.UsageError, match="the Ray address is empty"):
         ray_address(pytester.parseconfig("--circuits-ray= "))
+
+
+def test_actors_ask_for_the_gpus_a_model_needs() -> None:
+    from types import SimpleNamespace
+
+    from pytest_circuits.distributed import gpus_for
+
+    def model(device: str, device_map: dict[str, Any] | None = None) -> Any:
+        return SimpleNamespace(device_kind=device.split(":")[0], device_map=device_map)
+
+    assert gpus_for(model("cpu")) == 0.0
+    assert gpus_for(model("cuda:0")) == 1.0  # one GPU per actor
+    spread = {"embed": 0, "layers.0": 0, "layers.40": 1, "lm_head": "cpu"}
+    assert gpus_for(model("cuda:0", spread)) == 2.0  # every GPU the device_map spans
