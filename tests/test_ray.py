@@ -198,26 +198,18 @@ def test_an_actor_killed_mid_sweep_has_its_share_rerun(
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) > 2
 
 
-def test_a_cluster_that_loses_a_share_for_good_ends_the_gate_with_its_address(
-        zoo: dict[str, CircuitModel], ray_local: None) -> None:
+def test_a_cluster_that_stops_answering_mid_sweep_ends_the_gate_with_its_address(
+        zoo: dict[str, CircuitModel], executor: RayExecutor,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     model = zoo["gpt2"]
     task = task_for(model, "numwords")
-    # no CPU reserved: the session's two actors hold both of the instance's CPUs
-    fragile = RayExecutor("local", actors=1, actor_cpus=0, max_restarts=0, max_task_retries=0)
-    fragile.connect()
-    fragile._pool(0.0)
-    victim = fragile.pids()[0]
-
-    def kill(name: str, done: int, total: int) -> None:
-        os.kill(victim, signal.SIGKILL)  # after the first share: the actor dies for good
-
-    try:
-        with sharded(fragile, cache=CacheStore(), progress=kill) as running, \
-                pytest.raises(RayClusterError, match=r"the Ray cluster at 'local' lost"):
-            store.sweep_result(model, task, method="exact")
-        assert not running.cache.memory  # no partial sweep was stored as a result
-    finally:
-        fragile.close()
+    with sharded(executor):  # the actors have the model: only the shares are waited for
+        ablation.sweep(model, task_for(model), method="exact")
+    monkeypatch.setattr(executor, "share_timeout_s", 1e-3)  # no share comes back in time
+    with sharded(executor, cache=CacheStore()) as running, \
+            pytest.raises(RayClusterError, match=r"the Ray cluster at 'local' returned no share"):
+        store.sweep_result(model, task, method="exact")
+    assert not running.cache.memory  # no partial sweep was stored as a result
 
 
 def test_an_address_nothing_listens_on_is_an_error_naming_it(

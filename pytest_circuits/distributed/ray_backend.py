@@ -289,11 +289,13 @@ class RayExecutor:
         return ray.get([actor.loaded.remote() for actor in self._pools[gpus]])
 
     def pids(self, gpus: float = 0.0) -> list[int]:
-        """The process ids of a pool's actors now (for the fault test and the benchmark)."""
+        """The process ids of a pool's actors now, starting them if need be (for the fault
+        test)."""
+        self.connect()
         import ray
 
         return [info["pid"] for info in ray.get(
-            [actor.where.remote() for actor in self._pools[gpus]])]
+            [actor.where.remote() for actor in self._pool(gpus)])]
 
     def _spec(self, model: Any) -> ModelSpec:
         """How the actors obtain ``model``: its source when one actor loads the same weights
