@@ -74,6 +74,7 @@ from .settings import (
     apply_threads,
     merged_marker_kwargs,
     model_source,
+    ray_address,
     resolve,
     thread_count,
 )
@@ -126,6 +127,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if isinstance(run, CircuitsRun):
         run.restore_signals()
         run.release_context()
+
+
+def session_executor(config: pytest.Config) -> Any:
+    """The session's sweep executor: a Ray one when ``--circuits-ray`` (or ini, or
+    ``RAY_ADDRESS``) names a cluster, else None. Ray itself is imported on first use."""
+    address = ray_address(config)
+    if address is None:
+        return None
+    from .distributed import RayExecutor
+
+    return RayExecutor(address.value, origin=address.origin)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -297,6 +309,7 @@ class CircuitsRun:
             config.pluginmanager, self.json_path, self.html_path)
         self.run_info: RunInfo | None = None  # what the writers were given at the end
         self._context_token: Any = None  # the session's context, installed at session start
+        self.executor: Any = None  # the session's Ray executor (--circuits-ray), else None
         self.interruption: str | None = None  # what stopped the run, when something did
         self.baseline: Baseline | None = None
         baseline_path = resolve(config, "baseline").value
@@ -465,9 +478,11 @@ class CircuitsRun:
         that fixtures run; each test gets its own for the sweeps of its call."""
         from . import cache
 
+        self.executor = session_executor(self.config)
         # the progress lines also cover sweeps run by fixtures (setup), not only by tests
         self._context_token = context.install(RunContext(cache=CacheStore(),
-                                                         progress=self._sweep_progress()))
+                                                         progress=self._sweep_progress(),
+                                                         executor=self.executor))
         if resolve(self.config, "no_cache").value:
             cache.configure(None, enabled=False)
             return
@@ -481,6 +496,9 @@ class CircuitsRun:
         if self._context_token is not None:
             context.uninstall(self._context_token)
             self._context_token = None
+        if self.executor is not None:  # the session's Ray actors (and a local Ray) end here
+            self.executor.close()
+            self.executor = None
 
     def _has_cuda(self) -> bool:
         if self.cuda is None:  # imports torch: asked only once a gpu-marked test exists

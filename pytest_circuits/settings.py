@@ -87,6 +87,10 @@ SETTINGS: tuple[Setting, ...] = (
             kind="int", metavar="N"),
     Setting("html", "write a self-contained HTML report of every gate to this file",
             kind="path", metavar="PATH"),
+    Setting("ray", "run the exact sweeps' replays on a Ray cluster: its address (HOST:PORT, "
+            "ray://HOST:PORT or auto), or local to start Ray on this machine; the RAY_ADDRESS "
+            "environment variable counts when this is unset (needs the ray extra) (default: "
+            "in this process)", metavar="ADDRESS"),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -235,6 +239,21 @@ def _convert(setting: Setting, value: Value) -> Any:
             )
         return dtype  # one spelling, so "bf16" and "bfloat16" share one loaded model
     return text
+
+
+def ray_address(config: pytest.Config) -> Value | None:
+    """Where the sweeps run: ``--circuits-ray`` / ini ``circuits_ray``, else a ``RAY_ADDRESS``
+    in the environment; None (the default) runs them in this process and never imports Ray."""
+    chosen = resolve(config, "ray")
+    if chosen.value is None:
+        env = os.environ.get("RAY_ADDRESS", "").strip()
+        if not env:
+            return None
+        chosen = Value(env, "environment variable RAY_ADDRESS", config.rootpath)
+    if not chosen.value:
+        raise pytest.UsageError(f"{chosen.origin}: the Ray address is empty; write local, auto, "
+                                "HOST:PORT or ray://HOST:PORT, or leave it unset")
+    return chosen
 
 
 def model_source(value: Value) -> str:

@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from .. import metrics, progress
 from ..components import Component, select_components
+from ..config import context
 from ..config.options import ANALYSIS_METHODS, AUTO_SAMPLE_MIN_LAYERS, AUTO_SAMPLE_PROMPTS
 from ..errors import InvalidTaskError, NonFiniteError
 from ..identity import ModelInfo
@@ -182,7 +184,15 @@ def make_fingerprint(
         direction=direction,
         device_kind=model.device_kind,
         versions=library_versions(),
+        ran_on=ran_on(),
     )
+
+
+def ran_on() -> str:
+    """Where the running context's sweeps run: "" in this process, else its executor's own
+    description (the Ray address, actors and devices)."""
+    executor = context.current().executor
+    return "" if executor is None else str(executor.describe())
 
 
 def default_ablations_per_forward(model: CircuitModel) -> int:
@@ -276,6 +286,10 @@ def _exact_metrics(
     CPU runs anyway), and later stacks keep the smaller size: a gate should get slower under
     memory pressure, not fail.
     """
+    executor = context.current().executor
+    if executor is not None:  # a distributed run (pytest_circuits.distributed) shards the stacks
+        return _sharded_exact_metrics(executor, model, task, components, ablation, seed,
+                                      ablations_per_forward, per_prompt)
     n = engine.task_tensors(model, task).n_prompts
     chunks = engine.prompt_chunks(n)
     by_layer: dict[int, list[Component]] = {}
@@ -293,13 +307,9 @@ def _exact_metrics(
                 start = 0
                 while start < len(comps):
                     chunk = comps[start : start + per_forward]
-                    values = [
-                        engine.replacement(model, task, c, ablation, seed=seed, prompts=part)
-                        for c in chunk
-                    ]
-                    hooks = engine.ablation_hooks(chunk, values, batch)
                     try:
-                        by_prompt = _replay_per_prompt(model, task, layer, hooks, len(chunk), part)
+                        by_prompt = _stack_replay(model, task, layer, chunk, ablation, seed, part,
+                                                  batch)
                     except RuntimeError as error:
                         if len(chunk) == 1 or not is_out_of_memory(error):
                             raise
@@ -307,7 +317,6 @@ def _exact_metrics(
                     else:
                         out_of_memory = False
                     if out_of_memory:  # outside the except block, so its frames are freed first
-                        del hooks, values
                         _release_accelerator_memory()
                         per_forward = max(1, len(chunk) // 2)
                         warnings.warn(
@@ -328,6 +337,127 @@ def _exact_metrics(
                     start += len(chunk)
                     measured += len(chunk)
                     progress.report(model.name, measured, to_measure)
+    return totals.means()
+
+
+def _stack_replay(
+    model: CircuitModel,
+    task: Task,
+    layer: int,
+    stack: Sequence[Component],
+    ablation: str,
+    seed: int,
+    prompts: slice | None,
+    batch: int,
+) -> torch.Tensor:
+    """[len(stack), batch] per-prompt metrics with each of ``stack`` (components of ``layer``)
+    ablated in its own copy of one replay over ``prompts`` (None: the whole task)."""
+    values = [engine.replacement(model, task, c, ablation, seed=seed, prompts=prompts)
+              for c in stack]
+    hooks = engine.ablation_hooks(stack, values, batch)
+    return _replay_per_prompt(model, task, layer, hooks, len(stack), prompts)
+
+
+# ----------------------------------------------------------------- sharding (distributed runs)
+
+
+@dataclass(frozen=True)
+class StackJob:
+    """One replay of an exact sweep: ``components`` (all of ``layer``) ablated side by side
+    over the prompts ``prompts`` (None: the whole task, as one chunk). The unit a distributed
+    executor ships to a worker; :func:`measure_stack` is what the worker runs."""
+
+    layer: int
+    components: tuple[Component, ...]
+    ablation: str
+    seed: int
+    prompts: slice | None = None
+
+
+class Executor(Protocol):
+    """Runs jobs about one model and task somewhere else (``RunContext.executor``; the Ray
+    backend in ``pytest_circuits.distributed``). ``map`` returns ``function(model, task, job)``
+    for each job, in the jobs' order, and reports progress (``weights``: each job's ablations)
+    on the calling side as jobs finish. Circuit discovery's stacked ablations go through the
+    same ``map`` with a job type and function of their own."""
+
+    def map(self, function: Callable[[CircuitModel, Task, Any], Any], model: CircuitModel,
+            task: Task, jobs: Sequence[Any], weights: Sequence[int] | None = None) -> list[Any]:
+        ...
+
+    def describe(self) -> str:
+        """Where the jobs run, for the fingerprint's ``ran_on``."""
+        ...
+
+
+def measure_stack(model: CircuitModel, task: Task, job: StackJob) -> tuple[np.ndarray, np.ndarray]:
+    """``job``'s per-copy mean metrics [copies] and per-prompt metrics [copies, prompts],
+    computed exactly as the in-process sweep computes that stack (so the values are
+    bit-identical on the same device type). A stack that runs out of accelerator memory is
+    measured in two halves."""
+    n = engine.task_tensors(model, task).n_prompts
+    batch = n if job.prompts is None else job.prompts.stop - job.prompts.start
+    with torch.no_grad():
+        try:
+            by_prompt = _stack_replay(model, task, job.layer, job.components, job.ablation,
+                                      job.seed, job.prompts, batch)
+        except RuntimeError as error:
+            if len(job.components) == 1 or not is_out_of_memory(error):
+                raise
+            out_of_memory = True
+        else:
+            out_of_memory = False
+    if out_of_memory:
+        _release_accelerator_memory()
+        half = len(job.components) // 2
+        parts = [measure_stack(model, task, dataclasses.replace(job, components=comps))
+                 for comps in (job.components[:half], job.components[half:])]
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    return by_prompt.mean(1).cpu().numpy(), by_prompt.cpu().numpy()
+
+
+def stack_jobs(model: CircuitModel, task: Task, components: Sequence[Component],
+               ablation: str, seed: int, ablations_per_forward: int) -> list[StackJob]:
+    """The replays of an exact sweep of ``components``, in the in-process sweep's order: prompt
+    chunks outermost, then layers, then ``ablations_per_forward`` consecutive components."""
+    n = engine.task_tensors(model, task).n_prompts
+    chunks = engine.prompt_chunks(n)
+    by_layer: dict[int, list[Component]] = {}
+    for comp in components:
+        by_layer.setdefault(comp.layer, []).append(comp)
+    return [
+        StackJob(layer, tuple(comps[start : start + ablations_per_forward]), ablation, seed,
+                 None if len(chunks) == 1 else prompts)
+        for prompts in chunks
+        for layer, comps in sorted(by_layer.items())
+        for start in range(0, len(comps), ablations_per_forward)
+    ]
+
+
+def _sharded_exact_metrics(
+    executor: Executor,
+    model: CircuitModel,
+    task: Task,
+    components: Sequence[Component],
+    ablation: str,
+    seed: int,
+    ablations_per_forward: int,
+    per_prompt: dict[Component, list[np.ndarray]] | None,
+) -> dict[Component, float]:
+    """:func:`_exact_metrics` with its replays run by ``executor``: the same stacks, merged in
+    the same order, so the result is the in-process one."""
+    n = engine.task_tensors(model, task).n_prompts
+    jobs = stack_jobs(model, task, components, ablation, seed, ablations_per_forward)
+    results = executor.map(measure_stack, model, task, jobs,
+                           weights=[len(job.components) for job in jobs])
+    totals = _ChunkMeans(n, len(engine.prompt_chunks(n)))
+    for job, (per_copy, rows) in zip(jobs, results, strict=True):
+        batch = n if job.prompts is None else job.prompts.stop - job.prompts.start
+        for comp, value in zip(job.components, per_copy, strict=True):
+            totals.add(comp, float(value), batch)
+        if per_prompt is not None:
+            for comp, row in zip(job.components, rows, strict=True):
+                per_prompt.setdefault(comp, []).append(row)
     return totals.means()
 
 

@@ -1,5 +1,6 @@
 """The context a gate runs in, held in one context variable: who records its results, the run's
-settings and sweep method, where sweep progress goes and the session's analysis cache.
+settings and sweep method, where sweep progress goes, the session's analysis cache and where
+sweeps run (in process, or on a Ray cluster).
 
 The plugin installs a fresh :class:`RunContext` when a session starts (so a second session in
 the same process, a pytester run say, shares nothing with the first) and a copy with the test's
@@ -74,10 +75,14 @@ class RunContext:
     #: the run's sweep method (``--circuits-method``, ini key or marker; None: unset, each
     #: gate picks by its models' size) and where it came from
     method: tuple[str | None, str] = (None, "default")
+    #: where exact sweeps run their replays: None in this process (the default), else an
+    #: executor with ``map`` (see ``analysis.ablation.Executor``; ``--circuits-ray`` installs
+    #: the Ray one from ``pytest_circuits.distributed``)
+    executor: Any = None
 
     def replace(self, **changes: Any) -> RunContext:
         """A copy with ``changes`` (``recorder=``, ``settings=``, ``progress=``, ``cache=``,
-        ``method=``)."""
+        ``method=``, ``executor=``)."""
         return dataclasses.replace(self, **changes)
 
 

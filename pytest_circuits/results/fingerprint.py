@@ -58,7 +58,7 @@ class MethodFingerprint:
     ``tie_margin`` is tie-aware matching's similarity margin and ``noise_floor`` the influence
     (points) below which pairs left the weighted score; both are None when not used. Library
     versions and the device kind are recorded for the record (they move numbers by rounding,
-    not by method) but are not part of the key.
+    not by method) but are not part of the key, nor is ``ran_on`` (a Ray cluster, say).
     """
 
     analysis: str  # "sweep" | "compare" (a gate may record its own, e.g. "behavior")
@@ -77,6 +77,9 @@ class MethodFingerprint:
     versions: dict[str, str] = field(default_factory=dict)
     tie_margin: float | None = None
     noise_floor: float | None = None
+    #: where the sweeps ran when not in this process ("Ray at ADDRESS: N actors on DEVICES");
+    #: for the record only, never part of the key (the values do not depend on it)
+    ran_on: str = ""
 
     def key(self) -> str:
         method = {
