@@ -634,6 +634,20 @@ class Page:
     #: student layer -> teacher layer for the pairs whose models differ in depth (None: read
     #: from each pair's matching)
     layer_map: Mapping[int, int] | None = None
+    #: circuits and roles (CircuitsReport), one section each; given in ``reports`` they are
+    #: moved here, and a pair's takes the matching of the pair report of the same models
+    circuits: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from .circuits import is_circuits_report
+
+        found = [r for r in self.reports if is_circuits_report(r)]
+        self.reports = [r for r in self.reports if not is_circuits_report(r)]
+        matchings = {((model_name(r.teacher.model), model_name(r.student.model)), r.task): r
+                     for r in self.reports if is_pair_report(r)}
+        self.circuits = [
+            r.with_matching(matchings[r.key].alignment.pairs) if r.key in matchings else r
+            for r in [*self.circuits, *found]]
 
 
 def _contents(page: Page) -> str:
@@ -660,6 +674,29 @@ def _contents(page: Page) -> str:
          "gates"], rows, numeric=(2, 3, 4, 5, 6)) + "</nav>"
 
 
+#: The gates whose results a circuits-and-roles section shows.
+CIRCUIT_GATES = ("circuit_faithful", "roles_preserved")
+
+
+def circuit_gates(gates: Sequence[Gate], bundle: Any) -> list[Gate]:
+    """The circuit and roles gates that checked ``bundle``'s models on its task."""
+    names, task = bundle.key
+    teacher, subject = (names[0], names[1]) if len(names) == 2 else (None, names[0])
+    return [g for g in gates_for(gates, teacher, subject, task) if g.result.gate in CIRCUIT_GATES]
+
+
+def _circuit_contents(page: Page) -> str:
+    from .circuits import circuits_summary, section_id
+
+    rows = []
+    for bundle in page.circuits:
+        names, task = bundle.key
+        rows.append([f'<a href="#{section_id(bundle)}">{esc(" -> ".join(names))}</a>',
+                     esc(task), circuits_summary(bundle),
+                     _verdicts(circuit_gates(page.gates, bundle))])
+    return "<nav>" + _table(["circuits and roles", "task", "summary", "gates"], rows) + "</nav>"
+
+
 def _verdicts(gates: Sequence[Gate]) -> str:
     if not gates:
         return "-"
@@ -669,10 +706,17 @@ def _verdicts(gates: Sequence[Gate]) -> str:
     return " ".join(f'<span class="badge {v}">{n} {v}</span>' for v, n in sorted(counts.items()))
 
 
+def _stored(report: Any) -> dict[str, Any]:
+    data = report.to_dict()
+    if "circuits" in data and data.get("pair") is not None:
+        data["pair"] = None  # the pair report has its own entry
+    return data
+
+
 def _data_block(reports: Sequence[Any]) -> str:
     """The reports as JSON inside the page (inert data, not script), for tools and checks."""
 
-    text = json.dumps(plain([r.to_dict() for r in reports]), allow_nan=True)
+    text = json.dumps(plain([_stored(r) for r in reports]), allow_nan=True)
     # every "<" as its JSON escape (JSON has "<" only inside strings): a name holding
     # "</script>" cannot end the block, nor one holding "<!--<script>" put the browser's parser
     # into the script-escape states in which the block's own end tag no longer ends it
@@ -692,9 +736,15 @@ def render(page: Page) -> str:
             name = model_name(report.model)
             sections.append(model_section(report, gates_for(page.gates, None, name,
                                                             report.task)))
+    from .circuits import circuits_section
+
+    for bundle in page.circuits:
+        sections.append(circuits_section(bundle, circuit_gates(page.gates, bundle),
+                                         _gates_table))
     covered = {id(g) for r in page.reports for g in (
         gates_for(page.gates, model_name(r.teacher.model), model_name(r.student.model), r.task)
         if is_pair_report(r) else gates_for(page.gates, None, model_name(r.model), r.task))}
+    covered |= {id(g) for bundle in page.circuits for g in circuit_gates(page.gates, bundle)}
     others = [g for g in page.gates if id(g) not in covered]
     if others:
         sections.append('<section class="report" id="other-gates" data-kind="gates">'
@@ -714,8 +764,9 @@ def render(page: Page) -> str:
         "student computes compared with its teacher (Haskins &amp; Adams, Distilled Circuits)."
         "</p></header><main>"
         + (_contents(page) if page.reports else "")
+        + (_circuit_contents(page) if page.circuits else "")
         + "".join(sections)
-        + _data_block(page.reports)
+        + _data_block([*page.reports, *page.circuits])
         + "</main></body></html>\n"
     )
 
@@ -723,8 +774,18 @@ def render(page: Page) -> str:
 def snippet(reports: Sequence[Any], gates: Sequence[Gate],
             layer_map: Mapping[int, int] | None = None) -> str:
     """A compact fragment for pytest-html's extras: verdicts, key numbers, small heatmaps."""
+    from .circuits import circuits_summary, is_circuits_report
+
     blocks = []
     for report in reports:
+        if is_circuits_report(report):
+            names, task = report.key
+            blocks.append(
+                f'<div class="circuits-extra"><b>circuits and roles: '
+                f'{esc(" -> ".join(names))} &middot; {esc(task)}</b> '
+                f"{_verdicts(circuit_gates(gates, report))}<br>"
+                f"<small>{circuits_summary(report)}</small></div>")
+            continue
         if is_pair_report(report):
             t, s = model_name(report.teacher.model), model_name(report.student.model)
             chosen = gates_for(gates, t, s, report.task)
