@@ -45,7 +45,8 @@ def _node_roles(report: Any, role: str, node: str) -> list[str]:
     roles = report.roles.get(role)
     if roles is None or node.startswith("MLP") or node not in roles.heads:
         return []
-    return roles.roles_of(node)
+    held = set(roles.roles_of(node))
+    return [r for r in ROLES if r in held]  # the legend's order
 
 
 def _column(report: Any, role: str, x0: float, n_rows: int) -> tuple[list[str], dict[str, tuple[
