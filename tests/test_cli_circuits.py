@@ -13,7 +13,7 @@ import pytest
 
 from pytest_circuits import cache
 from pytest_circuits.cli import EXIT_OK, main
-from pytest_circuits.results import CircuitsReport, report_from_dict
+from pytest_circuits.results import CircuitsReport, read_report
 
 TEACHER, GOOD = "zoo:tiny-teacher", "zoo:tiny-student"
 FAST = ["--n-prompts", "8", "-q", "--device", "cpu"]
@@ -67,8 +67,8 @@ def test_compare_prints_both_circuits_and_the_role_table(compared) -> None:
 def test_compare_json_keeps_the_reports_diff_reads_and_adds_the_circuits(compared) -> None:
     _, document, _, folder = compared
     assert [r["kind"] for r in document["reports"]] == ["pair"]
-    bundle = report_from_dict(document["circuits"][0])
-    pair = report_from_dict(document["reports"][0])
+    bundle = read_report(document["circuits"][0])
+    pair = read_report(document["reports"][0])
     assert isinstance(bundle, CircuitsReport)
     assert bundle.matched == tuple((p.teacher, p.student) for p in pair.alignment.pairs)
     assert [len(c.stability) for c in bundle.circuits.values()] == [5, 5]

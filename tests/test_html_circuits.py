@@ -27,8 +27,8 @@ from pytest_circuits.results import (
     RoleResult,
     StabilityPoint,
     compare_roles,
+    read_report,
 )
-from pytest_circuits.results.reports import report_from_dict
 
 
 def _circuit(model: str, nodes: list[str], drops: dict[str, float], *, stability=()
@@ -83,7 +83,7 @@ def _numbers(page: str) -> dict[str, str]:
 
 def test_the_circuits_report_reads_back_from_its_json() -> None:
     report = _by_hand()
-    again = report_from_dict(json.loads(json.dumps(report.to_dict())))
+    again = read_report(json.loads(json.dumps(report.to_dict())))
     assert isinstance(again, CircuitsReport)
     assert again.key == (("teach", "stud"), "numerals")
     assert again.circuits["teacher"].nodes == ("L0H0", "L1H0", "MLP1")

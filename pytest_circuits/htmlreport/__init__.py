@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_bytes_atomic
-from ..results import report_from_dict
+from ..results import read_report
 from ..results.reports import ReportFormatError
 from .circuits import CIRCUIT_PARTS, is_circuits_report
 from .page import (
@@ -73,7 +73,7 @@ def _typed(report: Any) -> Any:
     if not isinstance(report, dict):
         return report
 
-    return report_from_dict(report)
+    return read_report(report)
 
 
 def _identity(report: Any) -> tuple[Any, ...]:

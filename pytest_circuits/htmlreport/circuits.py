@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..results.roles import ROLE_SPECS, ROLES
-from .page import Gate, _part, _table, esc, fmt, num, slug
+from .markup import esc, fmt, num, slug
+from .markup import part as _part
+from .markup import table as _table
 
 #: The parts of a circuits-and-roles section, in order (``data-part`` attributes).
 CIRCUIT_PARTS = ("overview", "circuits", "stability", "roles", "gates")
@@ -254,7 +256,7 @@ def _roles_part(report: Any, p: str) -> str:
     return table + "".join(f'<p class="note">{n}</p>' for n in notes)
 
 
-def circuits_section(report: Any, gates: Sequence[Gate], gates_table: Any) -> str:
+def circuits_section(report: Any, gates: Sequence[Any], gates_table: Any) -> str:
     """The whole section for one :class:`CircuitsReport`."""
     anchor = section_id(report)
     p = anchor + ":"

@@ -7,9 +7,7 @@ the JSON without trusting the rounding of the text.
 
 from __future__ import annotations
 
-import html
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +19,10 @@ from ..analysis.layers import aligned_rows, depth, layer_map_problem, report_lay
 from ..identity import model_name
 from ..output import plain
 from . import figures
+from .circuits import circuits_section, circuits_summary, is_circuits_report, section_id
+from .markup import esc, fmt, num, slug
+from .markup import part as _part
+from .markup import table as _table
 
 #: The parts every pair section has, in order (``data-part`` attributes; tests check them).
 PAIR_PARTS = (
@@ -69,61 +71,20 @@ def is_pair_report(report: Any) -> bool:
     return hasattr(report, "alignment") and hasattr(report, "student")
 
 
-def fmt(value: float | int | None, digits: int = 3) -> str:
-    """Numbers as the page prints them: ``digits`` significant figures, '-' for missing."""
-    if value is None:
-        return "-"
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return str(int(value))
-    value = float(value)
-    if not math.isfinite(value):
-        return str(value)
-    if value == 0:
-        return "0"
-    if abs(value) >= 10 ** digits:
-        return f"{value:.0f}"
-    return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{max(1, digits - 1)}f}"
 
 
-def num(key: str, value: float | int | None, digits: int = 3) -> str:
-    """A number with its exact value attached (``data-value``) for checks against the JSON."""
-    exact = "" if value is None else repr(float(value)) if not isinstance(value, int) else str(
-        value)
-    return (f'<span class="num" data-key="{html.escape(key)}" data-value="{exact}">'
-            f"{fmt(value, digits)}</span>")
 
 
-def esc(text: Any) -> str:
-    return html.escape(str(text))
 
 
-def slug(*parts: str) -> str:
-    text = "-".join(parts).lower()
-    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[int] = ()
-           ) -> str:
-    head = "".join(
-        f'<th class="n">{esc(h)}</th>' if i in numeric else f"<th>{esc(h)}</th>"
-        for i, h in enumerate(headers)
-    )
-    body = "".join(
-        "<tr>" + "".join(
-            f'<td class="n">{cell}</td>' if i in numeric else f"<td>{cell}</td>"
-            for i, cell in enumerate(row)
-        ) + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _img(data: str, alt: str) -> str:
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _part(name: str, title: str, body: str) -> str:
-    return f'<div class="part" data-part="{name}"><h3>{esc(title)}</h3>{body}</div>'
 
 
 # ----------------------------------------------------------------------------- gates
@@ -639,8 +600,6 @@ class Page:
     circuits: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from .circuits import is_circuits_report
-
         found = [r for r in self.reports if is_circuits_report(r)]
         self.reports = [r for r in self.reports if not is_circuits_report(r)]
         matchings = {((model_name(r.teacher.model), model_name(r.student.model)), r.task): r
@@ -686,8 +645,6 @@ def circuit_gates(gates: Sequence[Gate], bundle: Any) -> list[Gate]:
 
 
 def _circuit_contents(page: Page) -> str:
-    from .circuits import circuits_summary, section_id
-
     rows = []
     for bundle in page.circuits:
         names, task = bundle.key
@@ -736,8 +693,6 @@ def render(page: Page) -> str:
             name = model_name(report.model)
             sections.append(model_section(report, gates_for(page.gates, None, name,
                                                             report.task)))
-    from .circuits import circuits_section
-
     for bundle in page.circuits:
         sections.append(circuits_section(bundle, circuit_gates(page.gates, bundle),
                                          _gates_table))
@@ -774,8 +729,6 @@ def render(page: Page) -> str:
 def snippet(reports: Sequence[Any], gates: Sequence[Gate],
             layer_map: Mapping[int, int] | None = None) -> str:
     """A compact fragment for pytest-html's extras: verdicts, key numbers, small heatmaps."""
-    from .circuits import circuits_summary, is_circuits_report
-
     blocks = []
     for report in reports:
         if is_circuits_report(report):

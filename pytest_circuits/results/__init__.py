@@ -15,6 +15,7 @@ from typing import Any
 _LAZY = {
     "CircuitsReport": "circuit_report",
     "is_circuits_data": "circuit_report",
+    "read_report": "circuit_report",
     "CircuitEdge": "circuit",
     "CircuitResult": "circuit",
     "StabilityPoint": "circuit",
@@ -104,6 +105,7 @@ __all__ = [
     "as_model_info",
     "is_circuits_data",
     "library_versions",
+    "read_report",
     "report_from_data",
     "report_from_dict",
 ]

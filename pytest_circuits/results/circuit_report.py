@@ -5,7 +5,7 @@ The ``circuit_faithful`` and ``roles_preserved`` gates store it as their result'
 ``compare --circuits/--roles`` builds it, and the HTML page draws it. Its JSON form has no
 ``"kind"`` key (a gate result's report read back stays the plain data older releases wrote:
 ``report["circuits"]["student"]``); :func:`is_circuits_data` recognises it and
-:meth:`CircuitsReport.from_dict` (or ``report_from_dict``) types it again.
+:func:`read_report` types any stored report again, this one included.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..identity import model_name
 from .circuit import CircuitResult
 from .roles import RoleComparison, RoleResult
 
-__all__ = ["CircuitsReport", "is_circuits_data"]
+__all__ = ["CircuitsReport", "is_circuits_data", "read_report"]
 
 #: The roles a model plays in a report, in display order.
 MODEL_ROLES = ("teacher", "student", "model")
@@ -127,3 +127,14 @@ class CircuitsReport:
             matched=tuple((str(t), str(s)) for t, s in data.get("matched", [])),
             pair=pair,
         )
+
+
+def read_report(data: Mapping[str, Any]) -> Any:
+    """Any report a gate result stores, as its typed class: a :class:`CircuitsReport` for the
+    circuit and roles gates' data, a ModelReport or PairReport (``report_from_dict``, which
+    raises ``ReportFormatError`` on anything else) otherwise."""
+    if is_circuits_data(data):
+        return CircuitsReport.from_dict(data)
+    from .reports import report_from_dict
+
+    return report_from_dict(dict(data))

@@ -315,15 +315,9 @@ def _require_kind(data: Any, kind: str) -> None:
         )
 
 
-def report_from_dict(data: dict[str, Any]) -> Any:
+def report_from_dict(data: dict[str, Any]) -> ModelReport | PairReport:
     """Turn a report's ``to_dict()`` (e.g. read back from a results JSON) into the typed report,
-    choosing ModelReport or PairReport by its ``"kind"``; the circuits and roles the
-    ``circuit_faithful`` and ``roles_preserved`` gates store (no ``"kind"``) as a
-    :class:`~pytest_circuits.results.CircuitsReport`."""
-    from .circuit_report import CircuitsReport, is_circuits_data
-
-    if is_circuits_data(data):
-        return CircuitsReport.from_dict(data)
+    choosing ModelReport or PairReport by its ``"kind"``."""
     kind = data.get("kind") if isinstance(data, dict) else None
     report_type = _REPORT_KINDS.get(kind) if isinstance(kind, str) else None
     if report_type is None:
