@@ -189,3 +189,75 @@ def test_the_gates_results_reach_the_page_through_the_json(brittle_run) -> None:
     snippet = html_snippet(recorded)
     assert "circuits and roles: zoo:tiny-teacher -&gt; zoo:tiny-student-brittle" in snippet
     assert "discarded roles: mover" in snippet
+
+
+# ----------------------------------------------------------------------------- a pytest run
+
+RUN_GATES = """\
+pairs:
+  brittle: {teacher: "zoo:tiny-teacher", student: "zoo:tiny-student-brittle"}
+defaults: {n_prompts: 8}
+gates:
+  - name: brittle-circuit
+    pair: brittle
+    task: numerals
+    circuit_faithful: {min_faithfulness: 0.5, max_nodes: 12}
+  - name: brittle-mover
+    pair: brittle
+    task: numerals
+    xfail: the brittle student has no mover
+    roles_preserved: {roles: [mover], role_thresholds: {mover: 0.25}}
+"""
+
+
+@pytest.mark.slow
+def test_a_run_shows_both_gates_in_the_summary_json_html_and_baseline(tmp_path) -> None:
+    from helpers import load_json, run_pytest, summary_row
+
+    (tmp_path / "circuits.yaml").write_text(RUN_GATES)
+    first = run_pytest(tmp_path, "-p", "no:cacheprovider", "--circuits-device=cpu",
+                       "--circuits-json=out.json", "--circuits-html=report.html",
+                       "--circuits-baseline=baseline.json", "--circuits-update-baseline")
+    first.assert_outcomes(passed=1, xfailed=1)
+    results = {r["nodeid"].split("::")[-1]: r for r in load_json(tmp_path / "out.json")["results"]}
+    circuit = results["brittle-circuit"]
+    student = circuit["report"]["circuits"]["student"]
+    assert circuit["values"]["faithfulness"] == student["faithfulness"]
+    assert circuit["values"]["nodes"] == len(student["nodes"])
+    assert circuit["values"]["teacher_nodes"] == len(circuit["report"]["circuits"]["teacher"]
+                                                     ["nodes"])
+    roles = results["brittle-mover"]
+    assert roles["values"]["discarded_roles"] == 1.0
+    assert roles["report"]["comparison"]["discarded"] == {"mover": ["L0H0"]}
+    # the terminal summary shows both gates' checked metrics with their values
+    row = summary_row(first.outlines, "brittle-circuit", " faithfulness ")
+    assert f"{student['faithfulness']:.4g}"[:5] in row and "PASS" in row
+    assert "XFAIL" in summary_row(first.outlines, "brittle-mover", "mover.role_score")
+    # the page draws the circuits with the roles gate's roles and matching, both verdicts on it
+    page = (tmp_path / "report.html").read_text()
+    section = _section(page)
+    assert 'data-node="L0H0" data-roles="mover"' in section
+    assert 'class="match"' in section and 'class="badge XFAIL"' in section
+    assert "brittle-circuit" in section
+    # the baseline records both gates' values; a later run compares them
+    entries = load_json(tmp_path / "baseline.json")["entries"]
+    key = "circuit_faithful::zoo:tiny-teacher -> zoo:tiny-student-brittle::numerals"
+    assert key in entries, list(entries)
+    assert entries[key]["values"]["faithfulness"] == student["faithfulness"]
+    stored = json.loads((tmp_path / "baseline.json").read_text())
+    stored["entries"][key]["values"]["faithfulness"] = student["faithfulness"] + 0.5
+    (tmp_path / "baseline.json").write_text(json.dumps(stored))
+    second = run_pytest(tmp_path, "-p", "no:cacheprovider", "--circuits-device=cpu",
+                        "--circuits-baseline=baseline.json")
+    second.assert_outcomes(failed=1, xfailed=1)
+    row = summary_row(second.outlines, "brittle-circuit", " faithfulness ")
+    assert "REGRESSED" in row and f"{student['faithfulness'] + 0.5:.3g}"[:4] in row
+
+
+def test_a_circuit_node_drop_past_100_or_a_negative_increase_can_be_a_baseline() -> None:
+    from pytest_circuits.baseline import value_problem
+
+    # the brittle student's L0H3 costs 100.9 points: removing it flips the logit difference
+    assert value_problem("circuit_faithful", "worst_node_drop", 100.86) == ""
+    assert value_problem("circuit_faithful", "node_drop_increase", -12.5) == ""
+    assert "outside [0, 1]" in value_problem("roles_preserved", "mover.role_score", 1.5)
