@@ -1857,7 +1857,7 @@ def _print_circuit_roles(result: Any, roles: Any, out: TextIO) -> None:
     """The roles each head of the circuit holds (``circuit --roles``), with its scores."""
     measured = [r for r in ROLES if r in roles.scores]
     rows = [[head, ", ".join(r for r in measured if head in roles.holders(r)) or "-"]
-            + [roles.score(r, head) for r in measured] for head in result.heads]
+            + [f"{roles.score(r, head):.2f}" for r in measured] for head in result.heads]
     out.write("\nroles of the circuit's heads (a head holds a role when its score reaches "
               "the threshold: " + ", ".join(f"{r} {roles.thresholds[r]:g}" for r in measured)
               + "):\n")
