@@ -186,6 +186,12 @@ def test_the_gates_results_reach_the_page_through_the_json(brittle_run) -> None:
     # both gates' verdicts are in the section, not in "Other gates"
     assert section.count('class="badge FAIL"') >= 1 and "circuit_faithful" in section
     assert 'id="other-gates"' not in page
+    # circuits alone (no matching of their own) take the matching of the run's pair report
+    alone = CircuitsReport(task="numerals", circuits=dict(bundle.circuits))
+    joined = re.findall(r'class="match" data-teacher="(\w+)" data-student="(\w+)"',
+                        _section(render_html([pair, alone])))
+    assert joined and set(joined) <= set(bundle.matched)
+    assert 'class="match"' not in _section(render_html([alone]))
     snippet = html_snippet(recorded)
     assert "circuits and roles: zoo:tiny-teacher -&gt; zoo:tiny-student-brittle" in snippet
     assert "discarded roles: mover" in snippet
