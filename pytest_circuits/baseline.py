@@ -74,6 +74,11 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
     "student_influence": (0.0, MAX_MAGNITUDE),  # an influence is not clamped (metrics.influence)
     "shift_gap": (-MAX_MAGNITUDE, MAX_MAGNITUDE),  # a difference of two retained percentages
     "accuracy_gap": (-1.0, 1.0),  # a difference of two accuracies
+    # a circuit node's drop is not clamped: removing it can push the logit difference past 0
+    # (over 100 points) or raise it (below 0); the increase is a difference of two such drops
+    "worst_node_drop": (-MAX_MAGNITUDE, MAX_MAGNITUDE),
+    "teacher_worst_node_drop": (-MAX_MAGNITUDE, MAX_MAGNITUDE),
+    "node_drop_increase": (-MAX_MAGNITUDE, MAX_MAGNITUDE),
 }
 
 #: Rounding room at a range's ends (a cosine similarity may come out as 1.0000000000000002).

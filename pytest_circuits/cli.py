@@ -51,6 +51,7 @@ from .metrics import severity_score
 from .models import load_model, load_pair
 from .output import SweepProgress, plain, unwritable, write_json_atomic
 from .results import report_from_dict
+from .results.roles import ROLES
 from .tables import format_number, format_table
 from .tasks import BUILTIN_TASKS, DEFAULT_N_PROMPTS, MAX_N_PROMPTS
 from .tasks.task import TaskError
@@ -212,6 +213,40 @@ class Run:
         model = self.model(source)
         with self.progress.step(f"{task}: {source}"):
             return model_report(model, task, self.options)
+
+    def circuits_report(self, sources: dict[str, str], task: str, *, circuits: bool,
+                        roles: bool, matching: Any = None, threshold: float = 0.2,
+                        stability: Sequence[float] | None = None) -> Any:
+        """The circuits (``circuits``: iterative node pruning, with the threshold sweep) and
+        head roles (``roles``) of each model of ``sources`` (role -> model: ``teacher`` and
+        ``student``, or ``model``) on ``task``, with the pair's role comparison through the
+        matching of ``matching`` (a PairReport), as one CircuitsReport."""
+        from .analysis.circuits import DEFAULT_STABILITY, circuit_result
+        from .analysis.roles import head_roles
+        from .analysis.store import as_task
+        from .results import CircuitsReport, compare_roles
+
+        models = {role: self.model(source) for role, source in sources.items()}
+        options = self.options
+        seed = 0 if options.seed is None else options.seed
+        # one set of prompts for both models, built for the first (a pair shares a vocabulary)
+        built = as_task(task, options.n_prompts, options.seed, next(iter(models.values())))
+        found, held = {}, {}
+        for role, model in models.items():
+            if circuits:
+                with self.progress.step(f"{task}: circuit of {sources[role]}"):
+                    found[role] = circuit_result(
+                        model, built, threshold=threshold, ablation=options.ablation,
+                        seed=seed, margin=options.margin,
+                        stability=DEFAULT_STABILITY if stability is None else stability)
+            if roles:
+                with self.progress.step(f"{task}: head roles of {sources[role]}"):
+                    held[role] = head_roles(model, built, seed=seed)
+        pairs = matching.alignment.pairs if matching is not None else ()
+        comparison = (compare_roles(held["teacher"], held["student"], pairs)
+                      if "teacher" in held and "student" in held else None)
+        report = CircuitsReport(built.name, found, held, comparison)
+        return report.with_matching(pairs) if pairs else report
 
     def gate(self, name: str, target: Any, task: str, **thresholds: Any) -> Any:
         """The result of the gate kind ``name`` with ``thresholds`` and this run's options, by
@@ -1069,28 +1104,92 @@ def _print_pair(report: Any, out: TextIO) -> None:
         out.write("  discarded teacher mechanisms: none\n")
 
 
-def _write_outputs(args: argparse.Namespace, reports: list[Any], out: TextIO) -> None:
+def _write_outputs(args: argparse.Namespace, reports: list[Any], out: TextIO,
+                   circuits: Sequence[Any] = ()) -> None:
     if args.json:
 
         document = {"format": REPORTS_FORMAT, "version": REPORTS_VERSION,
                     "reports": plain([r.to_dict() for r in reports])}
+        if circuits:  # beside the reports: diff reads "reports" and nothing else
+            document["circuits"] = plain([c.to_dict() for c in circuits])
         write_json_atomic(Path(args.json), document)
         out.write(f"\nwrote {len(reports)} report(s) to {args.json}\n")
     if args.html:
 
-        write_html(args.html, reports, title="pytest-circuits: " + ", ".join(
+        write_html(args.html, [*reports, *circuits], title="pytest-circuits: " + ", ".join(
             sorted({f"{_key(r)[0]} -> {_key(r)[1]}" for r in reports})))
         out.write(f"wrote the HTML report to {args.html}\n")
 
 
 def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     tasks = args.task or ["numerals"]
-    run = _run_from(args, steps=2 + len(tasks))
+    wanted = int(args.circuits) + int(args.roles)
+    run = _run_from(args, steps=2 + len(tasks) * (1 + 2 * wanted))
     reports = [run.pair_report(args.teacher, args.student, task) for task in tasks]
-    for report in reports:
+    circuits = [run.circuits_report({"teacher": args.teacher, "student": args.student}, task,
+                                    circuits=args.circuits, roles=args.roles,
+                                    matching=report)
+                for task, report in zip(tasks, reports, strict=True)] if wanted else []
+    for i, report in enumerate(reports):
         _print_pair(report, out)
-    _write_outputs(args, reports, out)
+        if circuits:
+            _print_circuits_report(circuits[i], out)
+    _write_outputs(args, reports, out, circuits)
     return EXIT_OK
+
+
+def _print_circuits_report(report: Any, out: TextIO) -> None:
+    """The circuits and head roles of ``compare --circuits/--roles``."""
+    names = report.names()
+    if report.circuits:
+        out.write("\ncircuits (iterative node pruning; faithfulness: the circuit alone, "
+                  "completeness: 1 - what the rest keeps without it):\n")
+        out.write(format_table(
+            ["model", "T", "nodes", "heads", "MLPs", "faithfulness", "completeness",
+             "worst node drop", "circuit"],
+            [[f"{role} {c.model}", f"{c.threshold:g}", c.size, c.n_heads, c.n_mlps,
+              c.faithfulness, c.completeness, f"{c.worst_node_drop:.1f}",
+              " ".join(c.nodes) or "(empty)"]
+             for role in report.model_roles() if (c := report.circuits.get(role))]) + "\n")
+        sweep = [[f"{role} {c.model}", f"{p.threshold:g}", len(p.nodes), p.faithfulness,
+                  p.jaccard] for role in report.model_roles()
+                 if (c := report.circuits.get(role)) for p in c.stability]
+        if sweep:
+            out.write("threshold sweep:\n" + format_table(
+                ["model", "T", "nodes", "faithfulness", "Jaccard vs the circuit"], sweep) + "\n")
+    if not report.roles:
+        return
+    roles = [r for r in ROLES if any(r in x.scores for x in report.roles.values())]
+    comparison = report.comparison
+    matched = dict(report.matched)
+    rows = []
+    for role in roles:
+        row = [role] + [", ".join(x.holders(role)) or f"- (best {x.best(role):.2f})"
+                        for x in report.roles.values()]
+        if comparison is not None:
+            teacher = report.roles["teacher"]
+            row.append(", ".join(f"{t}->{matched.get(t) or '-'}" for t in teacher.holders(role))
+                       or "-")
+            row.append("DISCARDED" if role in comparison.discarded else "-")
+        rows.append(row)
+    headers = ["role"] + [f"{role} {names[role]}" for role in report.roles]
+    if comparison is not None:
+        headers += ["teacher holder -> match", "discarded"]
+    out.write("\nhead roles (holders: score >= the role's threshold):\n"
+              + format_table(headers, rows) + "\n")
+    for role in ROLES:
+        for x in report.roles.values():
+            if role in x.not_applicable:
+                out.write(f"  {role} not measured on {model_name(x.model)}: "
+                          f"{x.not_applicable[role]}\n")
+                break
+    if comparison is not None:
+        for role, heads in comparison.discarded.items():
+            out.write(f"  discarded: {role} (teacher {', '.join(heads)}; no student head holds "
+                      "it)\n")
+        for merged in comparison.merged:
+            out.write(f"  merged: student {merged.student} holds {' + '.join(merged.roles)}, "
+                      "which no teacher head holds together\n")
 
 
 def cmd_calibrate(args: argparse.Namespace, out: TextIO) -> int:
@@ -1809,7 +1908,7 @@ STUDENTS_HELP = "candidate students, each a model as TEACHER is"
 def cmd_circuit(args: argparse.Namespace, out: TextIO) -> int:
     """Discover each task's circuit of one model (iterative node pruning) and print it."""
     tasks = args.task or ["numerals"]
-    run = _run_from(args, steps=1 + len(tasks))
+    run = _run_from(args, steps=1 + len(tasks) * (1 + int(args.roles)))
     results = []
     for task in tasks:
         model = run.model(args.model)
@@ -1822,12 +1921,44 @@ def cmd_circuit(args: argparse.Namespace, out: TextIO) -> int:
                 model, built, threshold=args.threshold, ablation=args.ablation, seed=args.seed,
                 edges=args.edges, stability=None if args.no_stability else args.stability,
                 margin=args.margin))
-    for result in results:
+    held = []
+    if args.roles:
+        from .analysis.roles import head_roles
+
+        for task in tasks:
+            with run.progress.step(f"{task}: head roles of {args.model}"):
+                held.append(head_roles(run.model(args.model), task,
+                                       n_prompts=run.options.n_prompts, seed=run.options.seed))
+    for i, result in enumerate(results):
         _print_circuit(result, out)
+        if held:
+            _print_circuit_roles(result, held[i], out)
     if args.json:
-        write_json_atomic(Path(args.json), plain({"circuits": [r.to_dict() for r in results]}))
+        document: dict[str, Any] = {"circuits": [r.to_dict() for r in results]}
+        if held:
+            document["roles"] = [r.to_dict() for r in held]
+        write_json_atomic(Path(args.json), plain(document))
         out.write(f"\nwrote {len(results)} circuit(s) to {args.json}\n")
     return EXIT_OK
+
+
+def _print_circuit_roles(result: Any, roles: Any, out: TextIO) -> None:
+    """The roles each head of the circuit holds (``circuit --roles``), with its scores."""
+    measured = [r for r in ROLES if r in roles.scores]
+    rows = [[head, ", ".join(r for r in measured if head in roles.holders(r)) or "-"]
+            + [f"{roles.score(r, head):.2f}" for r in measured] for head in result.heads]
+    out.write("\nroles of the circuit's heads (a head holds a role when its score reaches "
+              "the threshold: " + ", ".join(f"{r} {roles.thresholds[r]:g}" for r in measured)
+              + "):\n")
+    out.write(format_table(["head", "roles held"] + measured, rows or [["-", "-"]
+                                                                       + ["-"] * len(measured)])
+              + "\n")
+    others = {r: [h for h in roles.holders(r) if h not in result.heads] for r in measured}
+    outside = [f"{r} {', '.join(hs)}" for r, hs in others.items() if hs]
+    if outside:
+        out.write("  held outside the circuit: " + "; ".join(outside) + "\n")
+    for role, why in roles.not_applicable.items():
+        out.write(f"  {role} not measured: {why}\n")
 
 
 def _print_circuit(result: Any, out: TextIO) -> None:
@@ -1887,6 +2018,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("student", metavar="STUDENT", help=MODEL_HELP)
     compare.add_argument("--html", metavar="PATH", help="write the self-contained HTML report")
     compare.add_argument("--json", metavar="PATH", help="write the reports as JSON (for diff)")
+    compare.add_argument("--circuits", action="store_true",
+                         help="also discover both models' circuits (iterative node pruning at "
+                              "T=0.2, with the threshold sweep; about 1.4 sweeps each)")
+    compare.add_argument("--roles", action="store_true",
+                         help="also measure both models' head roles and which teacher roles "
+                              "the student discards or merges")
     _analysis_options(compare)
     compare.set_defaults(handler=cmd_compare)
 
@@ -1961,6 +2098,8 @@ def build_parser() -> argparse.ArgumentParser:
     circuit.add_argument("--no-stability", action="store_true", help="skip the threshold sweep")
     circuit.add_argument("--edges", action="store_true",
                          help="path-patch the edges between the circuit's nodes")
+    circuit.add_argument("--roles", action="store_true",
+                         help="also show the head roles each head of the circuit holds")
     circuit.add_argument("--json", metavar="PATH", help="write the circuits as JSON")
     _analysis_options(circuit)
     circuit.set_defaults(handler=cmd_circuit)

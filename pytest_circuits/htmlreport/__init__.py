@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_bytes_atomic
-from ..results import report_from_dict
+from ..results import read_report
 from ..results.reports import ReportFormatError
+from .circuits import CIRCUIT_PARTS, is_circuits_report
 from .page import (
     MODEL_PARTS,
     PAIR_PARTS,
@@ -28,6 +29,7 @@ from .page import (
 )
 
 __all__ = [
+    "CIRCUIT_PARTS",
     "MODEL_PARTS",
     "PAIR_PARTS",
     "html_snippet",
@@ -71,7 +73,7 @@ def _typed(report: Any) -> Any:
     if not isinstance(report, dict):
         return report
 
-    return report_from_dict(report)
+    return read_report(report)
 
 
 def _identity(report: Any) -> tuple[Any, ...]:
@@ -84,21 +86,31 @@ def _identity(report: Any) -> tuple[Any, ...]:
 
 
 def reports_from_gate_results(gate_results: Iterable[Any]) -> list[Any]:
-    """The distinct analyses behind a run's gates, pair reports first.
+    """The distinct analyses behind a run's gates, pair reports first, then the circuits and
+    roles (one :class:`~pytest_circuits.results.CircuitsReport` per models and task, merging
+    what the circuit and roles gates stored).
 
     A single-model report (``ablation_robust``) is dropped when a pair report of the same
     student, task and method is there, because the pair section already shows it.
     """
     pairs: dict[tuple[Any, ...], Any] = {}
     models: dict[tuple[Any, ...], Any] = {}
+    circuits: dict[tuple[Any, ...], Any] = {}
     for gate in as_gates(gate_results):
         data = gate.result.report
         if data is None:
             continue
         try:
             report = _typed(data)
-        except ReportFormatError:  # a report this version cannot draw: the table still shows
-            continue
+        except (ReportFormatError, KeyError, TypeError, ValueError):
+            continue  # a report this version cannot draw: the gates table still shows
+        if is_circuits_report(report):
+            # the circuit gate brings circuits, the roles gate roles and its pair report
+            seen = circuits.get(report.key)
+            circuits[report.key] = report if seen is None else seen.merged(report)
+            if report.pair is None:
+                continue
+            report = report.pair
         key = _identity(report)
         (pairs if is_pair_report(report) else models).setdefault(key, report)
     shown_students = {
@@ -108,7 +120,7 @@ def reports_from_gate_results(gate_results: Iterable[Any]) -> list[Any]:
         r for r in models.values()
         if (model_name(r.model), r.task, r.fingerprint.key()) not in shown_students
     ]
-    return list(pairs.values()) + singles
+    return list(pairs.values()) + singles + list(circuits.values())
 
 
 def write_session_report(

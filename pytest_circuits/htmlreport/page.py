@@ -7,9 +7,7 @@ the JSON without trusting the rounding of the text.
 
 from __future__ import annotations
 
-import html
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +19,10 @@ from ..analysis.layers import aligned_rows, depth, layer_map_problem, report_lay
 from ..identity import model_name
 from ..output import plain
 from . import figures
+from .circuits import circuits_section, circuits_summary, is_circuits_report, section_id
+from .markup import esc, fmt, num, slug
+from .markup import part as _part
+from .markup import table as _table
 
 #: The parts every pair section has, in order (``data-part`` attributes; tests check them).
 PAIR_PARTS = (
@@ -69,61 +71,20 @@ def is_pair_report(report: Any) -> bool:
     return hasattr(report, "alignment") and hasattr(report, "student")
 
 
-def fmt(value: float | int | None, digits: int = 3) -> str:
-    """Numbers as the page prints them: ``digits`` significant figures, '-' for missing."""
-    if value is None:
-        return "-"
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return str(int(value))
-    value = float(value)
-    if not math.isfinite(value):
-        return str(value)
-    if value == 0:
-        return "0"
-    if abs(value) >= 10 ** digits:
-        return f"{value:.0f}"
-    return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{max(1, digits - 1)}f}"
 
 
-def num(key: str, value: float | int | None, digits: int = 3) -> str:
-    """A number with its exact value attached (``data-value``) for checks against the JSON."""
-    exact = "" if value is None else repr(float(value)) if not isinstance(value, int) else str(
-        value)
-    return (f'<span class="num" data-key="{html.escape(key)}" data-value="{exact}">'
-            f"{fmt(value, digits)}</span>")
 
 
-def esc(text: Any) -> str:
-    return html.escape(str(text))
 
 
-def slug(*parts: str) -> str:
-    text = "-".join(parts).lower()
-    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[int] = ()
-           ) -> str:
-    head = "".join(
-        f'<th class="n">{esc(h)}</th>' if i in numeric else f"<th>{esc(h)}</th>"
-        for i, h in enumerate(headers)
-    )
-    body = "".join(
-        "<tr>" + "".join(
-            f'<td class="n">{cell}</td>' if i in numeric else f"<td>{cell}</td>"
-            for i, cell in enumerate(row)
-        ) + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _img(data: str, alt: str) -> str:
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _part(name: str, title: str, body: str) -> str:
-    return f'<div class="part" data-part="{name}"><h3>{esc(title)}</h3>{body}</div>'
 
 
 # ----------------------------------------------------------------------------- gates
@@ -634,6 +595,18 @@ class Page:
     #: student layer -> teacher layer for the pairs whose models differ in depth (None: read
     #: from each pair's matching)
     layer_map: Mapping[int, int] | None = None
+    #: circuits and roles (CircuitsReport), one section each; given in ``reports`` they are
+    #: moved here, and a pair's takes the matching of the pair report of the same models
+    circuits: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        found = [r for r in self.reports if is_circuits_report(r)]
+        self.reports = [r for r in self.reports if not is_circuits_report(r)]
+        matchings = {((model_name(r.teacher.model), model_name(r.student.model)), r.task): r
+                     for r in self.reports if is_pair_report(r)}
+        self.circuits = [
+            r.with_matching(matchings[r.key].alignment.pairs) if r.key in matchings else r
+            for r in [*self.circuits, *found]]
 
 
 def _contents(page: Page) -> str:
@@ -660,6 +633,27 @@ def _contents(page: Page) -> str:
          "gates"], rows, numeric=(2, 3, 4, 5, 6)) + "</nav>"
 
 
+#: The gates whose results a circuits-and-roles section shows.
+CIRCUIT_GATES = ("circuit_faithful", "roles_preserved")
+
+
+def circuit_gates(gates: Sequence[Gate], bundle: Any) -> list[Gate]:
+    """The circuit and roles gates that checked ``bundle``'s models on its task."""
+    names, task = bundle.key
+    teacher, subject = (names[0], names[1]) if len(names) == 2 else (None, names[0])
+    return [g for g in gates_for(gates, teacher, subject, task) if g.result.gate in CIRCUIT_GATES]
+
+
+def _circuit_contents(page: Page) -> str:
+    rows = []
+    for bundle in page.circuits:
+        names, task = bundle.key
+        rows.append([f'<a href="#{section_id(bundle)}">{esc(" -> ".join(names))}</a>',
+                     esc(task), circuits_summary(bundle),
+                     _verdicts(circuit_gates(page.gates, bundle))])
+    return "<nav>" + _table(["circuits and roles", "task", "summary", "gates"], rows) + "</nav>"
+
+
 def _verdicts(gates: Sequence[Gate]) -> str:
     if not gates:
         return "-"
@@ -669,10 +663,17 @@ def _verdicts(gates: Sequence[Gate]) -> str:
     return " ".join(f'<span class="badge {v}">{n} {v}</span>' for v, n in sorted(counts.items()))
 
 
+def _stored(report: Any) -> dict[str, Any]:
+    data = report.to_dict()
+    if "circuits" in data and data.get("pair") is not None:
+        data["pair"] = None  # the pair report has its own entry
+    return data
+
+
 def _data_block(reports: Sequence[Any]) -> str:
     """The reports as JSON inside the page (inert data, not script), for tools and checks."""
 
-    text = json.dumps(plain([r.to_dict() for r in reports]), allow_nan=True)
+    text = json.dumps(plain([_stored(r) for r in reports]), allow_nan=True)
     # every "<" as its JSON escape (JSON has "<" only inside strings): a name holding
     # "</script>" cannot end the block, nor one holding "<!--<script>" put the browser's parser
     # into the script-escape states in which the block's own end tag no longer ends it
@@ -692,9 +693,13 @@ def render(page: Page) -> str:
             name = model_name(report.model)
             sections.append(model_section(report, gates_for(page.gates, None, name,
                                                             report.task)))
+    for bundle in page.circuits:
+        sections.append(circuits_section(bundle, circuit_gates(page.gates, bundle),
+                                         _gates_table))
     covered = {id(g) for r in page.reports for g in (
         gates_for(page.gates, model_name(r.teacher.model), model_name(r.student.model), r.task)
         if is_pair_report(r) else gates_for(page.gates, None, model_name(r.model), r.task))}
+    covered |= {id(g) for bundle in page.circuits for g in circuit_gates(page.gates, bundle)}
     others = [g for g in page.gates if id(g) not in covered]
     if others:
         sections.append('<section class="report" id="other-gates" data-kind="gates">'
@@ -714,8 +719,9 @@ def render(page: Page) -> str:
         "student computes compared with its teacher (Haskins &amp; Adams, Distilled Circuits)."
         "</p></header><main>"
         + (_contents(page) if page.reports else "")
+        + (_circuit_contents(page) if page.circuits else "")
         + "".join(sections)
-        + _data_block(page.reports)
+        + _data_block([*page.reports, *page.circuits])
         + "</main></body></html>\n"
     )
 
@@ -725,6 +731,14 @@ def snippet(reports: Sequence[Any], gates: Sequence[Gate],
     """A compact fragment for pytest-html's extras: verdicts, key numbers, small heatmaps."""
     blocks = []
     for report in reports:
+        if is_circuits_report(report):
+            names, task = report.key
+            blocks.append(
+                f'<div class="circuits-extra"><b>circuits and roles: '
+                f'{esc(" -> ".join(names))} &middot; {esc(task)}</b> '
+                f"{_verdicts(circuit_gates(gates, report))}<br>"
+                f"<small>{circuits_summary(report)}</small></div>")
+            continue
         if is_pair_report(report):
             t, s = model_name(report.teacher.model), model_name(report.student.model)
             chosen = gates_for(gates, t, s, report.task)

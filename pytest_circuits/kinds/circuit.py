@@ -79,6 +79,7 @@ def _ratio(student: int, teacher: int) -> float:
 def _measure(call: GateCall, method: str | None) -> Measurement:
     from ..analysis.ablation import make_fingerprint
     from ..analysis.circuits import circuit_result
+    from ..results.circuit_report import CircuitsReport
 
     options = call.options
     settings = dict(threshold=call.extra.get("threshold", DEFAULT_PRUNE_THRESHOLD),
@@ -103,7 +104,7 @@ def _measure(call: GateCall, method: str | None) -> Measurement:
         details=lambda line: _details(roles),
         fingerprint=fingerprint,
         models={role: model.describe() for role, model in call.roles.items()},
-        report={"circuits": {role: r.to_dict() for role, r in roles.items()}},
+        report=CircuitsReport(call.task.name, circuits=roles),
     )
 
 

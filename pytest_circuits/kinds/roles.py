@@ -114,6 +114,7 @@ def _held_roles(call: GateCall, asked: Any, names: tuple[str, ...], teacher: Any
 def _measure(call: GateCall, method: str | None) -> Measurement:
     from ..analysis.bounds import matching_reads_influences
     from ..analysis.roles import head_roles
+    from ..results.circuit_report import CircuitsReport
     from ..results.roles import compare_roles
 
     asked = call.extra["roles"]
@@ -145,7 +146,10 @@ def _measure(call: GateCall, method: str | None) -> Measurement:
         headline=pair_headline("role preservation", report),
         details=lambda line: _details(line, call.options.preset, report, comparison,
                                       teacher, student),
-        fingerprint=report.fingerprint.to_dict(), models=pair_models(report), report=report,
+        fingerprint=report.fingerprint.to_dict(), models=pair_models(report),
+        report=CircuitsReport(report.task, roles={"teacher": teacher, "student": student},
+                              comparison=comparison).with_matching(report.alignment.pairs,
+                                                                   report),
         sweeps=sweeps, unsettled=undecided, task=report.task,
     )
 

@@ -13,6 +13,9 @@ from typing import Any
 #: Name -> the submodule defining it. Loaded on first use: the gate results (``gate``) are
 #: read at plugin load, the reports and sweeps (which need numpy) only when a result holds one.
 _LAZY = {
+    "CircuitsReport": "circuit_report",
+    "is_circuits_data": "circuit_report",
+    "read_report": "circuit_report",
     "CircuitEdge": "circuit",
     "CircuitResult": "circuit",
     "StabilityPoint": "circuit",
@@ -80,6 +83,7 @@ __all__ = [
     "Blame",
     "CircuitEdge",
     "CircuitResult",
+    "CircuitsReport",
     "CompareSettings",
     "ComponentEffect",
     "Discarded",
@@ -99,7 +103,9 @@ __all__ = [
     "SweepResult",
     "TaskPerformance",
     "as_model_info",
+    "is_circuits_data",
     "library_versions",
+    "read_report",
     "report_from_data",
     "report_from_dict",
 ]

@@ -167,6 +167,13 @@ class KeptRole:
         return {"role": self.role, "teacher": self.teacher, "student": self.student,
                 "student_holds": self.student_holds}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KeptRole:
+        student = data.get("student")
+        return cls(role=str(data["role"]), teacher=str(data["teacher"]),
+                   student=None if student is None else str(student),
+                   student_holds=bool(data["student_holds"]))
+
 
 @dataclass(frozen=True)
 class MergedHead:
@@ -180,6 +187,11 @@ class MergedHead:
     def to_dict(self) -> dict[str, Any]:
         return {"student": self.student, "roles": list(self.roles),
                 "teacher_heads": {r: list(h) for r, h in self.teacher_heads.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MergedHead:
+        return cls(student=str(data["student"]), roles=tuple(data["roles"]),
+                   teacher_heads={r: tuple(h) for r, h in data["teacher_heads"].items()})
 
 
 @dataclass
@@ -211,6 +223,20 @@ class RoleComparison:
             "merged": [m.to_dict() for m in self.merged],
             "kept": [k.to_dict() for k in self.kept],
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoleComparison:
+        def held(name: str) -> dict[str, list[str]]:
+            return {r: list(h) for r, h in data.get(name, {}).items()}
+
+        return cls(
+            roles=tuple(data["roles"]),
+            teacher_held=held("teacher_held"),
+            student_held=held("student_held"),
+            discarded=held("discarded"),
+            merged=[MergedHead.from_dict(m) for m in data.get("merged", [])],
+            kept=[KeptRole.from_dict(k) for k in data.get("kept", [])],
+        )
 
 
 def compare_roles(teacher: RoleResult, student: RoleResult,
