@@ -28,7 +28,7 @@ ROLE_COLOURS = {
 _HEAD = "#dfe3e8"  # a head holding no role (or no roles measured)
 _MLP = "#a9b1ba"
 
-_BOX_W, _BOX_H, _GAP, _ROW_H, _LABEL_W, _BETWEEN = 48, 20, 4, 28, 34, 90
+_BOX_W, _BOX_H, _GAP, _ROW_H, _LABEL_W, _BETWEEN = 48, 20, 4, 38, 34, 90
 
 
 def section_id(report: Any) -> str:
@@ -103,14 +103,23 @@ def circuits_svg(report: Any) -> str:
         x += _width(report.circuits[role]) + _BETWEEN
     lines = []
     if "teacher" in places and "student" in places:
-        for teacher, student in report.matched:
-            if teacher in places["teacher"] and student in places["student"]:
-                _, x1, y1 = places["teacher"][teacher]
-                x2, _, y2 = places["student"][student]
-                lines.append(f'<line class="match" data-teacher="{esc(teacher)}" '
-                             f'data-student="{esc(student)}" x1="{x1}" y1="{y1}" x2="{x2}" '
-                             f'y2="{y2}" stroke="#0b3d5c" stroke-opacity="0.55" '
-                             'stroke-width="1.4"/>')
+        shown = [(t, s) for t, s in report.matched
+                 if t in places["teacher"] and s in places["student"]]
+        for k, (teacher, student) in enumerate(shown):
+            # from the bottom middle of one box to the bottom middle of the other, dipping into
+            # the gap below the row by a different depth each, so that links between nodes of
+            # one row neither cross the boxes beside them nor hide behind one another
+            left, right, y1 = places["teacher"][teacher]
+            left2, right2, y2 = places["student"][student]
+            x1, x2 = (left + right) / 2, (left2 + right2) / 2
+            b1, b2 = y1 + _BOX_H / 2, y2 + _BOX_H / 2
+            dip = (_ROW_H - _BOX_H) * (0.35 + 0.6 * (k + 1) / (len(shown) + 1))
+            low = max(b1, b2) + dip
+            lines.append(f'<path class="match" data-teacher="{esc(teacher)}" '
+                         f'data-student="{esc(student)}" d="M{x1:.1f},{b1:.1f} '
+                         f'C{x1:.1f},{low:.1f} {x2:.1f},{low:.1f} {x2:.1f},{b2:.1f}" '
+                         'fill="none" stroke="#0b3d5c" stroke-opacity="0.6" '
+                         'stroke-width="1.4"/>')
     height = 24 + n_rows * _ROW_H + 4
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{x:.0f}" height="{height}" '
             f'font-size="11" font-family="system-ui,sans-serif" role="img" '
