@@ -22,6 +22,10 @@ The task runs as one batch (the current circuit's run holds every block's residu
 prompts), not in ``engine.PROMPT_BATCH`` chunks as sweeps do: discovery is meant for the few
 dozen prompts the paper uses.
 
+With a distributed executor (``RunContext.executor``, ``--circuits-ray``) each threshold's
+pruning runs as one job on the executor's workers (:class:`PruneJob`, :func:`run_prune`); the
+result is the in-process one bit for bit on the same device type (``docs/scaling.md``).
+
 Costs are counted in forward-pass equivalents (FE): blocks run, each stacked copy counted, over
 the number of layers, plus the clean and reference runs. A discovery's first pass costs what an
 exact sweep costs (each component replayed from its layer); the later passes visit only the
