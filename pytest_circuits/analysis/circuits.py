@@ -22,6 +22,10 @@ The task runs as one batch (the current circuit's run holds every block's residu
 prompts), not in ``engine.PROMPT_BATCH`` chunks as sweeps do: discovery is meant for the few
 dozen prompts the paper uses.
 
+With a distributed executor (``RunContext.executor``, ``--circuits-ray``) each threshold's
+pruning runs as one job on the executor's workers (:class:`PruneJob`, :func:`run_prune`); the
+result is the in-process one bit for bit on the same device type (``docs/scaling.md``).
+
 Costs are counted in forward-pass equivalents (FE): blocks run, each stacked copy counted, over
 the number of layers, plus the clean and reference runs. A discovery's first pass costs what an
 exact sweep costs (each component replayed from its layer); the later passes visit only the
@@ -33,12 +37,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .. import cache, progress
 from ..components import Component, all_components
+from ..config import context
 from ..config.options import DEFAULT_MARGIN
 from ..errors import GateConfigError, InvalidTaskError, NonFiniteError
 from ..models import CircuitModel
@@ -422,6 +428,119 @@ def _edges(pruner: _Pruner, circuit: Sequence[Component]) -> tuple[CircuitEdge, 
     return tuple(edges)
 
 
+# ----------------------------------------------------------------------------- distributed runs
+
+
+@dataclass(frozen=True)
+class PruneJob:
+    """One pruning of a discovery, the unit a distributed executor (``RunContext.executor``)
+    ships to a worker: prune the full model over ``pool`` at ``threshold``. The discovery's own
+    threshold (``main``) also measures what the in-process discovery measures right after its
+    prune, on the same circuit's run: the circuit nodes pruning never visited, and the
+    complement. :func:`run_prune` is what the worker runs."""
+
+    threshold: float
+    pool: tuple[Component, ...]
+    ablation: str
+    seed: int
+    per_forward: int
+    main: bool = False
+
+
+@dataclass(frozen=True)
+class PruneOutcome:
+    """What a :class:`PruneJob` found. ``costs``: the FE of each replay, in the order they ran
+    (the driver adds them in the in-process order, so ``cost_fe`` is the same float)."""
+
+    removed: tuple[Component, ...]  # in the order pruning removed them
+    circuit: tuple[Component, ...]
+    metric: float
+    evaluations: tuple[tuple[Component, float], ...]
+    passes: int
+    costs: tuple[float, ...]
+    unvisited: tuple[tuple[Component, float], ...] = ()
+    complement: float = float("nan")  # measured by the main job only
+    complement_costs: tuple[float, ...] = ()
+
+
+class _CountingPruner(_Pruner):
+    """A :class:`_Pruner` that also logs each replay's cost (a worker's: see :class:`PruneJob`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.costs: list[float] = []
+
+    def replay(self, layer: int, resid: torch.Tensor, edits: Sequence[tuple[int, int, Component]],
+               reps: int, extra_hooks: Sequence[tuple[str, Any]] = (),
+               ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        self.costs.append(reps * (self.n_layers - layer) / self.n_layers)  # what replay adds
+        return super().replay(layer, resid, edits, reps, extra_hooks)
+
+
+def run_prune(model: CircuitModel, task: Any, job: PruneJob) -> PruneOutcome:
+    """``job`` on this process's copy of ``model``: the same replays, in the same order, as the
+    in-process discovery runs for that threshold (so the same decisions and bits on the same
+    device type)."""
+    pruner = _CountingPruner(model, task, job.ablation, job.seed, job.per_forward)
+    circuit, evaluations, passes = pruner.prune(job.threshold, job.pool)
+    outcome = PruneOutcome(removed=tuple(pruner.removed), circuit=tuple(circuit),
+                           metric=pruner.metric, evaluations=tuple(evaluations.items()),
+                           passes=passes, costs=())
+    if not job.main:
+        return dataclasses.replace(outcome, costs=tuple(pruner.costs))
+    unvisited = []
+    for c in circuit:
+        if c not in evaluations:
+            metric, _ = pruner.measure(c.layer, [c], [False])
+            unvisited.append((c, metric[0]))
+    costs = tuple(pruner.costs)
+    pruner.costs.clear()
+    complement = pruner.ablated_from_clean(circuit)
+    return dataclasses.replace(outcome, costs=costs, unvisited=tuple(unvisited),
+                               complement=complement, complement_costs=tuple(pruner.costs))
+
+
+#: How a distributed executor names these jobs in its errors.
+run_prune.job_label = "circuit discovery"  # type: ignore[attr-defined]
+
+
+def _sharded_prunes(executor: Any, pruner: _Pruner, pool: Sequence[Component], threshold: float,
+                    thresholds: Sequence[float]) -> tuple[
+                        dict[float, tuple[list[Component], float]], list[Component], float,
+                        dict[str, float], int, tuple[float, ...], float]:
+    """The prunes of :func:`discover_circuit` (each stability threshold and its own) as
+    parallel jobs on ``executor``, merged as the in-process discovery computes them: the
+    stability points, the circuit, its metric, the node drops, the passes, the complement's
+    replay costs and the complement. ``pruner`` (the driver's) gets every prune's costs in the
+    in-process order, and the circuit's removed set and metric (what the edges read)."""
+    common = {"pool": tuple(pool), "ablation": pruner.ablation, "seed": pruner.seed,
+              "per_forward": pruner.per_forward}
+    levels = [level for level in thresholds if level != threshold]
+    # the discovery's own threshold first: it measures the most, so it should start first
+    jobs = [PruneJob(threshold, main=True, **common)] + [PruneJob(level, **common)
+                                                          for level in levels]
+    outcomes: list[PruneOutcome] = executor.map(run_prune, pruner.model, pruner.task, jobs,
+                                                weights=[len(pool)] * len(jobs))
+    main, others = outcomes[0], outcomes[1:]
+    points: dict[float, tuple[list[Component], float]] = {}
+    for level, outcome in zip(levels, others, strict=True):
+        for cost in outcome.costs:
+            pruner.cost_fe += cost
+        points[level] = (list(outcome.circuit), outcome.metric)
+    for cost in main.costs:
+        pruner.cost_fe += cost
+    pruner.removed = list(main.removed)
+    pruner.metric = main.metric
+    circuit, circuit_metric, full = list(main.circuit), main.metric, pruner.full
+    evaluations = dict(main.evaluations)
+    drops = {c.name: 100.0 * (circuit_metric - evaluations[c]) / full
+             for c in circuit if c in evaluations}
+    for c, metric in main.unvisited:
+        drops[c.name] = 100.0 * (circuit_metric - metric) / full
+    return (points, circuit, circuit_metric, drops, main.passes, main.complement_costs,
+            main.complement)
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -476,22 +595,28 @@ def discover_circuit(
     pool = all_components(int(model.n_layers), int(model.n_heads),
                           "all" if candidates == "all" else "heads")
 
-    points: dict[float, tuple[list[Component], float]] = {}
-    for level in thresholds:
-        if level == threshold:
-            continue
-        found, _, _ = pruner.prune(level, pool)
-        points[level] = (found, pruner.metric)
-    circuit, evaluations, passes = pruner.prune(threshold, pool)
-    circuit_metric = pruner.metric
-    full = pruner.full
-    drops = {c.name: 100.0 * (circuit_metric - evaluations[c]) / full
-             for c in circuit if c in evaluations}
-    # nodes pruning never visited (MLPs under candidates="heads"): measured now
-    for c in circuit:
-        if c.name not in drops:
-            metric, _ = pruner.measure(c.layer, [c], [False])
-            drops[c.name] = 100.0 * (circuit_metric - metric[0]) / full
+    executor = context.current().executor
+    if executor is not None:  # a distributed run: the thresholds' prunes run as parallel jobs
+        sharded = _sharded_prunes(executor, pruner, pool, threshold, thresholds)
+        points, circuit, circuit_metric, drops, passes, complement_costs, complement = sharded
+        full = pruner.full
+    else:
+        points = {}
+        for level in thresholds:
+            if level == threshold:
+                continue
+            found, _, _ = pruner.prune(level, pool)
+            points[level] = (found, pruner.metric)
+        circuit, evaluations, passes = pruner.prune(threshold, pool)
+        circuit_metric = pruner.metric
+        full = pruner.full
+        drops = {c.name: 100.0 * (circuit_metric - evaluations[c]) / full
+                 for c in circuit if c in evaluations}
+        # nodes pruning never visited (MLPs under candidates="heads"): measured now
+        for c in circuit:
+            if c.name not in drops:
+                metric, _ = pruner.measure(c.layer, [c], [False])
+                drops[c.name] = 100.0 * (circuit_metric - metric[0]) / full
     names = [c.name for c in circuit]
     points[threshold] = (circuit, circuit_metric)
     stable = tuple(
@@ -501,7 +626,11 @@ def discover_circuit(
         for level in thresholds
     )
     found_edges = _edges(pruner, circuit) if edges else None
-    complement = pruner.ablated_from_clean(circuit)
+    if executor is None:
+        complement = pruner.ablated_from_clean(circuit)
+    else:  # measured on the actor that pruned; its cost counted after the edges', as here
+        for cost in complement_costs:
+            pruner.cost_fe += cost
     fingerprint = make_fingerprint(model, task, analysis="circuit", ablation=ablation,
                                    method="prune", seed=seed).to_dict()
     fingerprint["candidates"] = candidates

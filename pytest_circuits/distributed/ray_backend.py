@@ -6,6 +6,10 @@ The executor is installed in the run's context (``RunContext.executor``) by ``--
 and lives for the session: its actors stay alive across gates, so a session with many gates
 loads each model once per actor. Ray is imported only when the executor first connects.
 
+The same actors run circuit discovery's prunes (``analysis.circuits.run_prune``: each
+stability threshold's pruning as one job, the discovery's own threshold with the node drops and
+the complement measured on its circuit's run) through :meth:`RayExecutor.map`.
+
 Models reach the actors by their source (a directory, a GGUF file, a hub snapshot or a zoo
 model's directory): the first actor to load one checks that it gets the driver's weights and
 tokenizer (their sha256), and a model that cannot be loaded that way (built in memory, or a path
@@ -349,6 +353,8 @@ class RayExecutor:
         from ..analysis import engine
 
         prompt_batch = engine.PROMPT_BATCH
+        # what the jobs are, in errors: a sweep's stacks, or e.g. a circuit discovery's prunes
+        what = f"{model.name}'s {getattr(function, 'job_label', 'sweep')}"
         spec = self._spec(model)
         pool = self._pool(spec.gpus)
         weights = list(weights) if weights is not None else [1] * len(jobs)
@@ -378,11 +384,11 @@ class RayExecutor:
                 if not ready:
                     raise RayClusterError(
                         f"the Ray cluster at {self.address!r} returned no share of "
-                        f"{model.name}'s sweep in {self.share_timeout_s:.0f} s; the gate has no "
+                        f"{what} in {self.share_timeout_s:.0f} s; the gate has no "
                         "verdict (is the cluster alive? raise the timeout for slow shares)")
                 ref = ready[0]
                 share, actor_index = running.pop(ref)
-                values = self._get(ref, f"{model.name}'s sweep")
+                values = self._get(ref, what)
                 for index, value in zip(shares[share], values, strict=True):
                     results[index] = value
                     done += weights[index]
