@@ -805,7 +805,8 @@ def _confirm(
         if layer in joint_drops:
             linear = sum(state.screened_drop[h] for h in heads)
             state.observe_joint(layer, heads, abs(joint_drops[layer] - linear))
-    pending = _first_round(state)
+    # with no top-k and every MLP an estimate, round 0 can be empty: the bands still decide
+    pending = _first_round(state) or state.candidates()
     rounds = 0
     while pending:
         rounds += 1
