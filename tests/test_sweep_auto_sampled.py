@@ -1,7 +1,9 @@
 """Auto's sampled calibration (deep models): each layer's heads jointly and every MLP alone on a
 few prompts set the error rates; an MLP may then stay a bounded estimate, and a layer's joint
-error on the sample, scaled up to the task, widens each of its heads' bands. The verdicts, the
-blamed components and the bands stay the exact sweep's, as on shallow models."""
+error on the sample, scaled up to the task, widens each of its heads' bands (where that would
+send several heads to a full replay, each head is ablated alone on the sample and gets its own
+rate instead). The verdicts, the blamed components and the bands stay the exact sweep's, as on
+shallow models."""
 
 from __future__ import annotations
 

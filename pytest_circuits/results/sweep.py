@@ -82,7 +82,9 @@ class Screening:
     On a shallow model every MLP is measured exactly and a head may stay a first-order estimate;
     on a deep one (``sampled_prompts`` > 0) an MLP may stay an estimate too, with a band from
     its own error on a sample of the prompts (``mlp_errors``), and each head's band also holds
-    its layer's joint error on that sample scaled up to the task (``layer_floors``). Attribution
+    its layer's joint error on that sample scaled up to the task (``layer_floors``), unless the
+    head was ablated alone on the sample (``head_rates``: its own error rate there replaces its
+    layer's rate and floor). Attribution
     is a linear approximation, not a bound, so a head's bound is empirical: ``safety`` times its
     layer's error rate times the head's scale, plus ``floor``, in drop points. The scale
     (``scales``) is the head's prompt mass, the sum over prompts of the absolute first-order
