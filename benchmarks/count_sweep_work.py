@@ -155,8 +155,9 @@ def count_smollm2(args: argparse.Namespace) -> None:
         wrong = verdict_mismatches(exact, auto, thresholds.drop)
         print(f"  auto, {label} thresholds {thresholds.drop}, top {thresholds.top_k}: "
               f"{flops / forward:.1f} FE ({time.perf_counter() - started:.0f} s), "
-              f"{len(auto.exact_names)}/{len(auto.effects)} exact, every verdict as exact: "
-              f"{'yes' if not wrong else 'NO'}", flush=True)
+              f"{len(auto.exact_names)}/{len(auto.effects)} exact, "
+              f"{len(auto.screening.head_rates)} heads calibrated alone on the sample, "
+              f"every verdict as exact: {'yes' if not wrong else 'NO'}", flush=True)
         for line in wrong[:20]:
             print(f"    {line}")
         if label == "default":

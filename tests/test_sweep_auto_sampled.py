@@ -1,7 +1,9 @@
 """Auto's sampled calibration (deep models): each layer's heads jointly and every MLP alone on a
 few prompts set the error rates; an MLP may then stay a bounded estimate, and a layer's joint
-error on the sample, scaled up to the task, widens each of its heads' bands. The verdicts, the
-blamed components and the bands stay the exact sweep's, as on shallow models."""
+error on the sample, scaled up to the task, widens each of its heads' bands (where that would
+send several heads to a full replay, each head is ablated alone on the sample and gets its own
+rate instead). The verdicts, the blamed components and the bands stay the exact sweep's, as on
+shallow models."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from pytest_circuits.analysis.ablation import (
     GateThresholds,
     Screening,
     _AutoState,
+    _confirm,
     sweep,
 )
 from pytest_circuits.components import Component
@@ -154,3 +157,86 @@ def test_the_sampled_record_round_trips_and_gives_each_estimate_its_band() -> No
     for key in ("mlp_errors", "sampled_prompts", "layer_floors"):
         del old[key]
     assert Screening.from_dict(old).sampled_prompts == 0
+
+
+def test_a_head_ablated_alone_on_the_sample_gets_its_own_band_without_the_layer_floor() -> None:
+    screened = {"L0H0": 1.0, "L0H1": 1.0, "L1H0": 1.0}
+    state = sampled_state(screened, GateThresholds(drop=(20.0,), top_k=0),
+                          scale={Component.parse("L0H1"): 2.0},
+                          layer_errors={0: 0.5, 1: 0.0}, layer_floors={0: 19.0, 1: 19.0},
+                          model_share=0.1,
+                          head_rates={Component.parse("L0H0"): 0.0,
+                                      Component.parse("L0H1"): 3.0})
+    # L0H0: its own rate 0 is raised to a tenth of the model's worst (0.5), no floor of 19
+    assert state.band(Component.parse("L0H0")) == pytest.approx(4.0 * 0.05 * 1.0 + SCREEN_FLOOR)
+    # L0H1 carries the layer's error: 4 * 3 * 2 + 0.25 = 24.25 reaches 20
+    assert state.band(Component.parse("L0H1")) == pytest.approx(24.25)
+    # L1H0 was not ablated alone: its layer's rate and floor
+    assert state.band(Component.parse("L1H0")) == pytest.approx(4.0 * 0.05 + SCREEN_FLOOR + 19.0)
+    assert [c.name for c in state.candidates()] == ["L0H1", "L1H0"]
+
+
+def test_the_head_rates_round_trip_and_set_those_heads_bands() -> None:
+    screening = Screening(
+        thresholds=GateThresholds(), safety=4.0, floor=0.25, layer_errors=((0, 0.5), (1, 0.1)),
+        rounds=2, model_share=0.1, scales=(("L0H0", 2.0), ("L0H1", 1.0)),
+        mlp_errors=((0, 2.0),), sampled_prompts=4, layer_floors=((0, 1.5),),
+        head_rates=(("L0H0", 0.01), ("L0H1", 1.5)),
+    )
+    again = Screening.from_dict(json.loads(json.dumps(screening.to_dict())))
+    assert again == screening
+    # L0H0: a tenth of the model's worst rate (0.5), not the layer's 0.5, and no floor
+    assert again.head_band("L0H0") == pytest.approx(4.0 * 0.05 * 2.0 + 0.25)
+    assert again.head_band("L0H1") == pytest.approx(4.0 * 1.5 * 1.0 + 0.25)
+    old = screening.to_dict()
+    del old["head_rates"]
+    assert Screening.from_dict(old).head_rates == ()
+    assert Screening.from_dict(old).head_band("L0H0") == pytest.approx(4.0 * 0.5 * 2.0 + 1.75)
+
+
+def test_bands_alone_decide_when_round_zero_has_nothing_to_measure() -> None:
+    # no top-k and every MLP an estimate: round 0 is empty, yet MLP0's band (4 * 1 + 0.25
+    # around 17) reaches 20
+    # (two heads: a layer's only head would be measured in round 0)
+    screened = {"L0H0": 1.0, "L0H1": 1.0, "MLP0": 17.0, "MLP1": 1.0}
+    state = sampled_state(screened, GateThresholds(drop=(20.0,), top_k=0),
+                          layer_errors={0: 0.0}, mlp_errors={0: 1.0, 1: 0.0})
+    measured: list[str] = []
+
+    def measure(pending: list[Component]) -> dict[Component, float]:
+        measured.extend(c.name for c in pending)
+        return {c: 8.0 for c in pending}
+
+    assert _confirm(state, {}, measure) == 1
+    assert measured == ["MLP0"]
+
+
+@pytest.mark.parametrize("ablation", ["mean", "resample"])
+def test_layers_whose_joint_error_blocks_many_heads_ablate_each_head_on_the_sample(
+        deep_gpt2: tuple[Any, Any], ablation: str) -> None:
+    # a 0.5-point cut point puts the layer floors of this tiny model in the way of several heads
+    # per layer: those layers' heads are ablated alone on the sample instead (no top-k, so that
+    # some of them stay estimates)
+    model, task = deep_gpt2
+    thresholds = GateThresholds(drop=(0.5,), top_k=0)
+    exact = sweep(model, task, ablation=ablation, method="exact")
+    auto = sweep(model, task, ablation=ablation, method="auto", thresholds=thresholds)
+    assert auto.screening is not None
+    own = dict(auto.screening.head_rates)
+    assert own, "no layer was calibrated head by head"
+    assert {name[: name.index("H")] for name in own} != {f"L{i}" for i in range(model.n_layers)}
+    assert_confirmed_values_are_exact(exact, auto)
+    assert_bands_hold(exact, auto)
+    kept = [e for e in auto.effects if e.name in own and not e.is_exact]
+    assert kept, "every head with its own rate was measured: their bands were not checked"
+    screening = auto.screening
+    worst = max(rate for _, rate in screening.layer_errors)
+    scales = dict(screening.scales)
+    for effect in kept:  # its own rate, and no layer floor
+        rate = max(own[effect.name], screening.model_share * worst)
+        assert effect.bound == pytest.approx(
+            screening.safety * rate * scales[effect.name] + screening.floor)
+    e, a = exact.brittleness(tolerance=0.5), auto.brittleness(tolerance=0.5)
+    assert (a.severity, a.count_above_tolerance) == (e.severity, e.count_above_tolerance)
+    for x, y in zip(exact.effects, auto.effects, strict=True):
+        assert (x.drop >= 0.5, x.influence >= 0.5) == (y.drop >= 0.5, y.influence >= 0.5), x.name

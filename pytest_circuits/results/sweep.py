@@ -82,7 +82,9 @@ class Screening:
     On a shallow model every MLP is measured exactly and a head may stay a first-order estimate;
     on a deep one (``sampled_prompts`` > 0) an MLP may stay an estimate too, with a band from
     its own error on a sample of the prompts (``mlp_errors``), and each head's band also holds
-    its layer's joint error on that sample scaled up to the task (``layer_floors``). Attribution
+    its layer's joint error on that sample scaled up to the task (``layer_floors``), unless the
+    head was ablated alone on the sample (``head_rates``: its own error rate there replaces its
+    layer's rate and floor). Attribution
     is a linear approximation, not a bound, so a head's bound is empirical: ``safety`` times its
     layer's error rate times the head's scale, plus ``floor``, in drop points. The scale
     (``scales``) is the head's prompt mass, the sum over prompts of the absolute first-order
@@ -122,6 +124,11 @@ class Screening:
     #: (layer, drop points added to each of its heads' bands): with a sampled calibration, the
     #: joint ablation's error on the sample scaled up to the task (it could be one head's)
     layer_floors: tuple[tuple[int, float], ...] = ()
+    #: (head, its own error per unit of scale on the sample): with a sampled calibration, the
+    #: heads of a layer whose joint error would have sent several of them to a full replay were
+    #: each ablated alone on the sample; such a head's rate is its own (at least
+    #: ``model_share`` of the largest layer rate) and its layer's floor does not apply
+    head_rates: tuple[tuple[str, float], ...] = ()
 
     def mlp_rate(self, layer: int) -> float:
         """The error per unit of scale assumed for ``layer``'s MLP if unconfirmed."""
@@ -147,6 +154,11 @@ class Screening:
         scale = dict(self.scales).get(comp.name, 1.0)
         if comp.kind == "mlp":
             return self.safety * self.mlp_rate(comp.layer) * scale + self.floor
+        own = dict(self.head_rates)
+        if comp.name in own:
+            model_wide = max((error for _, error in self.layer_errors), default=0.0)
+            return self.safety * max(own[comp.name], self.model_share * model_wide) * scale \
+                + self.floor
         return self.band(comp.layer, scale) + dict(self.layer_floors).get(comp.layer, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,6 +173,7 @@ class Screening:
             "mlp_errors": [[layer, error] for layer, error in self.mlp_errors],
             "sampled_prompts": self.sampled_prompts,
             "layer_floors": [[layer, value] for layer, value in self.layer_floors],
+            "head_rates": [[name, rate] for name, rate in self.head_rates],
         }
 
     @classmethod
@@ -177,6 +190,7 @@ class Screening:
             sampled_prompts=int(data.get("sampled_prompts", 0)),
             layer_floors=tuple((int(layer), value)
                                for layer, value in data.get("layer_floors", ())),
+            head_rates=tuple((str(name), rate) for name, rate in data.get("head_rates", ())),
         )
 
 
