@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import progress
+from ..errors import CircuitsError
 
 #: ``--circuits-ray=local`` starts (or joins) a Ray instance on this machine.
 LOCAL = "local"
@@ -46,7 +47,7 @@ DEFAULT_CONNECT_TIMEOUT_S = 10.0
 SHARES_PER_ACTOR = 4
 
 
-class RayClusterError(RuntimeError):
+class RayClusterError(CircuitsError, RuntimeError):
     """The Ray cluster could not be reached, or lost work for good: the gate has no verdict."""
 
 
