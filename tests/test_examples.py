@@ -22,7 +22,7 @@ def test_example_gate_passes_the_good_candidate_and_blocks_the_brittle_one(tmp_p
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "6 passed, 4 xfailed" in run.stdout
+    assert "7 passed, 5 xfailed" in run.stdout
     document = json.loads(results.read_text())
     by_test = {}
     for result in document["results"]:
@@ -35,4 +35,9 @@ def test_example_gate_passes_the_good_candidate_and_blocks_the_brittle_one(tmp_p
         ("test_brittle_candidate_has_no_single_point_of_failure", "max_single_drop")
     ]
     assert worst_brittle_head > 95
-    assert len(document["results"]) == 12
+    # the circuit gate: the brittle student's worst node is more critical, beyond the 10 points
+    good_drop = by_test[("ioi-circuit", "node_drop_increase")]
+    brittle_drop = by_test[("ioi-brittle-circuit", "node_drop_increase")]
+    assert good_drop <= 10 < brittle_drop
+    assert by_test[("ioi-circuit", "faithfulness")] >= 0.8
+    assert len(document["results"]) == 14
