@@ -137,7 +137,10 @@ def session_executor(config: pytest.Config) -> Any:
         return None
     from .distributed import RayExecutor
 
-    return RayExecutor(address.value, origin=address.origin)
+    # each xdist worker runs its own executor on the same cluster: each takes its share
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")
+    sessions = int(workers) if workers.isdigit() and int(workers) > 0 else 1
+    return RayExecutor(address.value, origin=address.origin, sessions=sessions)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

@@ -31,7 +31,7 @@ def test_a_deep_model_calibrates_on_a_sample_of_the_prompts() -> None:
     exact, auto = sweep_costs(30, 9, n_prompts=32)
     per_layer = sum((30 - layer) / 30 for layer in range(30))  # 15.5
     assert exact == pytest.approx(10 * per_layer)
-    # and 15% of the 300 components confirmed (SmolLM2-135M: 25 of 300 measured since the per-head sample step)
+    # and 15% of the 300 components confirmed (SmolLM2-135M: 25 of 300 measured today)
     assert auto == pytest.approx(3.0 + 2 * per_layer * 4 / 32 + 45 * per_layer / 30)
     # too few prompts to hold a sample out: calibrated on all of them, as a shallow model is
     _, unsampled = sweep_costs(30, 9, n_prompts=6)

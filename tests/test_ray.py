@@ -9,6 +9,7 @@ import copy
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -263,21 +264,56 @@ def test_a_gate_file_runs_end_to_end_on_a_local_ray(pytester: pytest.Pytester,
             pair: good
             task: numerals
             ablation_robust: {components: heads, max_single_drop: 99}
+          - name: ioi-robust
+            pair: good
+            task: ioi
+            ablation_robust: {components: heads, max_severity_increase: 0.5}
     """)
     pytester.makepyfile(conftest="""
         import sys
 
         def pytest_sessionfinish(session):
-            assert "ray" in sys.modules  # the sweeps did go through Ray
+            if hasattr(session.config, "workerinput"):  # a worker: its sweeps went through Ray
+                assert "ray" in sys.modules
     """)
+    # two xdist workers: gates of different tasks at once, each worker with its own share of
+    # actors (one each here: a pool sized to the whole machine would leave the other waiting)
     result = pytester.runpytest_subprocess("--circuits-ray=local", "--circuits-json=out.json",
-                                           "-p", "no:cacheprovider", "--circuits-no-cache")
-    result.assert_outcomes(passed=1)
+                                           "-p", "no:cacheprovider", "--circuits-no-cache",
+                                           "-n", "2", "--dist", "load", timeout=300)
+    result.assert_outcomes(passed=2)
     import json
 
     data = json.loads((pytester.path / "out.json").read_text())
     text = json.dumps(data)
-    assert "Ray at local: " in text  # the fingerprint says where it ran
+    # each worker's fingerprints say where they ran: its own instance with its one actor
+    assert "Ray at local: 1 actors" in text and "Ray at local: 2 actors" not in text
+    assert {r["task"] for r in data["results"]} == {"numerals", "ioi"}
+
+
+def test_test_processes_sharing_a_cluster_split_its_actors(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    from types import SimpleNamespace
+
+    from pytest_circuits.distributed import RayClusterError, RayExecutor
+
+    fake = SimpleNamespace(cluster_resources=lambda: {"CPU": 4.0})
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    started: list[int] = []
+
+    def pool_of(executor: RayExecutor) -> int:
+        fake.remote = lambda cls: SimpleNamespace(options=lambda **kw: SimpleNamespace(
+            remote=lambda threads: started.append(1) or SimpleNamespace(
+                where=SimpleNamespace(remote=lambda: {}))))
+        monkeypatch.setattr(executor, "_get", lambda refs, what: list(refs))
+        before = len(started)
+        executor._pool(0.0)
+        return len(started) - before
+
+    assert pool_of(RayExecutor("10.0.0.5:6379")) == 4  # one process: every CPU
+    assert pool_of(RayExecutor("10.0.0.5:6379", sessions=2)) == 2  # pytest -n 2: half each
+    with pytest.raises(RayClusterError, match=r"pytest -n 5.*room for 4 actors.*-n 4 or fewer"):
+        RayExecutor("10.0.0.5:6379", sessions=5)._pool(0.0)
 
 
 def _root() -> Any:

@@ -181,6 +181,10 @@ class RayExecutor:
     / the GPUs one model needs for GPU models); ``threads`` torch threads per actor, each
     reserving ``actor_cpus`` of Ray's CPUs (default: ``threads``).
     ``num_cpus`` sizes a local instance this executor starts (default: the machine's cores).
+    ``sessions`` is how many test processes share the cluster (``pytest -n N``: N xdist
+    workers, each with its own executor): each takes 1/``sessions`` of the actors (at least
+    one), so that no worker's pool waits for resources another worker's actors hold, and a
+    local instance gets 1/``sessions`` of the cores.
     """
 
     address: str
@@ -193,6 +197,7 @@ class RayExecutor:
     max_restarts: int = 4
     max_task_retries: int = 4
     origin: str = "--circuits-ray"
+    sessions: int = 1
     _connected: bool = field(default=False, repr=False)
     _started_ray: bool = field(default=False, repr=False)
     _pools: dict[float, list[Any]] = field(default_factory=dict, repr=False)
@@ -218,7 +223,9 @@ class RayExecutor:
         if not ray.is_initialized():  # else join the instance this process already runs
             try:
                 if self.address == LOCAL:
-                    ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count(),
+                    cores = os.cpu_count() or 1
+                    ray.init(address="local",
+                             num_cpus=self.num_cpus or max(1, cores // self.sessions),
                              include_dashboard=False,
                              log_to_driver=False)
                 else:
@@ -269,6 +276,16 @@ class RayExecutor:
             resources = ray.cluster_resources()
             count = (int(resources.get("GPU", 0) // gpus) if gpus
                      else int(resources.get("CPU", 1) // self.threads))
+            # a local instance is this process's own, already sized to its share of the cores
+            sessions = 1 if self.address == LOCAL else self.sessions
+            if sessions > 1 and 0 < count < sessions:
+                raise RayClusterError(
+                    f"{sessions} test processes (pytest -n {sessions}) share the Ray "
+                    f"cluster at {self.address!r}, which has room for {count} actors needing "
+                    f"{gpus} GPUs and {self.threads} CPUs each: every process keeps its actors "
+                    "for the session, so the others would wait for good; run with -n "
+                    f"{count} or fewer, or give the cluster more resources")
+            count //= max(1, sessions)
             if count < 1:
                 raise RayClusterError(
                     f"the Ray cluster at {self.address!r} has {resources.get('GPU', 0)} GPUs, "
