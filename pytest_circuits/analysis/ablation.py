@@ -1062,6 +1062,7 @@ def sweep(
     margin: float | None = DEFAULT_MARGIN,
     ablations_per_forward: int | None = None,
     thresholds: GateThresholds | None = None,
+    measured: SweepResult | None = None,
 ) -> SweepResult:
     """Ablate each component alone and measure the task metric (mean logit difference).
 
@@ -1102,8 +1103,18 @@ def sweep(
     used_method = {c: method for c in chosen}
     screening: Screening | None = None
     per_prompt: dict[Component, list[np.ndarray]] = {}
+    reused: dict[Component, ComponentEffect] = {}
+    if method == "exact" and measured is not None:
+        # an exact sweep that completes an auto sweep of the same model, task and settings
+        # (a gate settling its verdict exactly): the values auto already measured exactly are
+        # taken as they are, only its estimates are replayed
+        by_name = {e.name: e for e in measured.effects}
+        reused = {c: by_name[c.name] for c in chosen
+                  if c.name in by_name and by_name[c.name].is_exact}
     if method == "exact":
-        ablated = _exact_metrics(model, task, chosen, ablation, seed, per_forward, per_prompt)
+        ablated = _exact_metrics(model, task, [c for c in chosen if c not in reused], ablation,
+                                 seed, per_forward, per_prompt)
+        ablated.update({c: e.ablated_metric for c, e in reused.items()})
     elif method == "auto":
         ablated, confirmed, screening = _auto_metrics(
             model, task, chosen, ablation, seed, per_forward, clean,
@@ -1140,7 +1151,8 @@ def sweep(
                 else None
             ),
             stderr=(
-                ablation_stderr(performance.per_prompt, np.concatenate(per_prompt[c]))
+                reused[c].stderr if c in reused
+                else ablation_stderr(performance.per_prompt, np.concatenate(per_prompt[c]))
                 if c in per_prompt and used_method[c] == "exact"
                 else None
             ),

@@ -215,15 +215,24 @@ def sweep_result(model: Any, task: Any, options: AnalysisOptions | None = None,
         result = _stored("sweep", {**parts, "method": "exact"})
         parts["thresholds"] = thresholds.to_dict()
     if result is None:
+        # exact values an auto sweep of the same weights, task and settings measured in this
+        # session: an exact sweep (a gate settling its verdict) replays only the rest
+        base = {k: v for k, v in parts.items() if k not in ("method", "thresholds")}
+        partial_key = ("auto-measured", cache.cache_key("sweep", base))
+        session = cache.store()
+        memory = session.memory if session.enabled else {}
+        measured = memory.get(partial_key) if method == "exact" else None
         result = cache.cached(
             "sweep",
             parts,
             lambda: ablation.sweep(
                 model, task, components=_selection(options.components),
                 ablation=options.ablation, method=method, seed=options.seed,
-                margin=options.margin, thresholds=thresholds,
+                margin=options.margin, thresholds=thresholds, measured=measured,
             ),
         )
+        if method == "auto":
+            memory.setdefault(partial_key, result)
     result = relabelled(result, model)
     ablation.require_valid_task([result.performance], margin=options.margin)
     return result
