@@ -6,6 +6,7 @@ Hugging Face oracle (``copy.deepcopy(gpt2_hf)``) or saves and loads its own mode
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +109,13 @@ def smollm2_model() -> CircuitModel:
 
     torch.set_num_threads(1)  # on a shared 2-core runner more threads only add contention
     return load_model(smollm2_gguf(), device="cpu")
+
+
+@pytest.fixture
+def restore_cache_settings() -> Iterator[None]:
+    """The command configures the process-wide analysis cache; give the next test it back."""
+    from pytest_circuits import cache
+
+    saved = dict(cache._settings)
+    yield
+    cache._settings.update(saved)

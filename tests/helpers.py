@@ -578,3 +578,14 @@ def save_masked(
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """The ``pytest-circuits`` command in this process: (exit code, stdout, stderr)."""
+    import io
+
+    from pytest_circuits.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()

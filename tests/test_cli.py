@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers import run_cli as run
 
 from pytest_circuits import cache
 from pytest_circuits.cli import (
@@ -28,18 +27,8 @@ TEACHER, GOOD, BRITTLE = "zoo:tiny-teacher", "zoo:tiny-student", "zoo:tiny-stude
 FAST = ["--n-prompts", "16", "-q", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_cache_settings() -> Iterator[None]:
-    """The command configures the process-wide analysis cache; give the next test it back."""
-    saved = dict(cache._settings)
-    yield
-    cache._settings.update(saved)
+pytestmark = pytest.mark.usefixtures("restore_cache_settings")
 
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 # ----------------------------------------------------------------------------- without models

@@ -3,34 +3,24 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import run_cli as run
 
 from pytest_circuits import cache
-from pytest_circuits.cli import EXIT_OK, main
+from pytest_circuits.cli import EXIT_OK
 from pytest_circuits.results import CircuitsReport, read_report
 
 TEACHER, GOOD = "zoo:tiny-teacher", "zoo:tiny-student"
 FAST = ["--n-prompts", "8", "-q", "--device", "cpu"]
-pytestmark = pytest.mark.slow  # zoo models, several discoveries
+# slow: zoo models, several discoveries
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_cache_settings")]
 
 
-@pytest.fixture(autouse=True)
-def _restore_cache_settings() -> Iterator[None]:
-    saved = dict(cache._settings)
-    yield
-    cache._settings.update(saved)
 
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

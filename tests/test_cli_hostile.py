@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import io
 import json
 import math
 import os
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import run_cli as run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,17 +37,8 @@ NOWHERE = "zoo:no-such-student"  # loading it is exit 3: a refusal before it pro
 FAST = ["--n-prompts", "8", "-q", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_cache_settings() -> Iterator[None]:
-    saved = dict(cache._settings)
-    yield
-    cache._settings.update(saved)
+pytestmark = pytest.mark.usefixtures("restore_cache_settings")
 
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def refused(code: int, err: str, *words: str) -> None:

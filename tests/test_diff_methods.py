@@ -7,31 +7,21 @@ its band: a regression only when the whole band is beyond the tolerance, undecid
 from __future__ import annotations
 
 import copy
-import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run_cli as run
 
 from pytest_circuits import cache
-from pytest_circuits.cli import EXIT_ANALYSIS, EXIT_OK, EXIT_REGRESSION, _judged, main
+from pytest_circuits.cli import EXIT_ANALYSIS, EXIT_OK, EXIT_REGRESSION, _judged
 
 TEACHER, STUDENT = "zoo:tiny-teacher", "zoo:tiny-student"
 
 
-@pytest.fixture(autouse=True)
-def _restore_cache_settings() -> Iterator[None]:
-    saved = dict(cache._settings)
-    yield
-    cache._settings.update(saved)
+pytestmark = pytest.mark.usefixtures("restore_cache_settings")
 
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
