@@ -285,6 +285,19 @@ def cached(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -> T:
     return value
 
 
+def replace(kind: str, parts: dict[str, Any], value: Any) -> None:
+    """Store ``value`` under ``parts`` in place of what is there, in memory and on disk (written
+    atomically, as every entry is): a result refined after it was first stored, such as a sweep
+    whose estimates a gate measured exactly. Nothing happens while caching is off."""
+    cache = store()
+    if not cache.enabled:
+        return
+    key = cache_key(kind, parts)
+    cache.memory[key] = value
+    if cache.directory is not None:
+        _write(entry_path(cache.directory, kind, key), kind, key, parts, value)
+
+
 class _NotAnEntry(Exception):
     """What is at an entry's path cannot be an entry (its message says why); a miss."""
 

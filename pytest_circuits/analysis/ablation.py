@@ -1175,6 +1175,53 @@ def sweep(
     )
 
 
+def settle(
+    model: CircuitModel,
+    task: Task | str,
+    result: SweepResult,
+    names: Sequence[str],
+    *,
+    ablation: str = "mean",
+    seed: int = 0,
+    ablations_per_forward: int | None = None,
+) -> SweepResult:
+    """``result`` (a sweep of ``model`` on ``task`` with these ``ablation`` and ``seed``) with
+    the estimates named in ``names`` measured exactly: each becomes an exact value with its
+    standard error, exactly what a full exact sweep measures for it (the same replay), and
+    every other effect is kept as it was. Names already exact are not measured again; a name
+    the sweep does not hold is refused. What a gate measures when only some estimates can
+    change its verdict, instead of sweeping every component again."""
+    task = resolve_task(task)
+    by_name = {e.name: e for e in result.effects}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise SweepConfigError(
+            f"cannot settle {', '.join(unknown[:5])}: the sweep of {result.model.name} on "
+            f"'{result.task}' holds no such component (it holds {len(by_name)})"
+        )
+    chosen = [Component.parse(n) for n in dict.fromkeys(names) if not by_name[n].is_exact]
+    if not chosen:
+        return result
+    performance = measure_task_performance(model, task)
+    per_forward = ablations_per_forward or default_ablations_per_forward(model)
+    per_prompt: dict[Component, list[np.ndarray]] = {}
+    ablated = _exact_metrics(model, task, chosen, ablation, seed, per_forward, per_prompt)
+    clean = result.clean_metric
+    values = np.array([ablated[c] for c in chosen], dtype=float)
+    _require_finite_metrics(values, [c.name for c in chosen], model.name, task.name)
+    kept = metrics.retained(clean, values)
+    infl = metrics.influence(clean, values)
+    settled = {
+        c.name: dataclasses.replace(
+            by_name[c.name], ablated_metric=float(values[i]), retained=float(kept[i]),
+            drop=float(100.0 - kept[i]), influence=float(infl[i]), method="exact", bound=None,
+            stderr=ablation_stderr(performance.per_prompt, np.concatenate(per_prompt[c])),
+        )
+        for i, c in enumerate(chosen)
+    }
+    return dataclasses.replace(result, effects=[settled.get(e.name, e) for e in result.effects])
+
+
 def _pruned_names(model: CircuitModel) -> tuple[str, ...] | None:
     found = engine.pruned_components(model)
     return None if found is None else tuple(c.name for c in sorted(found))

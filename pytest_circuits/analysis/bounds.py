@@ -60,8 +60,10 @@ def alignment_slack(report: Any) -> tuple[float, float]:
     b_i, T = sum I_i and B = sum b_i: every share I_i / T moves by at most
     (b_i + share_i * B) / (T - B), so the shares together by at most 2B / (T - B). Then
     A = (1/N) sum S_i (1 - |s_i - t_i|) moves by at most max|S| / N times the two sides' sums,
-    and the weighted sum S_i min(s_i, t_i) by at most max|S| times them. A matching that reads
-    influences (causal, or tie-aware decisions) could itself change, which no band bounds.
+    and the weighted sum S_i min(s_i, t_i) by at most max|S| times them, its shares taken over
+    the pairs above the noise floor (the pairs it keeps). A matching that reads influences
+    (causal, or a tie decided by an estimate) could itself change, which no band bounds; so
+    could the set of pairs the noise floor keeps while an estimate straddles it.
     """
     pairs = report.alignment.pairs
     sweeps = {"teacher": report.teacher.sweep, "student": report.student.sweep}
@@ -69,25 +71,41 @@ def alignment_slack(report: Any) -> tuple[float, float]:
         return 0.0, 0.0
     if matching_reads_influences(report) or not pairs:
         return math.inf, math.inf
+    bands = {side: dict(zip((e.name for e in sweep.effects), _bands(sweep), strict=True))
+             for side, sweep in sweeps.items()}
+    paper = _share_slack(pairs, bands)
+    noise = report.fingerprint.noise_floor or 0.0
+    kept = [p for p in pairs if p.teacher_influence >= noise or p.student_influence >= noise]
+    if noise and any(names for names in compare_needs(report).values()):
+        weighted = math.inf  # which pairs the floor keeps is not settled
+    else:
+        weighted = _share_slack(kept, bands) if kept else math.inf
+    largest = max(abs(float(p.similarity)) for p in pairs)
+    return largest * paper / len(pairs), largest * weighted
+
+
+def _share_slack(pairs: Any, bands: dict[str, dict[str, float]]) -> float:
+    """The largest total change of both sides' influence shares over ``pairs`` while every
+    estimate moves within its band (inf when a side's bands reach its total influence)."""
     total = 0.0
-    for side, sweep in sweeps.items():
-        band = dict(zip((e.name for e in sweep.effects), _bands(sweep), strict=True))
-        names = [getattr(p, side) for p in pairs]
+    for side, band in bands.items():
         influence = sum(float(getattr(p, f"{side}_influence")) for p in pairs)
-        spread = sum(float(band.get(name, math.inf)) for name in names)
+        spread = sum(float(band.get(getattr(p, side), math.inf)) for p in pairs)
         if not spread:
             continue
         if spread >= influence:
-            return math.inf, math.inf
+            return math.inf
         total += 2.0 * spread / (influence - spread)
-    largest = max(abs(float(p.similarity)) for p in pairs)
-    return largest * total / len(pairs), largest * total
+    return total
 
 
 def matching_reads_influences(report: Any) -> bool:
-    """Whether a PairReport's matching depends on ablation effects (causal matching, or
-    tie-aware matching deciding ties by effect), so estimates could change who is paired."""
-    return report.fingerprint.matching != "paper" or report.fingerprint.tie_margin is not None
+    """Whether estimates could change who a PairReport pairs: causal matching reads every
+    effect; tie-aware matching reads effects only to break ties, so it depends on estimates
+    only while a tie's decision reads one whose band lets it go either way."""
+    if report.fingerprint.matching == "causal":
+        return has_estimates(report.teacher.sweep, report.student.sweep)
+    return bool(compare_needs(report, ties_only=True))
 
 
 def unsettled(checks: Any, intervals: Mapping[str, tuple[float, float]]) -> list[str]:
@@ -104,3 +122,124 @@ def unsettled(checks: Any, intervals: Mapping[str, tuple[float, float]]) -> list
             names.append(check.metric)
     return names
 
+
+
+def drop_bands(sweep: Any) -> dict[str, tuple[float, float]]:
+    """Per component of ``sweep``, the interval its signed (unclamped) drop lies in: the value
+    itself when exact, the value +- its band when estimated (infinite without a bound)."""
+    return {e.name: (e.drop - b, e.drop + b) for e, b in zip(sweep.effects, _bands(sweep),
+                                                             strict=True)}
+
+
+def _influence_range(interval: tuple[float, float]) -> tuple[float, float]:
+    """The interval of the influence |drop| over a signed drop interval."""
+    low, high = interval
+    if low <= 0.0 <= high:
+        return 0.0, max(-low, high)
+    return min(abs(low), abs(high)), max(abs(low), abs(high))
+
+
+def _straddles(interval: tuple[float, float], cut: float) -> bool:
+    """Whether the influence can lie on both sides of ``cut`` (below it, and at or above it)."""
+    low, high = _influence_range(interval)
+    return low < cut <= high
+
+
+def compare_needs(report: Any, *, ties_only: bool = False) -> dict[str, set[str]]:
+    """The estimates of a PairReport's two sweeps that one of compare's yes/no decisions reads
+    while its band lets the answer go either way, by side ("teacher", "student"): measured
+    exactly, they leave those decisions resting on exact values only. Empty for exact sweeps.
+
+    The decisions: who a tie-aware chooser picks (its own drop against the dead floor, then its
+    candidates' drops), whether a pair clears the noise floor on either side (the weighted
+    score), whether a student claimed by several teachers is alive (fan-in, compression), and
+    whether a teacher component is discarded onto a dead counterpart (the dead floor, both
+    sides). The tolerance and the "influential" level are cut points the auto sweep decides
+    itself (``AnalysisOptions.drop_cut_points``). ``ties_only``: the ties' needs alone.
+    """
+    sides = {"teacher": report.teacher.sweep, "student": report.student.sweep}
+    if not has_estimates(*sides.values()):
+        return {}
+    bands = {side: drop_bands(sweep) for side, sweep in sides.items()}
+    exact = {side: {e.name for e in sweep.effects if e.is_exact} for side, sweep in sides.items()}
+    needs: dict[str, set[str]] = {"teacher": set(), "student": set()}
+
+    def need(side: str, *names: str) -> None:
+        needs[side].update(n for n in names if n in bands[side] and n not in exact[side])
+
+    settings = report.settings
+    floor = settings.min_student_influence
+    chooser = "teacher" if report.fingerprint.direction != "student_to_teacher" else "student"
+    partner = "student" if chooser == "teacher" else "teacher"
+    for p in report.alignment.pairs:
+        mine = getattr(p, chooser)
+        # a tie broken by effect: the chooser's drop says whether effects are read at all
+        if p.ambiguous:
+            interval = bands[chooser][mine]
+            if _straddles(interval, floor):
+                need(chooser, mine)
+            if _influence_range(interval)[1] >= floor:
+                need(chooser, mine)
+                need(partner, *p.candidates)
+        noise = report.fingerprint.noise_floor
+        if noise and not ties_only:
+            t_low, t_high = _influence_range(bands["teacher"][p.teacher])
+            s_low, s_high = _influence_range(bands["student"][p.student])
+            if not (t_low >= noise or s_low >= noise or (t_high < noise and s_high < noise)):
+                if _straddles(bands["teacher"][p.teacher], noise):
+                    need("teacher", p.teacher)
+                if _straddles(bands["student"][p.student], noise):
+                    need("student", p.student)
+    if ties_only:
+        return {side: names for side, names in needs.items() if names}
+    # fan-in: a student several unambiguous teachers chose is compression only while alive
+    chosen: dict[str, int] = {}
+    for p in report.alignment.pairs:
+        if not p.ambiguous:
+            chosen[p.student] = chosen.get(p.student, 0) + 1
+    for student, count in chosen.items():
+        if count > 1 and _straddles(bands["student"][student], floor):
+            need("student", student)
+    # discarded onto a dead counterpart: the teacher could clear the floor and the counterpart
+    # (its best match, or the most similar candidate of a tie) could be dead
+    best: dict[str, Any] = {}
+    for p in report.alignment.pairs:
+        if p.teacher not in best or p.similarity > best[p.teacher].similarity:
+            best[p.teacher] = p
+    for teacher, p in best.items():
+        counterparts = [p.student] + ([p.candidates[0]] if p.ambiguous and chooser == "teacher"
+                                      else [])
+        t_high = _influence_range(bands["teacher"][teacher])[1]
+        for student in counterparts:
+            if student not in bands["student"]:
+                continue
+            s_low = _influence_range(bands["student"][student])[0]
+            if s_low < floor and t_high > floor and (
+                    teacher not in exact["teacher"] or student not in exact["student"]):
+                need("teacher", teacher)
+                need("student", student)
+    return {side: names for side, names in needs.items() if names}
+
+
+def widest_estimates(report: Any, share: float = 0.5, least: int = 8) -> dict[str, set[str]]:
+    """The matched estimates of a PairReport with the widest bands, by side: the fewest that
+    carry ``share`` of the bands' total (at least ``least`` of them, or all there are). Measured
+    exactly, they shrink the scores' slack (:func:`alignment_slack`) fastest."""
+    sides = {"teacher": report.teacher.sweep, "student": report.student.sweep}
+    found: dict[tuple[str, str], float] = {}
+    for side, sweep in sides.items():
+        band = dict(zip((e.name for e in sweep.effects), _bands(sweep), strict=True))
+        for p in report.alignment.pairs:
+            name = getattr(p, side)
+            if band.get(name, 0.0) > 0.0:
+                found[(side, name)] = band[name]
+    ranked = sorted(found.items(), key=lambda item: -item[1])
+    total = sum(b for _, b in ranked if math.isfinite(b))
+    chosen: dict[str, set[str]] = {}
+    carried = 0.0
+    for count, ((side, name), b) in enumerate(ranked):
+        if count >= least and carried >= share * total:
+            break
+        chosen.setdefault(side, set()).add(name)
+        carried += b if math.isfinite(b) else 0.0
+    return chosen

@@ -11,11 +11,14 @@ from its stored sweep, which costs no forward pass.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 from typing import Any
 
 from .. import cache
 from ..config.options import PAIR_KEY_FIELDS, AnalysisOptions
 from .ablation import require_valid_task
+from .bounds import compare_needs
 from .comparison import compare, model_report
 from .store import (
     analysis_options,
@@ -25,12 +28,13 @@ from .store import (
     default_method,
     n_components,
     relabelled,
+    settle_sweep,
     sweep_result,
     task_performance,
 )
 
 __all__ = ["as_pair", "as_task", "compare", "default_method", "model_report", "n_components",
-           "pair_report", "sweep_result", "task_performance"]
+           "pair_report", "settle_pair", "sweep_result", "task_performance"]
 
 
 def pair_report(pair: Any, task: Any, options: AnalysisOptions | None = None,
@@ -76,13 +80,59 @@ def pair_report(pair: Any, task: Any, options: AnalysisOptions | None = None,
         "dtype": pair.student.dtype,
         "device": pair.student.device_kind,
     }
-    if compared == "auto":
-        parts.update(sweep_methods=methods, thresholds=thresholds.to_dict())
-    else:
-        sweeps = None  # compare finds the exact sweeps in the cache (or sweeps them)
     measured = options.replace(method=compared)
-    report = cache.cached("pair", parts, lambda: compare(pair, task, measured, sweeps=sweeps))
-    return relabelled_pair(report, pair)
+    if compared != "auto":
+        # compare finds the exact sweeps in the cache (or sweeps them)
+        report = cache.cached("pair", parts, lambda: compare(pair, task, measured))
+        return relabelled_pair(report, pair)
+    parts.update(sweep_methods=methods, thresholds=thresholds.to_dict())
+    sweep_options = [options.replace(method=chosen, thresholds=thresholds) for chosen in methods]
+    while True:
+        # keyed by which values the sweeps hold exactly: a report is never served over sweeps
+        # settled further since (a gate measured more of them), and a warm run, whose stored
+        # sweeps are the settled ones, finds the settled report at once
+        keyed = {**parts, "exact": [exact_digest(r) for r in sweeps]}
+        report = cache.cached("pair", keyed, functools.partial(
+            compare, pair, task, measured, sweeps=sweeps))
+        needs = compare_needs(report)
+        if not needs:
+            return relabelled_pair(report, pair)
+        # an estimate decides a tie, a floor or a discarded component: measure it exactly
+        sweeps = tuple(
+            settle_sweep(model, task, chosen, needs.get(side, ())) if needs.get(side) else r
+            for model, chosen, side, r in zip((pair.teacher, pair.student), sweep_options,
+                                             ("teacher", "student"), sweeps, strict=True)
+        )
+
+
+def settle_pair(pair: Any, task: Any, options: AnalysisOptions, names: Any) -> bool:
+    """Measure exactly the estimates ``names`` ({"teacher": [...], "student": [...]}) in the
+    sweeps :func:`pair_report` reads for ``options``, in their place in the cache, so the next
+    ``pair_report`` reads them exact. What a gate does when the bands of a few estimates are
+    all that keep its verdict open. False when none of them was an estimate."""
+    options = analysis_options("settle_pair", options, {})
+    pair = as_pair(pair)
+    task = as_task(task, options.n_prompts, options.seed, pair.teacher)
+    options = options.resolved()
+    thresholds = auto_thresholds(options, options.drop_cut_points)
+    progressed = False
+    for model, side in ((pair.teacher, "teacher"), (pair.student, "student")):
+        wanted = set(names.get(side, ()))
+        if not wanted:
+            continue
+        chosen = options.replace(method=options.method or default_method(model),
+                                 thresholds=thresholds)
+        before = sweep_result(model, task, chosen)
+        if any(e.name in wanted and not e.is_exact for e in before.effects):
+            settle_sweep(model, task, chosen, wanted)
+            progressed = True
+    return progressed
+
+
+def exact_digest(sweep: Any) -> str:
+    """A short digest of which components ``sweep`` holds exactly (the rest are estimates)."""
+    names = ",".join(e.name for e in sweep.effects if e.is_exact)
+    return hashlib.sha256(names.encode()).hexdigest()[:16]
 
 
 def relabelled_pair(report: Any, pair: Any) -> Any:

@@ -217,10 +217,8 @@ def sweep_result(model: Any, task: Any, options: AnalysisOptions | None = None,
     if result is None:
         # exact values an auto sweep of the same weights, task and settings measured in this
         # session: an exact sweep (a gate settling its verdict) replays only the rest
-        base = {k: v for k, v in parts.items() if k not in ("method", "thresholds")}
-        partial_key = ("auto-measured", cache.cache_key("sweep", base))
-        session = cache.store()
-        memory = session.memory if session.enabled else {}
+        partial_key = _partial_key(parts)
+        memory = _session_memory()
         measured = memory.get(partial_key) if method == "exact" else None
         result = cache.cached(
             "sweep",
@@ -236,6 +234,37 @@ def sweep_result(model: Any, task: Any, options: AnalysisOptions | None = None,
     result = relabelled(result, model)
     ablation.require_valid_task([result.performance], margin=options.margin)
     return result
+
+
+def _partial_key(parts: dict[str, Any]) -> tuple[str, str]:
+    """Where the session keeps the latest auto sweep of a model, task and settings, whatever
+    its thresholds: an exact sweep of the same settings reuses what it measured exactly."""
+    base = {k: v for k, v in parts.items() if k not in ("method", "thresholds")}
+    return ("auto-measured", cache.cache_key("sweep", base))
+
+
+def _session_memory() -> dict[Any, Any]:
+    session = cache.store()
+    return session.memory if session.enabled else {}
+
+
+def settle_sweep(model: Any, task: Any, options: AnalysisOptions, names: Any) -> Any:
+    """The sweep :func:`sweep_result` returns for ``options``, with the estimates named in
+    ``names`` measured exactly (``ablation.settle``: each as a full exact sweep measures it),
+    stored back in its place in the session and on disk, so every later gate, pair and warm run
+    reads the settled values, and an exact sweep of the same settings replays only what is
+    still estimated. A sweep without estimates among ``names`` is returned as it is."""
+    result = sweep_result(model, task, options)
+    wanted = set(names)
+    if not any(e.name in wanted and not e.is_exact for e in result.effects):
+        return result
+    settled = ablation.settle(model, task, result, sorted(wanted), ablation=options.ablation,
+                              seed=options.seed)
+    parts = {**model_parts(model, task), **options.key(("components", "ablation", "seed")),
+             "method": "auto", "thresholds": auto_thresholds(options).to_dict()}
+    cache.replace("sweep", parts, settled)
+    _session_memory()[_partial_key(parts)] = settled
+    return settled
 
 
 def _subset_of_stored(model: Any, task: Any, options: AnalysisOptions) -> Any:

@@ -51,26 +51,47 @@ def assert_circuit_aligned(
     )
 
 
+#: How many times the gate measures the widest estimates exactly before it leaves an open
+#: verdict to the runner's full exact sweep.
+SETTLE_ROUNDS = 6
+
+
 def _measure(call: GateCall, method: str | None) -> Measurement:
-    from ..analysis.bounds import alignment_slack, unsettled
+    from ..analysis.bounds import alignment_slack, unsettled, widest_estimates
+    from ..analysis.cached import settle_pair
 
     # the score reads every influence; an auto sweep decides exactly compare's own cut points
-    # (tolerance, influential, dead floor, noise floor: pair_report adds them) and the top 5
-    report, sweeps, estimated = measure_pair(call, method, GateThresholds(drop=(), top_k=5))
-    a = report.alignment
-    if not a.pairs:
-        raise CircuitAssertionError("alignment was computed over zero matched components")
-    checks = [MetricCheck("alignment", a.score, call.limits["min_score"], ">=")]
-    if call.limits["min_weighted_score"] is not None:
-        checks.append(MetricCheck("weighted_alignment", a.weighted_score,
-                                  call.limits["min_weighted_score"], ">="))
-    undecided: list[str] = []
-    if estimated:  # the score reads every matched influence: bound it over the bands
+    # (the tolerance and the influential level: pair_report adds them) and the top 5, and the
+    # pair report settles the estimates its floors and ties read
+    thresholds = GateThresholds(drop=(), top_k=5)
+    settled: dict[str, None] = {}
+    first_exact: int | None = None
+    for _ in range(SETTLE_ROUNDS):
+        report, sweeps, estimated = measure_pair(call, method, thresholds)
+        a = report.alignment
+        if not a.pairs:
+            raise CircuitAssertionError("alignment was computed over zero matched components")
+        checks = [MetricCheck("alignment", a.score, call.limits["min_score"], ">=")]
+        if call.limits["min_weighted_score"] is not None:
+            checks.append(MetricCheck("weighted_alignment", a.weighted_score,
+                                      call.limits["min_weighted_score"], ">="))
+        undecided: list[str] = []
+        exact_now = sum(len(r.exact_names) for r in sweeps.values())
+        first_exact = exact_now if first_exact is None else first_exact
+        if not estimated:
+            break
+        # the score reads every matched influence: bound it over the bands
         paper, weighted = alignment_slack(report)
         undecided = unsettled(checks, {
             "alignment": (a.score - paper, a.score + paper),
             "weighted_alignment": (a.weighted_score - weighted, a.weighted_score + weighted),
         })
+        # a threshold inside the interval: measure the widest bands exactly and look again
+        if not undecided or not settle_pair(
+                call.pair, call.task, call.options.replace(method=method, thresholds=thresholds),
+                widest_estimates(report)):
+            break
+        settled.update(dict.fromkeys(undecided))
     weakest = a.weakest(5)
     values = {"alignment": a.score, "mean_similarity": a.mean_similarity,
               "influence_term": a.influence_term, "weighted_alignment": a.weighted_score,
@@ -84,7 +105,8 @@ def _measure(call: GateCall, method: str | None) -> Measurement:
         headline=pair_headline("circuit alignment", report),
         details=lambda line: _details(line, report, call.options.preset, weakest),
         fingerprint=report.fingerprint.to_dict(), models=pair_models(report), report=report,
-        sweeps=sweeps, unsettled=undecided, task=report.task,
+        sweeps=sweeps, unsettled=undecided, task=report.task, settled=list(settled),
+        settled_values=exact_now - (first_exact or 0),
     )
 
 

@@ -104,6 +104,10 @@ class Measurement:
     sweeps: dict[str, Any] = field(default_factory=dict)  # role -> SweepResult read
     #: the checked metrics whose verdict the estimates' bands could flip (settled exactly)
     unsettled: Sequence[str] = ()
+    #: the checked metrics whose verdict the gate decided by measuring some estimates exactly
+    #: (the widest bands first) rather than every component, and how many values that took
+    settled: Sequence[str] = ()
+    settled_values: int = 0
     task: str | None = None  # the result's task name, when not the call's task
 
 
@@ -130,7 +134,8 @@ def run_gate(kind: GateKind, target: Any, task: Any, **arguments: Any) -> Any:
         fingerprint=measured.fingerprint, models=measured.models, report=measured.report,
         tolerances=tolerances(call.baseline_tolerance, list(measured.values), kind),
     )
-    line = record_method(result, call, measured.sweeps, settled) if measured.sweeps else ""
+    line = record_method(result, call, measured.sweeps, settled, partly=measured.settled,
+                         partly_values=measured.settled_values) if measured.sweeps else ""
     finish(result, measured.headline, measured.details(line), task=call.task)
     return measured.value
 
@@ -357,7 +362,8 @@ def sweep_line(sweep: Any) -> str:
 
 
 def record_method(result: GateResult, call: GateCall, sweeps: Mapping[str, Any],
-                  settled: Sequence[str] = ()) -> str:
+                  settled: Sequence[str] = (), *, partly: Sequence[str] = (),
+                  partly_values: int = 0) -> str:
     """Write into ``result`` how its sweeps were measured, and return the line its message
     prints: "sweep method: auto (method='auto'): student M: auto: 3 of 10 exact, 7 bounded...".
 
@@ -389,12 +395,16 @@ def record_method(result: GateResult, call: GateCall, sweeps: Mapping[str, Any],
         origin = f"default: {defaults.default_method_rule()}"
     line = f"sweep method: {method} ({origin}): " + "; ".join(
         f"{role} {sweep_line(sweep)}" for role, sweep in sweeps.items())
+    if partly and not settled:  # the gate measured the estimates that kept it open
+        line += (f"; {partly_values} more values measured exactly, since estimates within "
+                 "their bands could decide " + ", ".join(partly))
     if settled:  # the gate swept again exactly (see ``Measurement.unsettled``)
         line += ("; swept exactly, since estimates within their bands could decide "
                  + ", ".join(settled))
     result.fingerprint = {**result.fingerprint, "method": method}
-    result.set_sweep_method(SweepMethodRecord(requested=requested, origin=origin, note=line,
-                                              sweeps=per_role, settled_exactly=tuple(settled)))
+    result.set_sweep_method(SweepMethodRecord(
+        requested=requested, origin=origin, note=line, sweeps=per_role,
+        settled_exactly=tuple(dict.fromkeys([*partly, *settled]))))
     return line
 
 

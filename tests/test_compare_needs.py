@@ -1,0 +1,156 @@
+"""An auto pair report settles exactly the estimates its yes/no decisions read.
+
+compare decides ties (tie-aware matching), the noise floor of the weighted score, fan-in and
+the discarded components at the dead floor and the noise floor, where most of a real model's
+values sit. An auto sweep no longer measures every value near those floors; the pair report
+measures only the estimates a decision reads while their band lets it go either way
+(``bounds.compare_needs``), each as a full exact sweep would (``ablation.settle``), stored in
+the sweep's place so every later reader sees them. The decisions then equal the exact report's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_circuits import cache
+from pytest_circuits.analysis import ablation, bounds, store
+from pytest_circuits.analysis.cached import pair_report
+from pytest_circuits.config import context
+from pytest_circuits.config.options import AnalysisOptions, GateThresholds
+from pytest_circuits.errors import SweepConfigError
+from pytest_circuits.models import CircuitModel, ModelPair, load_model, load_pair
+from pytest_circuits.tasks import builtin_task
+
+TASK = builtin_task("numerals", n_prompts=16)
+#: an auto sweep told to decide nothing: every value it did not need stays an estimate
+NOTHING = GateThresholds(drop=(), mean_drop=(), top_k=0)
+
+
+@pytest.fixture(scope="module")
+def teacher() -> CircuitModel:
+    return load_model("zoo:tiny-teacher", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def pair(teacher: CircuitModel) -> ModelPair:
+    return load_pair(teacher, load_model("zoo:tiny-student-brittle", device="cpu"))
+
+
+@pytest.fixture
+def fresh_cache(tmp_path: Path) -> Iterator[Path]:
+    with context.changed(cache=context.CacheStore()):
+        cache.configure(tmp_path / "cache", enabled=True)
+        yield tmp_path / "cache"
+
+
+@pytest.fixture
+def undecided(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Auto sweeps decide nothing themselves; yields the methods of the sweeps that ran."""
+    ran: list[str] = []
+    real = ablation.sweep
+
+    def sweep(*args: Any, **kwargs: Any) -> Any:
+        ran.append(kwargs.get("method"))
+        if kwargs.get("method") == "auto":
+            kwargs["thresholds"] = NOTHING
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ablation, "sweep", sweep)
+    return ran
+
+
+def test_settle_measures_the_named_estimates_as_the_exact_sweep_does(
+    teacher: CircuitModel, fresh_cache: Path
+) -> None:
+    auto = ablation.sweep(teacher, TASK, method="auto", thresholds=NOTHING)
+    exact = ablation.sweep(teacher, TASK, method="exact")
+    estimated = auto.estimated_names
+    assert len(estimated) >= 4
+    chosen = estimated[:3]
+    settled = ablation.settle(teacher, TASK, auto, chosen)
+    by_exact = {e.name: e for e in exact.effects}
+    for before, after in zip(auto.effects, settled.effects, strict=True):
+        if before.name in chosen:
+            truth = by_exact[before.name]
+            assert after.is_exact and after.bound is None
+            assert (after.ablated_metric, after.drop, after.influence, after.stderr) == (
+                truth.ablated_metric, truth.drop, truth.influence, truth.stderr)
+        else:
+            assert after == before  # untouched, estimate or exact
+    # nothing left to settle: the same object back, no replay
+    assert ablation.settle(teacher, TASK, settled, chosen) is settled
+    with pytest.raises(SweepConfigError, match="L9H9"):
+        ablation.settle(teacher, TASK, auto, ["L9H9"])
+
+
+def test_a_settled_sweep_replaces_the_stored_one_on_disk(
+    teacher: CircuitModel, fresh_cache: Path
+) -> None:
+    options = AnalysisOptions(method="auto", thresholds=NOTHING)
+    auto = store.sweep_result(teacher, TASK, options)
+    chosen = auto.estimated_names[:2]
+    store.settle_sweep(teacher, TASK, options, chosen)
+    # a new session reading the same directory finds the settled sweep
+    with context.changed(cache=context.CacheStore()):
+        cache.configure(fresh_cache, enabled=True)
+        again = store.sweep_result(teacher, TASK, options)
+    assert set(again.exact_names) == set(auto.exact_names) | set(chosen)
+
+
+@pytest.mark.parametrize("preset", [None, "recommended"])
+def test_the_auto_report_decides_as_the_exact_one(
+    pair: ModelPair, fresh_cache: Path, undecided: list[str], preset: str | None
+) -> None:
+    exact = pair_report(pair, TASK, method="exact", preset=preset)
+    undecided.clear()
+    with context.changed(cache=context.CacheStore()):
+        cache.configure(None, enabled=True)
+        auto = pair_report(pair, TASK, method="auto", preset=preset)
+    assert undecided == ["auto", "auto"]  # settled in place, never swept again
+    assert bounds.compare_needs(auto) == {}
+    estimates = len(auto.teacher.sweep.estimated_names) + len(auto.student.sweep.estimated_names)
+    assert estimates > 0, "every value was settled: the test no longer shows a partial settle"
+    # every decision compare makes is the exact report's
+    assert [(p.teacher, p.student, p.candidates) for p in auto.alignment.pairs] == [
+        (p.teacher, p.student, p.candidates) for p in exact.alignment.pairs]
+    assert [(d.teacher, d.student, d.reason) for d in auto.discarded] == [
+        (d.teacher, d.student, d.reason) for d in exact.discarded]
+    assert auto.fan_in == exact.fan_in
+    # each discarded component and its counterpart rest on exact values
+    for d in auto.discarded:
+        assert auto.teacher.sweep.effect(d.teacher).is_exact
+        if d.student is not None:
+            assert auto.student.sweep.effect(d.student).is_exact
+
+
+def test_needs_name_only_estimates_whose_band_straddles_a_floor(
+    pair: ModelPair, fresh_cache: Path, undecided: list[str]
+) -> None:
+    from pytest_circuits.analysis.comparison import compare
+
+    options = AnalysisOptions(method="auto", thresholds=NOTHING)
+    sweeps = tuple(store.sweep_result(m, TASK, options) for m in (pair.teacher, pair.student))
+    report = compare(pair, TASK, options, sweeps=sweeps)
+    needs = bounds.compare_needs(report)
+    assert needs, "an undecided auto sweep left no decision open: the test shows nothing"
+    floor = report.settings.min_student_influence
+    for side, names in needs.items():
+        sweep = sweeps[0] if side == "teacher" else sweeps[1]
+        for name in names:
+            effect = sweep.effect(name)
+            assert not effect.is_exact
+            low, high = bounds._influence_range((effect.drop - effect.bound,
+                                                 effect.drop + effect.bound))
+            # the paper's matching reads no tie and no noise floor: only the dead floor, where
+            # a teacher that could clear it matters, and a student that could be dead
+            if side == "teacher":
+                assert high > floor
+            else:
+                assert low < floor
+    # exact sweeps open nothing
+    exact = tuple(store.sweep_result(m, TASK, method="exact") for m in (pair.teacher, pair.student))
+    assert bounds.compare_needs(compare(pair, TASK, options, sweeps=exact)) == {}
