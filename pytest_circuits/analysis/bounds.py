@@ -243,3 +243,49 @@ def widest_estimates(report: Any, share: float = 0.5, least: int = 8) -> dict[st
         chosen.setdefault(side, set()).add(name)
         carried += b if math.isfinite(b) else 0.0
     return chosen
+
+
+def threshold_needs(sweep: Any, thresholds: Any) -> set[str]:
+    """The estimates of ``sweep`` whose bands leave a verdict against ``thresholds`` (a
+    GateThresholds) open: each single-component level a band reaches (on the drop, or its
+    negative, the influence cut point), each estimate that could be among the ``top_k``
+    largest by clamped drop or by influence, and, while a mean-drop limit lies inside the mean
+    clamped drop's interval, the widest estimates until it no longer does. Measured exactly
+    (``ablation.settle``) they make the sweep decide ``thresholds`` as an auto sweep made for
+    them would; an auto sweep is made once per model and settled further for each new set."""
+    effects = list(sweep.effects)
+    if not effects:
+        return set()
+    names = [e.name for e in effects]
+    estimate = np.array([not e.is_exact for e in effects])
+    drops = np.array([e.drop for e in effects], dtype=float)
+    bands = _bands(sweep)
+    low, high = drops - bands, drops + bands
+    need: set[str] = set()
+    for level in thresholds.drop:
+        reach = ((low <= level) & (level <= high)) | ((low <= -level) & (-level <= high))
+        need.update(n for n, hit in zip(names, reach & estimate, strict=True) if hit)
+    k = int(thresholds.top_k)
+    if k and len(effects) > k:
+        influence = [_influence_range((a, b)) for a, b in zip(low, high, strict=True)]
+        orders = [(np.clip(low, 0.0, 100.0), np.clip(high, 0.0, 100.0)),
+                  (np.array([r[0] for r in influence]), np.array([r[1] for r in influence]))]
+        for lows, highs in orders:
+            kth = np.sort(lows)[-k]
+            could = estimate & (highs >= kth)
+            need.update(n for n, hit in zip(names, could, strict=True) if hit)
+    if thresholds.mean_drop:
+        c_low, c_high = np.clip(low, 0.0, 100.0), np.clip(high, 0.0, 100.0)
+        width = np.where(estimate, c_high - c_low, 0.0)
+        n = len(effects)
+        for limit in thresholds.mean_drop:
+            mid_low, mid_high = float(c_low.mean()), float(c_high.mean())
+            order = np.argsort(-width)
+            taken = 0
+            # settling an estimate can move its value anywhere in its band: remove its width
+            while mid_low <= limit <= mid_high and taken < n and width[order[taken]] > 0:
+                i = order[taken]
+                need.add(names[i])
+                mid_high -= width[i] / n
+                taken += 1
+    return need

@@ -110,6 +110,8 @@ def settle_pair(pair: Any, task: Any, options: AnalysisOptions, names: Any) -> b
     sweeps :func:`pair_report` reads for ``options``, in their place in the cache, so the next
     ``pair_report`` reads them exact. What a gate does when the bands of a few estimates are
     all that keep its verdict open. False when none of them was an estimate."""
+    if not cache.store().enabled:
+        return False  # nothing settled could be kept for the next report to read
     options = analysis_options("settle_pair", options, {})
     pair = as_pair(pair)
     task = as_task(task, options.n_prompts, options.seed, pair.teacher)

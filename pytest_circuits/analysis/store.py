@@ -30,7 +30,7 @@ from ..config import options as defaults
 from ..config.options import AnalysisOptions, GateThresholds
 from ..models import ModelPair, load_pair
 from ..tasks import DEFAULT_N_PROMPTS, resolve_task
-from . import ablation
+from . import ablation, bounds
 
 #: What a direct call of the analysis layer measures by default: every component exactly.
 EXACT = AnalysisOptions(method="exact")
@@ -188,57 +188,105 @@ def sweep_result(model: Any, task: Any, options: AnalysisOptions | None = None,
     """``ablation.sweep`` through the session/disk cache: one sweep per weights, task and
     sweep options (keyword arguments are :class:`AnalysisOptions` fields; default exact).
 
-    An auto sweep is keyed by its ``thresholds`` too, and an exact sweep already stored for the
-    same model, task and settings is returned for an auto request instead (its
-    ``fingerprint.method`` says "exact"). The margin is not part of the key: it does not change
-    a sweep's numbers, only whether the task is valid for the model, and that is checked again
-    on every call, so a stored sweep is never served to a caller whose margin refuses the task.
+    An exact sweep already stored for the same model, task and settings is returned for an
+    auto request (its ``fingerprint.method`` says "exact"). An auto sweep is made once per
+    model, task and settings, for the first ``thresholds`` asked; a later request with other
+    thresholds gets the same sweep with the estimates those thresholds need measured exactly
+    (``bounds.threshold_needs``, :func:`settle_sweep`), so every gate on a model shares one
+    screen. The margin is not part of the key: it does not change a sweep's numbers, only
+    whether the task is valid for the model, and that is checked again on every call, so a
+    stored sweep is never served to a caller whose margin refuses the task.
     """
     options = analysis_options("sweep_result", options, overrides)
     method = options.method or default_method(model)
     parts = {**model_parts(model, task), **options.key(("components", "ablation", "seed")),
              "method": method}
     result = None
-    thresholds = None
     if options.components != "all":
         # a subset is read from an exact sweep of every component when one is stored: each
         # component's single ablation is measured the same way whatever else is swept
         result = _subset_of_stored(model, task, options)
-        if result is None and method == "exact" and _mostly_all(model, options.components):
+        everything = options.replace(components="all")
+        if result is None and (_mostly_all(model, options.components) or (
+                method == "auto" and _stored("sweep", _full_parts(model, task, everything,
+                                                                   method)) is not None)):
             # sweep every component instead (at most twice the work, usually a tenth more),
             # so the gates that read all of them later find the sweep stored
-            full = sweep_result(model, task, options.replace(components="all"))
+            full = sweep_result(model, task, everything)
             result = _subset_of(full, model, options.components)
+            need = (bounds.threshold_needs(result, auto_thresholds(options))
+                    if method == "auto" else set())
+            if need:  # the subset's own top-k and levels
+                full = settle_sweep(model, task, everything, need)
+                result = _subset_of(full, model, options.components)
     if result is None and method == "auto":
-        thresholds = auto_thresholds(options)
         # an exact sweep decides every verdict: one already stored is never swept again
         result = _stored("sweep", {**parts, "method": "exact"})
-        parts["thresholds"] = thresholds.to_dict()
+        if result is None:
+            result = _auto_sweep(model, task, options, parts)
     if result is None:
         # exact values an auto sweep of the same weights, task and settings measured in this
         # session: an exact sweep (a gate settling its verdict) replays only the rest
-        partial_key = _partial_key(parts)
-        memory = _session_memory()
-        measured = memory.get(partial_key) if method == "exact" else None
+        measured = _session_memory().get(_partial_key(parts))
         result = cache.cached(
             "sweep",
             parts,
             lambda: ablation.sweep(
                 model, task, components=_selection(options.components),
                 ablation=options.ablation, method=method, seed=options.seed,
-                margin=options.margin, thresholds=thresholds, measured=measured,
+                margin=options.margin, measured=measured,
             ),
         )
-        if method == "auto":
-            memory.setdefault(partial_key, result)
     result = relabelled(result, model)
     ablation.require_valid_task([result.performance], margin=options.margin)
     return result
 
 
+def _full_parts(model: Any, task: Any, options: AnalysisOptions, method: str) -> dict[str, Any]:
+    return {**model_parts(model, task), **options.key(("components", "ablation", "seed")),
+            "method": method}
+
+
+def _auto_sweep(model: Any, task: Any, options: AnalysisOptions, parts: dict[str, Any]) -> Any:
+    """The model's one auto sweep for these settings: made for ``options.thresholds`` when
+    none is stored, else the stored one with what those thresholds need settled."""
+    thresholds = auto_thresholds(options)
+    stored = _stored("sweep", parts)
+    if stored is None:
+        stored = cache.cached("sweep", parts, lambda: ablation.sweep(
+            model, task, components=_selection(options.components), ablation=options.ablation,
+            method="auto", seed=options.seed, margin=options.margin, thresholds=thresholds,
+        ))
+    else:
+        need = bounds.threshold_needs(stored, thresholds)
+        if need:
+            stored = _settle_stored(model, task, options, parts, stored, need)
+    _session_memory()[_partial_key(parts)] = stored
+    return stored
+
+
+def _settle_stored(model: Any, task: Any, options: AnalysisOptions, parts: dict[str, Any],
+                   stored: Any, names: Any) -> Any:
+    """``stored`` (the auto sweep under ``parts``) with ``names`` measured exactly, stored back
+    in its place. A measured value outside its estimate's band means the screen's error rates
+    were too low for this model, so no remaining band is trusted: every estimate is measured."""
+    settled = ablation.settle(model, task, stored, sorted(names), ablation=options.ablation,
+                              seed=options.seed)
+    before = {e.name: e for e in stored.effects}
+    missed = [e.name for e in settled.effects if e.name in names and not before[e.name].is_exact
+              and before[e.name].bound is not None
+              and abs(e.drop - before[e.name].drop) > before[e.name].bound]
+    if missed and settled.estimated_names:
+        settled = ablation.settle(model, task, settled, settled.estimated_names,
+                                  ablation=options.ablation, seed=options.seed)
+    cache.replace("sweep", parts, settled)
+    _session_memory()[_partial_key(parts)] = settled
+    return settled
+
+
 def _partial_key(parts: dict[str, Any]) -> tuple[str, str]:
-    """Where the session keeps the latest auto sweep of a model, task and settings, whatever
-    its thresholds: an exact sweep of the same settings reuses what it measured exactly."""
+    """Where the session keeps the latest auto sweep of a model, task and settings: an exact
+    sweep of the same settings reuses what it measured exactly."""
     base = {k: v for k, v in parts.items() if k not in ("method", "thresholds")}
     return ("auto-measured", cache.cache_key("sweep", base))
 
@@ -249,22 +297,22 @@ def _session_memory() -> dict[Any, Any]:
 
 
 def settle_sweep(model: Any, task: Any, options: AnalysisOptions, names: Any) -> Any:
-    """The sweep :func:`sweep_result` returns for ``options``, with the estimates named in
+    """The model's auto sweep for ``options`` (of every component), with the estimates named in
     ``names`` measured exactly (``ablation.settle``: each as a full exact sweep measures it),
     stored back in its place in the session and on disk, so every later gate, pair and warm run
     reads the settled values, and an exact sweep of the same settings replays only what is
     still estimated. A sweep without estimates among ``names`` is returned as it is."""
+    options = options.replace(components="all")
     result = sweep_result(model, task, options)
     wanted = set(names)
     if not any(e.name in wanted and not e.is_exact for e in result.effects):
         return result
-    settled = ablation.settle(model, task, result, sorted(wanted), ablation=options.ablation,
-                              seed=options.seed)
-    parts = {**model_parts(model, task), **options.key(("components", "ablation", "seed")),
-             "method": "auto", "thresholds": auto_thresholds(options).to_dict()}
-    cache.replace("sweep", parts, settled)
-    _session_memory()[_partial_key(parts)] = settled
-    return settled
+    parts = _full_parts(model, task, options, "auto")
+    stored = _stored("sweep", parts)
+    if stored is None:  # caching off: settle what this call was given
+        return relabelled(ablation.settle(model, task, result, sorted(wanted),
+                                          ablation=options.ablation, seed=options.seed), model)
+    return relabelled(_settle_stored(model, task, options, parts, stored, wanted), model)
 
 
 def _subset_of_stored(model: Any, task: Any, options: AnalysisOptions) -> Any:
