@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from pytest_circuits import cache
@@ -154,3 +155,46 @@ def test_needs_name_only_estimates_whose_band_straddles_a_floor(
     # exact sweeps open nothing
     exact = tuple(store.sweep_result(m, TASK, method="exact") for m in (pair.teacher, pair.student))
     assert bounds.compare_needs(compare(pair, TASK, options, sweeps=exact)) == {}
+
+
+@pytest.mark.parametrize("thresholds", [
+    GateThresholds(drop=(1.0,), mean_drop=(), top_k=0),
+    GateThresholds(drop=(), mean_drop=(), top_k=3),
+    GateThresholds(drop=(), mean_drop=(9.0,), top_k=0),
+])
+def test_settling_what_thresholds_need_decides_them_as_exact(
+    teacher: CircuitModel, fresh_cache: Path, thresholds: GateThresholds
+) -> None:
+    auto = ablation.sweep(teacher, TASK, method="auto", thresholds=NOTHING)
+    exact = {e.name: e for e in ablation.sweep(teacher, TASK, method="exact").effects}
+    settled, rounds = auto, 0
+    while need := bounds.threshold_needs(settled, thresholds):
+        assert all(not settled.effect(n).is_exact for n in need)
+        settled = ablation.settle(teacher, TASK, settled, sorted(need))
+        rounds += 1
+    assert rounds >= 1 and settled.estimated_names, "nothing or everything was needed"
+    for level in thresholds.drop:  # every value on the exact side of each level
+        assert {e.name for e in settled.effects if e.drop >= level} == {
+            n for n, e in exact.items() if e.drop >= level}
+    if thresholds.top_k:
+        def top(effects: Any) -> list[str]:
+            return [e.name for e in sorted(effects, key=lambda e: -min(max(e.drop, 0.0), 100.0))][:3]
+        assert top(settled.effects) == top(exact.values())
+        assert all(settled.effect(n).is_exact for n in top(settled.effects))
+    for limit in thresholds.mean_drop:
+        lo, hi = bounds.drop_intervals(settled)
+        truth = np.mean([min(max(e.drop, 0.0), 100.0) for e in exact.values()])
+        assert not lo.mean() <= limit <= hi.mean()
+        assert (lo.mean() > limit) == (truth > limit)
+
+
+def test_every_gate_on_a_model_shares_one_auto_sweep(
+    teacher: CircuitModel, fresh_cache: Path, undecided: list[str]
+) -> None:
+    from pytest_circuits.kinds import assert_ablation_robust
+
+    assert_ablation_robust(teacher, TASK, max_single_drop=100.0, method="auto")
+    assert_ablation_robust(teacher, TASK, max_severity=1.0, method="auto")
+    assert_ablation_robust(teacher, TASK, components="heads", max_single_drop=100.0,
+                           method="auto")
+    assert undecided == ["auto"]  # one screen; the later gates settled what they needed
