@@ -18,7 +18,7 @@ since bridge and plain model run the same kernels but may order a few sums diffe
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from .analysis import engine
 from .errors import CircuitsError
 from .models import CircuitModel, strip_bridge_names
 from .tasks import Task
+from .warmcache import read_record, write_record
 
 __all__ = [
     "DEFAULT_TOLERANCES",
@@ -34,6 +35,7 @@ __all__ = [
     "ParityResult",
     "bridge_parity",
     "ensure_bridge_parity",
+    "parity_key_parts",
     "plain_hf_model",
 ]
 
@@ -334,6 +336,11 @@ def ensure_bridge_parity(model: CircuitModel, task: Task) -> ParityResult:
     raising :class:`BridgeParityError` on a mismatch, then and on every later call for that
     model and task.
 
+    The verdict (passed or failed, with its largest difference) is also kept in the analysis
+    cache directory when there is one (:func:`parity_key_parts` says what its key covers), so
+    a later session on the same model and task reads it instead of running both models again;
+    a stored failure fails as the fresh check did.
+
     What a gate calls before measuring a model: the check costs one plain forward per model and
     task per process, and a (model, task) that failed it fails every gate on it, naming the
     largest difference. Per task, not per model: a bridge (or a model) can go wrong on one
@@ -344,8 +351,106 @@ def ensure_bridge_parity(model: CircuitModel, task: Task) -> ParityResult:
     key = ("bridge_parity", task.fingerprint())
     result: ParityResult | None = memo.get(key)
     if result is None:
-        result = bridge_parity(model, task)
+        parts = parity_key_parts(model, task)
+        result = _stored_parity(model, task, parts)
+        if result is None:
+            result = bridge_parity(model, task)
+            write_record(PARITY_RECORD, parts, result.to_dict())
         memo[key] = result
     if not result.passed:
         raise BridgeParityError(result)
     return result
+
+
+#: The kind of the analysis cache record that holds a parity verdict.
+PARITY_RECORD = "parity"
+
+
+def parity_key_parts(model: CircuitModel, task: Task) -> dict[str, Any]:
+    """What a stored parity verdict depends on: the model's content (weights fingerprint,
+    tokenizer digest), how it is read (family entry: adapter, prediction head, hooks), the
+    task's fingerprint, the dtype, the device (and device map) and the tolerances; the cache
+    key adds the torch, transformers and transformer-lens versions. Not the model's name: a
+    stored verdict is read back under the name of the model asking.
+
+    Neither the weights nor the config say what was attached to the model after loading: a
+    forward hook (or a replaced ``forward``) on a module of the bridge or of the Hugging Face
+    model changes what the bridge computes, and is exactly what the check exists to catch, so
+    every such hook is part of the key (:func:`runtime_hooks`); a model with hooks added since
+    its verdict was stored is checked again."""
+    rtol, atol = DEFAULT_TOLERANCES.get(model.dtype, (2e-2, 1e-3))
+    return {
+        "runtime_hooks": runtime_hooks(model),
+        "weights_sha256": model.weights_fingerprint,
+        "tokenizer_sha256": model.tokenizer_digest,
+        "architecture": model.architecture,
+        "family_entry": repr(model.family_entry),
+        "task_sha256": task.fingerprint(),
+        "dtype": model.dtype,
+        "device": model.device,
+        "device_map": None if model.device_map is None else sorted(
+            (str(k), str(v)) for k, v in model.device_map.items()),
+        "rtol": rtol,
+        "atol": atol,
+    }
+
+
+#: The hook tables of a torch module (forward, backward, state-dict hooks do not change logits).
+_HOOK_TABLES = (
+    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+)
+
+
+def _callable_name(function: Any) -> str:
+    target = getattr(function, "func", function)  # functools.partial
+    module = getattr(target, "__module__", None) or type(target).__module__
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{module}.{name}"
+
+
+def runtime_hooks(model: CircuitModel) -> list[list[str]]:
+    """Every hook on a module of ``model``'s bridge or Hugging Face model, and every module
+    whose ``forward`` was replaced on the instance, as ``[module, table, function]`` (sorted),
+    plus torch's global module hooks: what changes the bridge's output beyond the weights."""
+    from torch.nn.modules import module as torch_module
+
+    found: set[tuple[str, str, str]] = set()
+    roots = (("bridge", model.bridge), ("hf", model.hf_model))
+    for prefix, root in roots:
+        for name, module in root.named_modules(remove_duplicate=False):
+            where = f"{prefix}:{name}"
+            for table in _HOOK_TABLES:
+                for hook in (getattr(module, table, None) or {}).values():
+                    found.add((where, table, _callable_name(hook)))
+            if "forward" in vars(module):
+                found.add((where, "forward", _callable_name(vars(module)["forward"])))
+    for table in ("_global_forward_hooks", "_global_forward_pre_hooks",
+                  "_global_backward_hooks", "_global_backward_pre_hooks"):
+        for hook in (getattr(torch_module, table, None) or {}).values():
+            found.add(("torch", table, _callable_name(hook)))
+    return [list(item) for item in sorted(found)]
+
+
+def _stored_parity(model: CircuitModel, task: Task, parts: dict[str, Any]) -> ParityResult | None:
+    """The verdict stored for ``parts``, under ``model``'s and ``task``'s names; None when none
+    is stored or the record does not read back as a parity result (then it is recomputed)."""
+    data = read_record(PARITY_RECORD, parts)
+    if data is None or set(data) != {f.name for f in fields(ParityResult)}:
+        return None
+    kinds = {"str": (str,), "int": (int,), "float": (float, int), "bool": (bool,)}
+    values: dict[str, Any] = {}
+    for item in fields(ParityResult):
+        value = data[item.name]
+        if str(item.type).startswith("tuple"):
+            if not isinstance(value, list) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) for i in value):
+                return None
+            value = tuple(value)
+        else:
+            wanted = kinds[str(item.type)]
+            if not isinstance(value, wanted) or (bool not in wanted and isinstance(value, bool)):
+                return None
+            if float in wanted:
+                value = float(value)
+        values[item.name] = value
+    return ParityResult(**{**values, "model": model.name, "task": task.name})
