@@ -16,6 +16,7 @@ from .architectures import Architecture, architecture_for, supported_labels
 from .components import Component, all_components
 from .dtypes import DTYPES, canonical_dtype
 from .errors import (
+    CircuitsError,
     IncompatiblePairError,
     ModelLoadError,
     NonFiniteError,
@@ -1279,7 +1280,7 @@ def _load_gguf_cached(
         try:
             model = _load(entry.path, dense_cache=False, boot_location=str(gguf.parent),
                           **options)
-        except ModelLoadError as exc:
+        except (CircuitsError, OSError, ValueError) as exc:  # refused or unreadable: rebuild
             entry.discard(f"it does not load: {exc}")
         else:
             found = {"weights_sha256": model.weights_fingerprint,

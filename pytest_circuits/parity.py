@@ -408,26 +408,38 @@ def _callable_name(function: Any) -> str:
     return f"{module}.{name}"
 
 
+#: Hooks of these packages are their own machinery (TransformerLens wires capture hooks on the
+#: first forward; the engine's are removed after each run), covered by their versions in the key.
+_OWN_HOOKS = ("transformer_lens.", "pytest_circuits.")
+
+
 def runtime_hooks(model: CircuitModel) -> list[list[str]]:
     """Every hook on a module of ``model``'s bridge or Hugging Face model, and every module
     whose ``forward`` was replaced on the instance, as ``[module, table, function]`` (sorted),
-    plus torch's global module hooks: what changes the bridge's output beyond the weights."""
+    plus torch's global module hooks: what changes the bridge's output beyond the weights.
+    TransformerLens' and pytest-circuits' own hooks are left out (see ``_OWN_HOOKS``)."""
     from torch.nn.modules import module as torch_module
 
     found: set[tuple[str, str, str]] = set()
+
+    def note(where: str, table: str, function: Any) -> None:
+        name = _callable_name(function)
+        if not name.startswith(_OWN_HOOKS):
+            found.add((where, table, name))
+
     roots = (("bridge", model.bridge), ("hf", model.hf_model))
     for prefix, root in roots:
         for name, module in root.named_modules(remove_duplicate=False):
             where = f"{prefix}:{name}"
             for table in _HOOK_TABLES:
                 for hook in (getattr(module, table, None) or {}).values():
-                    found.add((where, table, _callable_name(hook)))
+                    note(where, table, hook)
             if "forward" in vars(module):
-                found.add((where, "forward", _callable_name(vars(module)["forward"])))
+                note(where, "forward", vars(module)["forward"])
     for table in ("_global_forward_hooks", "_global_forward_pre_hooks",
                   "_global_backward_hooks", "_global_backward_pre_hooks"):
         for hook in (getattr(torch_module, table, None) or {}).values():
-            found.add(("torch", table, _callable_name(hook)))
+            note("torch", table, hook)
     return [list(item) for item in sorted(found)]
 
 
