@@ -314,12 +314,14 @@ class DenseEntry:
                     "files": files, "weights_sha256": weights_sha256,
                     "tokenizer_sha256": tokenizer_sha256, "gguf": str(self.gguf)}
             write_bytes_atomic(tmp / MANIFEST, _sealed(body))
-            if os.path.lexists(self.path):
-                self._remove(self.path)
+            if os.path.lexists(self.path) and not os.path.isdir(self.path):
+                self._remove(self.path)  # a file or link squatting on the name
+            # onto a directory another process completed meanwhile the rename fails, and
+            # that entry (as good as this one) stays
             os.rename(tmp, self.path)
         except OSError as error:
             shutil.rmtree(tmp, ignore_errors=True)
-            if os.path.isdir(self.path):  # another process put a complete entry in place
+            if os.path.isdir(self.path) and not os.path.islink(self.path):
                 return True
             _warn(f"the dequantised copy of {str(self.gguf)!r} could not be kept in the "
                   f"analysis cache ({type(error).__name__}: {error}); the GGUF file is "

@@ -253,6 +253,32 @@ def test_a_stale_temporary_directory_of_the_same_key_is_removed(
     assert not stale.exists() and fresh.exists()  # a writer still at work is left alone
 
 
+def test_an_entry_another_process_completed_meanwhile_is_kept(
+    cache_dir: Path, gguf: Path, dequantised: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    load_model(gguf, device="cpu")
+    (entry,) = entries(cache_dir)
+    theirs = cache_dir.parent / "theirs"
+    shutil.copytree(entry, theirs)
+    shutil.rmtree(entry)
+    real_save = CircuitModel.save_pretrained
+
+    def racing(self: CircuitModel, directory: Any) -> Path:
+        shutil.copytree(theirs, entry)  # the other writer's rename lands first
+        return real_save(self, directory)
+
+    monkeypatch.setattr(CircuitModel, "save_pretrained", racing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        load_model(gguf, device="cpu")
+    assert entries(cache_dir) == [entry] and list(cache_dir.glob(".gguf-*")) == []
+    monkeypatch.setattr(CircuitModel, "save_pretrained", real_save)
+    load_model(gguf, device="cpu")
+    assert dequantised == [gguf, gguf]  # the kept entry is read
+
+
 def test_a_copy_that_cannot_be_written_warns_and_the_model_still_loads(
     cache_dir: Path, gguf: Path, dequantised: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
