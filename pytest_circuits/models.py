@@ -1166,7 +1166,8 @@ def _load(
             _require_package("gguf", "gguf", "loading a GGUF file")
             _require_package("accelerate", "gguf", "loading a GGUF file")
             if dense_cache and tokenizer is None and device_map is None:
-                _check_gguf_magic(Path(location) / gguf_file)
+                # the checks the uncached load makes first (exists, is a GGUF file)
+                _check_local_dir(Path(location), need_tokenizer=False, gguf_file=gguf_file)
                 cached = _load_gguf_cached(
                     Path(location) / gguf_file, name=name or os.fspath(source),
                     device=device, dtype=dtype,
