@@ -226,6 +226,7 @@ def bridge_parity(
     *,
     rtol: float | None = None,
     atol: float | None = None,
+    use_cache: bool = False,
 ) -> ParityResult:
     """Compare the bridge's logits with the plain Hugging Face model's on ``task``.
 
@@ -233,12 +234,30 @@ def bridge_parity(
     side is the engine's clean run (what every gate measures). Tolerances default per dtype
     (``DEFAULT_TOLERANCES``; see the module docstring). Never raises on a mismatch: the result
     says whether it passed and names the largest difference.
+
+    ``use_cache=True`` (what the preflight :func:`ensure_bridge_parity` passes) reads the
+    verdict stored in the analysis cache directory for this model's content, task and tolerances
+    (:func:`parity_key_parts`) instead of running both models, and stores a fresh one there;
+    a model with hooks attached (:func:`runtime_hooks`) is always measured and never stored.
+    Without a cache directory, or with caching off, it measures, as by default.
     """
     default_rtol, default_atol = DEFAULT_TOLERANCES.get(model.dtype, (2e-2, 1e-3))
     rtol = default_rtol if rtol is None else float(rtol)
     atol = default_atol if atol is None else float(atol)
     if rtol < 0 or atol < 0 or rtol != rtol or atol != atol:
         raise ValueError(f"rtol and atol must be non-negative numbers, got {rtol!r}, {atol!r}")
+    if not use_cache or runtime_hooks(model):
+        return _measure(model, task, rtol, atol)
+    parts = parity_key_parts(model, task, rtol=rtol, atol=atol)
+    result = _stored_parity(model, task, parts)
+    if result is None:
+        result = _measure(model, task, rtol, atol)
+        write_record(PARITY_RECORD, parts, result.to_dict())
+    return result
+
+
+def _measure(model: CircuitModel, task: Task, rtol: float, atol: float) -> ParityResult:
+    """:func:`bridge_parity` measured: both models run on every prompt."""
     tensors = engine.task_tensors(model, task)
     worst = _Worst()
     plain_model = plain_hf_model(model)
@@ -337,9 +356,9 @@ def ensure_bridge_parity(model: CircuitModel, task: Task) -> ParityResult:
     model and task.
 
     The verdict (passed or failed, with its largest difference) is also kept in the analysis
-    cache directory when there is one (:func:`parity_key_parts` says what its key covers), so
-    a later session on the same model and task reads it instead of running both models again;
-    a stored failure fails as the fresh check did.
+    cache directory when there is one (``bridge_parity(use_cache=True)``), so a later session on
+    the same model and task reads it instead of running both models again; a stored failure
+    fails as the fresh check did.
 
     What a gate calls before measuring a model: the check costs one plain forward per model and
     task per process, and a (model, task) that failed it fails every gate on it, naming the
@@ -351,11 +370,7 @@ def ensure_bridge_parity(model: CircuitModel, task: Task) -> ParityResult:
     key = ("bridge_parity", task.fingerprint())
     result: ParityResult | None = memo.get(key)
     if result is None:
-        parts = parity_key_parts(model, task)
-        result = _stored_parity(model, task, parts)
-        if result is None:
-            result = bridge_parity(model, task)
-            write_record(PARITY_RECORD, parts, result.to_dict())
+        result = bridge_parity(model, task, use_cache=True)
         memo[key] = result
     if not result.passed:
         raise BridgeParityError(result)
@@ -366,21 +381,23 @@ def ensure_bridge_parity(model: CircuitModel, task: Task) -> ParityResult:
 PARITY_RECORD = "parity"
 
 
-def parity_key_parts(model: CircuitModel, task: Task) -> dict[str, Any]:
+def parity_key_parts(
+    model: CircuitModel, task: Task, *, rtol: float | None = None, atol: float | None = None
+) -> dict[str, Any]:
     """What a stored parity verdict depends on: the model's content (weights fingerprint,
     tokenizer digest), how it is read (family entry: adapter, prediction head, hooks), the
-    task's fingerprint, the dtype, the device (and device map) and the tolerances; the cache
-    key adds the torch, transformers and transformer-lens versions. Not the model's name: a
-    stored verdict is read back under the name of the model asking.
+    task's fingerprint, the dtype, the device (and device map) and the tolerances (default:
+    the dtype's); the cache key adds the torch, transformers and transformer-lens versions.
+    Not the model's name: a stored verdict is read back under the name of the model asking.
 
-    Neither the weights nor the config say what was attached to the model after loading: a
-    forward hook (or a replaced ``forward``) on a module of the bridge or of the Hugging Face
-    model changes what the bridge computes, and is exactly what the check exists to catch, so
-    every such hook is part of the key (:func:`runtime_hooks`); a model with hooks added since
-    its verdict was stored is checked again."""
-    rtol, atol = DEFAULT_TOLERANCES.get(model.dtype, (2e-2, 1e-3))
+    Neither the weights nor the config say what was attached to the model after loading (a
+    forward hook on a module changes what the bridge computes, and is exactly what the check
+    exists to catch; a hook's name does not say what its closure does), so a model with hooks
+    is never served or stored a verdict (see :func:`bridge_parity`)."""
+    default_rtol, default_atol = DEFAULT_TOLERANCES.get(model.dtype, (2e-2, 1e-3))
+    rtol = default_rtol if rtol is None else float(rtol)
+    atol = default_atol if atol is None else float(atol)
     return {
-        "runtime_hooks": runtime_hooks(model),
         "weights_sha256": model.weights_fingerprint,
         "tokenizer_sha256": model.tokenizer_digest,
         "architecture": model.architecture,

@@ -317,15 +317,15 @@ def test_without_a_cache_directory_a_gguf_file_is_read_by_transformers_every_tim
 
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The models ``bridge_parity`` actually ran (forwards of both models), by name."""
+    """The models whose parity was measured (both models run), by name."""
     calls: list[str] = []
-    real = parity.bridge_parity
+    real = parity._measure
 
-    def counting(model: CircuitModel, task: Task, **kwargs: Any) -> parity.ParityResult:
+    def counting(model: CircuitModel, task: Task, *args: Any) -> parity.ParityResult:
         calls.append(model.name)
-        return real(model, task, **kwargs)
+        return real(model, task, *args)
 
-    monkeypatch.setattr(parity, "bridge_parity", counting)
+    monkeypatch.setattr(parity, "_measure", counting)
     return calls
 
 
@@ -346,47 +346,79 @@ def test_a_parity_verdict_is_stored_and_read_by_a_later_session(
     assert counted == ["a"]  # read from the record: no forward run
     assert later.model == "b" and later.task == gpt2_task.name
     assert {**later.to_dict(), "model": "a"} == first.to_dict()
-    # another task is another verdict
+    # another task, or other tolerances, is another verdict
     other = dataclasses.replace(gpt2_task, name="other", prompts=gpt2_task.prompts[:2],
                                 correct=gpt2_task.correct[:2],
                                 distractors=gpt2_task.distractors[:2],
                                 corrupted=gpt2_task.corrupted[:2])
     parity.ensure_bridge_parity(fresh(gpt2, "c"), other)
     assert counted == ["a", "c"]
+    loose = parity.bridge_parity(fresh(gpt2, "c2"), gpt2_task, rtol=0.5, use_cache=True)
+    assert counted == ["a", "c", "c2"] and loose.rtol == 0.5
+    # a direct call measures unless asked to use the cache
+    parity.bridge_parity(fresh(gpt2, "direct"), gpt2_task)
+    assert counted == ["a", "c", "c2", "direct"]
     # a damaged record is recomputed (with a warning) and rewritten
     record.write_text(record.read_text().replace('"passed":true', '"passed":false'))
     with pytest.warns(CacheWarning, match="checksum mismatch"):
         assert parity.ensure_bridge_parity(fresh(gpt2, "d"), gpt2_task).passed
-    assert counted == ["a", "c", "d"]
+    assert counted == ["a", "c", "c2", "direct", "d"]
     assert parity.ensure_bridge_parity(fresh(gpt2, "e"), gpt2_task).passed
-    assert counted == ["a", "c", "d"]
+    assert counted == ["a", "c", "c2", "direct", "d"]
 
 
-def test_a_stored_failure_still_fails_and_a_fault_added_later_is_checked_again(
+def test_a_stored_failure_still_fails_in_a_later_session(
+    cache_dir: Path, tmp_path: Path, counted: list[str]
+) -> None:
+    """A model whose own logits are not finite on some prompts (an infinite embedding row, set
+    before its weights were fingerprinted) fails the preflight; a later session reads that
+    failure and fails the same way, without running the models."""
+    import torch
+    from helpers import save_tiny_gpt2
+
+    from pytest_circuits.tasks import builtin_task
+
+    model = load_model(save_tiny_gpt2(tmp_path / "untied", tie_word_embeddings=False),
+                       device="cpu", name="broken")
+    task = builtin_task("ioi", n_prompts=16, seed=0)
+    token = model.tokenizer.convert_tokens_to_ids("Ryan")
+    with torch.no_grad():
+        model.hf_model.transformer.wte.weight[token] = float("inf")
+    with pytest.raises(parity.BridgeParityError) as first:
+        parity.ensure_bridge_parity(model, task)
+    assert counted == ["broken"] and first.value.result.plain_nonfinite
+    with pytest.raises(parity.BridgeParityError) as later:
+        parity.ensure_bridge_parity(fresh(model, "broken again"), task)
+    assert counted == ["broken"]  # read, not measured
+    # the same result, NaN where the fresh one had NaN (compared as JSON text)
+    assert json.dumps({**later.value.result.to_dict(), "model": "broken"}, sort_keys=True) == (
+        json.dumps(first.value.result.to_dict(), sort_keys=True))
+    assert str(later.value).startswith("broken again: non-finite logits")
+    assert "the model (not the bridge) is broken" in str(later.value)
+
+
+def test_a_model_with_hooks_is_always_measured_and_never_stored(
     cache_dir: Path, gpt2_dir: Path, gpt2_task: Task, counted: list[str]
 ) -> None:
-    model = load_model(gpt2_dir, device="cpu", name="healthy")
-    assert parity.ensure_bridge_parity(model, gpt2_task).passed
-    faulty = load_model(gpt2_dir, device="cpu", name="faulty")
+    healthy = load_model(gpt2_dir, device="cpu", name="healthy")
+    assert parity.ensure_bridge_parity(healthy, gpt2_task).passed
+    assert counted == ["healthy"]
+    faulty = load_model(gpt2_dir, device="cpu", name="faulty")  # the same weights
     handle = faulty.hf_model.lm_head.register_forward_hook(lambda mod, args, out: out + 1e-2)
     try:
-        # the same weights, but a hook the stored verdict did not see: checked, and fails
-        with pytest.raises(parity.BridgeParityError) as first:
+        assert parity.runtime_hooks(faulty) and not parity.runtime_hooks(healthy)
+        with pytest.raises(parity.BridgeParityError) as caught:
             parity.ensure_bridge_parity(faulty, gpt2_task)
-        assert counted == ["healthy", "faulty"]
-        # a new session with the same fault reads the stored failure, and fails the same way
-        with pytest.raises(parity.BridgeParityError) as later:
+        with pytest.raises(parity.BridgeParityError):
             parity.ensure_bridge_parity(fresh(faulty, "faulty again"), gpt2_task)
     finally:
         handle.remove()
-    assert counted == ["healthy", "faulty"]
-    assert not later.value.result.passed
-    assert later.value.result.max_abs_diff == first.value.result.max_abs_diff
-    assert later.value.result.max_abs_diff == pytest.approx(1e-2, rel=1e-3)
-    assert "faulty again: the bridge does NOT match" in str(later.value)
-    # the fault removed: the model's stored pass applies again
+    assert counted == ["healthy", "faulty", "faulty again"]
+    assert caught.value.result.max_abs_diff == pytest.approx(1e-2, rel=1e-3)
+    assert len(list(cache_dir.glob(f"{parity.PARITY_RECORD}-*.json"))) == 1
+    # the hook removed: the model's stored pass applies again
     assert parity.ensure_bridge_parity(fresh(faulty, "mended"), gpt2_task).passed
-    assert counted == ["healthy", "faulty"]
+    assert counted == ["healthy", "faulty", "faulty again"]
 
 
 def test_a_record_with_wrong_fields_is_recomputed(
