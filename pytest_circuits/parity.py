@@ -18,7 +18,7 @@ since bridge and plain model run the same kernels but may order a few sums diffe
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from .analysis import engine
 from .errors import CircuitsError
 from .models import CircuitModel, strip_bridge_names
 from .tasks import Task
+from .warmcache import read_record, write_record
 
 __all__ = [
     "DEFAULT_TOLERANCES",
@@ -34,6 +35,7 @@ __all__ = [
     "ParityResult",
     "bridge_parity",
     "ensure_bridge_parity",
+    "parity_key_parts",
     "plain_hf_model",
 ]
 
@@ -224,6 +226,7 @@ def bridge_parity(
     *,
     rtol: float | None = None,
     atol: float | None = None,
+    use_cache: bool = False,
 ) -> ParityResult:
     """Compare the bridge's logits with the plain Hugging Face model's on ``task``.
 
@@ -231,12 +234,30 @@ def bridge_parity(
     side is the engine's clean run (what every gate measures). Tolerances default per dtype
     (``DEFAULT_TOLERANCES``; see the module docstring). Never raises on a mismatch: the result
     says whether it passed and names the largest difference.
+
+    ``use_cache=True`` (what the preflight :func:`ensure_bridge_parity` passes) reads the
+    verdict stored in the analysis cache directory for this model's content, task and tolerances
+    (:func:`parity_key_parts`) instead of running both models, and stores a fresh one there;
+    a model with hooks attached (:func:`runtime_hooks`) is always measured and never stored.
+    Without a cache directory, or with caching off, it measures, as by default.
     """
     default_rtol, default_atol = DEFAULT_TOLERANCES.get(model.dtype, (2e-2, 1e-3))
     rtol = default_rtol if rtol is None else float(rtol)
     atol = default_atol if atol is None else float(atol)
     if rtol < 0 or atol < 0 or rtol != rtol or atol != atol:
         raise ValueError(f"rtol and atol must be non-negative numbers, got {rtol!r}, {atol!r}")
+    if not use_cache or runtime_hooks(model):
+        return _measure(model, task, rtol, atol)
+    parts = parity_key_parts(model, task, rtol=rtol, atol=atol)
+    result = _stored_parity(model, task, parts)
+    if result is None:
+        result = _measure(model, task, rtol, atol)
+        write_record(PARITY_RECORD, parts, result.to_dict())
+    return result
+
+
+def _measure(model: CircuitModel, task: Task, rtol: float, atol: float) -> ParityResult:
+    """:func:`bridge_parity` measured: both models run on every prompt."""
     tensors = engine.task_tensors(model, task)
     worst = _Worst()
     plain_model = plain_hf_model(model)
@@ -334,6 +355,11 @@ def ensure_bridge_parity(model: CircuitModel, task: Task) -> ParityResult:
     raising :class:`BridgeParityError` on a mismatch, then and on every later call for that
     model and task.
 
+    The verdict (passed or failed, with its largest difference) is also kept in the analysis
+    cache directory when there is one (``bridge_parity(use_cache=True)``), so a later session on
+    the same model and task reads it instead of running both models again; a stored failure
+    fails as the fresh check did.
+
     What a gate calls before measuring a model: the check costs one plain forward per model and
     task per process, and a (model, task) that failed it fails every gate on it, naming the
     largest difference. Per task, not per model: a bridge (or a model) can go wrong on one
@@ -344,8 +370,116 @@ def ensure_bridge_parity(model: CircuitModel, task: Task) -> ParityResult:
     key = ("bridge_parity", task.fingerprint())
     result: ParityResult | None = memo.get(key)
     if result is None:
-        result = bridge_parity(model, task)
+        result = bridge_parity(model, task, use_cache=True)
         memo[key] = result
     if not result.passed:
         raise BridgeParityError(result)
     return result
+
+
+#: The kind of the analysis cache record that holds a parity verdict.
+PARITY_RECORD = "parity"
+
+
+def parity_key_parts(
+    model: CircuitModel, task: Task, *, rtol: float | None = None, atol: float | None = None
+) -> dict[str, Any]:
+    """What a stored parity verdict depends on: the model's content (weights fingerprint,
+    tokenizer digest), how it is read (family entry: adapter, prediction head, hooks), the
+    task's fingerprint, the dtype, the device (and device map) and the tolerances (default:
+    the dtype's); the cache key adds the torch, transformers and transformer-lens versions.
+    Not the model's name: a stored verdict is read back under the name of the model asking.
+
+    Neither the weights nor the config say what was attached to the model after loading (a
+    forward hook on a module changes what the bridge computes, and is exactly what the check
+    exists to catch; a hook's name does not say what its closure does), so a model with hooks
+    is never served or stored a verdict (see :func:`bridge_parity`)."""
+    default_rtol, default_atol = DEFAULT_TOLERANCES.get(model.dtype, (2e-2, 1e-3))
+    rtol = default_rtol if rtol is None else float(rtol)
+    atol = default_atol if atol is None else float(atol)
+    return {
+        "weights_sha256": model.weights_fingerprint,
+        "tokenizer_sha256": model.tokenizer_digest,
+        "architecture": model.architecture,
+        "family_entry": repr(model.family_entry),
+        "task_sha256": task.fingerprint(),
+        "dtype": model.dtype,
+        "device": model.device,
+        "device_map": None if model.device_map is None else sorted(
+            (str(k), str(v)) for k, v in model.device_map.items()),
+        "rtol": rtol,
+        "atol": atol,
+    }
+
+
+#: The hook tables of a torch module (forward, backward, state-dict hooks do not change logits).
+_HOOK_TABLES = (
+    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+)
+
+
+def _callable_name(function: Any) -> str:
+    target = getattr(function, "func", function)  # functools.partial
+    module = getattr(target, "__module__", None) or type(target).__module__
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{module}.{name}"
+
+
+#: Hooks of these packages are their own machinery (TransformerLens wires capture hooks on the
+#: first forward; the engine's are removed after each run), covered by their versions in the key.
+_OWN_HOOKS = ("transformer_lens.", "pytest_circuits.")
+
+
+def runtime_hooks(model: CircuitModel) -> list[list[str]]:
+    """Every hook on a module of ``model``'s bridge or Hugging Face model, and every module
+    whose ``forward`` was replaced on the instance, as ``[module, table, function]`` (sorted),
+    plus torch's global module hooks: what changes the bridge's output beyond the weights.
+    TransformerLens' and pytest-circuits' own hooks are left out (see ``_OWN_HOOKS``)."""
+    from torch.nn.modules import module as torch_module
+
+    found: set[tuple[str, str, str]] = set()
+
+    def note(where: str, table: str, function: Any) -> None:
+        name = _callable_name(function)
+        if not name.startswith(_OWN_HOOKS):
+            found.add((where, table, name))
+
+    roots = (("bridge", model.bridge), ("hf", model.hf_model))
+    for prefix, root in roots:
+        for name, module in root.named_modules(remove_duplicate=False):
+            where = f"{prefix}:{name}"
+            for table in _HOOK_TABLES:
+                for hook in (getattr(module, table, None) or {}).values():
+                    note(where, table, hook)
+            if "forward" in vars(module):
+                note(where, "forward", vars(module)["forward"])
+    for table in ("_global_forward_hooks", "_global_forward_pre_hooks",
+                  "_global_backward_hooks", "_global_backward_pre_hooks"):
+        for hook in (getattr(torch_module, table, None) or {}).values():
+            note("torch", table, hook)
+    return [list(item) for item in sorted(found)]
+
+
+def _stored_parity(model: CircuitModel, task: Task, parts: dict[str, Any]) -> ParityResult | None:
+    """The verdict stored for ``parts``, under ``model``'s and ``task``'s names; None when none
+    is stored or the record does not read back as a parity result (then it is recomputed)."""
+    data = read_record(PARITY_RECORD, parts)
+    if data is None or set(data) != {f.name for f in fields(ParityResult)}:
+        return None
+    kinds = {"str": (str,), "int": (int,), "float": (float, int), "bool": (bool,)}
+    values: dict[str, Any] = {}
+    for item in fields(ParityResult):
+        value = data[item.name]
+        if str(item.type).startswith("tuple"):
+            if not isinstance(value, list) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) for i in value):
+                return None
+            value = tuple(value)
+        else:
+            wanted = kinds[str(item.type)]
+            if not isinstance(value, wanted) or (bool not in wanted and isinstance(value, bool)):
+                return None
+            if float in wanted:
+                value = float(value)
+        values[item.name] = value
+    return ParityResult(**{**values, "model": model.name, "task": task.name})
