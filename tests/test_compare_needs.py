@@ -178,7 +178,8 @@ def test_settling_what_thresholds_need_decides_them_as_exact(
             n for n, e in exact.items() if e.drop >= level}
     if thresholds.top_k:
         def top(effects: Any) -> list[str]:
-            return [e.name for e in sorted(effects, key=lambda e: -min(max(e.drop, 0.0), 100.0))][:3]
+            ranked = sorted(effects, key=lambda e: -min(max(e.drop, 0.0), 100.0))
+            return [e.name for e in ranked][:3]
         assert top(settled.effects) == top(exact.values())
         assert all(settled.effect(n).is_exact for n in top(settled.effects))
     for limit in thresholds.mean_drop:

@@ -146,8 +146,9 @@ def test_a_pair_gate_alone_sweeps_auto_with_compares_cut_points(
                                components=["L0H0"], min_influence=5.0, method="auto")
     assert [m for m, _ in sweeps] == ["auto", "auto"]  # teacher and student, once each
     thresholds = sweeps[0][1]
-    # the gate's min_influence, compare's tolerance, influential level and dead floor
-    assert thresholds.drop == (2.0, 5.0, 10.0, 20.0) and thresholds.top_k == 5
+    # the gate's min_influence, compare's tolerance and influential level; the dead floor's
+    # decisions are settled one by one (bounds.compare_needs)
+    assert thresholds.drop == (5.0, 10.0, 20.0) and thresholds.top_k == 5
     assert served(result, "teacher")["method"] == "auto"
     assert "teacher zoo:tiny-teacher: auto: " in message or result.passed
     assert "teacher zoo:tiny-teacher: auto: " in result.fingerprint["sweep_method"]["note"]
@@ -194,28 +195,36 @@ def test_the_default_is_per_model_in_a_pair(zoo_pair: ModelPair, monkeypatch: py
 # ----------------------------------------------------------------------------- cache keys
 
 
-def test_thresholds_are_part_of_an_auto_sweeps_key_and_an_exact_sweep_serves_auto(
+def test_one_auto_sweep_serves_every_threshold_and_an_exact_sweep_serves_auto(
     zoo_teacher: CircuitModel, sweeps: list[tuple[str, Any]]
 ) -> None:
+    from pytest_circuits.analysis import bounds
+
     run_gate(assert_ablation_robust, zoo_teacher, "numerals", max_single_drop=90.0,
              method="auto")
     run_gate(assert_ablation_robust, zoo_teacher, "numerals", max_single_drop=90.0,
              method="auto")
     assert len(sweeps) == 1  # the same thresholds share one auto sweep
-    # another limit: the first sweep may not have measured what decides it, so sweep again
+    # another limit: the stored sweep measures what decides it, in place; no second screen
     other, _ = run_gate(assert_ablation_robust, zoo_teacher, "numerals", max_single_drop=15.0,
                         method="auto")
-    assert [m for m, _ in sweeps] == ["auto", "auto"]
-    assert [t.drop for _, t in sweeps] == [(20.0, 90.0), (15.0, 20.0)]
+    assert [m for m, _ in sweeps] == ["auto"]
+    assert [t.drop for _, t in sweeps] == [(20.0, 90.0)]
     assert served(other)["method"] == "auto"
+    from pytest_circuits.analysis.store import as_task, sweep_result
+    from pytest_circuits.config.options import GateThresholds
+    stored = sweep_result(zoo_teacher, as_task("numerals", None, None, zoo_teacher),
+                          method="auto",
+                          thresholds=GateThresholds(drop=(15.0, 20.0)))
+    assert bounds.threshold_needs(stored, GateThresholds(drop=(15.0, 20.0))) == set()
 
     run_gate(assert_ablation_robust, zoo_teacher, "numerals", max_single_drop=15.0,
              method="exact")
-    assert [m for m, _ in sweeps] == ["auto", "auto", "exact"]
+    assert [m for m, _ in sweeps] == ["auto", "exact"]
     # an exact sweep decides any verdict: an auto gate with new thresholds reuses it
     reused, _ = run_gate(assert_ablation_robust, zoo_teacher, "numerals", max_single_drop=40.0,
                          max_mean_drop=30.0, method="auto")
-    assert len(sweeps) == 3
+    assert len(sweeps) == 2
     assert served(reused)["method"] == "exact" and served(reused)["exact"] == 20
     assert reused.fingerprint["method"] == "auto"  # what the gate ran by, for its baseline
 

@@ -53,7 +53,8 @@ def pair_report(pair: Any, task: Any, options: AnalysisOptions | None = None,
     task = as_task(task, options.n_prompts, options.seed, pair.teacher)
     # the preset is expanded first, so a preset and the options it stands for share an entry
     options = options.resolved()
-    methods = [options.method or default_method(m) for m in (pair.teacher, pair.student)]
+    methods = [options.method or default_method(m, compare=True)
+               for m in (pair.teacher, pair.student)]
     sweeps = None
     thresholds = None
     if "auto" in methods:
@@ -122,7 +123,7 @@ def settle_pair(pair: Any, task: Any, options: AnalysisOptions, names: Any) -> b
         wanted = set(names.get(side, ()))
         if not wanted:
             continue
-        chosen = options.replace(method=options.method or default_method(model),
+        chosen = options.replace(method=options.method or default_method(model, compare=True),
                                  thresholds=thresholds)
         before = sweep_result(model, task, chosen)
         if any(e.name in wanted and not e.is_exact for e in before.effects):

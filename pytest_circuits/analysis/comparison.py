@@ -156,8 +156,9 @@ def compare(
         margin=options.margin,
     )
     if sweeps is None:
-        sweeps = (sweep_result(pair.teacher, task, options),
-                  sweep_result(pair.student, task, options))
+        sweeps = tuple(sweep_result(model, task, options.replace(
+            method=options.method or default_method(model, compare=True)))
+            for model in (pair.teacher, pair.student))
     else:
         require_valid_task([s.performance for s in sweeps], margin=options.margin)
     teacher_report, student_report = (
@@ -251,8 +252,8 @@ def _compared_method(options: AnalysisOptions, pair: ModelPair) -> str:
     rule sweeps either model with it."""
     if options.method is not None:
         return options.method
-    return "auto" if "auto" in (default_method(pair.teacher), default_method(pair.student)) \
-        else "exact"
+    return "auto" if "auto" in (default_method(pair.teacher, compare=True),
+                                default_method(pair.student, compare=True)) else "exact"
 
 
 def ambiguous_groups(

@@ -94,7 +94,8 @@ def n_components(model: Any) -> int:
     return int(model.n_layers) * (int(model.n_heads) + 1)
 
 
-def sweep_costs(n_layers: int, n_heads: int, n_prompts: int | None = None) -> tuple[float, float]:
+def sweep_costs(n_layers: int, n_heads: int, n_prompts: int | None = None, *,
+                compare: bool = False) -> tuple[float, float]:
     """Predicted forward-pass equivalents of a full sweep of a model of ``n_layers`` layers and
     ``n_heads`` heads on ``n_prompts`` prompts (default: the built-in tasks'): (exact, auto).
 
@@ -104,7 +105,8 @@ def sweep_costs(n_layers: int, n_heads: int, n_prompts: int | None = None) -> tu
     MLP, on ``AUTO_SAMPLE_PROMPTS`` of the prompts for a deep model, every MLP measured and the
     joint replays on every prompt for a shallow one) and ``AUTO_CONFIRMED_SHARE`` of the
     components (at least ``AUTO_CONFIRMED_MIN``) measured exactly at the mean replay's cost
-    (see ``config.options``)."""
+    (see ``config.options``); for a comparison (``compare``), whose floors and weighted score
+    read most values, ``AUTO_COMPARE_CONFIRMED_SHARE`` of them."""
     layers = max(int(n_layers), 1)
     replays = [(layers - layer) / layers for layer in range(layers)]
     per_layer = sum(replays)
@@ -115,18 +117,20 @@ def sweep_costs(n_layers: int, n_heads: int, n_prompts: int | None = None) -> tu
     calibration = 2 * per_layer * (defaults.AUTO_SAMPLE_PROMPTS / prompts if sampled else 1.0)
     mean_replay = per_layer / layers
     components = layers * (int(n_heads) + 1)
-    confirmed = min(max(defaults.AUTO_CONFIRMED_MIN, defaults.AUTO_CONFIRMED_SHARE * components),
+    share = defaults.AUTO_COMPARE_CONFIRMED_SHARE if compare else defaults.AUTO_CONFIRMED_SHARE
+    confirmed = min(max(defaults.AUTO_CONFIRMED_MIN, share * components),
                     components) * mean_replay
     return exact, defaults.AUTO_SCREEN_FE + calibration + confirmed
 
 
-def default_method(model: Any, n_prompts: int | None = None) -> str:
+def default_method(model: Any, n_prompts: int | None = None, *, compare: bool = False) -> str:
     """The sweep algorithm for ``method=None``: "auto" where its predicted cost is below the
-    exact sweep's (:func:`sweep_costs`) or from ``AUTO_MIN_COMPONENTS`` components on (both
-    read at call time, so a test may change them), else "exact"."""
+    exact sweep's (:func:`sweep_costs`; ``compare``: for a comparison, which reads most
+    values) or from ``AUTO_MIN_COMPONENTS`` components on (both read at call time, so a test
+    may change them), else "exact"."""
     if n_components(model) >= defaults.AUTO_MIN_COMPONENTS:
         return "auto"
-    exact, auto = sweep_costs(model.n_layers, model.n_heads, n_prompts)
+    exact, auto = sweep_costs(model.n_layers, model.n_heads, n_prompts, compare=compare)
     return "auto" if auto < exact else "exact"
 
 

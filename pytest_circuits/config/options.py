@@ -121,6 +121,14 @@ AUTO_MIN_COMPONENTS = 1000
 #: 6.6 (predicted 12.5 against 14.3, 7.5 against 13.5): exact.
 AUTO_SCREEN_FE = 3.0
 AUTO_CONFIRMED_SHARE = 0.15
+#: The share a comparison (``compare``, the pair gates) measures exactly: its dead floor (2
+#: points) and noise floor (3) sit where most of a real model's values are, and the weighted
+#: score reads every matched influence, so on SmolLM2-135M's IOI sweeps (the teacher against
+#: its 8-bit copy, ``benchmarks/bench_release.py``) the floors alone needed 238 and 241 of 300
+#: values with the bands auto has (median 3.5 points against a median influence of 0.2), and
+#: the score's slack the rest. Auto then costs its screen on top of an exact sweep, so a
+#: comparison's default is exact below ``AUTO_MIN_COMPONENTS`` (the same cost rule).
+AUTO_COMPARE_CONFIRMED_SHARE = 0.8
 AUTO_CONFIRMED_MIN = 10
 #: An auto sweep of a model of at least ``AUTO_SAMPLE_MIN_LAYERS`` layers, on a task of at
 #: least twice ``AUTO_SAMPLE_PROMPTS`` prompts, calibrates its screen on the first

@@ -57,7 +57,7 @@ SETTLE_ROUNDS = 6
 
 
 def _measure(call: GateCall, method: str | None) -> Measurement:
-    from ..analysis.bounds import alignment_slack, unsettled, widest_estimates
+    from ..analysis.bounds import widest_estimates
     from ..analysis.cached import settle_pair
 
     # the score reads every influence; an auto sweep decides exactly compare's own cut points
@@ -71,21 +71,10 @@ def _measure(call: GateCall, method: str | None) -> Measurement:
         a = report.alignment
         if not a.pairs:
             raise CircuitAssertionError("alignment was computed over zero matched components")
-        checks = [MetricCheck("alignment", a.score, call.limits["min_score"], ">=")]
-        if call.limits["min_weighted_score"] is not None:
-            checks.append(MetricCheck("weighted_alignment", a.weighted_score,
-                                      call.limits["min_weighted_score"], ">="))
-        undecided: list[str] = []
+        checks = _checks(call, a)
         exact_now = sum(len(r.exact_names) for r in sweeps.values())
         first_exact = exact_now if first_exact is None else first_exact
-        if not estimated:
-            break
-        # the score reads every matched influence: bound it over the bands
-        paper, weighted = alignment_slack(report)
-        undecided = unsettled(checks, {
-            "alignment": (a.score - paper, a.score + paper),
-            "weighted_alignment": (a.weighted_score - weighted, a.weighted_score + weighted),
-        })
+        undecided = _open(report, checks) if estimated else []
         # a threshold inside the interval: measure the widest bands exactly and look again
         if not undecided or not settle_pair(
                 call.pair, call.task, call.options.replace(method=method, thresholds=thresholds),
@@ -108,6 +97,26 @@ def _measure(call: GateCall, method: str | None) -> Measurement:
         sweeps=sweeps, unsettled=undecided, task=report.task, settled=list(settled),
         settled_values=exact_now - (first_exact or 0),
     )
+
+
+def _checks(call: GateCall, a: Any) -> list[MetricCheck]:
+    checks = [MetricCheck("alignment", a.score, call.limits["min_score"], ">=")]
+    if call.limits["min_weighted_score"] is not None:
+        checks.append(MetricCheck("weighted_alignment", a.weighted_score,
+                                  call.limits["min_weighted_score"], ">="))
+    return checks
+
+
+def _open(report: Any, checks: list[MetricCheck]) -> list[str]:
+    """The checks whose threshold lies inside the score's interval over the bands."""
+    from ..analysis.bounds import alignment_slack, unsettled
+
+    a = report.alignment
+    paper, weighted = alignment_slack(report)
+    return unsettled(checks, {
+        "alignment": (a.score - paper, a.score + paper),
+        "weighted_alignment": (a.weighted_score - weighted, a.weighted_score + weighted),
+    })
 
 
 def _details(method_line: str, report: Any, preset: str | None, weakest: Any) -> str:

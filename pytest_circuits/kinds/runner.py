@@ -35,6 +35,7 @@ from ..results import (
     Blame,
     GateResult,
     MetricCheck,
+    PairReport,
     RoleSweep,
     SweepMethodRecord,
 )
@@ -135,7 +136,9 @@ def run_gate(kind: GateKind, target: Any, task: Any, **arguments: Any) -> Any:
         tolerances=tolerances(call.baseline_tolerance, list(measured.values), kind),
     )
     line = record_method(result, call, measured.sweeps, settled, partly=measured.settled,
-                         partly_values=measured.settled_values) if measured.sweeps else ""
+                         partly_values=measured.settled_values,
+                         compares=isinstance(measured.report, PairReport),
+                         ) if measured.sweeps else ""
     finish(result, measured.headline, measured.details(line), task=call.task)
     return measured.value
 
@@ -363,7 +366,7 @@ def sweep_line(sweep: Any) -> str:
 
 def record_method(result: GateResult, call: GateCall, sweeps: Mapping[str, Any],
                   settled: Sequence[str] = (), *, partly: Sequence[str] = (),
-                  partly_values: int = 0) -> str:
+                  partly_values: int = 0, compares: bool = False) -> str:
     """Write into ``result`` how its sweeps were measured, and return the line its message
     prints: "sweep method: auto (method='auto'): student M: auto: 3 of 10 exact, 7 bounded...".
 
@@ -380,7 +383,8 @@ def record_method(result: GateResult, call: GateCall, sweeps: Mapping[str, Any],
     per_role: dict[str, RoleSweep] = {}
     ran_by = set()
     for role, sweep in sweeps.items():
-        ran_by.add(requested or default_method(sweep.model))  # ModelInfo has layers and heads
+        # ModelInfo has layers and heads; a comparison has its own default (it reads most values)
+        ran_by.add(requested or default_method(sweep.model, compare=compares))
         per_role[role] = RoleSweep(
             model=model_name(sweep.model),
             method=sweep.fingerprint.method,
