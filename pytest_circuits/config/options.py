@@ -125,10 +125,11 @@ AUTO_CONFIRMED_SHARE = 0.15
 #: points) and noise floor (3) sit where most of a real model's values are, and the weighted
 #: score reads every matched influence, so on SmolLM2-135M's IOI sweeps (the teacher against
 #: its 8-bit copy, ``benchmarks/bench_release.py``) the floors alone needed 238 and 241 of 300
-#: values with the bands auto has (median 3.5 points against a median influence of 0.2), and
-#: the score's slack the rest. Auto then costs its screen on top of an exact sweep, so a
-#: comparison's default is exact below ``AUTO_MIN_COMPONENTS`` (the same cost rule).
-AUTO_COMPARE_CONFIRMED_SHARE = 0.8
+#: values with the bands auto has (median 3.5 points against a median influence of 0.2; their
+#: sum, 890 points, exceeds the influences' own, 585), and the score's slack closed only with
+#: the rest measured. Auto then costs its screen on top of an exact sweep, so by the same cost
+#: rule a comparison's default is exact below ``AUTO_MIN_COMPONENTS``.
+AUTO_COMPARE_CONFIRMED_SHARE = 1.0
 AUTO_CONFIRMED_MIN = 10
 #: An auto sweep of a model of at least ``AUTO_SAMPLE_MIN_LAYERS`` layers, on a task of at
 #: least twice ``AUTO_SAMPLE_PROMPTS`` prompts, calibrates its screen on the first
