@@ -199,3 +199,31 @@ def test_every_gate_on_a_model_shares_one_auto_sweep(
     assert_ablation_robust(teacher, TASK, components="heads", max_single_drop=100.0,
                            method="auto")
     assert undecided == ["auto"]  # one screen; the later gates settled what they needed
+
+
+def test_a_value_settled_outside_its_band_distrusts_every_band(
+    teacher: CircuitModel, fresh_cache: Path
+) -> None:
+    import dataclasses
+
+    options = AnalysisOptions(method="auto", thresholds=NOTHING)
+    auto = store.sweep_result(teacher, TASK, options)
+    exact = {e.name: e for e in ablation.sweep(teacher, TASK, method="exact").effects}
+    # forge the stored sweep: one estimate claims a band its exact value lies far outside
+    victim = next(e for e in auto.effects if not e.is_exact
+                  and abs(exact[e.name].drop - e.drop) > 1e-3)
+    forged = dataclasses.replace(auto, effects=[
+        dataclasses.replace(e, bound=1e-6) if e.name == victim.name else e
+        for e in auto.effects])
+    parts = store._full_parts(teacher, TASK, options, "auto")
+    cache.replace("sweep", parts, forged)
+    settled = store.settle_sweep(teacher, TASK, options, [victim.name])
+    # the screen was wrong there, so no other estimate is left resting on it
+    assert settled.estimated_names == []
+    assert {e.name: e.drop for e in settled.effects} == {n: e.drop for n, e in exact.items()}
+    # an honest band that holds: only the named estimate is measured
+    cache.replace("sweep", parts, auto)
+    honest = next(e for e in auto.effects if not e.is_exact and e.name != victim.name
+                  and abs(exact[e.name].drop - e.drop) <= e.bound)
+    again = store.settle_sweep(teacher, TASK, options, [honest.name])
+    assert set(again.exact_names) == set(auto.exact_names) | {honest.name}
