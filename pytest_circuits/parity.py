@@ -451,6 +451,15 @@ def runtime_hooks(model: CircuitModel) -> list[list[str]]:
             for table in _HOOK_TABLES:
                 for hook in (getattr(module, table, None) or {}).values():
                     note(where, table, hook)
+            # a TransformerLens hook point wraps each hook added through its own API
+            # (``add_hook``, ``bridge.hooks``) in a closure of its module: name what it wraps
+            for table in ("fwd_hooks", "bwd_hooks"):
+                handles = getattr(module, table, None)
+                if isinstance(handles, list):
+                    for handle in handles:
+                        wrapped = getattr(handle, "user_hook", None)
+                        if wrapped is not None:
+                            note(where, table, wrapped)
             if "forward" in vars(module):
                 note(where, "forward", vars(module)["forward"])
     for table in ("_global_forward_hooks", "_global_forward_pre_hooks",

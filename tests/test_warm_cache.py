@@ -421,6 +421,29 @@ def test_a_model_with_hooks_is_always_measured_and_never_stored(
     assert counted == ["healthy", "faulty", "faulty again"]
 
 
+def test_a_hook_added_through_transformer_lens_counts_as_a_hook(
+    cache_dir: Path, gpt2_dir: Path, gpt2_task: Task, counted: list[str]
+) -> None:
+    healthy = load_model(gpt2_dir, device="cpu", name="healthy")
+    assert parity.ensure_bridge_parity(healthy, gpt2_task).passed
+    faulty = load_model(gpt2_dir, device="cpu", name="faulty")  # the same weights
+    point = faulty.bridge.blocks[0].hook_out
+
+    def nudge(value: Any, hook: Any) -> Any:
+        return value + 1.0
+
+    point.add_hook(nudge)  # wrapped by TransformerLens in a closure of its own module
+    try:
+        found = parity.runtime_hooks(faulty)
+        assert any(entry[2].endswith("nudge") for entry in found), found
+        parity.ensure_bridge_parity(faulty, gpt2_task)  # measured, not the stored pass
+        parity.ensure_bridge_parity(fresh(faulty, "faulty again"), gpt2_task)
+    finally:
+        point.remove_hooks()
+    assert counted == ["healthy", "faulty", "faulty again"]
+    assert len(list(cache_dir.glob(f"{parity.PARITY_RECORD}-*.json"))) == 1  # never stored
+
+
 def test_a_record_with_wrong_fields_is_recomputed(
     cache_dir: Path, gpt2: CircuitModel, gpt2_task: Task, counted: list[str]
 ) -> None:
