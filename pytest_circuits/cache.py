@@ -285,6 +285,16 @@ def cached(kind: str, parts: dict[str, Any], compute: Callable[[], T]) -> T:
     return value
 
 
+def on_disk(kind: str, parts: dict[str, Any]) -> Any:
+    """The entry stored on disk under ``parts`` now (not this session's copy in memory): what
+    another process (an xdist worker) may have written since; None when there is none."""
+    cache = store()
+    if not cache.enabled or cache.directory is None:
+        return None
+    key = cache_key(kind, parts)
+    return _read(entry_path(cache.directory, kind, key), kind, key, parts)
+
+
 def replace(kind: str, parts: dict[str, Any], value: Any) -> None:
     """Store ``value`` under ``parts`` in place of what is there, in memory and on disk (written
     atomically, as every entry is): a result refined after it was first stored, such as a sweep

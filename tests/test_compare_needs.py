@@ -227,3 +227,48 @@ def test_a_value_settled_outside_its_band_distrusts_every_band(
                   and abs(exact[e.name].drop - e.drop) <= e.bound)
     again = store.settle_sweep(teacher, TASK, options, [honest.name])
     assert set(again.exact_names) == set(auto.exact_names) | {honest.name}
+
+
+def test_with_caching_off_the_report_settles_its_own_sweeps_and_ends(
+    pair: ModelPair, undecided: list[str]
+) -> None:
+    with context.changed(cache=context.CacheStore()):
+        cache.configure(None, enabled=True)
+        exact = pair_report(pair, TASK, method="exact", preset="recommended")
+    undecided.clear()
+    with context.changed(cache=context.CacheStore()):
+        cache.configure(None, enabled=False)
+        auto = pair_report(pair, TASK, method="auto", preset="recommended", thresholds=NOTHING)
+    # one screen per model, settled in place round after round: never a fresh screen
+    assert undecided == ["auto", "auto"]
+    assert bounds.compare_needs(auto) == {}
+    assert [(d.teacher, d.student) for d in auto.discarded] == [
+        (d.teacher, d.student) for d in exact.discarded]
+
+
+def test_values_another_worker_settled_are_kept_when_this_one_writes(
+    teacher: CircuitModel, fresh_cache: Path
+) -> None:
+    options = AnalysisOptions(method="auto", thresholds=NOTHING)
+    auto = store.sweep_result(teacher, TASK, options)
+    mine, theirs = auto.estimated_names[0], auto.estimated_names[1]
+    # another process settles `theirs` and writes the entry; this one still holds the old copy
+    with context.changed(cache=context.CacheStore()):
+        cache.configure(fresh_cache, enabled=True)
+        store.settle_sweep(teacher, TASK, options, [theirs])
+    settled = store.settle_sweep(teacher, TASK, options, [mine])
+    assert {mine, theirs} <= set(settled.exact_names)
+    with context.changed(cache=context.CacheStore()):
+        cache.configure(fresh_cache, enabled=True)
+        assert {mine, theirs} <= set(store.sweep_result(teacher, TASK, options).exact_names)
+
+
+def test_a_subset_no_larger_than_the_top_k_is_measured_whole(
+    teacher: CircuitModel, fresh_cache: Path
+) -> None:
+    auto = ablation.sweep(teacher, TASK, method="auto", thresholds=NOTHING)
+    import dataclasses
+
+    few = dataclasses.replace(auto, effects=[e for e in auto.effects if not e.is_exact][:3])
+    assert bounds.threshold_needs(few, GateThresholds(drop=(), mean_drop=(), top_k=5)) == {
+        e.name for e in few.effects}

@@ -76,12 +76,29 @@ def alignment_slack(report: Any) -> tuple[float, float]:
     paper = _share_slack(pairs, bands)
     noise = report.fingerprint.noise_floor or 0.0
     kept = [p for p in pairs if p.teacher_influence >= noise or p.student_influence >= noise]
-    if noise and any(names for names in compare_needs(report).values()):
+    if noise and _noise_floor_open(report, bands, noise):
         weighted = math.inf  # which pairs the floor keeps is not settled
     else:
         weighted = _share_slack(kept, bands) if kept else math.inf
     largest = max(abs(float(p.similarity)) for p in pairs)
     return largest * paper / len(pairs), largest * weighted
+
+
+def _noise_floor_open(report: Any, bands: dict[str, dict[str, float]], noise: float) -> bool:
+    """Whether an estimate's band lets some pair fall on either side of the noise floor."""
+    drops = {side: {e.name: e.drop for e in getattr(report, side).sweep.effects}
+             for side in ("teacher", "student")}
+
+    def influence(side: str, name: str) -> tuple[float, float]:
+        value, band = drops[side][name], bands[side].get(name, math.inf)
+        return _influence_range((value - band, value + band))
+
+    for p in report.alignment.pairs:
+        t_low, t_high = influence("teacher", p.teacher)
+        s_low, s_high = influence("student", p.student)
+        if not (t_low >= noise or s_low >= noise or (t_high < noise and s_high < noise)):
+            return True
+    return False
 
 
 def _share_slack(pairs: Any, bands: dict[str, dict[str, float]]) -> float:
@@ -192,14 +209,11 @@ def compare_needs(report: Any, *, ties_only: bool = False) -> dict[str, set[str]
                     need("student", p.student)
     if ties_only:
         return {side: names for side, names in needs.items() if names}
-    # fan-in: a student several unambiguous teachers chose is compression only while alive
-    chosen: dict[str, int] = {}
+    # fan-in (and the dead matches it leaves out): a student an unambiguous teacher chose is
+    # counted only while alive
     for p in report.alignment.pairs:
-        if not p.ambiguous:
-            chosen[p.student] = chosen.get(p.student, 0) + 1
-    for student, count in chosen.items():
-        if count > 1 and _straddles(bands["student"][student], floor):
-            need("student", student)
+        if not p.ambiguous and _straddles(bands["student"][p.student], floor):
+            need("student", p.student)
     # discarded onto a dead counterpart: the teacher could clear the floor and the counterpart
     # (its best match, or the most similar candidate of a tie) could be dead
     best: dict[str, Any] = {}
@@ -266,7 +280,9 @@ def threshold_needs(sweep: Any, thresholds: Any) -> set[str]:
         reach = ((low <= level) & (level <= high)) | ((low <= -level) & (-level <= high))
         need.update(n for n, hit in zip(names, reach & estimate, strict=True) if hit)
     k = int(thresholds.top_k)
-    if k and len(effects) > k:
+    if k and len(effects) <= k:  # every component is among the top k: each is blamed
+        need.update(n for n, hit in zip(names, estimate, strict=True) if hit)
+    elif k:
         influence = [_influence_range((a, b)) for a, b in zip(low, high, strict=True)]
         orders = [(np.clip(low, 0.0, 100.0), np.clip(high, 0.0, 100.0)),
                   (np.array([r[0] for r in influence]), np.array([r[1] for r in influence]))]

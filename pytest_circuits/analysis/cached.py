@@ -42,9 +42,11 @@ def pair_report(pair: Any, task: Any, options: AnalysisOptions | None = None,
     """``compare`` through the session/disk cache (keyed by weights, task and options; keyword
     arguments are :class:`AnalysisOptions` fields, default exact).
 
-    ``method`` None picks each model's default (``store.default_method``). An auto sweep decides
-    exactly the options' ``thresholds`` plus the cut points compare itself reads: the
-    tolerance, its "influential" level, the dead-component floor and the noise floor. When both
+    ``method`` None picks each model's default for a comparison (``store.default_method`` with
+    ``compare=True``). An auto sweep decides exactly the options' ``thresholds`` plus the
+    tolerance and the "influential" level; then every estimate one of compare's decisions at
+    the dead floor, the noise floor, a tie or fan-in reads while its band allows either answer
+    is measured exactly (``bounds.compare_needs``), round by round, until none is open. When both
     sweeps turn out exact (an exact sweep stored serves an auto request) the report is the exact
     one.
     """
@@ -88,7 +90,7 @@ def pair_report(pair: Any, task: Any, options: AnalysisOptions | None = None,
         return relabelled_pair(report, pair)
     parts.update(sweep_methods=methods, thresholds=thresholds.to_dict())
     sweep_options = [options.replace(method=chosen, thresholds=thresholds) for chosen in methods]
-    while True:
+    for round_ in range(PAIR_SETTLE_ROUNDS + 1):
         # keyed by which values the sweeps hold exactly: a report is never served over sweeps
         # settled further since (a gate measured more of them), and a warm run, whose stored
         # sweeps are the settled ones, finds the settled report at once
@@ -98,12 +100,23 @@ def pair_report(pair: Any, task: Any, options: AnalysisOptions | None = None,
         needs = compare_needs(report)
         if not needs:
             return relabelled_pair(report, pair)
+        if round_ == PAIR_SETTLE_ROUNDS - 1:
+            # settling keeps moving the decisions (a tie now goes elsewhere, onto another
+            # estimate): measure every estimate, and the report is the exact one
+            needs = {side: set(r.estimated_names)
+                     for side, r in zip(("teacher", "student"), sweeps, strict=True)}
         # an estimate decides a tie, a floor or a discarded component: measure it exactly
         sweeps = tuple(
-            settle_sweep(model, task, chosen, needs.get(side, ())) if needs.get(side) else r
+            settle_sweep(model, task, chosen, needs.get(side, ()), base=r)
+            if needs.get(side) else r
             for model, chosen, side, r in zip((pair.teacher, pair.student), sweep_options,
                                              ("teacher", "student"), sweeps, strict=True)
         )
+    raise AssertionError("unreachable: the last round settles every estimate")
+
+
+#: Rounds of settling a pair report's open decisions before every estimate is measured.
+PAIR_SETTLE_ROUNDS = 8
 
 
 def settle_pair(pair: Any, task: Any, options: AnalysisOptions, names: Any) -> bool:
@@ -133,9 +146,10 @@ def settle_pair(pair: Any, task: Any, options: AnalysisOptions, names: Any) -> b
 
 
 def exact_digest(sweep: Any) -> str:
-    """A short digest of which components ``sweep`` holds exactly (the rest are estimates)."""
-    names = ",".join(e.name for e in sweep.effects if e.is_exact)
-    return hashlib.sha256(names.encode()).hexdigest()[:16]
+    """A short digest of which components ``sweep`` holds exactly and of every value and band
+    it holds: a report is keyed by the sweeps it was computed from."""
+    text = ";".join(f"{e.name},{e.method},{e.drop!r},{e.bound!r}" for e in sweep.effects)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def relabelled_pair(report: Any, pair: Any) -> Any:

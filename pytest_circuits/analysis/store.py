@@ -203,8 +203,7 @@ def sweep_result(model: Any, task: Any, options: AnalysisOptions | None = None,
     """
     options = analysis_options("sweep_result", options, overrides)
     method = options.method or default_method(model)
-    parts = {**model_parts(model, task), **options.key(("components", "ablation", "seed")),
-             "method": method}
+    parts = _full_parts(model, task, options, method)
     result = None
     if options.components != "all":
         # a subset is read from an exact sweep of every component when one is stored: each
@@ -218,10 +217,10 @@ def sweep_result(model: Any, task: Any, options: AnalysisOptions | None = None,
             # so the gates that read all of them later find the sweep stored
             full = sweep_result(model, task, everything)
             result = _subset_of(full, model, options.components)
-            need = (bounds.threshold_needs(result, auto_thresholds(options))
-                    if method == "auto" else set())
-            if need:  # the subset's own top-k and levels
-                full = settle_sweep(model, task, everything, need)
+            thresholds = auto_thresholds(options)
+            # the subset's own top-k and levels, until none is open
+            while method == "auto" and (need := bounds.threshold_needs(result, thresholds)):
+                full = settle_sweep(model, task, everything, need, base=full)
                 result = _subset_of(full, model, options.components)
     if result is None and method == "auto":
         # an exact sweep decides every verdict: one already stored is never swept again
@@ -261,9 +260,8 @@ def _auto_sweep(model: Any, task: Any, options: AnalysisOptions, parts: dict[str
             model, task, components=_selection(options.components), ablation=options.ablation,
             method="auto", seed=options.seed, margin=options.margin, thresholds=thresholds,
         ))
-    else:
-        need = bounds.threshold_needs(stored, thresholds)
-        if need:
+    else:  # each round measures at least one estimate, so this ends
+        while need := bounds.threshold_needs(stored, thresholds):
             stored = _settle_stored(model, task, options, parts, stored, need)
     _session_memory()[_partial_key(parts)] = stored
     return stored
@@ -283,9 +281,25 @@ def _settle_stored(model: Any, task: Any, options: AnalysisOptions, parts: dict[
     if missed and settled.estimated_names:
         settled = ablation.settle(model, task, settled, settled.estimated_names,
                                   ablation=options.ablation, seed=options.seed)
+    # another process (an xdist worker) may have settled other values of the same sweep since
+    # this one read it: exact values are the same whoever measured them, so keep them all
+    settled = _with_exact_of(settled, cache.on_disk("sweep", parts))
     cache.replace("sweep", parts, settled)
     _session_memory()[_partial_key(parts)] = settled
     return settled
+
+
+def _with_exact_of(sweep: Any, other: Any) -> Any:
+    """``sweep`` with every value ``other`` (the same sweep, as another process stored it, or
+    None) holds exactly and ``sweep`` does not. A sweep whose bands another process stopped
+    trusting (all exact there) stays all exact here."""
+    if other is None or [e.name for e in other.effects] != [e.name for e in sweep.effects]:
+        return sweep
+    theirs = {e.name: e for e in other.effects if e.is_exact}
+    if not any(not e.is_exact and e.name in theirs for e in sweep.effects):
+        return sweep
+    return dataclasses.replace(sweep, effects=[
+        theirs[e.name] if not e.is_exact and e.name in theirs else e for e in sweep.effects])
 
 
 def _partial_key(parts: dict[str, Any]) -> tuple[str, str]:
@@ -300,23 +314,29 @@ def _session_memory() -> dict[Any, Any]:
     return session.memory if session.enabled else {}
 
 
-def settle_sweep(model: Any, task: Any, options: AnalysisOptions, names: Any) -> Any:
+def settle_sweep(model: Any, task: Any, options: AnalysisOptions, names: Any, *,
+                 base: Any = None) -> Any:
     """The model's auto sweep for ``options`` (of every component), with the estimates named in
     ``names`` measured exactly (``ablation.settle``: each as a full exact sweep measures it),
     stored back in its place in the session and on disk, so every later gate, pair and warm run
     reads the settled values, and an exact sweep of the same settings replays only what is
-    still estimated. A sweep without estimates among ``names`` is returned as it is."""
+    still estimated. A sweep without estimates among ``names`` is returned as it is. ``base``:
+    the sweep the caller holds (what is settled when caching is off and nothing is stored)."""
     options = options.replace(components="all")
-    result = sweep_result(model, task, options)
-    wanted = set(names)
-    if not any(e.name in wanted and not e.is_exact for e in result.effects):
-        return result
     parts = _full_parts(model, task, options, "auto")
     stored = _stored("sweep", parts)
-    if stored is None:  # caching off: settle what this call was given
-        return relabelled(ablation.settle(model, task, result, sorted(wanted),
+    if stored is None:
+        # caching off (or an exact sweep served the request): settle the caller's own sweep,
+        # never a fresh screen, which would lose what earlier rounds measured
+        current = base if base is not None else sweep_result(model, task, options)
+        wanted = set(names)
+        if not any(e.name in wanted and not e.is_exact for e in current.effects):
+            return current
+        return relabelled(ablation.settle(model, task, current, sorted(wanted),
                                           ablation=options.ablation, seed=options.seed), model)
-    return relabelled(_settle_stored(model, task, options, parts, stored, wanted), model)
+    if not any(e.name in set(names) and not e.is_exact for e in stored.effects):
+        return relabelled(stored, model)
+    return relabelled(_settle_stored(model, task, options, parts, stored, set(names)), model)
 
 
 def _subset_of_stored(model: Any, task: Any, options: AnalysisOptions) -> Any:

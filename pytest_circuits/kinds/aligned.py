@@ -76,7 +76,8 @@ def _measure(call: GateCall, method: str | None) -> Measurement:
         first_exact = exact_now if first_exact is None else first_exact
         undecided = _open(report, checks) if estimated else []
         # a threshold inside the interval: measure the widest bands exactly and look again
-        if not undecided or not settle_pair(
+        # (causal matching reads every influence: the runner's exact sweep settles it)
+        if not undecided or report.fingerprint.matching == "causal" or not settle_pair(
                 call.pair, call.task, call.options.replace(method=method, thresholds=thresholds),
                 widest_estimates(report)):
             break
