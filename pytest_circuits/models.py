@@ -1313,7 +1313,17 @@ def _load_gguf_cached(
             del model
     model = _dequantise_gguf(gguf, options)
     model.source = str(gguf)
-    entry.write(model.save_pretrained, weights_sha256=model.weights_fingerprint,
+
+    def save(directory: Path) -> None:
+        model.save_pretrained(directory)
+        # save_pretrained names the class in "architectures"; a GGUF file's config has no such
+        # list, and the model read back must be the one the file gives, config included
+        config = directory / "config.json"
+        data = json.loads(config.read_text(encoding="utf-8"))
+        data["architectures"] = model.hf_model.config.architectures
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    entry.write(save, weights_sha256=model.weights_fingerprint,
                 tokenizer_sha256=model.tokenizer_digest)
     return model
 

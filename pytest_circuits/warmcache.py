@@ -41,7 +41,7 @@ from . import cache
 from .atomic import write_bytes_atomic
 
 #: Bump when what a record or a dense entry holds changes (part of every key).
-WARM_FORMAT = 1
+WARM_FORMAT = 2  # 2: a dense copy keeps the GGUF config's architectures (none)
 #: The largest JSON record (or manifest) read; anything bigger was not written here.
 MAX_RECORD_BYTES = 4 * 2**20
 #: The manifest's name inside a dense entry.

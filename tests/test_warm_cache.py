@@ -497,5 +497,7 @@ def test_real_gguf_cache(cache_dir: Path) -> None:
     assert warm.weights_fingerprint == cold.weights_fingerprint
     assert warm.tokenizer_digest == cold.tokenizer_digest
     assert warm.describe() == cold.describe() and warm.source == str(path)
+    # the config as the GGUF file gives it: no architectures list (the family is found by class)
+    assert warm.hf_model.config.architectures == cold.hf_model.config.architectures is None
     assert torch.equal(logits(warm), logits(cold))
     assert warm_seconds < cold_seconds / 2, (cold_seconds, warm_seconds)
