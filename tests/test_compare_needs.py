@@ -272,3 +272,19 @@ def test_a_subset_no_larger_than_the_top_k_is_measured_whole(
     few = dataclasses.replace(auto, effects=[e for e in auto.effects if not e.is_exact][:3])
     assert bounds.threshold_needs(few, GateThresholds(drop=(), mean_drop=(), top_k=5)) == {
         e.name for e in few.effects}
+
+
+@pytest.mark.parametrize("bound", [float("nan"), -1.0])
+def test_an_estimate_with_a_nan_or_negative_band_is_never_trusted(
+    teacher: CircuitModel, fresh_cache: Path, bound: float
+) -> None:
+    import dataclasses
+
+    auto = ablation.sweep(teacher, TASK, method="auto", thresholds=NOTHING)
+    victim = auto.estimated_names[0]
+    forged = dataclasses.replace(auto, effects=[
+        dataclasses.replace(e, bound=bound) if e.name == victim else e for e in auto.effects])
+    # any level at all is within an unbounded band: the estimate must be measured
+    assert victim in bounds.threshold_needs(forged, GateThresholds(drop=(99.0,), top_k=0))
+    low, high = bounds.drop_bands(forged)[victim]
+    assert low == -np.inf and high == np.inf

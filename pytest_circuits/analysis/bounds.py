@@ -22,9 +22,14 @@ from ..metrics import severity_score
 
 def _bands(sweep: Any) -> Any:
     """Per effect of ``sweep``, the half-width of its band in drop points: 0 for an exact value,
-    inf for an estimate without a bound."""
-    return np.array([0.0 if e.is_exact else (math.inf if e.bound is None else float(e.bound))
-                     for e in sweep.effects])
+    inf for an estimate without a bound, or with one that is not a number >= 0 (NaN or
+    negative, which no sweep writes: such an estimate is never trusted)."""
+    def band(effect: Any) -> float:
+        if effect.is_exact:
+            return 0.0
+        value = math.inf if effect.bound is None else float(effect.bound)
+        return value if value >= 0.0 else math.inf  # NaN compares false: unbounded
+    return np.array([band(e) for e in sweep.effects])
 
 
 def has_estimates(*sweeps: Any) -> bool:
