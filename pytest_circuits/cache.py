@@ -207,6 +207,36 @@ def _checksum(body: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical(body)).hexdigest()
 
 
+def seal(body: dict[str, Any]) -> bytes:
+    """``body`` as the bytes of a sealed file: canonical JSON with its checksum beside it."""
+    return _canonical({"sha256": _checksum(body), "body": body})
+
+
+def unseal(data: bytes, expected: dict[str, Any], *, what: str = "a JSON entry"
+           ) -> dict[str, Any]:
+    """The body of a sealed file's bytes, checked against its checksum and the ``expected``
+    fields; raises ``ValueError`` saying what is wrong (so the caller recomputes); ``what`` the
+    file should have been, for the message when it is not JSON."""
+    try:
+        entry = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"not {what} ({error})") from None
+    if not isinstance(entry, dict) or not isinstance(entry.get("body"), dict):
+        raise ValueError("not a cache entry (no body)")
+    body = entry["body"]
+    if entry.get("sha256") != _checksum(body):
+        raise ValueError("checksum mismatch (the file changed after it was written)")
+    for name, value in expected.items():
+        if body.get(name) != value:
+            raise ValueError(f"stored {name} {body.get(name)!r} is not the expected {value!r}")
+    return body
+
+
+def plain(parts: dict[str, Any]) -> Any:
+    """``parts`` as the JSON data an entry stores (non-JSON values as their text)."""
+    return _plain(parts)
+
+
 def encode_entry(kind: str, key: str, parts: dict[str, Any], value: Any) -> bytes | None:
     """The bytes of a disk entry for ``value``, or None for a type the cache does not store."""
     codec = next((c for c in _codecs() if c.matches(value)), None)
@@ -220,25 +250,14 @@ def encode_entry(kind: str, key: str, parts: dict[str, Any], value: Any) -> byte
         "type": codec.name,
         "value": value.to_dict(),
     }
-    return _canonical({"sha256": _checksum(body), "body": body})
+    return seal(body)
 
 
 def decode_entry(data: bytes, kind: str, key: str, parts: dict[str, Any]) -> Any:
     """The typed result in an entry's bytes; raises ``ValueError`` saying why an entry cannot
     be used (so the caller recomputes it)."""
-    try:
-        entry = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ValueError(f"not a JSON entry ({error})") from None
-    if not isinstance(entry, dict) or not isinstance(entry.get("body"), dict):
-        raise ValueError("not a cache entry (no body)")
-    body = entry["body"]
-    if entry.get("sha256") != _checksum(body):
-        raise ValueError("checksum mismatch (the file changed after it was written)")
-    expected = {"format": CACHE_FORMAT, "kind": kind, "key": key, "parts": _plain(parts)}
-    for name, value in expected.items():
-        if body.get(name) != value:
-            raise ValueError(f"stored {name} {body.get(name)!r} is not the expected {value!r}")
+    body = unseal(data, {"format": CACHE_FORMAT, "kind": kind, "key": key,
+                         "parts": _plain(parts)})
     codec = next((c for c in _codecs() if c.name == body.get("type")), None)
     if codec is None or not isinstance(body.get("value"), dict):
         raise ValueError(f"unknown result type {body.get('type')!r}")

@@ -25,7 +25,6 @@ No cache directory, or caching disabled (``--circuits-no-cache``): nothing is re
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
 import shutil
@@ -74,16 +73,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _canonical(data: Any) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()
+#: Sealed files (records, manifests) are written and checked as the analysis cache's entries are.
+_plain, _sealed = cache.plain, cache.seal
 
 
-def _plain(parts: dict[str, Any]) -> Any:
-    return json.loads(json.dumps(parts, sort_keys=True, default=str))
-
-
-def _sealed(body: dict[str, Any]) -> bytes:
-    return _canonical({"sha256": hashlib.sha256(_canonical(body)).hexdigest(), "body": body})
+def _unseal(data: bytes, expected: dict[str, Any]) -> dict[str, Any]:
+    return cache.unseal(data, expected, what="JSON")
 
 
 def _small_file(path: Path) -> bytes:
@@ -102,24 +97,6 @@ def _small_file(path: Path) -> bytes:
         return data
     finally:
         os.close(fd)
-
-
-def _unseal(data: bytes, expected: dict[str, Any]) -> dict[str, Any]:
-    """The body of a sealed record, checked against its checksum and ``expected`` fields;
-    raises ``ValueError`` saying what is wrong."""
-    try:
-        sealed = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ValueError(f"not JSON ({error})") from None
-    if not isinstance(sealed, dict) or not isinstance(sealed.get("body"), dict):
-        raise ValueError("no body")
-    body = sealed["body"]
-    if sealed.get("sha256") != hashlib.sha256(_canonical(body)).hexdigest():
-        raise ValueError("checksum mismatch (the file changed after it was written)")
-    for name, value in expected.items():
-        if body.get(name) != value:
-            raise ValueError(f"stored {name} {body.get(name)!r} is not the expected {value!r}")
-    return body
 
 
 # ----------------------------------------------------------------------------- JSON records
