@@ -81,7 +81,7 @@ def alignment_slack(report: Any) -> tuple[float, float]:
     paper = _share_slack(pairs, bands)
     noise = report.fingerprint.noise_floor or 0.0
     kept = [p for p in pairs if p.teacher_influence >= noise or p.student_influence >= noise]
-    if noise and _noise_floor_open(report, bands, noise):
+    if noise and _noise_floor_open(report, noise):
         weighted = math.inf  # which pairs the floor keeps is not settled
     else:
         weighted = _share_slack(kept, bands) if kept else math.inf
@@ -89,21 +89,20 @@ def alignment_slack(report: Any) -> tuple[float, float]:
     return largest * paper / len(pairs), largest * weighted
 
 
-def _noise_floor_open(report: Any, bands: dict[str, dict[str, float]], noise: float) -> bool:
+def _noise_floor_open(report: Any, noise: float) -> bool:
     """Whether an estimate's band lets some pair fall on either side of the noise floor."""
-    drops = {side: {e.name: e.drop for e in getattr(report, side).sweep.effects}
-             for side in ("teacher", "student")}
+    teacher, student = drop_bands(report.teacher.sweep), drop_bands(report.student.sweep)
+    return any(_pair_at_noise_floor(teacher[p.teacher], student[p.student], noise)
+               for p in report.alignment.pairs)
 
-    def influence(side: str, name: str) -> tuple[float, float]:
-        value, band = drops[side][name], bands[side].get(name, math.inf)
-        return _influence_range((value - band, value + band))
 
-    for p in report.alignment.pairs:
-        t_low, t_high = influence("teacher", p.teacher)
-        s_low, s_high = influence("student", p.student)
-        if not (t_low >= noise or s_low >= noise or (t_high < noise and s_high < noise)):
-            return True
-    return False
+def _pair_at_noise_floor(teacher: tuple[float, float], student: tuple[float, float],
+                         noise: float) -> bool:
+    """Whether a pair whose drops lie in these intervals could be kept by the noise floor (an
+    influence >= it on either side) and could be left out (both below it)."""
+    t_low, t_high = _influence_range(teacher)
+    s_low, s_high = _influence_range(student)
+    return not (t_low >= noise or s_low >= noise or (t_high < noise and s_high < noise))
 
 
 def _share_slack(pairs: Any, bands: dict[str, dict[str, float]]) -> float:
@@ -205,9 +204,8 @@ def compare_needs(report: Any, *, ties_only: bool = False) -> dict[str, set[str]
                 need(partner, *p.candidates)
         noise = report.fingerprint.noise_floor
         if noise and not ties_only:
-            t_low, t_high = _influence_range(bands["teacher"][p.teacher])
-            s_low, s_high = _influence_range(bands["student"][p.student])
-            if not (t_low >= noise or s_low >= noise or (t_high < noise and s_high < noise)):
+            if _pair_at_noise_floor(bands["teacher"][p.teacher], bands["student"][p.student],
+                                    noise):
                 if _straddles(bands["teacher"][p.teacher], noise):
                     need("teacher", p.teacher)
                 if _straddles(bands["student"][p.student], noise):
