@@ -426,8 +426,10 @@ def _callable_name(function: Any) -> str:
 
 
 #: Hooks of these packages are their own machinery (TransformerLens wires capture hooks on the
-#: first forward; the engine's are removed after each run), covered by their versions in the key.
-_OWN_HOOKS = ("transformer_lens.", "pytest_circuits.")
+#: first forward; the engine's are removed after each run; transformers leaves the hooks that
+#: record attention weights for ``output_attentions`` on the modules once a forward asked for
+#: them), covered by their versions in the key.
+_OWN_HOOKS = ("transformer_lens.", "pytest_circuits.", "transformers.utils.output_capturing.")
 
 
 def runtime_hooks(model: CircuitModel) -> list[list[str]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from pytest_circuits import cache, models, parity, warmcache
 from pytest_circuits.cache import CacheWarning
@@ -442,6 +443,22 @@ def test_a_hook_added_through_transformer_lens_counts_as_a_hook(
         point.remove_hooks()
     assert counted == ["healthy", "faulty", "faulty again"]
     assert len(list(cache_dir.glob(f"{parity.PARITY_RECORD}-*.json"))) == 1  # never stored
+
+
+def test_transformers_own_capture_hooks_do_not_stop_the_verdict_being_stored(
+    cache_dir: Path, gpt2_dir: Path, gpt2_task: Task, counted: list[str]
+) -> None:
+    # a forward asking for attention weights leaves transformers' capture hooks on the modules
+    # (the session's shared model gets them from other tests); they change no output
+    model = load_model(gpt2_dir, device="cpu", name="looked-at")
+    with torch.no_grad():
+        model.hf_model(torch.tensor([[1, 2, 3]]), output_attentions=True)
+    assert sum(len(m._forward_hooks) for m in model.hf_model.modules()) > 0
+    assert parity.runtime_hooks(model) == []
+    assert parity.ensure_bridge_parity(model, gpt2_task).passed
+    assert len(list(cache_dir.glob(f"{parity.PARITY_RECORD}-*.json"))) == 1
+    assert parity.ensure_bridge_parity(fresh(model, "again"), gpt2_task).passed
+    assert counted == ["looked-at"]  # the second session read the stored verdict
 
 
 def test_a_record_with_wrong_fields_is_recomputed(
